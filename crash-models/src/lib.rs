@@ -1,0 +1,12 @@
+//! The pure core of pmcrash.
+//!
+//! `crash-models` is sans-I/O: it takes bytes and returns values. It owns the op
+//! language ([`ops`]), the harness/agent protocol ([`protocol`]), and (in later
+//! modules) the trace format, the persistency models, crash-point and crash-state
+//! enumeration and image deltas. The guest agent and the harness both depend on it,
+//! so every type that crosses the VM boundary is defined once, here.
+#![warn(missing_docs)]
+
+pub mod ops;
+pub mod protocol;
+pub mod trace;

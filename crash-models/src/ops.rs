@@ -1,0 +1,1099 @@
+//! The op language: what a workload asks the guest to do.
+//!
+//! A workload is a TOML file with a list of `[[ops]]` tables, each naming its op with
+//! `op = "..."`. File descriptors and mappings are named by the workload (`fd = "a"`,
+//! `map = "m"`), so a workload reads like a program and the agent keeps the table of
+//! real descriptors and addresses.
+//!
+//! ```toml
+//! description = "store through a MAP_SYNC mapping"
+//!
+//! [[ops]]
+//! op = "open"
+//! path = "a.dat"
+//! fd = "a"
+//! create = true
+//!
+//! [[ops]]
+//! op = "ftruncate"
+//! fd = "a"
+//! len = 4096
+//!
+//! [[ops]]
+//! op = "mmap"
+//! fd = "a"
+//! map = "m"
+//! len = 4096
+//! kind = "sync"
+//!
+//! [[ops]]
+//! op = "store"
+//! map = "m"
+//! offset = 0
+//! data = "hello"
+//! ```
+//!
+//! Parsing is two passes: serde (shape, names and types of fields) and [`validate`]
+//! (handles used before they exist, stores outside their mapping, sizes the hardware
+//! cannot store in one go). Both report `file:line:col`, the field and what was
+//! expected, through [`WorkloadError`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Largest single `store` op in bytes: one cache line, the most one op should model.
+pub const MAX_STORE_BYTES: u64 = 64;
+/// Largest payload of any op (write, pwrite), so a message to the agent stays bounded.
+pub const MAX_DATA_BYTES: u64 = 1 << 20;
+
+/// The file systems pmcrash runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsKind {
+    /// ext4 with `-o dax`.
+    Ext4,
+    /// XFS with `-o dax` (reflink off: reflink and DAX do not mix).
+    Xfs,
+}
+
+impl FsKind {
+    /// Every supported file system, in a stable order.
+    pub const ALL: [FsKind; 2] = [FsKind::Ext4, FsKind::Xfs];
+
+    /// The name used on the command line, in mount(2) and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Ext4 => "ext4",
+            FsKind::Xfs => "xfs",
+        }
+    }
+}
+
+impl fmt::Display for FsKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FsKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ext4" => Ok(FsKind::Ext4),
+            "xfs" => Ok(FsKind::Xfs),
+            other => Err(format!("unknown file system `{other}`: expected ext4 or xfs")),
+        }
+    }
+}
+
+/// The bytes an op writes or stores.
+///
+/// In TOML: a string (`data = "hello"`, its UTF-8 bytes), or a table:
+/// `{ hex = "deadbeef" }`, `{ fill = 171, len = 4096 }`, or
+/// `{ seed = 7, len = 4096 }` (pseudo-random bytes, distinct per seed, which makes
+/// stale data from another file easy to recognise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Data {
+    /// The UTF-8 bytes of the string.
+    Text(String),
+    /// Bytes given in hex.
+    Hex {
+        /// Hex digits, two per byte; spaces and underscores are ignored.
+        hex: String,
+    },
+    /// `len` copies of one byte.
+    Fill {
+        /// The byte.
+        fill: u8,
+        /// How many.
+        len: u64,
+    },
+    /// `len` pseudo-random bytes from `seed` (splitmix64, so every build agrees).
+    Seeded {
+        /// The seed.
+        seed: u64,
+        /// How many.
+        len: u64,
+    },
+}
+
+impl Data {
+    /// The number of bytes, without materialising them.
+    pub fn len(&self) -> u64 {
+        match self {
+            Data::Text(s) => s.len() as u64,
+            Data::Hex { hex } => (hex.chars().filter(|c| c.is_ascii_hexdigit()).count() / 2) as u64,
+            Data::Fill { len, .. } | Data::Seeded { len, .. } => *len,
+        }
+    }
+
+    /// True when there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes. Hex must have been checked by [`validate`] (odd or bad digits
+    /// are skipped here rather than panicking).
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Data::Text(s) => s.as_bytes().to_vec(),
+            Data::Hex { hex } => {
+                let digits: Vec<u8> = hex
+                    .chars()
+                    .filter_map(|c| c.to_digit(16))
+                    .map(|d| d as u8)
+                    .collect();
+                digits.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect()
+            }
+            Data::Fill { fill, len } => vec![*fill; *len as usize],
+            Data::Seeded { seed, len } => seeded_bytes(*seed, *len as usize),
+        }
+    }
+}
+
+/// splitmix64 bytes: deterministic, dependency-free, good enough to tell files apart.
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// How a mapping is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MapKind {
+    /// `MAP_SHARED`: flushes make stores durable only by accident of the hardware;
+    /// the file system promises nothing until msync/fsync.
+    #[default]
+    Shared,
+    /// `MAP_SHARED_VALIDATE | MAP_SYNC`: a write fault syncs the metadata it dirties,
+    /// so store + flush + fence is durable by contract.
+    Sync,
+}
+
+/// How a store reaches memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// Ordinary stores through the cache.
+    #[default]
+    Cached,
+    /// Non-temporal stores (`movnti`), which bypass the cache and are durable at the
+    /// next fence. Offset and length must be multiples of 4.
+    NonTemporal,
+}
+
+/// A cache-line flush instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushInsn {
+    /// Write back, keep the line; weakly ordered.
+    #[default]
+    Clwb,
+    /// Write back and invalidate; weakly ordered.
+    Clflushopt,
+    /// Write back and invalidate; ordered with stores and other clflushes.
+    Clflush,
+}
+
+/// A fence instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceInsn {
+    /// Orders stores and flushes.
+    #[default]
+    Sfence,
+    /// Orders everything.
+    Mfence,
+}
+
+/// msync(2) flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MsyncMode {
+    /// `MS_SYNC`: returns when the range is durable.
+    #[default]
+    Sync,
+    /// `MS_ASYNC`: schedules write-back; promises nothing on Linux.
+    Async,
+}
+
+/// fallocate(2) mode flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FallocateFlag {
+    /// `FALLOC_FL_KEEP_SIZE`.
+    KeepSize,
+    /// `FALLOC_FL_PUNCH_HOLE` (needs keep-size).
+    PunchHole,
+    /// `FALLOC_FL_ZERO_RANGE`.
+    ZeroRange,
+    /// `FALLOC_FL_COLLAPSE_RANGE`.
+    CollapseRange,
+    /// `FALLOC_FL_INSERT_RANGE`.
+    InsertRange,
+    /// `FALLOC_FL_UNSHARE_RANGE`.
+    UnshareRange,
+}
+
+impl FallocateFlag {
+    /// The Linux flag bit.
+    pub fn bits(self) -> i32 {
+        match self {
+            FallocateFlag::KeepSize => 0x01,
+            FallocateFlag::PunchHole => 0x02,
+            FallocateFlag::CollapseRange => 0x08,
+            FallocateFlag::ZeroRange => 0x10,
+            FallocateFlag::InsertRange => 0x20,
+            FallocateFlag::UnshareRange => 0x40,
+        }
+    }
+}
+
+fn default_mode() -> u32 {
+    0o644
+}
+fn default_dir_mode() -> u32 {
+    0o755
+}
+fn default_one() -> u64 {
+    1
+}
+
+/// One operation of a workload. Paths are relative to the mounted file system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Op {
+    /// open(2), naming the descriptor `fd`.
+    Open {
+        /// Path of the file.
+        path: String,
+        /// Name the workload gives the descriptor.
+        fd: String,
+        /// `O_CREAT`.
+        #[serde(default)]
+        create: bool,
+        /// `O_TRUNC`.
+        #[serde(default)]
+        truncate: bool,
+        /// `O_EXCL`.
+        #[serde(default)]
+        excl: bool,
+        /// `O_APPEND`.
+        #[serde(default)]
+        append: bool,
+        /// Permission bits for a created file.
+        #[serde(default = "default_mode")]
+        mode: u32,
+    },
+    /// close(2).
+    Close {
+        /// The descriptor.
+        fd: String,
+    },
+    /// write(2) at the file position.
+    Write {
+        /// The descriptor.
+        fd: String,
+        /// The bytes.
+        data: Data,
+    },
+    /// pwrite(2).
+    Pwrite {
+        /// The descriptor.
+        fd: String,
+        /// File offset.
+        offset: u64,
+        /// The bytes.
+        data: Data,
+    },
+    /// pread(2); the result carries the bytes' blake3.
+    Read {
+        /// The descriptor.
+        fd: String,
+        /// File offset.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
+    /// ftruncate(2).
+    Ftruncate {
+        /// The descriptor.
+        fd: String,
+        /// New size.
+        len: u64,
+    },
+    /// fallocate(2).
+    Fallocate {
+        /// The descriptor.
+        fd: String,
+        /// Start.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Mode flags; none means plain allocation.
+        #[serde(default)]
+        mode: Vec<FallocateFlag>,
+    },
+    /// mmap(2) of `len` bytes at file `offset`, naming the mapping `map`.
+    Mmap {
+        /// The descriptor.
+        fd: String,
+        /// Name the workload gives the mapping.
+        map: String,
+        /// File offset (a multiple of 4096).
+        #[serde(default)]
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Plain shared or MAP_SYNC.
+        #[serde(default)]
+        kind: MapKind,
+    },
+    /// munmap(2).
+    Munmap {
+        /// The mapping.
+        map: String,
+    },
+    /// CPU stores of `data` at `offset` in a mapping (1 to 64 bytes).
+    Store {
+        /// The mapping.
+        map: String,
+        /// Offset in the mapping.
+        offset: u64,
+        /// The bytes.
+        data: Data,
+        /// Cached or non-temporal.
+        #[serde(default)]
+        kind: StoreKind,
+    },
+    /// Flush every cache line that `[offset, offset+len)` of a mapping touches.
+    Flush {
+        /// The mapping.
+        map: String,
+        /// Offset in the mapping.
+        offset: u64,
+        /// Length of the range.
+        #[serde(default = "default_one")]
+        len: u64,
+        /// Which instruction.
+        #[serde(default)]
+        insn: FlushInsn,
+    },
+    /// A fence instruction.
+    Fence {
+        /// Which instruction.
+        #[serde(default)]
+        insn: FenceInsn,
+    },
+    /// msync(2) of a range of a mapping (the whole mapping by default).
+    Msync {
+        /// The mapping.
+        map: String,
+        /// Offset in the mapping (rounded down to a page by the agent).
+        #[serde(default)]
+        offset: u64,
+        /// Length; the rest of the mapping when absent.
+        #[serde(default)]
+        len: Option<u64>,
+        /// `MS_SYNC` or `MS_ASYNC`.
+        #[serde(default)]
+        mode: MsyncMode,
+    },
+    /// fsync(2).
+    Fsync {
+        /// The descriptor.
+        fd: String,
+    },
+    /// fdatasync(2).
+    Fdatasync {
+        /// The descriptor.
+        fd: String,
+    },
+    /// The emulated metadata-only sync of LSFMM 2016: the guest calls fdatasync and
+    /// reports the file's extents, and the model ignores the kernel's flushes of the
+    /// file's own data lines during the call.
+    Fmetadatasync {
+        /// The descriptor.
+        fd: String,
+    },
+    /// sync(2).
+    Sync,
+    /// syncfs(2) on the file system of `fd`.
+    Syncfs {
+        /// The descriptor.
+        fd: String,
+    },
+    /// rename(2).
+    Rename {
+        /// Old path.
+        from: String,
+        /// New path.
+        to: String,
+    },
+    /// link(2).
+    Link {
+        /// Existing path.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// unlink(2).
+    Unlink {
+        /// The path.
+        path: String,
+    },
+    /// mkdir(2).
+    Mkdir {
+        /// The path.
+        path: String,
+        /// Permission bits.
+        #[serde(default = "default_dir_mode")]
+        mode: u32,
+    },
+    /// rmdir(2).
+    Rmdir {
+        /// The path.
+        path: String,
+    },
+    /// symlink(2): a link at `path` pointing to `target`.
+    Symlink {
+        /// What the link points to (any string).
+        target: String,
+        /// Where the link is made.
+        path: String,
+    },
+}
+
+impl Op {
+    /// The op's name as written in a workload (`"store"`, `"fsync"`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Open { .. } => "open",
+            Op::Close { .. } => "close",
+            Op::Write { .. } => "write",
+            Op::Pwrite { .. } => "pwrite",
+            Op::Read { .. } => "read",
+            Op::Ftruncate { .. } => "ftruncate",
+            Op::Fallocate { .. } => "fallocate",
+            Op::Mmap { .. } => "mmap",
+            Op::Munmap { .. } => "munmap",
+            Op::Store { .. } => "store",
+            Op::Flush { .. } => "flush",
+            Op::Fence { .. } => "fence",
+            Op::Msync { .. } => "msync",
+            Op::Fsync { .. } => "fsync",
+            Op::Fdatasync { .. } => "fdatasync",
+            Op::Fmetadatasync { .. } => "fmetadatasync",
+            Op::Sync => "sync",
+            Op::Syncfs { .. } => "syncfs",
+            Op::Rename { .. } => "rename",
+            Op::Link { .. } => "link",
+            Op::Unlink { .. } => "unlink",
+            Op::Mkdir { .. } => "mkdir",
+            Op::Rmdir { .. } => "rmdir",
+            Op::Symlink { .. } => "symlink",
+        }
+    }
+}
+
+/// A parsed, validated workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    /// One line saying what the workload exercises.
+    pub description: String,
+    /// The file systems it is meant for (all when empty).
+    pub fs: Vec<FsKind>,
+    /// The ops, in order.
+    pub ops: Vec<Op>,
+    /// Where each op starts in the source, for messages that point back at it.
+    pub op_locations: Vec<Location>,
+    /// Expected results (verdicts per file system and so on), kept as raw TOML
+    /// so the checker that reads them can evolve without breaking the parser.
+    pub expect: Option<serde_json::Value>,
+}
+
+/// A position in a workload file (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub col: usize,
+}
+
+/// A workload that could not be read: where, which field, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{col}: {field}: {message}")]
+pub struct WorkloadError {
+    /// The file name as given by the caller.
+    pub file: String,
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub col: usize,
+    /// The field (`ops[3].len`) or `workload` when no single field is to blame.
+    pub field: String,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+type SpannedTable = BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    fs: Vec<FsKind>,
+    ops: Vec<toml::Spanned<SpannedTable>>,
+    #[serde(default)]
+    expect: Option<toml::Table>,
+}
+
+fn line_col(src: &str, byte: usize) -> Location {
+    let byte = byte.min(src.len());
+    let before = &src[..byte];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(byte, |nl| byte - nl - 1) + 1;
+    Location { line, col }
+}
+
+/// Guess the field a serde message is about (`missing field `fd``).
+fn field_from_message(msg: &str) -> Option<String> {
+    for key in ["missing field `", "unknown field `", "duplicate field `"] {
+        if let Some(rest) = msg.split(key).nth(1) {
+            return rest.split('`').next().map(str::to_owned);
+        }
+    }
+    None
+}
+
+impl Workload {
+    /// Parse and validate a workload. `file` names the source in errors.
+    pub fn parse(src: &str, file: &str) -> Result<Workload, WorkloadError> {
+        let raw: RawWorkload = toml::from_str(src).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let loc = line_col(src, span.start);
+            let message = e.message().trim().to_owned();
+            // Which op table the error sits in, so `field` reads `ops[2].fd`.
+            let op_index = src[..span.start.min(src.len())].matches("[[ops]]").count();
+            let field = match (field_from_message(&message), op_index) {
+                (Some(f), 0) => f,
+                (Some(f), i) => format!("ops[{}].{f}", i - 1),
+                (None, 0) => "workload".to_owned(),
+                (None, i) => format!("ops[{}]", i - 1),
+            };
+            WorkloadError {
+                file: file.to_owned(),
+                line: loc.line,
+                col: loc.col,
+                field,
+                message: improve_message(&message),
+            }
+        })?;
+        let mut op_locations = Vec::with_capacity(raw.ops.len());
+        let mut ops = Vec::with_capacity(raw.ops.len());
+        for (i, table) in raw.ops.into_iter().enumerate() {
+            let span = table.span();
+            op_locations.push(line_col(src, span.start));
+            let table = table.into_inner();
+            let value = toml::Value::Table(
+                table
+                    .iter()
+                    .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
+                    .collect(),
+            );
+            let op = Op::deserialize(value).map_err(|e| {
+                let message = e.message().trim().to_owned();
+                // Serde cannot carry spans through a tagged enum: find the key the
+                // message is about, so the position points at the field itself.
+                let (field, at) = blame_key(&message, &table).unwrap_or_else(|| ("op".to_owned(), span.start));
+                let loc = line_col(src, at);
+                WorkloadError {
+                    file: file.to_owned(),
+                    line: loc.line,
+                    col: loc.col,
+                    field: format!("ops[{i}].{field}"),
+                    message: improve_message(&message),
+                }
+            })?;
+            ops.push(op);
+        }
+        let expect = raw
+            .expect
+            .map(|t| serde_json::to_value(t).unwrap_or(serde_json::Value::Null));
+        let workload = Workload {
+            description: raw.description,
+            fs: raw.fs,
+            ops,
+            op_locations,
+            expect,
+        };
+        validate(&workload.ops).map_err(|v| {
+            let loc = workload
+                .op_locations
+                .get(v.op_index)
+                .copied()
+                .unwrap_or(Location { line: 1, col: 1 });
+            WorkloadError {
+                file: file.to_owned(),
+                line: loc.line,
+                col: loc.col,
+                field: format!("ops[{}].{}", v.op_index, v.field),
+                message: v.message,
+            }
+        })?;
+        Ok(workload)
+    }
+
+    /// A stable identity of the op sequence (blake3 of its canonical JSON), recorded in
+    /// traces so a trace is never checked against a different workload.
+    pub fn hash(&self) -> [u8; 32] {
+        let json = serde_json::to_vec(&self.ops).expect("ops serialise");
+        *blake3::hash(&json).as_bytes()
+    }
+}
+
+/// The key of an op table that a serde message is about, and where it starts.
+fn blame_key(msg: &str, table: &SpannedTable) -> Option<(String, usize)> {
+    if let Some(name) = field_from_message(msg) {
+        if msg.starts_with("missing field") {
+            let op_key = table.keys().find(|k| k.get_ref() == "op")?;
+            return Some((name, op_key.span().start));
+        }
+        let key = table.keys().find(|k| *k.get_ref() == name)?;
+        return Some((name, key.span().start));
+    }
+    if msg.contains("unknown variant") {
+        let key = table.keys().find(|k| k.get_ref() == "op")?;
+        let value = &table[key];
+        return Some(("op".to_owned(), value.span().start));
+    }
+    // "invalid type: string \"big\", expected u64": find the key holding that value.
+    for (k, v) in table {
+        let shown = v.get_ref().to_string();
+        if msg.contains(&format!(" {shown},")) || msg.contains(&format!("`{shown}`")) {
+            return Some((k.get_ref().clone(), v.span().start));
+        }
+    }
+    None
+}
+
+fn improve_message(msg: &str) -> String {
+    if msg.contains("did not match any variant of untagged enum Data") {
+        return "expected data as a string, { hex = \"..\" }, { fill = BYTE, len = N } or { seed = N, len = N }".to_owned();
+    }
+    if msg.starts_with("missing field `ops`") {
+        return "missing field `ops`: a workload needs at least one [[ops]] table".to_owned();
+    }
+    msg.to_owned()
+}
+
+/// A semantic error in an op sequence, before it is tied to a file position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    /// Index of the op.
+    pub op_index: usize,
+    /// The field at fault.
+    pub field: &'static str,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+/// Check an op sequence for everything serde cannot see: handles used before they
+/// exist or after they are closed, stores and flushes outside their mapping, sizes the
+/// agent cannot perform. The agent runs only validated sequences.
+pub fn validate(ops: &[Op]) -> Result<(), OpError> {
+    let mut fds: BTreeSet<&str> = BTreeSet::new();
+    let mut maps: BTreeMap<&str, u64> = BTreeMap::new();
+    let err = |i: usize, field: &'static str, message: String| OpError {
+        op_index: i,
+        field,
+        message,
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let need_fd = |fd: &str, fds: &BTreeSet<&str>| -> Result<(), OpError> {
+            if fds.contains(fd) {
+                Ok(())
+            } else {
+                Err(err(
+                    i,
+                    "fd",
+                    format!("no open descriptor named `{fd}`: open it with an earlier `open` op"),
+                ))
+            }
+        };
+        let need_map = |map: &str, maps: &BTreeMap<&str, u64>| -> Result<u64, OpError> {
+            maps.get(map).copied().ok_or_else(|| {
+                err(
+                    i,
+                    "map",
+                    format!("no mapping named `{map}`: create it with an earlier `mmap` op"),
+                )
+            })
+        };
+        let check_path = |field: &'static str, p: &str| -> Result<(), OpError> {
+            if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == ".." || c.is_empty())
+            {
+                Err(err(
+                    i,
+                    field,
+                    format!("`{p}` is not a relative path inside the file system (no leading /, no .., no empty components)"),
+                ))
+            } else if p.len() > 255 {
+                Err(err(i, field, "path longer than 255 bytes".to_owned()))
+            } else {
+                Ok(())
+            }
+        };
+        let check_data = |data: &Data, max: u64| -> Result<(), OpError> {
+            if let Data::Hex { hex } = data {
+                let digits: String = hex.chars().filter(|c| *c != ' ' && *c != '_').collect();
+                if let Some(bad) = digits.chars().find(|c| !c.is_ascii_hexdigit()) {
+                    return Err(err(i, "data", format!("`{bad}` is not a hex digit")));
+                }
+                if digits.len() % 2 != 0 {
+                    return Err(err(
+                        i,
+                        "data",
+                        "odd number of hex digits: expected two per byte".to_owned(),
+                    ));
+                }
+            }
+            if data.len() > max {
+                return Err(err(
+                    i,
+                    "data",
+                    format!("{} bytes is more than the {max} this op takes", data.len()),
+                ));
+            }
+            Ok(())
+        };
+        match op {
+            Op::Open { path, fd, .. } => {
+                check_path("path", path)?;
+                if !fds.insert(fd) {
+                    return Err(err(
+                        i,
+                        "fd",
+                        format!("descriptor `{fd}` is already open: close it first or pick another name"),
+                    ));
+                }
+            }
+            Op::Close { fd } => {
+                need_fd(fd, &fds)?;
+                fds.remove(fd.as_str());
+            }
+            Op::Write { fd, data } | Op::Pwrite { fd, data, .. } => {
+                need_fd(fd, &fds)?;
+                check_data(data, MAX_DATA_BYTES)?;
+            }
+            Op::Read { fd, len, .. } => {
+                need_fd(fd, &fds)?;
+                if *len > MAX_DATA_BYTES {
+                    return Err(err(i, "len", format!("at most {MAX_DATA_BYTES} bytes per read")));
+                }
+            }
+            Op::Ftruncate { fd, .. }
+            | Op::Fsync { fd }
+            | Op::Fdatasync { fd }
+            | Op::Fmetadatasync { fd }
+            | Op::Syncfs { fd } => need_fd(fd, &fds)?,
+            Op::Fallocate { fd, len, .. } => {
+                need_fd(fd, &fds)?;
+                if *len == 0 {
+                    return Err(err(i, "len", "must be greater than 0".to_owned()));
+                }
+            }
+            Op::Mmap {
+                fd,
+                map,
+                offset,
+                len,
+                ..
+            } => {
+                need_fd(fd, &fds)?;
+                if offset % 4096 != 0 {
+                    return Err(err(i, "offset", "must be a multiple of 4096".to_owned()));
+                }
+                if *len == 0 || *len > (1 << 30) {
+                    return Err(err(i, "len", "expected 1 byte to 1 GiB".to_owned()));
+                }
+                if maps.insert(map, *len).is_some() {
+                    return Err(err(
+                        i,
+                        "map",
+                        format!("mapping `{map}` already exists: munmap it first or pick another name"),
+                    ));
+                }
+            }
+            Op::Munmap { map } => {
+                need_map(map, &maps)?;
+                maps.remove(map.as_str());
+            }
+            Op::Store {
+                map,
+                offset,
+                data,
+                kind,
+            } => {
+                let map_len = need_map(map, &maps)?;
+                check_data(data, MAX_STORE_BYTES)?;
+                if data.is_empty() {
+                    return Err(err(i, "data", "a store needs 1 to 64 bytes".to_owned()));
+                }
+                if offset + data.len() > map_len {
+                    return Err(err(
+                        i,
+                        "offset",
+                        format!(
+                            "store of {} bytes at {offset} runs past the end of `{map}` ({map_len} bytes)",
+                            data.len()
+                        ),
+                    ));
+                }
+                if *kind == StoreKind::NonTemporal && (offset % 4 != 0 || data.len() % 4 != 0) {
+                    return Err(err(
+                        i,
+                        "kind",
+                        "non-temporal stores (movnti) need an offset and length that are multiples of 4".to_owned(),
+                    ));
+                }
+            }
+            Op::Flush {
+                map, offset, len, ..
+            } => {
+                let map_len = need_map(map, &maps)?;
+                if *len == 0 || offset + len > map_len {
+                    return Err(err(
+                        i,
+                        "len",
+                        format!("flush range [{offset}, {}) must be non-empty and inside `{map}` ({map_len} bytes)", offset + len),
+                    ));
+                }
+            }
+            Op::Msync {
+                map, offset, len, ..
+            } => {
+                let map_len = need_map(map, &maps)?;
+                let end = offset + len.unwrap_or(map_len.saturating_sub(*offset));
+                if *offset >= map_len || end > map_len {
+                    return Err(err(
+                        i,
+                        "len",
+                        format!("msync range must lie inside `{map}` ({map_len} bytes)"),
+                    ));
+                }
+            }
+            Op::Fence { .. } | Op::Sync => {}
+            Op::Rename { from, to } | Op::Link { from, to } => {
+                check_path("from", from)?;
+                check_path("to", to)?;
+            }
+            Op::Unlink { path } | Op::Mkdir { path, .. } | Op::Rmdir { path } => {
+                check_path("path", path)?
+            }
+            Op::Symlink { target, path } => {
+                check_path("path", path)?;
+                if target.is_empty() {
+                    return Err(err(i, "target", "must not be empty".to_owned()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Workload, WorkloadError> {
+        Workload::parse(src, "w.toml")
+    }
+
+    const GOOD: &str = r#"
+description = "all the kinds"
+
+[[ops]]
+op = "open"
+path = "a"
+fd = "a"
+create = true
+
+[[ops]]
+op = "ftruncate"
+fd = "a"
+len = 8192
+
+[[ops]]
+op = "mmap"
+fd = "a"
+map = "m"
+len = 8192
+kind = "sync"
+
+[[ops]]
+op = "store"
+map = "m"
+offset = 64
+data = { hex = "deadbeef" }
+kind = "non-temporal"
+
+[[ops]]
+op = "flush"
+map = "m"
+offset = 0
+len = 128
+insn = "clflushopt"
+
+[[ops]]
+op = "fence"
+
+[[ops]]
+op = "pwrite"
+fd = "a"
+offset = 0
+data = { seed = 3, len = 100 }
+
+[[ops]]
+op = "msync"
+map = "m"
+
+[[ops]]
+op = "sync"
+"#;
+
+    #[test]
+    fn parses_a_full_workload() {
+        let w = parse(GOOD).unwrap();
+        assert_eq!(w.ops.len(), 9);
+        assert_eq!(w.op_locations[0], Location { line: 4, col: 1 });
+        assert_eq!(
+            w.ops[3],
+            Op::Store {
+                map: "m".into(),
+                offset: 64,
+                data: Data::Hex {
+                    hex: "deadbeef".into()
+                },
+                kind: StoreKind::NonTemporal
+            }
+        );
+        assert_eq!(w.ops[5], Op::Fence { insn: FenceInsn::Sfence });
+        match &w.ops[7] {
+            Op::Msync { len, mode, .. } => {
+                assert_eq!(*len, None);
+                assert_eq!(*mode, MsyncMode::Sync);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_forms() {
+        assert_eq!(Data::Text("hi".into()).bytes(), b"hi");
+        assert_eq!(Data::Hex { hex: "de ad_BE ef".into() }.bytes(), [0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(Data::Fill { fill: 7, len: 3 }.bytes(), [7, 7, 7]);
+        let a = Data::Seeded { seed: 1, len: 33 }.bytes();
+        assert_eq!(a.len(), 33);
+        assert_ne!(a, Data::Seeded { seed: 2, len: 33 }.bytes());
+        assert_eq!(a, seeded_bytes(1, 33));
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let e = parse("[[ops]]\nop = \"fsync\"\nfd = \"a\"\nbogus = 1\n").unwrap_err();
+        assert_eq!((e.line, e.col), (4, 1));
+        assert_eq!(e.field, "ops[0].bogus");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn unknown_op_is_reported() {
+        let e = parse("[[ops]]\nop = \"fly\"\n").unwrap_err();
+        assert_eq!((e.line, e.col, e.field.as_str()), (2, 6, "ops[0].op"));
+        assert!(e.message.contains("unknown variant `fly`"), "{e}");
+        assert!(e.message.contains("fsync"), "lists the expected ops: {e}");
+    }
+
+    #[test]
+    fn missing_field_is_reported() {
+        let e = parse("[[ops]]\nop = \"open\"\npath = \"a\"\nfd = \"x\"\n\n[[ops]]\nop = \"write\"\nfd = \"x\"\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (7, "ops[1].data"), "{e}");
+        assert!(e.message.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_points_at_the_value() {
+        let e = parse("[[ops]]\nop = \"ftruncate\"\nfd = \"a\"\nlen = \"big\"\n").unwrap_err();
+        assert_eq!((e.line, e.col, e.field.as_str()), (4, 7, "ops[0].len"), "{e}");
+        assert!(e.message.contains("expected u64"), "{e}");
+        assert!(e.to_string().starts_with("w.toml:"), "{e}");
+    }
+
+    #[test]
+    fn fd_used_before_open() {
+        let e = parse("[[ops]]\nop = \"fsync\"\nfd = \"a\"\n").unwrap_err();
+        assert_eq!((e.line, e.col), (1, 1));
+        assert_eq!(e.field, "ops[0].fd");
+        assert!(e.message.contains("no open descriptor named `a`"), "{e}");
+    }
+
+    #[test]
+    fn store_bounds() {
+        let base = "[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\ncreate=true\n[[ops]]\nop=\"mmap\"\nfd=\"a\"\nmap=\"m\"\nlen=4096\n";
+        let e = parse(&format!("{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=4090\ndata=\"too long\"\n")).unwrap_err();
+        assert_eq!(e.line, 11);
+        assert_eq!(e.field, "ops[2].offset");
+        let e = parse(&format!("{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=0\ndata={{fill=1,len=65}}\n")).unwrap_err();
+        assert_eq!(e.field, "ops[2].data");
+        let e = parse(&format!("{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=2\ndata={{fill=1,len=8}}\nkind=\"non-temporal\"\n")).unwrap_err();
+        assert_eq!(e.field, "ops[2].kind");
+        let e = parse(&format!("{base}[[ops]]\nop=\"flush\"\nmap=\"m\"\noffset=4000\nlen=200\n")).unwrap_err();
+        assert_eq!(e.field, "ops[2].len");
+        parse(&format!("{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=4032\ndata={{fill=1,len=64}}\n")).unwrap();
+    }
+
+    #[test]
+    fn bad_paths() {
+        for p in ["/abs", "../up", "a//b", ""] {
+            let e = parse(&format!("[[ops]]\nop=\"mkdir\"\npath=\"{p}\"\n")).unwrap_err();
+            assert_eq!(e.field, "ops[0].path", "{p}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_hex() {
+        let e = parse("[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\n[[ops]]\nop=\"write\"\nfd=\"a\"\ndata={hex=\"abc\"}\n").unwrap_err();
+        assert!(e.message.contains("odd number"), "{e}");
+    }
+
+    #[test]
+    fn bad_data_shape() {
+        let e = parse("[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\n[[ops]]\nop=\"write\"\nfd=\"a\"\ndata={len=3}\n").unwrap_err();
+        assert!(e.message.contains("expected data as"), "{e}");
+    }
+
+    #[test]
+    fn hash_depends_on_ops() {
+        let a = parse("[[ops]]\nop=\"sync\"\n").unwrap();
+        let b = parse("description=\"x\"\n[[ops]]\nop=\"sync\"\n").unwrap();
+        let c = parse("[[ops]]\nop=\"sync\"\n[[ops]]\nop=\"sync\"\n").unwrap();
+        assert_eq!(a.hash(), b.hash());
+        assert_ne!(a.hash(), c.hash());
+    }
+}

@@ -1,0 +1,372 @@
+//! The harness/agent protocol: line-delimited JSON over the guest's agent serial port.
+//!
+//! The harness sends a [`HostMsg`] per line and the agent answers with one or more
+//! [`AgentMsg`] lines, the last of which is a terminal one ([`AgentMsg::is_terminal`]).
+//! Every line is at most [`MAX_LINE_BYTES`]; a longer line is a protocol error on
+//! either side, so a confused peer cannot make the other allocate without bound.
+//!
+//! The agent also talks to the tracer, not over this channel but through a magic
+//! `cpuid` (see [`marker`]), so markers land in the trace in execution order.
+
+use crate::ops::{FsKind, Op};
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a message changes shape; the agent reports its version in
+/// [`AgentMsg::Ready`] and the harness refuses a mismatch (a stale initramfs).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest line either side sends or accepts, newline excluded.
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+/// The line the agent prints on the console when it starts, before the channel is up;
+/// boot-time measurements and panic diagnostics key on it.
+pub const AGENT_BANNER: &str = "pmcrash-agent: up";
+
+/// A request from the harness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum HostMsg {
+    /// Are you there? Answered with [`AgentMsg::Pong`].
+    Ping,
+    /// Convert the label-less raw NVDIMM namespace to fsdax (writes the pfn info block
+    /// at 4 KiB; the usable device then starts at 2 MiB). Done once per template.
+    ConvertFsdax,
+    /// Forget everything cached about `/dev/pmem0` (drop caches, `BLKFLSBUF`): the host
+    /// has rewritten the backing file underneath.
+    Refresh,
+    /// Mount `/dev/pmem0` on the work directory with `-o dax` and prove DAX is on.
+    Mount {
+        /// The file system.
+        fs: FsKind,
+        /// Extra mount options, comma-joined after `dax`.
+        #[serde(default)]
+        options: Vec<String>,
+    },
+    /// Run ops on the mounted file system, reporting each with [`AgentMsg::OpDone`].
+    Run {
+        /// The ops (already validated by the harness).
+        ops: Vec<Op>,
+        /// Emit tracer markers around each op.
+        #[serde(default)]
+        markers: bool,
+    },
+    /// Walk the mounted file system and report it as [`AgentMsg::State`].
+    Dump,
+    /// Unmount the work directory.
+    Unmount,
+    /// Power the guest off (the agent syncs nothing: the harness decides what is
+    /// durable).
+    Poweroff,
+    /// For the harness's own tests: make the kernel panic.
+    TestPanic,
+    /// For the harness's own tests: stop answering, as a hung guest would.
+    TestHang,
+}
+
+/// What an op returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpResult {
+    /// The op's index in the workload.
+    pub index: usize,
+    /// The return value (bytes, a descriptor, 0), or -1 on error.
+    pub ret: i64,
+    /// errno when the call failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// Op-specific facts the oracle and the tracer checks need.
+    #[serde(default, skip_serializing_if = "OpDetail::is_none")]
+    pub detail: OpDetail,
+    /// Time the op took in the guest, in microseconds (the guest's clock).
+    pub micros: u64,
+}
+
+impl OpResult {
+    /// True when the op succeeded.
+    pub fn ok(&self) -> bool {
+        self.errno.is_none()
+    }
+}
+
+/// Op-specific results.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum OpDetail {
+    /// Nothing beyond the return value.
+    #[default]
+    None,
+    /// `mmap`: where the mapping lives in the agent's address space.
+    Mapped {
+        /// Virtual address of the mapping.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// `store`/`flush`: the user virtual addresses touched, so the trace can be
+    /// checked against what the agent really did.
+    Addresses {
+        /// First byte.
+        addr: u64,
+        /// Length of the range.
+        len: u64,
+    },
+    /// `read`: what came back.
+    Read {
+        /// Bytes read.
+        len: u64,
+        /// blake3 of those bytes, hex.
+        blake3: String,
+    },
+    /// `fmetadatasync` and friends: the file's extents after the call (FIEMAP).
+    Extents {
+        /// Extents in file order.
+        extents: Vec<Extent>,
+    },
+}
+
+impl OpDetail {
+    /// True for [`OpDetail::None`].
+    pub fn is_none(&self) -> bool {
+        matches!(self, OpDetail::None)
+    }
+}
+
+/// One extent of a file, as FIEMAP reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    /// Offset in the file.
+    pub logical: u64,
+    /// Offset on the block device (`/dev/pmem0`), i.e. from the start of the fsdax
+    /// data area, not of the NVDIMM backing file.
+    pub physical: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// FIEMAP flags (unwritten, ...).
+    pub flags: u32,
+}
+
+/// What kind of file system object an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Anything else (device, fifo, socket).
+    Other,
+}
+
+/// One object found by [`HostMsg::Dump`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FsEntry {
+    /// Path relative to the mount point.
+    pub path: String,
+    /// The object's kind.
+    pub kind: EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Link count.
+    pub nlink: u64,
+    /// Inode number (tells hard links apart).
+    pub ino: u64,
+    /// blake3 of the contents (files) or the target (symlinks), hex; empty for dirs.
+    #[serde(default)]
+    pub blake3: String,
+    /// blake3 per 4 KiB block of a file, hex; lets the oracle find which block holds
+    /// foreign bytes without shipping the data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<String>,
+    /// Symlink target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// errno when the object could not be read (a finding in itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<i32>,
+}
+
+/// A message from the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum AgentMsg {
+    /// The agent is up and listening (sent once after boot, and again after a restore
+    /// when the harness pings).
+    Ready {
+        /// [`PROTOCOL_VERSION`] the agent was built with.
+        version: u32,
+        /// `uname -r` of the guest kernel.
+        kernel: String,
+        /// Modules loaded at boot.
+        modules: Vec<String>,
+        /// Milliseconds from kernel start to agent ready (guest clock).
+        boot_ms: u64,
+    },
+    /// Answer to [`HostMsg::Ping`].
+    Pong,
+    /// A request succeeded and has nothing more to say.
+    Done,
+    /// The file system is mounted.
+    Mounted {
+        /// `STATX_ATTR_DAX` was seen on a probe file.
+        dax: bool,
+        /// Milliseconds the mount took.
+        millis: u64,
+    },
+    /// One op of a [`HostMsg::Run`] finished (sent as each op ends).
+    OpDone(OpResult),
+    /// Every op of a [`HostMsg::Run`] has been reported.
+    RunDone,
+    /// The result of [`HostMsg::Dump`], sorted by path.
+    State {
+        /// Every object under the mount point.
+        entries: Vec<FsEntry>,
+    },
+    /// A request failed; `message` says why and what to do.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+    /// Informational text (shown with `--verbose`).
+    Log {
+        /// The text.
+        message: String,
+    },
+}
+
+impl AgentMsg {
+    /// True when this message ends the answer to a request.
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, AgentMsg::OpDone(_) | AgentMsg::Log { .. })
+    }
+}
+
+/// The magic `cpuid` the agent executes so the tracer can mark op boundaries.
+///
+/// The agent sets `eax` = [`marker::LEAF`], `ecx` = a [`marker::Kind`] value,
+/// `edx` = the op index, `rsi` and `rdi` = two op-specific values (for a store: the
+/// user virtual address and length). The tracer reads the registers when the
+/// instruction executes; the guest just sees an unknown leaf and zeros.
+pub mod marker {
+    /// The cpuid leaf reserved for markers (outside Intel's and the hypervisor ranges).
+    pub const LEAF: u32 = 0x5043_4d00;
+
+    /// What a marker says.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    #[repr(u32)]
+    pub enum Kind {
+        /// An op begins.
+        OpBegin = 1,
+        /// An op ended.
+        OpEnd = 2,
+        /// A run of ops begins (`edx` = number of ops).
+        RunBegin = 3,
+        /// A run of ops ended.
+        RunEnd = 4,
+    }
+
+    impl Kind {
+        /// Decode the `ecx` value.
+        pub fn from_u32(v: u32) -> Option<Kind> {
+            Some(match v {
+                1 => Kind::OpBegin,
+                2 => Kind::OpEnd,
+                3 => Kind::RunBegin,
+                4 => Kind::RunEnd,
+                _ => return None,
+            })
+        }
+    }
+}
+
+/// Errors reading a protocol line.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The line is longer than [`MAX_LINE_BYTES`].
+    #[error("protocol line of {0} bytes exceeds the {MAX_LINE_BYTES}-byte limit")]
+    TooLong(usize),
+    /// The line is not a message of the expected type.
+    #[error("malformed protocol line ({error}): {line}")]
+    Malformed {
+        /// The serde error.
+        error: String,
+        /// The start of the line.
+        line: String,
+    },
+}
+
+/// Encode a message as one line (with the trailing newline).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut v = serde_json::to_vec(msg).expect("protocol messages serialise");
+    v.push(b'\n');
+    v
+}
+
+/// Decode one line (without its newline).
+pub fn decode<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, ProtocolError> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(ProtocolError::TooLong(line.len()));
+    }
+    serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed {
+        error: e.to_string(),
+        line: String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{Data, StoreKind};
+
+    #[test]
+    fn roundtrip() {
+        let msgs = vec![
+            HostMsg::Mount {
+                fs: FsKind::Xfs,
+                options: vec![],
+            },
+            HostMsg::Run {
+                ops: vec![Op::Store {
+                    map: "m".into(),
+                    offset: 0,
+                    data: Data::Text("x".into()),
+                    kind: StoreKind::Cached,
+                }],
+                markers: true,
+            },
+        ];
+        for m in msgs {
+            let line = encode(&m);
+            assert_eq!(*line.last().unwrap(), b'\n');
+            let back: HostMsg = decode(&line[..line.len() - 1]).unwrap();
+            assert_eq!(back, m);
+        }
+        let r = AgentMsg::OpDone(OpResult {
+            index: 2,
+            ret: -1,
+            errno: Some(28),
+            detail: OpDetail::Mapped { addr: 1, len: 2 },
+            micros: 5,
+        });
+        let line = encode(&r);
+        let back: AgentMsg = decode(&line[..line.len() - 1]).unwrap();
+        assert_eq!(back, r);
+        assert!(!back.is_terminal());
+    }
+
+    #[test]
+    fn rejects_garbage_and_long_lines() {
+        assert!(matches!(
+            decode::<AgentMsg>(b"{nope"),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        let long = vec![b' '; MAX_LINE_BYTES + 1];
+        assert!(matches!(
+            decode::<AgentMsg>(&long),
+            Err(ProtocolError::TooLong(_))
+        ));
+    }
+}
