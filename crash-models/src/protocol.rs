@@ -94,6 +94,13 @@ pub enum OpDetail {
     /// Nothing beyond the return value.
     #[default]
     None,
+    /// `open`: whether the opened file is served by DAX (`STATX_ATTR_DAX`).
+    Opened {
+        /// The descriptor number in the guest.
+        fd: i32,
+        /// `STATX_ATTR_DAX` was set.
+        dax: bool,
+    },
     /// `mmap`: where the mapping lives in the agent's address space.
     Mapped {
         /// Virtual address of the mapping.
