@@ -7,6 +7,10 @@
 //! so every type that crosses the VM boundary is defined once, here.
 #![warn(missing_docs)]
 
+pub mod delta;
+pub mod model;
 pub mod ops;
+pub mod points;
 pub mod protocol;
+pub mod states;
 pub mod trace;

@@ -1,0 +1,360 @@
+//! Crash points: the store boundaries at which pmcrash pulls the plug.
+//!
+//! [`CrashPoints`] drives a [`Replayer`] over a trace and stops at every point the
+//! [`Policy`] picks. It is an [`Iterator`] of [`CrashPoint`]s; between two calls to
+//! `next`, [`CrashPoints::replayer`] shows the in-flight state at the point just
+//! yielded:
+//!
+//! ```
+//! use crash_models::model::{ModelConfig, Replayer};
+//! use crash_models::points::{CrashPoints, PointConfig};
+//! let trace: Vec<crash_models::trace::Record> = Vec::new();
+//! let mut points = CrashPoints::new(trace.into_iter(), Replayer::new(ModelConfig::default()),
+//!     PointConfig::default());
+//! while let Some(point) = points.next() {
+//!     let _in_flight = points.replayer().in_flight();
+//!     let _ = point;
+//! }
+//! ```
+
+use crate::model::{Model, Replayer};
+use crate::trace::{MarkerKind, Record};
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+/// Which store boundaries become crash points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Policy {
+    /// Just before a fence (`fence`: only fences that will make something durable;
+    /// `fence:all`: every fence). The point sits *before* the fence because that is when
+    /// the most lines are in flight: the state right after a fence is the `none` state
+    /// of the point before the next fence, so nothing is lost by not stopping there
+    /// too. Under `x86-eadr` no fence persists anything, so every fence counts.
+    Fence {
+        /// Stop at every fence, not only at persisting ones.
+        all: bool,
+    },
+    /// After every op-begin and op-end marker.
+    Op,
+    /// After every store.
+    Store,
+    /// After every `n`-th store.
+    Every(u64),
+    /// After every marker of the given kinds (every marker when empty).
+    Marker(Vec<MarkerKind>),
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::Fence { all: false }
+    }
+}
+
+fn marker_name(k: MarkerKind) -> &'static str {
+    match k {
+        MarkerKind::OpBegin => "op-begin",
+        MarkerKind::OpEnd => "op-end",
+        MarkerKind::RunBegin => "run-begin",
+        MarkerKind::RunEnd => "run-end",
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Policy::Fence { all: false } => f.write_str("fence"),
+            Policy::Fence { all: true } => f.write_str("fence:all"),
+            Policy::Op => f.write_str("op"),
+            Policy::Store => f.write_str("store"),
+            Policy::Every(n) => write!(f, "every:{n}"),
+            Policy::Marker(kinds) if kinds.is_empty() => f.write_str("marker"),
+            Policy::Marker(kinds) => {
+                let names: Vec<&str> = kinds.iter().map(|k| marker_name(*k)).collect();
+                write!(f, "marker:{}", names.join(","))
+            }
+        }
+    }
+}
+
+/// A crash-point policy string that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad crash-point policy `{input}`: {reason}; expected fence, fence:all, op, store, every:N (N >= 1), marker or marker:KIND[,KIND] (op-begin, op-end, run-begin, run-end)")]
+pub struct PolicyError {
+    /// The string given.
+    pub input: String,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+impl FromStr for Policy {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
+        let err = |reason: &str| PolicyError {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        match (name, arg) {
+            ("fence", None) => Ok(Policy::Fence { all: false }),
+            ("fence", Some("all")) => Ok(Policy::Fence { all: true }),
+            ("op", None) => Ok(Policy::Op),
+            ("store", None) => Ok(Policy::Store),
+            ("every", Some(n)) => match n.parse::<u64>() {
+                Ok(n) if n >= 1 => Ok(Policy::Every(n)),
+                _ => Err(err(&format!("`{n}` is not a store count of at least 1"))),
+            },
+            ("every", None) => Err(err("every needs a store count, as in every:100")),
+            ("marker", None) => Ok(Policy::Marker(Vec::new())),
+            ("marker", Some(kinds)) => kinds
+                .split(',')
+                .map(|k| match k.trim() {
+                    "op-begin" => Ok(MarkerKind::OpBegin),
+                    "op-end" => Ok(MarkerKind::OpEnd),
+                    "run-begin" => Ok(MarkerKind::RunBegin),
+                    "run-end" => Ok(MarkerKind::RunEnd),
+                    other => Err(err(&format!("unknown marker kind `{other}`"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Policy::Marker),
+            (_, Some(_)) if ["fence", "op", "store"].contains(&name) => {
+                Err(err(&format!("`{name}` takes no argument here")))
+            }
+            _ => Err(err(&format!("unknown policy `{name}`"))),
+        }
+    }
+}
+
+/// How crash points are chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointConfig {
+    /// Which boundaries.
+    pub policy: Policy,
+    /// Only points whose op (see [`CrashPoint::op`]) lies in this range of op indices.
+    pub ops: Option<Range<u32>>,
+    /// Also stop after the last record (the state if power fails once the trace is
+    /// over), unless that point was already yielded.
+    pub end_of_trace: bool,
+}
+
+impl Default for PointConfig {
+    fn default() -> Self {
+        PointConfig {
+            policy: Policy::default(),
+            ops: None,
+            end_of_trace: true,
+        }
+    }
+}
+
+/// Why a crash point was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// Just before a fence (the next record).
+    BeforeFence,
+    /// After a store.
+    Store,
+    /// After a marker.
+    Marker(MarkerKind),
+    /// After the last record.
+    EndOfTrace,
+}
+
+/// A crash point: power fails right after record `applied - 1` (before record
+/// `applied`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct CrashPoint {
+    /// Records applied before the crash. The crash happens after record
+    /// `applied - 1`.
+    pub applied: u64,
+    /// The op whose begin marker was seen and whose end marker was not.
+    pub op_in_progress: Option<u32>,
+    /// Ops whose end marker was seen.
+    pub ops_completed: u32,
+    /// Stores applied before the crash.
+    pub stores: u64,
+    /// Why this point was chosen.
+    pub reason: Reason,
+}
+
+impl CrashPoint {
+    /// Index of the last record applied before the crash, if any.
+    pub fn record(&self) -> Option<u64> {
+        self.applied.checked_sub(1)
+    }
+
+    /// The op the point belongs to: the op in progress, or else the op that ended last.
+    pub fn op(&self) -> Option<u32> {
+        self.op_in_progress.or(self.ops_completed.checked_sub(1))
+    }
+}
+
+/// Tracks the op in progress from markers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpTracker {
+    /// The op whose begin marker was seen and whose end marker was not.
+    pub in_progress: Option<u32>,
+    /// End markers seen.
+    pub completed: u32,
+}
+
+impl OpTracker {
+    /// Account for one record.
+    #[inline]
+    pub fn observe(&mut self, rec: &Record) {
+        if let Record::Marker { marker, op, .. } = *rec {
+            match marker {
+                MarkerKind::OpBegin => self.in_progress = Some(op),
+                MarkerKind::OpEnd => {
+                    self.in_progress = None;
+                    self.completed += 1;
+                }
+                MarkerKind::RunBegin | MarkerKind::RunEnd => {}
+            }
+        }
+    }
+}
+
+/// The crash points of a trace, with the replayer positioned at each.
+#[derive(Debug)]
+pub struct CrashPoints<I> {
+    records: I,
+    replayer: Replayer,
+    cfg: PointConfig,
+    tracker: OpTracker,
+    stores: u64,
+    held: Option<Record>,
+    last_yield: Option<u64>,
+    done: bool,
+}
+
+impl<I: Iterator<Item = Record>> CrashPoints<I> {
+    /// Crash points of `records`, replayed by `replayer` (usually fresh).
+    pub fn new(records: I, replayer: Replayer, cfg: PointConfig) -> Self {
+        CrashPoints {
+            records,
+            replayer,
+            cfg,
+            tracker: OpTracker::default(),
+            stores: 0,
+            held: None,
+            last_yield: None,
+            done: false,
+        }
+    }
+
+    /// The replayer, positioned at the point last yielded.
+    pub fn replayer(&self) -> &Replayer {
+        &self.replayer
+    }
+
+    /// Give the replayer back (at wherever iteration stopped).
+    pub fn into_replayer(self) -> Replayer {
+        self.replayer
+    }
+
+    fn point(&self, reason: Reason) -> CrashPoint {
+        CrashPoint {
+            applied: self.replayer.position(),
+            op_in_progress: self.tracker.in_progress,
+            ops_completed: self.tracker.completed,
+            stores: self.stores,
+            reason,
+        }
+    }
+
+    fn in_range(&self, p: &CrashPoint) -> bool {
+        match &self.cfg.ops {
+            None => true,
+            Some(r) => p.op().is_some_and(|op| r.contains(&op)),
+        }
+    }
+
+    fn past_range(&self) -> bool {
+        match &self.cfg.ops {
+            None => false,
+            Some(r) => self.tracker.in_progress.is_none() && self.tracker.completed >= r.end,
+        }
+    }
+
+    fn step(&mut self, rec: &Record) {
+        self.replayer.apply(rec);
+        self.tracker.observe(rec);
+        if matches!(rec, Record::Store { .. }) {
+            self.stores += 1;
+        }
+    }
+
+    fn take(&mut self, p: CrashPoint) -> Option<CrashPoint> {
+        if self.last_yield == Some(p.applied) || !self.in_range(&p) {
+            return None;
+        }
+        self.last_yield = Some(p.applied);
+        Some(p)
+    }
+}
+
+impl<I: Iterator<Item = Record>> Iterator for CrashPoints<I> {
+    type Item = CrashPoint;
+
+    fn next(&mut self) -> Option<CrashPoint> {
+        if let Some(rec) = self.held.take() {
+            self.step(&rec);
+        }
+        while !self.done {
+            if self.past_range() {
+                self.done = true;
+                return None;
+            }
+            let Some(rec) = self.records.next() else {
+                self.done = true;
+                if self.cfg.end_of_trace && self.replayer.position() > 0 {
+                    let p = self.point(Reason::EndOfTrace);
+                    return self.take(p);
+                }
+                return None;
+            };
+            if let (Policy::Fence { all }, Record::Fence { vcpu, .. }) = (&self.cfg.policy, &rec) {
+                let every = *all || self.replayer.config().model == Model::X86Eadr;
+                if self.replayer.position() > 0
+                    && (every || self.replayer.fence_would_persist(*vcpu))
+                {
+                    let p = self.point(Reason::BeforeFence);
+                    if let Some(p) = self.take(p) {
+                        self.held = Some(rec);
+                        return Some(p);
+                    }
+                }
+            }
+            self.step(&rec);
+            let reason = match (&self.cfg.policy, &rec) {
+                (Policy::Store, Record::Store { .. }) => Some(Reason::Store),
+                (Policy::Every(n), Record::Store { .. }) if self.stores % n == 0 => {
+                    Some(Reason::Store)
+                }
+                (Policy::Op, Record::Marker { marker, .. })
+                    if matches!(marker, MarkerKind::OpBegin | MarkerKind::OpEnd) =>
+                {
+                    Some(Reason::Marker(*marker))
+                }
+                (Policy::Marker(kinds), Record::Marker { marker, .. })
+                    if kinds.is_empty() || kinds.contains(marker) =>
+                {
+                    Some(Reason::Marker(*marker))
+                }
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                let p = self.point(reason);
+                if let Some(p) = self.take(p) {
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+}

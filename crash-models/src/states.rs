@@ -1,0 +1,440 @@
+//! Crash states: which in-flight lines survive a crash, and how much of each.
+//!
+//! At a crash point every in-flight line holds its durable content plus some prefix of
+//! its queued pieces (see [`crate::model`]). A [`CrashState`] picks that prefix length
+//! per line; [`CrashStates`] enumerates states under one or more [`Strategy`]s, within
+//! caps that are reported, never silently applied.
+
+use crate::model::{FxSet, InFlightLine};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::fmt;
+use std::str::FromStr;
+
+/// How to pick crash states at a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Every in-flight line dropped: only durable content survives.
+    None,
+    /// Every in-flight line persisted with its whole queue.
+    All,
+    /// `none`, `all`, and for each line: it alone persisted, and it alone dropped.
+    /// The same as `subsets:1`.
+    EachLine,
+    /// Every set of at most `k` lines persisted (whole), and every set of at most `k`
+    /// lines dropped (the others whole).
+    Subsets(u32),
+    /// `count` distinct random states: each line is kept with probability 1/2, a kept
+    /// line holding a random non-empty prefix of its queue. Deterministic for a seed.
+    Random {
+        /// States wanted.
+        count: u32,
+        /// ChaCha8 seed.
+        seed: u64,
+    },
+    /// Torn lines at 8-byte granularity: for each line, every strict non-empty prefix
+    /// of its queue of pieces, with every other line dropped.
+    Torn,
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Strategy::None => f.write_str("none"),
+            Strategy::All => f.write_str("all"),
+            Strategy::EachLine => f.write_str("each-line"),
+            Strategy::Subsets(k) => write!(f, "subsets:{k}"),
+            Strategy::Random { count, seed } => write!(f, "random:{count}:{seed}"),
+            Strategy::Torn => f.write_str("torn"),
+        }
+    }
+}
+
+/// A crash-state strategy string that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad crash-state strategy `{input}`: {reason}; expected none, all, each-line, subsets:K, random:N[:SEED] or torn")]
+pub struct StrategyError {
+    /// The string given.
+    pub input: String,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
+impl FromStr for Strategy {
+    type Err = StrategyError;
+    fn from_str(s: &str) -> Result<Self, StrategyError> {
+        let err = |reason: String| StrategyError {
+            input: s.to_owned(),
+            reason,
+        };
+        let mut parts = s.split(':');
+        let name = parts.next().unwrap_or_default();
+        let args: Vec<&str> = parts.collect();
+        let num = |a: &str| {
+            a.parse::<u64>()
+                .map_err(|_| err(format!("`{a}` is not a number")))
+        };
+        match (name, args.as_slice()) {
+            ("none", []) => Ok(Strategy::None),
+            ("all", []) => Ok(Strategy::All),
+            ("each-line", []) => Ok(Strategy::EachLine),
+            ("torn", []) => Ok(Strategy::Torn),
+            ("subsets", [k]) => Ok(Strategy::Subsets(
+                u32::try_from(num(k)?).map_err(|_| err(format!("`{k}` is too large")))?,
+            )),
+            ("random", [n]) | ("random", [n, _]) => {
+                let count =
+                    u32::try_from(num(n)?).map_err(|_| err(format!("`{n}` is too large")))?;
+                let seed = match args.get(1) {
+                    Some(s) => num(s)?,
+                    None => 0,
+                };
+                Ok(Strategy::Random { count, seed })
+            }
+            ("subsets", _) => Err(err("subsets needs a size, as in subsets:2".into())),
+            ("random", _) => Err(err(
+                "random needs a count, as in random:100 or random:100:7".into(),
+            )),
+            _ => Err(err(format!("unknown strategy `{s}`"))),
+        }
+    }
+}
+
+/// Caps and strategies for crash-state enumeration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    /// Strategies, applied in order; a state two strategies produce is yielded once.
+    pub strategies: Vec<Strategy>,
+    /// Most states yielded per crash point.
+    pub max_states: usize,
+    /// Most in-flight lines considered per crash point; the lines past the cap (the
+    /// highest offsets) are dropped in every state.
+    pub max_lines: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            strategies: vec![Strategy::EachLine],
+            max_states: 4096,
+            max_lines: 1024,
+        }
+    }
+}
+
+/// One crash state: for each line that keeps something, how many of its queued pieces
+/// survive. Lines not listed keep none (only their durable content).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize)]
+pub struct CrashState {
+    /// (line offset, pieces kept), sorted by line, every count at least 1.
+    pub kept: Vec<(u64, u32)>,
+}
+
+impl CrashState {
+    /// Pieces kept of the line at `line_offset`.
+    pub fn kept_of(&self, line_offset: u64) -> u32 {
+        self.kept
+            .binary_search_by_key(&line_offset, |k| k.0)
+            .map(|i| self.kept[i].1)
+            .unwrap_or(0)
+    }
+}
+
+/// What the caps cut off at one crash point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Truncation {
+    /// More states existed than `max_states`.
+    pub states_capped: bool,
+    /// In-flight lines not considered because of `max_lines`.
+    pub lines_ignored: usize,
+    /// Random draws that repeated an earlier state (so fewer than `count` distinct
+    /// states may come out when the state space is small).
+    pub random_repeats: u32,
+}
+
+impl Truncation {
+    /// True when a cap cut something off.
+    pub fn truncated(&self) -> bool {
+        self.states_capped || self.lines_ignored > 0
+    }
+}
+
+/// Lexicographic k-combinations of 0..n.
+#[derive(Debug, Clone)]
+struct Combos {
+    n: usize,
+    idx: Vec<usize>,
+    first: bool,
+    done: bool,
+}
+
+impl Combos {
+    fn new(n: usize, k: usize) -> Self {
+        Combos {
+            n,
+            idx: (0..k).collect(),
+            first: true,
+            done: k > n,
+        }
+    }
+
+    fn advance(&mut self) -> Option<&[usize]> {
+        if self.done {
+            return None;
+        }
+        if self.first {
+            self.first = false;
+            return Some(&self.idx);
+        }
+        let k = self.idx.len();
+        let mut i = k;
+        while i > 0 {
+            i -= 1;
+            if self.idx[i] < self.n - k + i {
+                self.idx[i] += 1;
+                for j in i + 1..k {
+                    self.idx[j] = self.idx[j - 1] + 1;
+                }
+                return Some(&self.idx);
+            }
+        }
+        self.done = true;
+        None
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Gen {
+    /// One state: all lines whole (`true`) or none.
+    Once(bool),
+    Done,
+    Subsets {
+        k: usize,
+        size: usize,
+        dropped: bool,
+        combos: Combos,
+    },
+    Random {
+        left: u32,
+        attempts: u32,
+        rng: Box<ChaCha8Rng>,
+        seen: FxSet<Vec<(u64, u32)>>,
+    },
+    Torn {
+        line: usize,
+        kept: u32,
+    },
+}
+
+/// The crash states of one crash point, as an iterator.
+#[derive(Debug, Clone)]
+pub struct CrashStates {
+    /// (line offset, queue length) of the lines considered.
+    lines: Vec<(u64, u32)>,
+    strategies: Vec<Strategy>,
+    next_strategy: usize,
+    gen: Option<Gen>,
+    yielded: usize,
+    max_states: usize,
+    seen: Option<FxSet<Vec<(u64, u32)>>>,
+    truncation: Truncation,
+}
+
+impl CrashStates {
+    /// The states of a point whose in-flight lines are `in_flight` (sorted by offset,
+    /// as [`crate::model::Replayer::in_flight`] returns them).
+    pub fn new(in_flight: &[InFlightLine<'_>], cfg: &StateConfig) -> Self {
+        let lines: Vec<(u64, u32)> = in_flight
+            .iter()
+            .filter(|l| !l.stores.is_empty())
+            .map(|l| (l.line_offset, l.stores.len() as u32))
+            .collect();
+        Self::from_lines(lines, cfg)
+    }
+
+    /// The same from (line offset, queue length) pairs.
+    pub fn from_lines(mut lines: Vec<(u64, u32)>, cfg: &StateConfig) -> Self {
+        lines.sort_unstable();
+        lines.retain(|l| l.1 > 0);
+        let lines_ignored = lines.len().saturating_sub(cfg.max_lines);
+        lines.truncate(cfg.max_lines);
+        CrashStates {
+            lines,
+            strategies: cfg.strategies.clone(),
+            next_strategy: 0,
+            gen: None,
+            yielded: 0,
+            max_states: cfg.max_states,
+            seen: (cfg.strategies.len() > 1).then(FxSet::default),
+            truncation: Truncation {
+                lines_ignored,
+                ..Truncation::default()
+            },
+        }
+    }
+
+    /// What the caps cut off. `states_capped` is known once the iterator has returned
+    /// `None`.
+    pub fn truncation(&self) -> Truncation {
+        self.truncation
+    }
+
+    /// Lines considered (after `max_lines`).
+    pub fn lines(&self) -> &[(u64, u32)] {
+        &self.lines
+    }
+
+    fn start(&self, s: Strategy) -> Gen {
+        match s {
+            Strategy::None => Gen::Once(false),
+            Strategy::All => Gen::Once(true),
+            Strategy::EachLine => self.subsets(1),
+            Strategy::Subsets(k) => self.subsets(k as usize),
+            Strategy::Random { count, seed } => Gen::Random {
+                left: count,
+                attempts: count.saturating_mul(8).max(16),
+                rng: Box::new(ChaCha8Rng::seed_from_u64(seed)),
+                seen: FxSet::default(),
+            },
+            Strategy::Torn => Gen::Torn { line: 0, kept: 0 },
+        }
+    }
+
+    fn subsets(&self, k: usize) -> Gen {
+        Gen::Subsets {
+            k,
+            size: 0,
+            dropped: false,
+            combos: Combos::new(self.lines.len(), 0),
+        }
+    }
+
+    /// The next state of the current generator, without caps or cross-strategy dedup.
+    fn raw_next(
+        lines: &[(u64, u32)],
+        gen: &mut Gen,
+        truncation: &mut Truncation,
+    ) -> Option<Vec<(u64, u32)>> {
+        let n = lines.len();
+        match gen {
+            Gen::Once(done_all) => {
+                let all = *done_all;
+                *gen = Gen::Done;
+                Some(if all { lines.to_vec() } else { Vec::new() })
+            }
+            Gen::Subsets {
+                k,
+                size,
+                dropped,
+                combos,
+            } => loop {
+                if let Some(c) = combos.advance() {
+                    let state = if *dropped {
+                        let mut out = Vec::with_capacity(n - c.len());
+                        let mut ci = 0;
+                        for (i, l) in lines.iter().enumerate() {
+                            if ci < c.len() && c[ci] == i {
+                                ci += 1;
+                            } else {
+                                out.push(*l);
+                            }
+                        }
+                        out
+                    } else {
+                        c.iter().map(|&i| lines[i]).collect()
+                    };
+                    return Some(state);
+                }
+                // Persisted sets of size s, then dropped sets of size s whose
+                // complement (size n - s) was not already a persisted set: no
+                // state comes out twice.
+                *size += 1;
+                if !*dropped && (*size > *k || *size > n) {
+                    *dropped = true;
+                    *size = 0;
+                }
+                if *dropped {
+                    while *size <= (*k).min(n) && n - *size <= *k {
+                        *size += 1;
+                    }
+                    if *size > (*k).min(n) {
+                        return None;
+                    }
+                }
+                *combos = Combos::new(n, *size);
+            },
+            Gen::Random {
+                left,
+                attempts,
+                rng,
+                seen,
+            } => {
+                while *left > 0 && *attempts > 0 {
+                    *attempts -= 1;
+                    let mut state = Vec::new();
+                    for &(line, len) in lines {
+                        if rng.gen_bool(0.5) {
+                            state.push((line, rng.gen_range(1..=len)));
+                        }
+                    }
+                    if seen.insert(state.clone()) {
+                        *left -= 1;
+                        return Some(state);
+                    }
+                    truncation.random_repeats += 1;
+                }
+                None
+            }
+            Gen::Done => None,
+            Gen::Torn { line, kept } => {
+                while *line < n {
+                    *kept += 1;
+                    if *kept < lines[*line].1 {
+                        return Some(vec![(lines[*line].0, *kept)]);
+                    }
+                    *line += 1;
+                    *kept = 0;
+                }
+                None
+            }
+        }
+    }
+
+    fn next_unbounded(&mut self) -> Option<Vec<(u64, u32)>> {
+        loop {
+            if self.gen.is_none() {
+                let s = *self.strategies.get(self.next_strategy)?;
+                self.next_strategy += 1;
+                self.gen = Some(self.start(s));
+            }
+            let gen = self.gen.as_mut().expect("set above");
+            match Self::raw_next(&self.lines, gen, &mut self.truncation) {
+                Some(state) => {
+                    if let Some(seen) = &mut self.seen {
+                        if !seen.insert(state.clone()) {
+                            continue;
+                        }
+                    }
+                    return Some(state);
+                }
+                None => self.gen = None,
+            }
+        }
+    }
+}
+
+impl Iterator for CrashStates {
+    type Item = CrashState;
+
+    fn next(&mut self) -> Option<CrashState> {
+        let state = self.next_unbounded()?;
+        if self.yielded >= self.max_states {
+            self.truncation.states_capped = true;
+            self.strategies.clear();
+            self.gen = None;
+            return None;
+        }
+        self.yielded += 1;
+        Some(CrashState { kept: state })
+    }
+}

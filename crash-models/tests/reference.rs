@@ -1,0 +1,318 @@
+//! The replayer, the state enumerator and the image builder against a brute-force
+//! reference model written for clarity, not speed.
+//!
+//! The reference recomputes everything from the whole trace prefix at each crash
+//! point: which pieces some flush-and-fence (or non-temporal store and fence) forced
+//! to be durable, and hence, per line, the range of prefix lengths a crash may leave.
+//! Its reachable images are the product of those ranges.
+
+use crash_models::delta::ImageBuilder;
+use crash_models::model::{Model, ModelConfig, Replayer};
+use crash_models::states::{CrashState, CrashStates, StateConfig, Strategy as S};
+use crash_models::trace::{FenceKind, FlushKind, Privilege, Record};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+type Image = BTreeMap<u64, u8>;
+
+/// One 8-byte-word part of a store, with the bytes it writes.
+#[derive(Debug, Clone)]
+struct RefPiece {
+    record: usize,
+    line: u64,
+    bytes: Vec<(u64, u8)>,
+}
+
+struct Reference {
+    /// Per line (sorted): its pieces in program order and the least prefix a crash
+    /// must keep.
+    lines: BTreeMap<u64, (Vec<RefPiece>, usize)>,
+}
+
+fn pieces_of(record: usize, offset: u64, size: u8, value: u64, line_size: u64) -> Vec<RefPiece> {
+    let mut by_word: BTreeMap<u64, Vec<(u64, u8)>> = BTreeMap::new();
+    for b in 0..size as u64 {
+        let addr = offset + b;
+        by_word
+            .entry(addr / 8)
+            .or_default()
+            .push((addr, (value >> (8 * b)) as u8));
+    }
+    by_word
+        .into_values()
+        .map(|bytes| RefPiece {
+            record,
+            line: bytes[0].0 / line_size,
+            bytes,
+        })
+        .collect()
+}
+
+impl Reference {
+    /// The state space after the first `upto` records.
+    fn at(trace: &[Record], upto: usize, cfg: ModelConfig) -> Reference {
+        let ls = cfg.line_size as u64;
+        let trace = &trace[..upto];
+        let mut pieces = Vec::new();
+        // (record, line, vcpu, covers its own record: a non-temporal store)
+        let mut flushes: Vec<(usize, u64, u16, bool)> = Vec::new();
+        for (i, r) in trace.iter().enumerate() {
+            match *r {
+                Record::Store {
+                    offset,
+                    size,
+                    value,
+                    non_temporal,
+                    vcpu,
+                    ..
+                } => {
+                    let ps = pieces_of(i, offset, size, value, ls);
+                    if non_temporal {
+                        for p in &ps {
+                            flushes.push((i, p.line, vcpu, true));
+                        }
+                    }
+                    pieces.extend(ps);
+                }
+                Record::Flush { offset, vcpu, .. } => flushes.push((i, offset / ls, vcpu, false)),
+                _ => {}
+            }
+        }
+        let fenced = |after: usize, vcpu: u16| {
+            trace[after + 1..]
+                .iter()
+                .any(|r| matches!(r, Record::Fence { vcpu: v, .. } if *v == vcpu))
+        };
+        let mut lines: BTreeMap<u64, (Vec<RefPiece>, usize)> = BTreeMap::new();
+        for p in pieces {
+            let must = cfg.model == Model::X86Eadr
+                || flushes.iter().any(|&(f, line, vcpu, inclusive)| {
+                    line == p.line
+                        && (p.record < f || (inclusive && p.record == f))
+                        && fenced(f, vcpu)
+                });
+            let e = lines.entry(p.line).or_default();
+            e.0.push(p);
+            if must {
+                e.1 = e.0.len();
+            }
+        }
+        Reference { lines }
+    }
+
+    fn image(&self, prefix: &BTreeMap<u64, usize>) -> Image {
+        let mut img = Image::new();
+        for (line, (ps, _)) in &self.lines {
+            for p in &ps[..prefix[line]] {
+                img.extend(p.bytes.iter().copied());
+            }
+        }
+        img
+    }
+
+    fn mins(&self) -> BTreeMap<u64, usize> {
+        self.lines.iter().map(|(l, (_, m))| (*l, *m)).collect()
+    }
+
+    fn maxs(&self) -> BTreeMap<u64, usize> {
+        self.lines.iter().map(|(l, (p, _))| (*l, p.len())).collect()
+    }
+
+    fn reachable(&self) -> BTreeSet<Image> {
+        let mut out = BTreeSet::new();
+        let lines: Vec<(u64, usize, usize)> = self
+            .lines
+            .iter()
+            .map(|(l, (p, m))| (*l, *m, p.len()))
+            .collect();
+        let mut choice: BTreeMap<u64, usize> = self.mins();
+        fn rec(
+            r: &Reference,
+            lines: &[(u64, usize, usize)],
+            i: usize,
+            choice: &mut BTreeMap<u64, usize>,
+            out: &mut BTreeSet<Image>,
+        ) {
+            if i == lines.len() {
+                out.insert(r.image(choice));
+                return;
+            }
+            let (l, lo, hi) = lines[i];
+            for k in lo..=hi {
+                choice.insert(l, k);
+                rec(r, lines, i + 1, choice, out);
+            }
+        }
+        rec(self, &lines, 0, &mut choice, &mut out);
+        out
+    }
+}
+
+fn image_of(img: &crash_models::delta::CrashImage) -> Image {
+    let mut out = Image::new();
+    for (off, bytes) in img.ranges() {
+        for (i, b) in bytes.iter().enumerate() {
+            out.insert(off + i as u64, *b);
+        }
+    }
+    out
+}
+
+fn record() -> impl Strategy<Value = Record> {
+    // Offsets in 0..160: a few 32- or 64-byte lines, stores that straddle words and
+    // lines.
+    prop_oneof![
+        5 => (0u64..160, 1u8..=8, any::<u64>(), prop::bool::weighted(0.2), 0u16..2).prop_map(
+            |(offset, size, value, non_temporal, vcpu)| Record::Store {
+                offset, size, value, non_temporal, privilege: Privilege::User, vcpu, pc: 0
+            }
+        ),
+        2 => (0u64..160, 0u8..3, 0u16..2).prop_map(|(offset, k, vcpu)| Record::Flush {
+            offset,
+            flush: [FlushKind::Clwb, FlushKind::Clflushopt, FlushKind::Clflush][k as usize],
+            privilege: Privilege::User, vcpu, pc: 0
+        }),
+        1 => (0u8..4, 0u16..2).prop_map(|(k, vcpu)| Record::Fence {
+            fence: [FenceKind::Sfence, FenceKind::Mfence, FenceKind::Locked, FenceKind::Serializing][k as usize],
+            privilege: Privilege::Kernel, vcpu, pc: 0
+        }),
+    ]
+}
+
+fn check_point(trace: &[Record], upto: usize, replayer: &Replayer) -> Result<(), TestCaseError> {
+    let cfg = replayer.config();
+    let reference = Reference::at(trace, upto, cfg);
+    // The in-flight queues are exactly the parts of each line a crash may still drop.
+    let in_flight: BTreeMap<u64, usize> = replayer
+        .in_flight()
+        .iter()
+        .map(|l| (l.line_offset / cfg.line_size as u64, l.stores.len()))
+        .collect();
+    let expected: BTreeMap<u64, usize> = reference
+        .lines
+        .iter()
+        .filter(|(_, (p, m))| p.len() > *m)
+        .map(|(l, (p, m))| (*l, p.len() - m))
+        .collect();
+    prop_assert_eq!(
+        &in_flight,
+        &expected,
+        "in-flight queues after {} records",
+        upto
+    );
+
+    let reachable = reference.reachable();
+    let builder = ImageBuilder::new(replayer);
+    let states_cfg = StateConfig {
+        strategies: vec![
+            S::None,
+            S::All,
+            S::EachLine,
+            S::Subsets(2),
+            S::Torn,
+            S::Random {
+                count: 8,
+                seed: upto as u64,
+            },
+        ],
+        max_states: usize::MAX,
+        max_lines: usize::MAX,
+    };
+    let mut states = CrashStates::new(builder.in_flight(), &states_cfg);
+    let mut seen_states = BTreeSet::new();
+    let mut images = BTreeSet::new();
+    for state in &mut states {
+        prop_assert!(
+            seen_states.insert(state.clone()),
+            "state yielded twice: {:?}",
+            state
+        );
+        let img = image_of(&builder.build(&state));
+        prop_assert!(
+            reachable.contains(&img),
+            "state {:?} gives an unreachable image {:?}",
+            state,
+            img
+        );
+        images.insert(img);
+    }
+    prop_assert!(!states.truncation().truncated());
+    // none, all, and each line alone kept / alone dropped.
+    let mins = reference.mins();
+    let maxs = reference.maxs();
+    prop_assert!(images.contains(&reference.image(&mins)), "none missing");
+    prop_assert!(images.contains(&reference.image(&maxs)), "all missing");
+    for line in expected.keys() {
+        let mut alone = mins.clone();
+        alone.insert(*line, maxs[line]);
+        prop_assert!(
+            images.contains(&reference.image(&alone)),
+            "line {} alone missing",
+            line
+        );
+        let mut dropped = maxs.clone();
+        dropped.insert(*line, mins[line]);
+        prop_assert!(
+            images.contains(&reference.image(&dropped)),
+            "line {} dropped missing",
+            line
+        );
+    }
+    // Whatever a fence made durable is in every state: the `none` image holds it.
+    let none = image_of(&builder.build(&CrashState::default()));
+    prop_assert_eq!(&none, &reference.image(&mins));
+    Ok(())
+}
+
+fn run(trace: &[Record], cfg: ModelConfig) -> Result<(), TestCaseError> {
+    let mut r = Replayer::new(cfg);
+    check_point(trace, 0, &r)?;
+    for (i, rec) in trace.iter().enumerate() {
+        r.apply(rec);
+        check_point(trace, i + 1, &r)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    #[test]
+    fn adr_matches_reference(trace in prop::collection::vec(record(), 0..24), wide in any::<bool>()) {
+        let ls = if wide { 64 } else { 32 };
+        run(&trace, ModelConfig::new(Model::X86Adr, ls).unwrap())?;
+    }
+
+    #[test]
+    fn eadr_matches_reference(trace in prop::collection::vec(record(), 0..16)) {
+        run(&trace, ModelConfig::new(Model::X86Eadr, 64).unwrap())?;
+    }
+
+    #[test]
+    fn images_apply_and_undo(trace in prop::collection::vec(record(), 1..24), base_seed in any::<u64>()) {
+        let mut r = Replayer::new(ModelConfig::default());
+        for rec in &trace {
+            r.apply(rec);
+        }
+        let base = crash_models::ops::seeded_bytes(base_seed, 256);
+        let builder = ImageBuilder::new(&r);
+        let states: Vec<CrashState> = CrashStates::new(builder.in_flight(), &StateConfig::default()).collect();
+        for s in &states {
+            let img = builder.build(s);
+            let mut bytes = base.clone();
+            img.apply_to_slice(&mut bytes);
+            let want = image_of(&img);
+            for (i, b) in bytes.iter().enumerate() {
+                let expect = want.get(&(i as u64)).copied().unwrap_or(base[i]);
+                prop_assert_eq!(*b, expect, "byte {}", i);
+            }
+            // Ranges are sorted and coalesced.
+            let ranges: Vec<(u64, usize)> = img.ranges().map(|(o, b)| (o, b.len())).collect();
+            for w in ranges.windows(2) {
+                prop_assert!(w[0].0 + (w[0].1 as u64) < w[1].0, "ranges {:?}", ranges);
+            }
+            img.undo_slice(&mut bytes, &base);
+            prop_assert_eq!(&bytes, &base);
+        }
+    }
+}
