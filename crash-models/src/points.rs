@@ -277,7 +277,12 @@ impl<I: Iterator<Item = Record>> CrashPoints<I> {
     fn past_range(&self) -> bool {
         match &self.cfg.ops {
             None => false,
-            Some(r) => self.tracker.in_progress.is_none() && self.tracker.completed >= r.end,
+            // Points between ops belong to the op that ended last (see
+            // `CrashPoint::op`), so the range is over only once a later op begins.
+            Some(r) => match self.tracker.in_progress {
+                Some(op) => op >= r.end,
+                None => self.tracker.completed > r.end,
+            },
         }
     }
 
@@ -356,5 +361,188 @@ impl<I: Iterator<Item = Record>> Iterator for CrashPoints<I> {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use crate::trace::{FenceKind, FlushKind, Privilege};
+
+    fn store(offset: u64) -> Record {
+        Record::Store {
+            offset,
+            size: 8,
+            value: offset + 1,
+            non_temporal: false,
+            privilege: Privilege::User,
+            vcpu: 0,
+            pc: 0,
+        }
+    }
+    fn clwb(offset: u64) -> Record {
+        Record::Flush {
+            offset,
+            flush: FlushKind::Clwb,
+            privilege: Privilege::User,
+            vcpu: 0,
+            pc: 0,
+        }
+    }
+    fn sfence() -> Record {
+        Record::Fence {
+            fence: FenceKind::Sfence,
+            privilege: Privilege::User,
+            vcpu: 0,
+            pc: 0,
+        }
+    }
+    fn marker(marker: MarkerKind, op: u32) -> Record {
+        Record::Marker {
+            marker,
+            op,
+            a: 0,
+            b: 0,
+            vcpu: 0,
+        }
+    }
+
+    /// Two ops: op 0 stores, flushes and fences line 0; op 1 stores line 1, fences
+    /// without a flush, then flushes and fences it.
+    fn trace() -> Vec<Record> {
+        vec![
+            marker(MarkerKind::RunBegin, 2),
+            marker(MarkerKind::OpBegin, 0), // 1
+            store(0),
+            clwb(0),
+            sfence(), // 4
+            marker(MarkerKind::OpEnd, 0),
+            marker(MarkerKind::OpBegin, 1), // 6
+            store(64),
+            sfence(), // 8: persists nothing
+            clwb(64),
+            sfence(), // 10
+            marker(MarkerKind::OpEnd, 1),
+            marker(MarkerKind::RunEnd, 0),
+        ]
+    }
+
+    fn points(cfg: PointConfig) -> Vec<(u64, Option<u32>, u32, usize)> {
+        let mut it = CrashPoints::new(
+            trace().into_iter(),
+            Replayer::new(ModelConfig::default()),
+            cfg,
+        );
+        let mut out = Vec::new();
+        while let Some(p) = it.next() {
+            out.push((
+                p.applied,
+                p.op_in_progress,
+                p.ops_completed,
+                it.replayer().in_flight_count(),
+            ));
+        }
+        out
+    }
+
+    fn with(policy: &str) -> PointConfig {
+        PointConfig {
+            policy: policy.parse().unwrap(),
+            ..PointConfig::default()
+        }
+    }
+
+    #[test]
+    fn fence_points_sit_before_persisting_fences() {
+        // Before record 4 (line 0 flushed, in flight), before record 10, end.
+        assert_eq!(
+            points(with("fence")),
+            vec![(4, Some(0), 0, 1), (10, Some(1), 1, 1), (13, None, 2, 0)]
+        );
+        // fence:all also stops before the fence that persists nothing.
+        assert_eq!(
+            points(with("fence:all"))
+                .iter()
+                .map(|p| p.0)
+                .collect::<Vec<_>>(),
+            vec![4, 8, 10, 13]
+        );
+    }
+
+    #[test]
+    fn op_store_every_marker() {
+        assert_eq!(
+            points(with("op")),
+            vec![
+                (2, Some(0), 0, 0),
+                (6, None, 1, 0),
+                (7, Some(1), 1, 0),
+                (12, None, 2, 0),
+                (13, None, 2, 0)
+            ]
+        );
+        assert_eq!(
+            points(with("store")),
+            vec![(3, Some(0), 0, 1), (8, Some(1), 1, 1), (13, None, 2, 0)]
+        );
+        assert_eq!(
+            points(with("every:2")),
+            vec![(8, Some(1), 1, 1), (13, None, 2, 0)]
+        );
+        assert_eq!(
+            points(with("marker:run-begin,run-end"))
+                .iter()
+                .map(|p| p.0)
+                .collect::<Vec<_>>(),
+            vec![1, 13]
+        );
+        let no_end = PointConfig {
+            end_of_trace: false,
+            ..with("store")
+        };
+        assert_eq!(points(no_end).len(), 2);
+    }
+
+    #[test]
+    fn op_range_limits_points_and_stops_early() {
+        let cfg = PointConfig {
+            ops: Some(1..2),
+            ..with("store")
+        };
+        assert_eq!(points(cfg), vec![(8, Some(1), 1, 1), (13, None, 2, 0)]);
+        let cfg = PointConfig {
+            ops: Some(0..1),
+            ..with("fence")
+        };
+        // Stops once op 0 is over: no end-of-trace point.
+        assert_eq!(points(cfg), vec![(4, Some(0), 0, 1)]);
+    }
+
+    #[test]
+    fn policies_parse_and_print() {
+        for s in [
+            "fence",
+            "fence:all",
+            "op",
+            "store",
+            "every:100",
+            "marker",
+            "marker:op-end",
+        ] {
+            assert_eq!(s.parse::<Policy>().unwrap().to_string(), s);
+        }
+        for bad in [
+            "every:0",
+            "every:x",
+            "every",
+            "fence:some",
+            "nope",
+            "marker:op",
+        ] {
+            let e = bad.parse::<Policy>().unwrap_err();
+            assert_eq!(e.input, bad);
+            assert!(e.to_string().contains("expected fence"), "{e}");
+        }
     }
 }

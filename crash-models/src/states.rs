@@ -438,3 +438,141 @@ impl Iterator for CrashStates {
         Some(CrashState { kept: state })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(n: u64) -> Vec<(u64, u32)> {
+        (0..n).map(|i| (i * 64, 3)).collect()
+    }
+
+    fn all_of(lines: Vec<(u64, u32)>, s: Strategy) -> Vec<CrashState> {
+        let cfg = StateConfig {
+            strategies: vec![s],
+            max_states: usize::MAX,
+            max_lines: usize::MAX,
+        };
+        CrashStates::from_lines(lines, &cfg).collect()
+    }
+
+    fn distinct(states: &[CrashState]) -> bool {
+        let set: std::collections::BTreeSet<_> = states.iter().collect();
+        set.len() == states.len()
+    }
+
+    #[test]
+    fn counts() {
+        // each-line: none, all, n alone, n dropped (n >= 3 so nothing coincides).
+        for n in 3..7 {
+            let s = all_of(lines(n), Strategy::EachLine);
+            assert_eq!(s.len() as u64, 2 + 2 * n);
+            assert!(distinct(&s));
+        }
+        // One line: only none and all.
+        assert_eq!(all_of(lines(1), Strategy::EachLine).len(), 2);
+        // Subsets big enough: every subset exactly once.
+        for n in 0..6 {
+            let s = all_of(lines(n), Strategy::Subsets(n as u32));
+            assert_eq!(s.len(), 1 << n);
+            assert!(distinct(&s));
+        }
+        // subsets:2 of 6: C(6,0..=2) kept + C(6,0..=2) dropped = 2 * 22.
+        let s = all_of(lines(6), Strategy::Subsets(2));
+        assert_eq!(s.len(), 44);
+        assert!(distinct(&s));
+        // Torn: every strict non-empty prefix of each line.
+        let s = all_of(vec![(0, 3), (64, 1), (128, 2)], Strategy::Torn);
+        assert_eq!(
+            s.iter().map(|s| s.kept.clone()).collect::<Vec<_>>(),
+            vec![vec![(0, 1)], vec![(0, 2)], vec![(128, 1)]]
+        );
+        assert_eq!(
+            all_of(lines(4), Strategy::None),
+            vec![CrashState::default()]
+        );
+        assert_eq!(all_of(lines(2), Strategy::All)[0].kept, lines(2));
+    }
+
+    #[test]
+    fn random_is_seeded_distinct_and_valid() {
+        let a = all_of(lines(8), Strategy::Random { count: 50, seed: 7 });
+        let b = all_of(lines(8), Strategy::Random { count: 50, seed: 7 });
+        let c = all_of(lines(8), Strategy::Random { count: 50, seed: 8 });
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.len(), 50);
+        assert!(distinct(&a));
+        assert!(a
+            .iter()
+            .flat_map(|s| &s.kept)
+            .all(|&(_, k)| (1..=3).contains(&k)));
+        assert!(a.iter().flat_map(|s| &s.kept).any(|&(_, k)| k < 3));
+        // A space of 2 states cannot give 10: the repeats are reported.
+        let cfg = StateConfig {
+            strategies: vec![Strategy::Random { count: 10, seed: 1 }],
+            ..StateConfig::default()
+        };
+        let mut it = CrashStates::from_lines(vec![(0, 1)], &cfg);
+        assert_eq!(it.by_ref().count(), 2);
+        assert!(it.truncation().random_repeats > 0);
+    }
+
+    #[test]
+    fn caps_are_reported() {
+        let cfg = StateConfig {
+            strategies: vec![Strategy::EachLine],
+            max_states: 5,
+            max_lines: 3,
+        };
+        let mut it = CrashStates::from_lines(lines(10), &cfg);
+        let got: Vec<_> = it.by_ref().collect();
+        assert_eq!(got.len(), 5);
+        let t = it.truncation();
+        assert!(t.states_capped && t.truncated());
+        assert_eq!(t.lines_ignored, 7);
+        assert!(got.iter().flat_map(|s| &s.kept).all(|&(l, _)| l < 3 * 64));
+        // Exactly at the cap: nothing cut.
+        let cfg = StateConfig {
+            strategies: vec![Strategy::EachLine],
+            max_states: 8,
+            max_lines: 10,
+        };
+        let mut it = CrashStates::from_lines(lines(3), &cfg);
+        assert_eq!(it.by_ref().count(), 8);
+        assert!(!it.truncation().truncated());
+    }
+
+    #[test]
+    fn strategies_combine_without_repeats() {
+        let cfg = StateConfig {
+            strategies: vec![Strategy::None, Strategy::All, Strategy::EachLine],
+            ..StateConfig::default()
+        };
+        let s: Vec<_> = CrashStates::from_lines(lines(3), &cfg).collect();
+        assert_eq!(s.len(), 8);
+        assert!(distinct(&s));
+    }
+
+    #[test]
+    fn strategies_parse() {
+        for (s, want) in [
+            ("none", Strategy::None),
+            ("all", Strategy::All),
+            ("each-line", Strategy::EachLine),
+            ("subsets:3", Strategy::Subsets(3)),
+            ("random:10", Strategy::Random { count: 10, seed: 0 }),
+            ("random:10:5", Strategy::Random { count: 10, seed: 5 }),
+            ("torn", Strategy::Torn),
+        ] {
+            assert_eq!(s.parse::<Strategy>().unwrap(), want);
+        }
+        assert_eq!(
+            Strategy::Random { count: 1, seed: 2 }.to_string(),
+            "random:1:2"
+        );
+        for bad in ["subsets", "subsets:x", "random", "each", "torn:1"] {
+            assert!(bad.parse::<Strategy>().is_err(), "{bad}");
+        }
+    }
+}
