@@ -1,1 +1,17 @@
-//! placeholder
+//! pmcrash-tracer: a QEMU TCG plugin (plugin API v4) that records every
+//! persistent-memory store, cache-line flush, fence and agent marker of an unmodified
+//! x86-64 guest into a pmcrash trace (see `crash_models::trace`).
+//!
+//! Load it with
+//! `-plugin libpmcrash_tracer.so,pm_base=0x100000000,pm_size=64M,out=trace.pmt`
+//! (optional: `kernel=`, `qemu=`, `workload=<64 hex digits>`, `direct_map=0x...`,
+//! `verbose=on`). Pass `-accel tcg,thread=single` with `-smp N` so the trace has one
+//! total order.
+#![warn(missing_docs)]
+
+pub mod x86;
+
+// The QEMU glue references symbols only QEMU provides, so unit-test binaries leave it
+// out.
+#[cfg(not(test))]
+mod plugin;

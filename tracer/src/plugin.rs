@@ -1,0 +1,785 @@
+//! The QEMU side: instrumentation at translation time, callbacks at execution time,
+//! and the background writer.
+//!
+//! Everything mutable lives in one [`Runtime`] behind a mutex (TCG runs single-threaded
+//! when the harness passes `-accel tcg,thread=single`, so the lock is uncontended; with
+//! MTTCG it still keeps the trace consistent, but the order across vCPUs is then only
+//! the order callbacks happened to take the lock).
+
+use crate::x86::{classify, Class, MemOperand, Segment};
+use crash_models::protocol::marker;
+use crash_models::trace::{
+    Encoder, FenceKind, FlushKind, Header, Privilege, Record, FLAG_IDLE_FENCES_ELIDED,
+};
+use qemu_plugin::install::{Args, Info};
+use qemu_plugin::plugin::{HasCallbacks, Register};
+use qemu_plugin::PluginId;
+use qemu_plugin_sys as sys;
+use std::collections::HashMap;
+use std::ffi::{c_uint, c_void, CStr};
+use std::io::BufWriter;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+unsafe extern "C" {
+    // glib, provided by the QEMU binary the plugin is loaded into.
+    fn g_byte_array_new() -> *mut sys::GByteArray;
+    fn g_array_free(array: *mut sys::GArray, free_segment: bool) -> *mut u8;
+}
+
+/// Records per batch handed to the writer thread.
+const BATCH: usize = 4096;
+/// Batches in flight before a vCPU waits for the writer (back-pressure, never loss).
+const CHANNEL_BATCHES: usize = 256;
+/// Where the kernel's direct map starts without KASLR (4-level paging).
+const DEFAULT_DIRECT_MAP: u64 = 0xffff_8880_0000_0000;
+/// A page-table entry's physical-address bits.
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+/// What the plugin was told on its command line.
+#[derive(Debug)]
+struct Config {
+    pm_base: u64,
+    pm_size: u64,
+    out: String,
+    header: Header,
+    direct_map: u64,
+    verbose: bool,
+}
+
+fn parse_u64(key: &str, v: &str) -> Result<u64, String> {
+    let v = v.replace('_', "");
+    let r = if let Some(h) = v.strip_prefix("0x") {
+        u64::from_str_radix(h, 16)
+    } else if let Some(p) = v.strip_suffix(['M', 'm']) {
+        p.parse::<u64>().map(|x| x << 20)
+    } else if let Some(p) = v.strip_suffix(['G', 'g']) {
+        p.parse::<u64>().map(|x| x << 30)
+    } else {
+        v.parse()
+    };
+    r.map_err(|e| format!("pmcrash-tracer: bad {key}={v}: {e}"))
+}
+
+fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
+    let mut pm_base = None;
+    let mut pm_size = None;
+    let mut out = None;
+    let mut kernel = String::from("unknown");
+    let mut qemu = format!(
+        "plugin-api-{}-{}",
+        info.version.mininum, info.version.current
+    );
+    let mut workload_hash = [0u8; 32];
+    let mut direct_map = DEFAULT_DIRECT_MAP;
+    let mut verbose = false;
+    for a in &args.raw {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| format!("pmcrash-tracer: argument `{a}` is not key=value"))?;
+        match k {
+            "pm_base" => pm_base = Some(parse_u64(k, v)?),
+            "pm_size" => pm_size = Some(parse_u64(k, v)?),
+            "out" => out = Some(v.to_string()),
+            "kernel" => kernel = v.to_string(),
+            "qemu" => qemu = v.to_string(),
+            "direct_map" => direct_map = parse_u64(k, v)?,
+            "verbose" => verbose = matches!(v, "on" | "true" | "yes" | "1"),
+            "workload" => {
+                if v.len() != 64 {
+                    return Err("pmcrash-tracer: workload= wants 64 hex digits".into());
+                }
+                for (i, b) in workload_hash.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(&v[2 * i..2 * i + 2], 16)
+                        .map_err(|e| format!("pmcrash-tracer: bad workload hash: {e}"))?;
+                }
+            }
+            _ => return Err(format!("pmcrash-tracer: unknown argument `{k}`")),
+        }
+    }
+    let (Some(pm_base), Some(pm_size), Some(out)) = (pm_base, pm_size, out) else {
+        return Err("pmcrash-tracer: pm_base=, pm_size= and out= are required".into());
+    };
+    Ok(Config {
+        pm_base,
+        pm_size,
+        out,
+        header: Header {
+            pm_base,
+            pm_size,
+            line_size: 64,
+            flags: FLAG_IDLE_FENCES_ELIDED,
+            kernel,
+            workload_hash,
+            qemu_version: qemu,
+        },
+        direct_map,
+        verbose,
+    })
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+static RUNTIME: OnceLock<Mutex<Runtime>> = OnceLock::new();
+
+/// Messages to the writer thread.
+enum Msg {
+    Records(Vec<Record>),
+    Finish { unresolved: u64, elided: u64 },
+}
+
+/// Register handles of one vCPU, by x86 register number (rax = 0 ... r15 = 15).
+#[derive(Default, Clone)]
+struct Regs {
+    gpr: [usize; 16],
+    fs_base: usize,
+    gs_base: usize,
+    cr3: usize,
+    cr4: usize,
+}
+
+#[derive(Default)]
+struct Vcpu {
+    regs: Option<Regs>,
+    /// A PM store or flush since this vCPU's last recorded fence.
+    dirty: bool,
+}
+
+/// What translation decided about one instruction that has an execution callback.
+#[derive(Clone, Copy)]
+struct InsnDesc {
+    pc: u64,
+    class: Class,
+}
+
+/// A glib byte array owned by the plugin (only touched under the runtime lock).
+struct GBuf(*mut sys::GByteArray);
+// SAFETY: the array is only used while holding the runtime mutex.
+unsafe impl Send for GBuf {}
+
+struct Runtime {
+    buf: Vec<Record>,
+    tx: Option<SyncSender<Msg>>,
+    writer: Option<JoinHandle<std::io::Result<()>>>,
+    vcpus: Vec<Vcpu>,
+    insns: Vec<InsnDesc>,
+    insn_ids: HashMap<(u64, Vec<u8>), u32>,
+    gbuf: GBuf,
+    /// Any PM store or flush since the last recorded fence (on any vCPU).
+    dirty: bool,
+    unresolved: u64,
+    elided: u64,
+    split_lost: u64,
+    direct_map: u64,
+    direct_map_learned: bool,
+    /// vpage -> ppage learned from PM stores: a fallback when a page walk cannot read
+    /// the page tables.
+    learned: HashMap<u64, u64>,
+    warned: u32,
+}
+
+fn privilege(pc: u64) -> Privilege {
+    // Kernel code runs in the upper canonical half and user code in the lower (SMEP
+    // and the address-space split make the instruction's own address a reliable CPL
+    // test without reading CS on every store).
+    if pc >> 63 == 1 {
+        Privilege::Kernel
+    } else {
+        Privilege::User
+    }
+}
+
+impl Runtime {
+    fn vcpu(&mut self, v: u32) -> &mut Vcpu {
+        let v = v as usize;
+        if self.vcpus.len() <= v {
+            self.vcpus.resize_with(v + 1, Vcpu::default);
+        }
+        &mut self.vcpus[v]
+    }
+
+    fn push(&mut self, r: Record) {
+        self.buf.push(r);
+        if self.buf.len() >= BATCH {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.buf, Vec::with_capacity(BATCH));
+        if let Some(tx) = &self.tx {
+            if tx.send(Msg::Records(batch)).is_err() {
+                eprintln!("pmcrash-tracer: the trace writer died; the trace is incomplete");
+                self.tx = None;
+            }
+        }
+    }
+
+    fn store(&mut self, vcpu: u32, r: Record) {
+        self.vcpu(vcpu).dirty = true;
+        self.dirty = true;
+        self.push(r);
+    }
+
+    fn fence(&mut self, vcpu: u32, fence: FenceKind, pc: u64) {
+        let dirty = self.vcpu(vcpu).dirty || self.dirty;
+        if !dirty {
+            // Nothing a fence could order since the last one: leave it out (see
+            // FLAG_IDLE_FENCES_ELIDED); the kernel's spinlocks would otherwise fill
+            // the trace with millions of no-op fences.
+            self.elided += 1;
+            return;
+        }
+        self.vcpu(vcpu).dirty = false;
+        self.dirty = false;
+        self.push(Record::Fence {
+            fence,
+            privilege: privilege(pc),
+            vcpu: vcpu as u16,
+            pc,
+        });
+    }
+
+    /// Read a register of the current vCPU (only inside an R_REGS callback).
+    fn read_reg(&mut self, handle: usize) -> Option<u64> {
+        if handle == 0 {
+            return None;
+        }
+        // SAFETY: gbuf is a live GByteArray; QEMU appends the register's bytes to it,
+        // so its length is reset first.
+        unsafe {
+            (*self.gbuf.0).len = 0;
+            let n = sys::qemu_plugin_read_register(
+                handle as *mut sys::qemu_plugin_register,
+                self.gbuf.0,
+            );
+            if n <= 0 {
+                return None;
+            }
+            let a = &*self.gbuf.0;
+            let bytes = std::slice::from_raw_parts(a.data, (a.len as usize).min(8));
+            let mut v = [0u8; 8];
+            v[..bytes.len()].copy_from_slice(bytes);
+            Some(u64::from_le_bytes(v))
+        }
+    }
+
+    /// Read 8 bytes of guest-physical memory through the kernel's direct map.
+    fn read_phys(&mut self, pa: u64) -> Option<u64> {
+        // SAFETY: gbuf is a live GByteArray; QEMU resizes it to the length read.
+        unsafe {
+            if !sys::qemu_plugin_read_memory_vaddr(self.direct_map.wrapping_add(pa), self.gbuf.0, 8)
+            {
+                return None;
+            }
+            let a = &*self.gbuf.0;
+            if a.len < 8 {
+                return None;
+            }
+            Some(u64::from_le_bytes(
+                std::slice::from_raw_parts(a.data, 8).try_into().ok()?,
+            ))
+        }
+    }
+
+    /// Walk the current page tables. `Err(())` when the tables could not be read,
+    /// `Ok(None)` when the address is not mapped.
+    fn walk(&mut self, regs: &Regs, va: u64) -> Result<Option<u64>, ()> {
+        let cr3 = self.read_reg(regs.cr3).ok_or(())?;
+        let cr4 = self.read_reg(regs.cr4).unwrap_or(0);
+        let levels = if cr4 & (1 << 12) != 0 { 5 } else { 4 };
+        let mut table = cr3 & PTE_ADDR;
+        for level in (1..=levels).rev() {
+            let shift = 12 + 9 * (level - 1);
+            let idx = (va >> shift) & 0x1ff;
+            let e = self.read_phys(table + idx * 8).ok_or(())?;
+            if e & 1 == 0 {
+                return Ok(None);
+            }
+            // A large page at the PDPT (1 GiB) or PD (2 MiB) level.
+            if (level == 3 || level == 2) && e & 0x80 != 0 {
+                let mask = (1u64 << shift) - 1;
+                return Ok(Some((e & PTE_ADDR & !mask) | (va & mask)));
+            }
+            table = e & PTE_ADDR;
+        }
+        Ok(Some(table | (va & 0xfff)))
+    }
+
+    /// Virtual to guest-physical for a flush operand.
+    fn translate(&mut self, vcpu: u32, va: u64) -> Option<u64> {
+        let regs = self.vcpu(vcpu).regs.clone()?;
+        if va >> 63 == 1 {
+            // The kernel flushes PM through the direct map (dax_direct_access returns
+            // __va(phys)); 64 TiB covers the whole 4-level direct-map region.
+            let off = va.wrapping_sub(self.direct_map);
+            if off < 1 << 46 {
+                return Some(off);
+            }
+        }
+        match self.walk(&regs, va) {
+            Ok(pa) => pa,
+            Err(()) => self
+                .learned
+                .get(&(va >> 12))
+                .map(|pp| (pp << 12) | (va & 0xfff)),
+        }
+    }
+
+    fn warn(&mut self, msg: impl FnOnce() -> String) {
+        if self.warned < 20 {
+            self.warned += 1;
+            eprintln!("pmcrash-tracer: {}", msg());
+        }
+    }
+}
+
+fn with_rt<T>(f: impl FnOnce(&mut Runtime) -> T) -> Option<T> {
+    let rt = RUNTIME.get()?;
+    let mut g = rt.lock().unwrap_or_else(|p| p.into_inner());
+    Some(f(&mut g))
+}
+
+// Store callbacks carry the instruction's facts in the user-data pointer itself, so
+// the hot path needs no table look-up: bits 0..48 the pc (sign-extended back),
+// bit 48 non-temporal.
+const UD_NT: u64 = 1 << 48;
+
+fn pack_store(pc: u64, nt: bool) -> *mut c_void {
+    ((pc & ((1 << 48) - 1)) | if nt { UD_NT } else { 0 }) as usize as *mut c_void
+}
+
+fn unpack_pc(ud: u64) -> u64 {
+    (((ud << 16) as i64) >> 16) as u64
+}
+
+unsafe extern "C" fn on_store(
+    vcpu: c_uint,
+    info: sys::qemu_plugin_meminfo_t,
+    vaddr: u64,
+    udata: *mut c_void,
+) {
+    let Some(cfg) = CONFIG.get() else { return };
+    // SAFETY: called by QEMU inside a memory callback with a valid meminfo.
+    let (pa, shift) = unsafe {
+        let hw = sys::qemu_plugin_get_hwaddr(info, vaddr);
+        if hw.is_null() {
+            return;
+        }
+        (
+            sys::qemu_plugin_hwaddr_phys_addr(hw),
+            sys::qemu_plugin_mem_size_shift(info),
+        )
+    };
+    let size = 1u64 << shift;
+    let off = pa.wrapping_sub(cfg.pm_base);
+    if off >= cfg.pm_size {
+        return;
+    }
+    // SAFETY: as above.
+    let value = unsafe { sys::qemu_plugin_mem_get_value(info) };
+    let (lo, hi) = unsafe {
+        use sys::qemu_plugin_mem_value_type::*;
+        match value.type_ {
+            QEMU_PLUGIN_MEM_VALUE_U8 => (value.data.u8_ as u64, 0),
+            QEMU_PLUGIN_MEM_VALUE_U16 => (value.data.u16_ as u64, 0),
+            QEMU_PLUGIN_MEM_VALUE_U32 => (value.data.u32_ as u64, 0),
+            QEMU_PLUGIN_MEM_VALUE_U64 => (value.data.u64_, 0),
+            QEMU_PLUGIN_MEM_VALUE_U128 => (value.data.u128_.low, value.data.u128_.high),
+        }
+    };
+    let ud = udata as usize as u64;
+    let pc = unpack_pc(ud);
+    let nt = ud & UD_NT != 0;
+    with_rt(|rt| {
+        let priv_ = privilege(pc);
+        // Learn translations for the flush fallback and the kernel's direct map.
+        rt.learned.insert(vaddr >> 12, pa >> 12);
+        if vaddr >> 63 == 1 && vaddr < 0xffff_ffff_8000_0000 {
+            let delta = vaddr.wrapping_sub(pa);
+            if delta & ((1 << 30) - 1) == 0 && delta != rt.direct_map {
+                let old = rt.direct_map;
+                rt.direct_map = delta;
+                if rt.direct_map_learned || cfg.verbose {
+                    rt.warn(|| format!("direct map base {old:#x} -> {delta:#x}"));
+                }
+            }
+            rt.direct_map_learned = true;
+        }
+        let page_left = 0x1000 - (pa & 0xfff);
+        let emit = |rt: &mut Runtime, off: u64, size: u64, value: u64| {
+            rt.store(
+                vcpu,
+                Record::Store {
+                    offset: off,
+                    size: size as u8,
+                    value,
+                    non_temporal: nt,
+                    privilege: priv_,
+                    vcpu: vcpu as u16,
+                    pc,
+                },
+            );
+        };
+        // Split into at most 8-byte pieces; a piece that crosses into the next page
+        // needs that page's translation.
+        let pieces: [(u64, u64, u64); 2] = if size <= 8 {
+            [(0, size, lo), (0, 0, 0)]
+        } else {
+            [(0, 8, lo), (8, 8, hi)]
+        };
+        for (at, len, val) in pieces {
+            if len == 0 {
+                continue;
+            }
+            if at + len <= page_left {
+                if off + at + len <= cfg.pm_size {
+                    emit(rt, off + at, len, val);
+                }
+                continue;
+            }
+            // Byte by byte across the page boundary.
+            for i in 0..len {
+                let b = (val >> (8 * i)) & 0xff;
+                let a = at + i;
+                let p = if a < page_left {
+                    Some(pa + a)
+                } else {
+                    let va2 = vaddr + a;
+                    rt.learned
+                        .get(&(va2 >> 12))
+                        .map(|pp| (pp << 12) | (va2 & 0xfff))
+                };
+                match p {
+                    Some(p) if p.wrapping_sub(cfg.pm_base) < cfg.pm_size => {
+                        emit(rt, p - cfg.pm_base, 1, b)
+                    }
+                    Some(_) => {}
+                    None => {
+                        rt.split_lost += 1;
+                        rt.warn(|| format!("store at {vaddr:#x} crosses into an unknown page"));
+                    }
+                }
+            }
+        }
+    });
+}
+
+unsafe extern "C" fn on_exec(vcpu: c_uint, udata: *mut c_void) {
+    let id = udata as usize;
+    with_rt(|rt| {
+        let Some(d) = rt.insns.get(id).copied() else {
+            return;
+        };
+        match d.class {
+            Class::Fence(k) => rt.fence(vcpu, k, d.pc),
+            Class::Locked => rt.fence(vcpu, FenceKind::Locked, d.pc),
+            Class::Cpuid => cpuid(rt, vcpu, d.pc),
+            Class::Flush(k, m) => flush(rt, vcpu, d.pc, k, m),
+            Class::NonTemporalStore | Class::Other => {}
+        }
+    });
+}
+
+fn cpuid(rt: &mut Runtime, vcpu: u32, pc: u64) {
+    let Some(regs) = rt.vcpu(vcpu).regs.clone() else {
+        return;
+    };
+    let eax = rt.read_reg(regs.gpr[0]).unwrap_or(0) as u32;
+    if eax != marker::LEAF {
+        rt.fence(vcpu, FenceKind::Serializing, pc);
+        return;
+    }
+    // A marker is instrumentation, not part of the workload: it is deliberately not
+    // recorded as a fence, or every op boundary would hide missing fences.
+    let ecx = rt.read_reg(regs.gpr[1]).unwrap_or(0) as u32;
+    let edx = rt.read_reg(regs.gpr[2]).unwrap_or(0) as u32;
+    let rsi = rt.read_reg(regs.gpr[6]).unwrap_or(0);
+    let rdi = rt.read_reg(regs.gpr[7]).unwrap_or(0);
+    match marker::Kind::from_u32(ecx) {
+        Some(kind) => rt.push(Record::Marker {
+            marker: kind,
+            op: edx,
+            a: rsi,
+            b: rdi,
+            vcpu: vcpu as u16,
+        }),
+        None => rt.warn(|| format!("marker cpuid with unknown kind {ecx} at {pc:#x}")),
+    }
+}
+
+fn flush(rt: &mut Runtime, vcpu: u32, pc: u64, kind: FlushKind, m: MemOperand) {
+    let Some(cfg) = CONFIG.get() else { return };
+    let Some(regs) = rt.vcpu(vcpu).regs.clone() else {
+        rt.unresolved += 1;
+        return;
+    };
+    let mut vals = [0u64; 16];
+    for r in m.base.into_iter().chain(m.index) {
+        vals[r as usize] = rt.read_reg(regs.gpr[r as usize]).unwrap_or(0);
+    }
+    let fs = if m.segment == Segment::Fs {
+        rt.read_reg(regs.fs_base).unwrap_or(0)
+    } else {
+        0
+    };
+    let gs = if m.segment == Segment::Gs {
+        rt.read_reg(regs.gs_base).unwrap_or(0)
+    } else {
+        0
+    };
+    let va = m.address(|r| vals[r as usize], fs, gs);
+    match rt.translate(vcpu, va) {
+        Some(pa) => {
+            let off = pa.wrapping_sub(cfg.pm_base);
+            if off < cfg.pm_size {
+                rt.vcpu(vcpu).dirty = true;
+                rt.dirty = true;
+                rt.push(Record::Flush {
+                    offset: off,
+                    flush: kind,
+                    privilege: privilege(pc),
+                    vcpu: vcpu as u16,
+                    pc,
+                });
+            }
+        }
+        None => {
+            rt.unresolved += 1;
+            rt.warn(|| format!("unresolved {kind:?} of {va:#x} at pc {pc:#x}"));
+        }
+    }
+}
+
+unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_plugin_tb) {
+    // SAFETY: QEMU hands a valid TB for the duration of this callback.
+    let n = unsafe { sys::qemu_plugin_tb_n_insns(tb) };
+    let mut bytes = [0u8; 16];
+    for i in 0..n {
+        // SAFETY: i < n.
+        let insn = unsafe { sys::qemu_plugin_tb_get_insn(tb, i) };
+        // SAFETY: insn is valid for this callback; dest has room for 16 bytes.
+        let (pc, len) = unsafe {
+            (
+                sys::qemu_plugin_insn_vaddr(insn),
+                sys::qemu_plugin_insn_data(insn, bytes.as_mut_ptr().cast(), bytes.len()),
+            )
+        };
+        let code = &bytes[..len.min(16)];
+        let class = classify(code, pc);
+        let wants_store_cb = matches!(
+            class,
+            Class::Other | Class::NonTemporalStore | Class::Locked
+        );
+        if wants_store_cb {
+            // SAFETY: registering on a valid insn during translation.
+            unsafe {
+                sys::qemu_plugin_register_vcpu_mem_cb(
+                    insn,
+                    Some(on_store),
+                    sys::qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                    sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_W,
+                    pack_store(pc, class == Class::NonTemporalStore),
+                );
+            }
+        }
+        if matches!(class, Class::Other | Class::NonTemporalStore) {
+            continue;
+        }
+        let Some(id) = with_rt(|rt| {
+            let key = (pc, code.to_vec());
+            if let Some(&id) = rt.insn_ids.get(&key) {
+                return id;
+            }
+            let id = rt.insns.len() as u32;
+            rt.insns.push(InsnDesc { pc, class });
+            rt.insn_ids.insert(key, id);
+            id
+        }) else {
+            continue;
+        };
+        let flags = match class {
+            Class::Cpuid | Class::Flush(..) => sys::qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS,
+            _ => sys::qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+        };
+        // SAFETY: as above.
+        unsafe {
+            sys::qemu_plugin_register_vcpu_insn_exec_cb(
+                insn,
+                Some(on_exec),
+                flags,
+                id as usize as *mut c_void,
+            );
+        }
+    }
+}
+
+unsafe extern "C" fn on_vcpu_init(_id: sys::qemu_plugin_id_t, vcpu: c_uint) {
+    let mut regs = Regs::default();
+    let names = [
+        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ];
+    let mut missing = Vec::new();
+    // SAFETY: called in vCPU context as the API requires; the array is freed below
+    // and the names are QEMU's static strings.
+    unsafe {
+        let arr = sys::qemu_plugin_get_registers();
+        if !arr.is_null() {
+            let descs = std::slice::from_raw_parts(
+                (*arr).data as *const sys::qemu_plugin_reg_descriptor,
+                (*arr).len as usize,
+            );
+            for d in descs {
+                let name = CStr::from_ptr(d.name).to_string_lossy();
+                let h = d.handle as usize;
+                if let Some(i) = names.iter().position(|n| *n == name) {
+                    regs.gpr[i] = h;
+                }
+                match &*name {
+                    "fs_base" => regs.fs_base = h,
+                    "gs_base" => regs.gs_base = h,
+                    "cr3" => regs.cr3 = h,
+                    "cr4" => regs.cr4 = h,
+                    _ => {}
+                }
+            }
+            g_array_free(arr, true);
+        }
+    }
+    for (i, n) in names.iter().enumerate() {
+        if regs.gpr[i] == 0 {
+            missing.push(*n);
+        }
+    }
+    if regs.cr3 == 0 {
+        missing.push("cr3");
+    }
+    with_rt(|rt| {
+        if !missing.is_empty() {
+            rt.warn(|| format!("vCPU {vcpu}: registers not readable: {missing:?}"));
+        }
+        rt.vcpu(vcpu).regs = Some(regs);
+    });
+}
+
+unsafe extern "C" fn on_exit(_id: sys::qemu_plugin_id_t, _udata: *mut c_void) {
+    let Some((writer, stats)) = with_rt(|rt| {
+        rt.send();
+        if let Some(tx) = rt.tx.take() {
+            let _ = tx.send(Msg::Finish {
+                unresolved: rt.unresolved,
+                elided: rt.elided,
+            });
+        }
+        (
+            rt.writer.take(),
+            (rt.unresolved, rt.elided, rt.split_lost, rt.direct_map),
+        )
+    }) else {
+        return;
+    };
+    if let Some(w) = writer {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("pmcrash-tracer: writing the trace failed: {e}"),
+            Err(_) => eprintln!("pmcrash-tracer: the trace writer panicked"),
+        }
+    }
+    let (unresolved, elided, split_lost, dm) = stats;
+    if unresolved > 0 || split_lost > 0 || CONFIG.get().is_some_and(|c| c.verbose) {
+        eprintln!(
+            "pmcrash-tracer: done: {unresolved} unresolved flushes, {split_lost} store bytes \
+             lost across pages, {elided} idle fences elided, direct map {dm:#x}"
+        );
+    }
+}
+
+fn writer(rx: Receiver<Msg>, file: std::fs::File, header: Header) -> std::io::Result<()> {
+    let mut enc = Encoder::new(BufWriter::with_capacity(1 << 20, file), &header)?;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Records(batch) => {
+                for r in &batch {
+                    enc.push(r)?;
+                }
+            }
+            Msg::Finish { unresolved, elided } => {
+                let out = enc.finish(unresolved, elided)?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                return Ok(());
+            }
+        }
+    }
+    // The vCPU side went away without finishing: leave the trace without a footer
+    // so readers report it as truncated.
+    Ok(())
+}
+
+/// The plugin object the `qemu-plugin` crate installs.
+pub struct Tracer;
+
+impl HasCallbacks for Tracer {}
+
+impl Register for Tracer {
+    fn register_default(
+        &mut self,
+        id: PluginId,
+        args: &Args,
+        info: &Info,
+    ) -> qemu_plugin::Result<()> {
+        // Only the callbacks the tracer needs, registered raw: the crate's default set
+        // would add idle/resume/syscall hooks on every vCPU for nothing.
+        let cfg = match parse_args(args, info) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return Err(std::io::Error::other(e).into());
+            }
+        };
+        let file = match std::fs::File::create(&cfg.out) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("pmcrash-tracer: cannot create {}: {e}", cfg.out);
+                return Err(e.into());
+            }
+        };
+        let (tx, rx) = sync_channel(CHANNEL_BATCHES);
+        let header = cfg.header.clone();
+        let w = std::thread::Builder::new()
+            .name("pmcrash-trace-writer".into())
+            .spawn(move || writer(rx, file, header))?;
+        let direct_map = cfg.direct_map;
+        let _ = CONFIG.set(cfg);
+        let _ = RUNTIME.set(Mutex::new(Runtime {
+            buf: Vec::with_capacity(BATCH),
+            tx: Some(tx),
+            writer: Some(w),
+            vcpus: Vec::new(),
+            insns: Vec::new(),
+            insn_ids: HashMap::new(),
+            // SAFETY: plain glib allocation.
+            gbuf: GBuf(unsafe { g_byte_array_new() }),
+            dirty: false,
+            unresolved: 0,
+            elided: 0,
+            split_lost: 0,
+            direct_map,
+            direct_map_learned: false,
+            learned: HashMap::new(),
+            warned: 0,
+        }));
+        // SAFETY: registering callbacks with the id QEMU gave us.
+        unsafe {
+            sys::qemu_plugin_register_vcpu_init_cb(id, Some(on_vcpu_init));
+            sys::qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_tb_trans));
+            sys::qemu_plugin_register_atexit_cb(id, Some(on_exit), std::ptr::null_mut());
+        }
+        Ok(())
+    }
+}
+
+qemu_plugin::register!(Tracer);
