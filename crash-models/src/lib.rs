@@ -11,6 +11,7 @@ pub mod delta;
 pub mod model;
 pub mod ops;
 pub mod points;
+pub mod promise;
 pub mod protocol;
 pub mod states;
 pub mod trace;
