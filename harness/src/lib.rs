@@ -1,1 +1,15 @@
-//! pmcrash
+//! pmcrash, the host side: provisioning, guests, images, runs.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map. The pure parts (op
+//! language, trace format, persistency models) live in `crash-models`; this crate does
+//! the I/O around them.
+#![warn(missing_docs)]
+
+pub mod guest;
+pub mod image;
+pub mod progress;
+pub mod run;
+pub mod vm;
+pub mod workloads;
+pub mod setup;
+pub mod trace;

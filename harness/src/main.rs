@@ -1,1 +1,237 @@
-fn main() {}
+//! The `pmcrash` command line.
+//!
+//! Exit codes: 0 all ok, 1 findings (for `run`: an op failed), 2 usage or
+//! infrastructure error.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use crash_models::ops::FsKind;
+use pmcrash::guest::GuestFactory;
+use pmcrash::setup::{self, SetupOptions};
+use pmcrash::workloads;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "pmcrash",
+    version,
+    about = "Crash-consistency testing for persistent-memory (DAX) file systems and programs",
+    long_about = "pmcrash runs workloads of mmap stores, cache-line flushes, fences and syncs in QEMU guests \
+                  whose persistent memory is a file-backed NVDIMM, on ext4-DAX and XFS-DAX.\n\n\
+                  Exit codes: 0 all ok, 1 findings, 2 usage or infrastructure error."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Global {
+    /// Cache directory for kernels, images and saved VM states [env: PMCRASH_CACHE; default: ~/.cache/pmcrash]
+    #[arg(long, global = true)]
+    cache: Option<PathBuf>,
+    /// Your own kernel image (bzImage or vmlinux) instead of Debian's
+    #[arg(long, global = true, requires = "modules")]
+    kernel: Option<PathBuf>,
+    /// The lib/modules/<release> directory that goes with --kernel
+    #[arg(long, global = true, requires = "kernel")]
+    modules: Option<PathBuf>,
+    /// Never install host packages; print the commands instead
+    #[arg(long, global = true)]
+    no_install: bool,
+    /// Machine-readable JSON on stdout instead of text
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install host tools, fetch the guest kernel, build the initramfs (idempotent)
+    Setup,
+    /// Say what is present, what is missing, and how to fix it
+    Doctor,
+    /// Run workloads in a guest and print each op's result
+    Run(RunArgs),
+    /// Run the built-in smoke corpus on ext4-DAX
+    Demo,
+    /// Trace workloads, or show a saved trace
+    #[command(subcommand)]
+    Trace(TraceCmd),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Workload files (.toml) or directories of them
+    #[arg(required = true)]
+    workloads: Vec<PathBuf>,
+    /// File system
+    #[arg(long, default_value = "ext4")]
+    fs: FsKind,
+    /// PM size in MiB (default: 64 for ext4, 320 for xfs)
+    #[arg(long)]
+    pm_size_mib: Option<u64>,
+    /// vCPUs
+    #[arg(long, default_value_t = 1)]
+    smp: u32,
+    /// Keep the PM images in this directory (default: a temporary directory)
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TraceCmd {
+    /// Summarise a trace file
+    Show {
+        /// The .pmtrace file
+        trace: PathBuf,
+    },
+}
+
+fn setup_options(g: &Global) -> SetupOptions {
+    SetupOptions {
+        cache_dir: g.cache.clone().unwrap_or_else(SetupOptions::default_cache_dir),
+        kernel: g.kernel.clone(),
+        modules: g.modules.clone(),
+        install: !g.no_install,
+        progress: !g.json,
+    }
+}
+
+/// An error that is the user's or the machine's, not a finding: exit 2.
+fn infra(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return infra(e.into()),
+    };
+    rt.block_on(async {
+        // Ctrl-C: end every QEMU we started, then leave with the conventional code.
+        tokio::spawn(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                pmcrash::vm::kill_all_guests();
+                eprintln!("interrupted: every guest has been stopped");
+                std::process::exit(130);
+            }
+        });
+        match dispatch(cli).await {
+            Ok(code) => code,
+            Err(e) => infra(e),
+        }
+    })
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = cli.global.clone();
+    match cli.command {
+        Command::Setup => {
+            let assets = setup::ensure(&setup_options(&g))?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&assets)?);
+            } else {
+                println!("ready: QEMU {} with kernel {}", assets.qemu_version, assets.kernel_release);
+                println!("cache: {}", assets.cache_dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor => {
+            let report = setup::doctor(&setup_options(&g));
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Run(args) => {
+            let loaded = match workloads::load(&args.workloads) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            run(&g, args.fs, args.pm_size_mib, args.smp, args.out, loaded).await
+        }
+        Command::Demo => {
+            let loaded = workloads::builtin_smoke();
+            run(&g, FsKind::Ext4, None, 1, None, loaded).await
+        }
+        Command::Trace(TraceCmd::Show { trace }) => {
+            anyhow::bail!("`pmcrash trace show {}` is not available in this build yet", trace.display())
+        }
+    }
+}
+
+async fn run(
+    g: &Global,
+    fs: FsKind,
+    pm_size_mib: Option<u64>,
+    smp: u32,
+    out: Option<PathBuf>,
+    loaded: Vec<workloads::Loaded>,
+) -> anyhow::Result<ExitCode> {
+    let assets = setup::ensure(&setup_options(g))?;
+    let mut factory = GuestFactory::new(assets, fs);
+    if let Some(m) = pm_size_mib {
+        factory.pm_size = m << 20;
+    }
+    factory.smp = smp;
+    let tmp = tempfile::tempdir()?;
+    let out_dir = out.unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    let bar = pmcrash::progress::bar(loaded.len() as u64, !g.json, "workloads");
+    bar.set_message("preparing the guest (the first run boots one and saves its state)");
+    factory.saved_state().await?;
+    let mut reports = Vec::new();
+    let mut failed = 0;
+    for l in &loaded {
+        bar.set_message(l.name.clone());
+        let image = out_dir.join(format!("{}.{}.img", l.stem(), fs));
+        let report = pmcrash::run::run_workload(&factory, &l.workload, &l.name, &image)
+            .await
+            .with_context(|| format!("running {}", l.name))?;
+        failed += report.failed_ops().count();
+        if !g.json {
+            bar.suspend(|| {
+                println!("{} on {}-DAX: {}", report.workload, fs, report.description);
+                for op in &report.ops {
+                    println!("{}", pmcrash::run::describe(op));
+                }
+                let t = &report.timings;
+                println!(
+                    "  image {} ms, guest ready {} ms, mount {} ms, ops {} ms, total {} ms\n",
+                    t.image_ms, t.guest_ready_ms, t.mount_ms, t.ops_ms, t.total_ms
+                );
+            });
+        }
+        reports.push(report);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        println!(
+            "{} workload(s), {} op(s), {} failed",
+            reports.len(),
+            reports.iter().map(|r| r.ops.len()).sum::<usize>(),
+            failed
+        );
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
