@@ -4,8 +4,15 @@
 //! the durable content plus the kept prefixes of in-flight lines, as sorted,
 //! coalesced ranges. Bytes the trace never made durable are the base image's, so an
 //! image costs memory in proportion to the trace's footprint, not to the device. Two
-//! states that leave the same bytes have the same [`ImageId`] (blake3 of the ranges),
-//! so [`ImageSet`] lets the checker recover each distinct image once.
+//! states that leave the same bytes have the same [`ImageId`], so [`ImageSet`] lets
+//! the checker recover each distinct image once.
+//!
+//! The identity is a multiset hash: the lane-wise wrapping sum of the blake3 hashes of
+//! every line's (line number, byte mask, bytes). It depends only on the bytes, like a
+//! hash of the whole delta, but [`ImageBuilder::id`] computes it from the durable
+//! lines' sum and the few lines a state changes, so a crash point's states are told
+//! apart without building their images: only new images need [`ImageBuilder::build`].
+//! [`CrashImage::switch`] then rewrites only the bytes two images differ in.
 //!
 //! The only I/O here is writing ranges into a file the caller opened
 //! ([`CrashImage::apply`], [`CrashImage::undo`]).
@@ -16,7 +23,7 @@ use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-/// Identity of a crash image: blake3 over its ranges (offset, length, bytes).
+/// Identity of a crash image (see the module docs).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageId(pub [u8; 32]);
 
@@ -115,6 +122,100 @@ impl CrashImage {
     }
 }
 
+/// Write `new` at `off` where it differs from `old` (what the file holds there): one
+/// write from the first to the last differing byte.
+fn write_diff(file: &File, off: u64, new: &[u8], old: &[u8]) -> std::io::Result<u64> {
+    let Some(first) = new.iter().zip(old).position(|(a, b)| a != b) else {
+        return Ok(0);
+    };
+    let last = new.len()
+        - new
+            .iter()
+            .rev()
+            .zip(old.iter().rev())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+    file.write_all_at(&new[first..last], off + first as u64)?;
+    Ok((last - first) as u64)
+}
+
+/// For `[start, end)`, call `f(a, b, Some(bytes))` for each part covered by `ranges`
+/// and `f(a, b, None)` for each gap.
+fn walk(
+    ranges: &CrashImage,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(u64, u64, Option<&[u8]>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut i = ranges.ranges.partition_point(|r| r.0 + r.2 as u64 <= start);
+    let mut pos = start;
+    while pos < end {
+        match ranges.ranges.get(i) {
+            Some(&(off, data, len)) if off < end => {
+                let r_end = off + len as u64;
+                if off > pos {
+                    f(pos, off, None)?;
+                    pos = off;
+                }
+                let e = r_end.min(end);
+                let d = &ranges.data[data as usize..(data + len) as usize];
+                f(pos, e, Some(&d[(pos - off) as usize..(e - off) as usize]))?;
+                pos = e;
+                i += 1;
+            }
+            _ => {
+                f(pos, end, None)?;
+                pos = end;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl CrashImage {
+    /// Turn a file holding image `prev` into one holding `self`, writing only the
+    /// bytes the two differ in (`base` is the whole base image). Returns the bytes
+    /// written. States of one crash point share their durable part, so moving
+    /// between them costs a few lines, not the whole delta.
+    pub fn switch(&self, prev: &CrashImage, file: &File, base: &[u8]) -> std::io::Result<u64> {
+        let base_at = |a: u64, b: u64| {
+            base.get(a as usize..b as usize).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "delta range {a}..{b} lies past the {}-byte base image",
+                        base.len()
+                    ),
+                )
+            })
+        };
+        let mut written = 0;
+        // Bytes of `prev` that `self` does not cover go back to the base.
+        for (off, bytes) in prev.ranges() {
+            walk(self, off, off + bytes.len() as u64, |a, b, covered| {
+                if covered.is_none() {
+                    let old = &bytes[(a - off) as usize..(b - off) as usize];
+                    written += write_diff(file, a, base_at(a, b)?, old)?;
+                }
+                Ok(())
+            })?;
+        }
+        // Bytes of `self`, over what the file holds: `prev`'s bytes or the base.
+        for (off, bytes) in self.ranges() {
+            walk(prev, off, off + bytes.len() as u64, |a, b, old| {
+                let new = &bytes[(a - off) as usize..(b - off) as usize];
+                let old = match old {
+                    Some(o) => o,
+                    None => base_at(a, b)?,
+                };
+                written += write_diff(file, a, new, old)?;
+                Ok(())
+            })?;
+        }
+        Ok(written)
+    }
+}
+
 struct Emitter {
     ranges: Vec<(u64, u32, u32)>,
     data: Vec<u8>,
@@ -152,17 +253,11 @@ impl Emitter {
         }
     }
 
-    fn finish(self) -> CrashImage {
-        let mut h = blake3::Hasher::new();
-        for &(off, start, len) in &self.ranges {
-            h.update(&off.to_le_bytes());
-            h.update(&len.to_le_bytes());
-            h.update(&self.data[start as usize..(start + len) as usize]);
-        }
+    fn finish(self, id: ImageId) -> CrashImage {
         CrashImage {
             ranges: self.ranges,
             data: self.data,
-            id: ImageId(*h.finalize().as_bytes()),
+            id,
         }
     }
 }
@@ -175,18 +270,121 @@ pub struct ImageBuilder<'r> {
     shift: u32,
     durable_lines: Vec<u64>,
     in_flight: Vec<InFlightLine<'r>>,
+    /// Per durable line, its hash (aligned with `durable_lines`).
+    durable_hashes: Vec<[u64; 4]>,
+    durable_sum: [u64; 4],
+}
+
+fn line_hash(line: u64, bytes: &[u8], mask: &[u64]) -> [u64; 4] {
+    let mut h = blake3::Hasher::new();
+    h.update(&line.to_le_bytes());
+    let mut masked = [0u8; 64];
+    for (w, m) in mask.iter().enumerate() {
+        h.update(&m.to_le_bytes());
+        let chunk = &bytes[w * 64..((w + 1) * 64).min(bytes.len())];
+        for (i, b) in chunk.iter().enumerate() {
+            masked[i] = if m >> i & 1 == 1 { *b } else { 0 };
+        }
+        h.update(&masked[..chunk.len()]);
+    }
+    let out = h.finalize();
+    let b = out.as_bytes();
+    std::array::from_fn(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
+}
+
+fn add(a: &mut [u64; 4], b: &[u64; 4]) {
+    for i in 0..4 {
+        a[i] = a[i].wrapping_add(b[i]);
+    }
+}
+
+fn sub(a: &mut [u64; 4], b: &[u64; 4]) {
+    for i in 0..4 {
+        a[i] = a[i].wrapping_sub(b[i]);
+    }
 }
 
 impl<'r> ImageBuilder<'r> {
     /// Capture the crash point the replayer is at.
     pub fn new(replayer: &'r Replayer) -> Self {
         let cfg = replayer.config();
+        let durable_lines = replayer.durable().sorted_lines();
+        let durable_hashes: Vec<[u64; 4]> = durable_lines
+            .iter()
+            .map(|&l| {
+                let (b, m) = replayer.durable().line(l).expect("listed line");
+                line_hash(l, b, m)
+            })
+            .collect();
+        let mut durable_sum = [0u64; 4];
+        for h in &durable_hashes {
+            add(&mut durable_sum, h);
+        }
         ImageBuilder {
             replayer,
             line_size: cfg.line_size as usize,
             shift: cfg.line_shift(),
-            durable_lines: replayer.durable().sorted_lines(),
+            durable_lines,
             in_flight: replayer.in_flight(),
+            durable_hashes,
+            durable_sum,
+        }
+    }
+
+    /// The identity of a state's image, without building it: cost in proportion to
+    /// the lines the state keeps.
+    pub fn id(&self, state: &CrashState) -> ImageId {
+        let mut sum = self.durable_sum;
+        let mut buf = vec![0u8; self.line_size];
+        let mut mask = vec![0u64; self.line_size.div_ceil(64)];
+        for &(off, k) in &state.kept {
+            let Some(pieces) = self.kept_pieces(off, k) else {
+                continue;
+            };
+            if pieces.is_empty() {
+                continue;
+            }
+            let line = off >> self.shift;
+            if let Ok(i) = self.durable_lines.binary_search(&line) {
+                sub(&mut sum, &self.durable_hashes[i]);
+            }
+            self.overlay(line, pieces, &mut buf, &mut mask);
+            add(&mut sum, &line_hash(line, &buf, &mask));
+        }
+        let mut id = [0u8; 32];
+        for (i, v) in sum.iter().enumerate() {
+            id[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        ImageId(id)
+    }
+
+    fn kept_pieces(&self, line_offset: u64, k: u32) -> Option<&'r [crate::model::Piece]> {
+        let i = self
+            .in_flight
+            .binary_search_by_key(&line_offset, |l| l.line_offset)
+            .ok()?;
+        let stores = self.in_flight[i].stores;
+        Some(&stores[..(k as usize).min(stores.len())])
+    }
+
+    /// The line's durable content with `pieces` written over it.
+    fn overlay(&self, line: u64, pieces: &[crate::model::Piece], buf: &mut [u8], mask: &mut [u64]) {
+        match self.replayer.durable().line(line) {
+            Some((b, m)) => {
+                buf.copy_from_slice(b);
+                mask.copy_from_slice(m);
+            }
+            None => {
+                buf.fill(0);
+                mask.fill(0);
+            }
+        }
+        let line_offset = line << self.shift;
+        for p in pieces {
+            let off = (p.offset - line_offset) as usize;
+            let n = p.size as usize;
+            buf[off..off + n].copy_from_slice(&p.bytes()[..n]);
+            mask[off / 64] |= ((1u64 << n) - 1) << (off % 64);
         }
     }
 
@@ -210,16 +408,7 @@ impl<'r> ImageBuilder<'r> {
         let mut kept = state
             .kept
             .iter()
-            .filter_map(|&(off, k)| {
-                let i = self
-                    .in_flight
-                    .binary_search_by_key(&off, |l| l.line_offset)
-                    .ok()?;
-                Some((
-                    off >> self.shift,
-                    &self.in_flight[i].stores[..(k as usize).min(self.in_flight[i].stores.len())],
-                ))
-            })
+            .filter_map(|&(off, k)| Some((off >> self.shift, self.kept_pieces(off, k)?)))
             .peekable();
         let mut dl = self.durable_lines.iter().copied().peekable();
         loop {
@@ -229,8 +418,7 @@ impl<'r> ImageBuilder<'r> {
                 (None, Some(&(k, _))) => k,
                 (Some(&d), Some(&(k, _))) => d.min(k),
             };
-            let has_durable = dl.peek() == Some(&line);
-            if has_durable {
+            if dl.peek() == Some(&line) {
                 dl.next();
             }
             let pieces = match kept.peek() {
@@ -247,24 +435,10 @@ impl<'r> ImageBuilder<'r> {
                 }
                 continue;
             }
-            match durable.line(line) {
-                Some((b, m)) => {
-                    buf.copy_from_slice(b);
-                    mask.copy_from_slice(m);
-                }
-                None => {
-                    mask.fill(0);
-                }
-            }
-            for p in pieces {
-                let off = (p.offset - line_offset) as usize;
-                let n = p.size as usize;
-                buf[off..off + n].copy_from_slice(&p.bytes()[..n]);
-                mask[off / 64] |= ((1u64 << n) - 1) << (off % 64);
-            }
+            self.overlay(line, pieces, &mut buf, &mut mask);
             out.emit_line(line_offset, &buf, &mask);
         }
-        out.finish()
+        out.finish(self.id(state))
     }
 }
 

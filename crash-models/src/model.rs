@@ -265,6 +265,20 @@ impl Durable {
         self.masks[mw] |= ((1u64 << n) - 1) << (off % 64);
     }
 
+    /// Write pieces that all lie in `line`, looking the line up once.
+    #[inline]
+    fn write_pieces(&mut self, line: u64, pieces: &[Piece]) {
+        let s = self.slot(line);
+        let ls = self.line_size as u64;
+        for p in pieces {
+            let off = (p.offset & (ls - 1)) as usize;
+            let n = p.size as usize;
+            let base = s * self.line_size + off;
+            self.bytes[base..base + n].copy_from_slice(&p.bytes()[..n]);
+            self.masks[s * self.mask_words + off / 64] |= ((1u64 << n) - 1) << (off % 64);
+        }
+    }
+
     /// Number of lines holding durable bytes.
     pub fn lines(&self) -> usize {
         self.slots.len()
@@ -294,6 +308,10 @@ struct LineQueue {
     /// Pieces from records before this index are flushed (durable at the issuing
     /// vCPU's next fence).
     flushed_before: u64,
+    /// (vCPU, its fence epoch, index in its pending list) of this line's pending
+    /// entry, so repeated flushes and NT stores between two fences update one entry
+    /// instead of queueing one each.
+    pend: Option<(u16, u64, u32)>,
 }
 
 /// A line with stores that are not yet durable, as seen at a crash point.
@@ -362,6 +380,8 @@ pub struct Replayer {
     inflight: FxMap<u64, LineQueue>,
     /// Per vCPU: (line, flushed_before) waiting for that vCPU's next fence.
     pending: Vec<Vec<(u64, u64)>>,
+    /// Per vCPU: fences seen (tells a line's `pend` entry is stale).
+    epochs: Vec<u64>,
     durable: Durable,
     spare: Vec<Vec<Piece>>,
     ignored: FxSet<u64>,
@@ -377,6 +397,7 @@ impl Replayer {
             index: 0,
             inflight: FxMap::default(),
             pending: Vec::new(),
+            epochs: Vec::new(),
             durable: Durable::new(cfg.line_size),
             spare: Vec::new(),
             ignored: FxSet::default(),
@@ -502,7 +523,14 @@ impl Replayer {
                             self.stats.redundant_flushes += 1;
                         }
                         q.flushed_before = index;
-                        self.pending_for(vcpu).push((line, index));
+                        Self::mark_pending(
+                            &mut self.pending,
+                            &mut self.epochs,
+                            q,
+                            line,
+                            index,
+                            vcpu,
+                        );
                     }
                     None => self.stats.redundant_flushes += 1,
                 }
@@ -523,13 +551,29 @@ impl Replayer {
         }
     }
 
+    /// Make the line's pieces before `before` durable at `vcpu`'s next fence.
     #[inline]
-    fn pending_for(&mut self, vcpu: u16) -> &mut Vec<(u64, u64)> {
+    fn mark_pending(
+        pending: &mut Vec<Vec<(u64, u64)>>,
+        epochs: &mut Vec<u64>,
+        q: &mut LineQueue,
+        line: u64,
+        before: u64,
+        vcpu: u16,
+    ) {
         let v = vcpu as usize;
-        if self.pending.len() <= v {
-            self.pending.resize_with(v + 1, Vec::new);
+        if pending.len() <= v {
+            pending.resize_with(v + 1, Vec::new);
+            epochs.resize(v + 1, 0);
         }
-        &mut self.pending[v]
+        let epoch = epochs[v];
+        match q.pend {
+            Some((pv, pe, idx)) if pv == vcpu && pe == epoch => pending[v][idx as usize].1 = before,
+            _ => {
+                q.pend = Some((vcpu, epoch, pending[v].len() as u32));
+                pending[v].push((line, before));
+            }
+        }
     }
 
     #[inline]
@@ -539,12 +583,20 @@ impl Replayer {
         let q = self.inflight.entry(line).or_insert_with(|| LineQueue {
             pieces: spare.pop().unwrap_or_default(),
             flushed_before: 0,
+            pend: None,
         });
         q.pieces.push(p);
         if non_temporal {
             // A non-temporal store is its own flush (see the module docs).
             q.flushed_before = p.record + 1;
-            self.pending_for(vcpu).push((line, p.record + 1));
+            Self::mark_pending(
+                &mut self.pending,
+                &mut self.epochs,
+                q,
+                line,
+                p.record + 1,
+                vcpu,
+            );
         }
     }
 
@@ -556,6 +608,7 @@ impl Replayer {
             return 0;
         }
         let mut pending = std::mem::take(pending);
+        self.epochs[vcpu as usize] += 1;
         let mut persisted = 0;
         for &(line, before) in &pending {
             let Some(q) = self.inflight.get_mut(&line) else {
@@ -566,9 +619,7 @@ impl Replayer {
                 continue;
             }
             persisted += 1;
-            for p in &q.pieces[..n] {
-                self.durable.write_piece(self.shift, p);
-            }
+            self.durable.write_pieces(line, &q.pieces[..n]);
             if n == q.pieces.len() {
                 let mut q = self.inflight.remove(&line).expect("present");
                 q.pieces.clear();

@@ -314,5 +314,40 @@ proptest! {
             img.undo_slice(&mut bytes, &base);
             prop_assert_eq!(&bytes, &base);
         }
+        // Identities: the fast one equals the built one, and equal ids <=> equal bytes.
+        let images: Vec<_> = states.iter().map(|s| builder.build(s)).collect();
+        for (s, img) in states.iter().zip(&images) {
+            prop_assert_eq!(builder.id(s), img.id());
+        }
+        for a in &images {
+            for b in &images {
+                prop_assert_eq!(a.id() == b.id(), image_of(a) == image_of(b));
+            }
+        }
+        // A file walked through every image by `switch` holds each one exactly.
+        use std::os::unix::fs::FileExt;
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&base, 0).unwrap();
+        let mut prev: Option<&crash_models::delta::CrashImage> = None;
+        for img in images.iter().chain(images.iter().rev()) {
+            match prev {
+                None => img.apply(&file).unwrap(),
+                Some(p) => {
+                    img.switch(p, &file, &base).unwrap();
+                }
+            }
+            let mut want = base.clone();
+            img.apply_to_slice(&mut want);
+            let mut got = vec![0u8; base.len()];
+            file.read_exact_at(&mut got, 0).unwrap();
+            prop_assert_eq!(&got, &want);
+            prev = Some(img);
+        }
+        if let Some(p) = prev {
+            p.undo(&file, &base).unwrap();
+            let mut got = vec![0u8; base.len()];
+            file.read_exact_at(&mut got, 0).unwrap();
+            prop_assert_eq!(&got, &base);
+        }
     }
 }
