@@ -148,9 +148,9 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n_states));
     g.bench_function("each-line-64-lines", |b| {
         b.iter(|| {
-            let b = ImageBuilder::new(&r);
+            let lines = r.in_flight();
             black_box(
-                CrashStates::new(b.in_flight(), &cfg)
+                CrashStates::new(&lines, &cfg)
                     .map(|s| s.kept.len())
                     .sum::<usize>(),
             )
@@ -162,6 +162,16 @@ fn bench(c: &mut Criterion) {
     let file = tempfile::tempfile().expect("temp file");
     file.write_all_at(&base, 0).expect("write base");
     let states: Vec<_> = CrashStates::new(builder.in_flight(), &cfg).collect();
+    let sizes: Vec<usize> = states.iter().map(|s| builder.build(s).len()).collect();
+    eprintln!(
+        "10k-store trace: {} durable lines, {} in-flight lines, {} states, image delta {}..{} bytes in {} ranges",
+        r.durable().lines(),
+        r.in_flight_count(),
+        states.len(),
+        sizes.iter().min().unwrap(),
+        sizes.iter().max().unwrap(),
+        builder.build(&states[0]).ranges().len()
+    );
     let mut g = c.benchmark_group("images");
     g.throughput(Throughput::Elements(n_states));
     g.bench_function("build-hash", |b| {
