@@ -13,3 +13,4 @@ pub mod vm;
 pub mod workloads;
 pub mod setup;
 pub mod trace;
+pub mod setup;

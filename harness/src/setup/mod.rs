@@ -1,0 +1,1136 @@
+//! Provisioning (`pmcrash setup`) and diagnosis (`pmcrash doctor`).
+//!
+//! [`ensure`] makes sure everything a run needs is on this machine and returns where it is
+//! ([`Assets`]): a QEMU new enough for the tracer plugin, the file-system tools, a guest
+//! kernel (Debian's `linux-image-6.12.*-amd64-unsigned`, downloaded but never installed on
+//! the host, or the user's own), and one initramfs per file system holding the guest agent
+//! and exactly the modules that file system needs (an ext4 run must not pay 2.5 s of TCG
+//! time loading xfs).
+//!
+//! # The cache
+//!
+//! Everything lives under [`SetupOptions::cache_dir`], content-addressed, written
+//! atomically (temporary file in the same directory, fsync, rename), and guarded by an
+//! advisory lock (`.lock`) so concurrent `ensure` calls do not duplicate work:
+//!
+//! ```text
+//! kernel-pin.json                 the Debian kernel package in use (see "Pinning" below)
+//! debs/<package file>.deb         apt-get download output, keyed by file name
+//! debs/<package file>.deb.json    its size, mtime and blake3 (so it is hashed once)
+//! kernels/<deb hash>/tree/        dpkg-deb -x output (boot/, lib/modules/<release>/)
+//! kernels/<deb hash>/vmlinux      the uncompressed kernel with its PVH entry note
+//! kernels/<deb hash>/kernel.json  release, image to boot, image hash
+//! byo/<key>/                      the same for a bring-your-own kernel (key: path, size, mtime)
+//! initramfs/<blake3>.cpio         keyed by the hash of the archive (agent + modules + order)
+//! qemu.json                       the last QEMU probe, keyed by the binary's path/size/mtime
+//! state.json                      finished results, keyed by (agent hash, kernel), with
+//!                                 the size and mtime of every input file
+//! ```
+//!
+//! A warm `ensure` reads `state.json`, stats the recorded inputs and outputs, hashes the
+//! embedded agent (a few MB) and returns: no process is run, no module decompressed.
+//!
+//! # Pinning
+//!
+//! The Debian kernel package is resolved once (apt-cache takes ~1.5 s, and needs fresh apt
+//! lists) and then pinned in `kernel-pin.json`: later runs use the same kernel until
+//! [`refresh_kernel`] drops the pin. A kernel that changes by itself would silently
+//! invalidate saved VM states and make results incomparable between runs, and offline
+//! operation on a warm cache must work; both argue against a time-to-live.
+
+mod doctor;
+pub mod host_tools;
+pub mod initramfs;
+pub mod kernel;
+pub mod modules;
+
+pub use crash_models::ops::FsKind;
+pub use doctor::{Check, CheckStatus, DoctorReport};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The guest agent, a static x86-64 ELF built by `harness/build.rs`; it becomes `/init`.
+pub const AGENT_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pmcrash-agent"));
+
+/// What [`ensure`] and [`doctor`] work with.
+#[derive(Debug, Clone)]
+pub struct SetupOptions {
+    /// Where downloads and built assets live: `$PMCRASH_CACHE` or `~/.cache/pmcrash`
+    /// ([`SetupOptions::default_cache_dir`]).
+    pub cache_dir: PathBuf,
+    /// A bring-your-own kernel image (bzImage or an ELF vmlinux with a PVH note) instead of
+    /// Debian's package.
+    pub kernel: Option<PathBuf>,
+    /// With `kernel`: that build's `lib/modules/<release>` directory. Without it the kernel
+    /// must have NVDIMM, DAX and the file systems built in.
+    pub modules: Option<PathBuf>,
+    /// Allowed to `apt-get install` missing host tools (when root and apt exists).
+    pub install: bool,
+    /// Show progress spinners on stderr.
+    pub progress: bool,
+}
+
+impl SetupOptions {
+    /// `$PMCRASH_CACHE`, else `$XDG_CACHE_HOME/pmcrash`, else `~/.cache/pmcrash`.
+    pub fn default_cache_dir() -> PathBuf {
+        if let Some(d) = std::env::var_os("PMCRASH_CACHE").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d);
+        }
+        if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+            return PathBuf::from(d).join("pmcrash");
+        }
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".cache").join("pmcrash")
+    }
+}
+
+impl Default for SetupOptions {
+    fn default() -> Self {
+        SetupOptions {
+            cache_dir: SetupOptions::default_cache_dir(),
+            kernel: None,
+            modules: None,
+            install: false,
+            progress: false,
+        }
+    }
+}
+
+/// Everything a run needs, on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assets {
+    /// `qemu-system-x86_64` (>= 10.0, with TCG plugin support).
+    pub qemu: PathBuf,
+    /// Its version, e.g. `10.0.2`.
+    pub qemu_version: String,
+    /// The image to pass to `-kernel`: the uncompressed vmlinux (ELF with the PVH note)
+    /// when it could be extracted, else the bzImage.
+    pub kernel: PathBuf,
+    /// The kernel release, e.g. `6.12.117+deb12-amd64`.
+    pub kernel_release: String,
+    /// One initramfs per file system, each loading only the modules that one needs.
+    pub initramfs: BTreeMap<FsKind, PathBuf>,
+    /// A short content hash of (QEMU version, kernel, initramfs set): a key for saved VM
+    /// states, which are valid only for exactly these.
+    pub id: String,
+    /// The cache directory these live in.
+    pub cache_dir: PathBuf,
+}
+
+/// Why provisioning failed; each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// Host tools are missing or too old and this process may not or cannot install them.
+    #[error(
+        "{problems}\nto fix, run as root:\n{commands}\n(or run `pmcrash setup --install` as root)"
+    )]
+    HostTools {
+        /// What is wrong, one line per problem.
+        problems: String,
+        /// The shell commands that fix it.
+        commands: String,
+    },
+    /// Installing worked but the tools are still not usable (e.g. not a Debian system).
+    #[error("{problems}\nafter installing, this is still wrong; install QEMU >= 10.0 with plugin support and the e2fsprogs/xfsprogs tools by hand")]
+    StillMissing {
+        /// What is still wrong.
+        problems: String,
+    },
+    /// A command failed.
+    #[error("`{command}` failed ({status}){}", if output.is_empty() { String::new() } else { format!(":\n{output}") })]
+    CommandFailed {
+        /// The command line.
+        command: String,
+        /// Its exit status or spawn error.
+        status: String,
+        /// The last lines it printed.
+        output: String,
+    },
+    /// apt knows no suitable kernel package.
+    #[error("apt knows no package matching {pattern}; run `apt-get update` as root, check that a Debian 12+ main suite is in the apt sources, or pass your own kernel with --kernel", pattern = kernel::PACKAGE_PATTERN)]
+    NoKernelPackage,
+    /// A needed module is neither a file nor built in.
+    #[error("kernel module `{name}` is neither a module file under {} nor listed as built in (modules.builtin); build it (=m or =y) or point --modules at the right lib/modules/<release> directory", dir.display())]
+    ModuleNotFound {
+        /// The module.
+        name: String,
+        /// The module tree searched.
+        dir: PathBuf,
+    },
+    /// The module dependencies form a cycle.
+    #[error("kernel modules depend on each other in a cycle: {cycle}")]
+    ModuleCycle {
+        /// The cycle, `a -> b -> a`.
+        cycle: String,
+    },
+    /// A module file could not be read or parsed.
+    #[error("kernel module {}: {reason}", path.display())]
+    BadModule {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A kernel image is unusable.
+    #[error("kernel image {}: {reason}", path.display())]
+    BadKernel {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file-system error.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The options contradict each other.
+    #[error("invalid setup options: {0}")]
+    InvalidOptions(String),
+}
+
+impl SetupError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> SetupError {
+        SetupError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The process exit code the CLI should use: 2 when the user must act first (install
+    /// tools, fix options), 1 for other failures.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SetupError::HostTools { .. }
+            | SetupError::StillMissing { .. }
+            | SetupError::InvalidOptions(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Writes a file atomically: a temporary file in the same directory, fsync, rename, and an
+/// fsync of the directory so the rename itself survives a crash.
+pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<(), SetupError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| SetupError::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| SetupError::io(dir, e))?;
+    tmp.write_all(data)
+        .map_err(|e| SetupError::io(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| SetupError::io(tmp.path(), e))?;
+    // NamedTempFile creates 0600; assets are meant to be readable (QEMU may run as another
+    // user).
+    set_mode(tmp.path(), 0o644)?;
+    tmp.persist(path)
+        .map_err(|e| SetupError::io(path, e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), SetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| SetupError::io(path, e))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SetupError> {
+    let text = serde_json::to_vec_pretty(value).expect("setup records serialize");
+    atomic_write(path, &text)
+}
+
+/// A file's identity as far as cache validity goes: path, size, modification time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileStamp {
+    path: PathBuf,
+    size: u64,
+    mtime_ns: u128,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let md = std::fs::metadata(path).ok()?;
+        let mtime_ns = md
+            .modified()
+            .ok()?
+            .duration_since(UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        Some(FileStamp {
+            path: path.to_path_buf(),
+            size: md.len(),
+            mtime_ns,
+        })
+    }
+
+    fn still_valid(&self) -> bool {
+        FileStamp::of(&self.path).as_ref() == Some(self)
+    }
+}
+
+/// An exclusive advisory lock on the cache, released on drop.
+struct CacheLock(std::fs::File);
+
+impl CacheLock {
+    fn take(cache: &Path) -> Result<CacheLock, SetupError> {
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(cache).map_err(|e| SetupError::io(cache, e))?;
+        let path = cache.join(".lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| SetupError::io(&path, e))?;
+        // SAFETY: a valid open file descriptor; flock has no memory-safety preconditions.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(SetupError::io(&path, std::io::Error::last_os_error()));
+        }
+        Ok(CacheLock(f))
+    }
+}
+
+impl Drop for CacheLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Progress display on stderr (hidden unless asked for).
+struct Ui(ProgressBar);
+
+impl Ui {
+    fn new(show: bool) -> Ui {
+        let pb = ProgressBar::new_spinner();
+        if show {
+            pb.set_draw_target(ProgressDrawTarget::stderr());
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .expect("static template is valid"),
+            );
+            pb.enable_steady_tick(Duration::from_millis(120));
+        } else {
+            pb.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Ui(pb)
+    }
+
+    fn step(&self, msg: impl Into<String>) {
+        self.0.reset_elapsed();
+        self.0.set_message(msg.into());
+    }
+
+    fn done(&self, msg: impl Into<String>) {
+        self.0.println(format!("  {}", msg.into()));
+    }
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn agent_hash() -> &'static blake3::Hash {
+    static H: OnceLock<blake3::Hash> = OnceLock::new();
+    H.get_or_init(|| blake3::hash(AGENT_ELF))
+}
+
+// ---------------------------------------------------------------------------------------
+// Host tools
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct QemuRecord {
+    stamp: FileStamp,
+    version: String,
+}
+
+/// Makes sure QEMU and the tools are present, installing them if allowed; returns QEMU.
+fn ensure_host_tools(opts: &SetupOptions, ui: &Ui) -> Result<(PathBuf, String), SetupError> {
+    let record_path = opts.cache_dir.join("qemu.json");
+    let tools_ok = || {
+        host_tools::TOOLS
+            .iter()
+            .all(|(t, _)| host_tools::which(t).is_some())
+    };
+    // Fast path: the same QEMU binary as last time, and every tool still on the PATH.
+    if let Some(qemu) = host_tools::which("qemu-system-x86_64") {
+        if let Some(rec) = read_json::<QemuRecord>(&record_path) {
+            if rec.stamp.path == qemu && rec.stamp.still_valid() && tools_ok() {
+                return Ok((qemu, rec.version));
+            }
+        }
+    }
+    ui.step("checking host tools");
+    let mut facts = host_tools::host_facts();
+    let plan = host_tools::install_plan(&facts);
+    if !plan.is_empty() {
+        let problems = describe_problems(&facts);
+        let apt = host_tools::which("apt-get").is_some();
+        if !opts.install || !facts.root || !apt {
+            return Err(SetupError::HostTools {
+                problems,
+                commands: host_tools::render_plan(&plan),
+            });
+        }
+        host_tools::apply_plan(&plan, |s| ui.step(format!("running: {s}")))?;
+        ui.done("installed missing host tools");
+        facts = host_tools::host_facts();
+        if !host_tools::install_plan(&facts).is_empty() {
+            return Err(SetupError::StillMissing {
+                problems: describe_problems(&facts),
+            });
+        }
+    }
+    match facts.qemu {
+        host_tools::QemuStatus::Ok { path, version } => {
+            if let Some(stamp) = FileStamp::of(&path) {
+                write_json(
+                    &record_path,
+                    &QemuRecord {
+                        stamp,
+                        version: version.clone(),
+                    },
+                )?;
+            }
+            Ok((path, version))
+        }
+        _ => unreachable!("an empty install plan means QEMU is usable"),
+    }
+}
+
+fn describe_problems(facts: &host_tools::HostFacts) -> String {
+    use host_tools::QemuStatus::*;
+    let mut lines = Vec::new();
+    match &facts.qemu {
+        Missing => lines.push("qemu-system-x86_64 is not installed".to_string()),
+        TooOld { version, .. } => lines.push(format!(
+            "qemu-system-x86_64 is {version}; pmcrash needs >= {}.{} (plugin API with store values)",
+            host_tools::MIN_QEMU.0,
+            host_tools::MIN_QEMU.1
+        )),
+        NoPlugins { path, version } => lines.push(format!(
+            "{} ({version}) was built without TCG plugin support",
+            path.display()
+        )),
+        Ok { .. } => {}
+    }
+    for t in &facts.missing_tools {
+        lines.push(format!("{t} is not installed"));
+    }
+    lines.join("\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernel
+
+/// The pinned Debian kernel package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct KernelPin {
+    package: String,
+    /// The downloaded file's name (`<package>_<version>_amd64.deb`), once known.
+    deb: Option<String>,
+    resolved_at_unix: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct DebMeta {
+    stamp: FileStamp,
+    blake3: String,
+}
+
+/// What an extracted or checked kernel looks like (`kernel.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct KernelRecord {
+    release: String,
+    /// The image for `-kernel`.
+    image: PathBuf,
+    /// Whether `image` is the PVH vmlinux (else the bzImage).
+    pvh: bool,
+    /// blake3 of `image`.
+    image_hash: String,
+    /// The module tree, if any.
+    modules_dir: Option<PathBuf>,
+}
+
+/// A kernel ready to use, with the files it was derived from.
+struct KernelSource {
+    record: KernelRecord,
+    /// Identifies the kernel for the state key.
+    descriptor: String,
+    inputs: Vec<FileStamp>,
+}
+
+fn pin_path(cache: &Path) -> PathBuf {
+    cache.join("kernel-pin.json")
+}
+
+/// Drops the pinned Debian kernel package, so that the next [`ensure`] resolves (and
+/// downloads) the newest `linux-image-6.12.*-amd64-unsigned`. Old kernels stay in the cache.
+pub fn refresh_kernel(opts: &SetupOptions) -> Result<(), SetupError> {
+    let _lock = CacheLock::take(&opts.cache_dir)?;
+    match std::fs::remove_file(pin_path(&opts.cache_dir)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SetupError::io(pin_path(&opts.cache_dir), e)),
+    }
+}
+
+fn apt_search() -> Result<Option<String>, SetupError> {
+    let out = host_tools::run_command(Command::new("apt-cache").args([
+        "search",
+        "--names-only",
+        kernel::PACKAGE_PATTERN,
+    ]))?;
+    Ok(kernel::pick_newest(
+        String::from_utf8_lossy(&out.stdout).lines(),
+    ))
+}
+
+fn resolve_package(ui: &Ui) -> Result<String, SetupError> {
+    ui.step("resolving the newest linux-image-6.12 package");
+    if let Some(p) = apt_search()? {
+        return Ok(p);
+    }
+    // A fresh machine has no apt lists yet.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(SetupError::NoKernelPackage);
+    }
+    ui.step("apt-get update");
+    host_tools::run_command(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    apt_search()?.ok_or(SetupError::NoKernelPackage)
+}
+
+/// `apt-get download`s a package into `debs/`, returning the file name.
+fn download(cache: &Path, package: &str, ui: &Ui) -> Result<String, SetupError> {
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs).map_err(|e| SetupError::io(&debs, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(&debs)
+        .map_err(|e| SetupError::io(&debs, e))?;
+    ui.step(format!("downloading {package} (~100 MB)"));
+    // The sandbox user `_apt` cannot write into a root-owned temp dir; apt then downloads
+    // unsandboxed as root with a warning, which is fine here.
+    host_tools::run_command(
+        Command::new("apt-get")
+            .arg("download")
+            .arg(package)
+            .current_dir(tmp.path()),
+    )?;
+    let prefix = format!("{package}_");
+    let name = std::fs::read_dir(tmp.path())
+        .map_err(|e| SetupError::io(tmp.path(), e))?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        .ok_or_else(|| SetupError::CommandFailed {
+            command: format!("apt-get download {package}"),
+            status: "succeeded".into(),
+            output: "but left no .deb file".into(),
+        })?;
+    let from = tmp.path().join(&name);
+    let file = std::fs::File::open(&from).map_err(|e| SetupError::io(&from, e))?;
+    file.sync_all().map_err(|e| SetupError::io(&from, e))?;
+    std::fs::rename(&from, debs.join(&name)).map_err(|e| SetupError::io(debs.join(&name), e))?;
+    ui.done(format!("downloaded {name}"));
+    Ok(name)
+}
+
+/// The blake3 of a downloaded .deb, hashed once and remembered by size and mtime.
+fn deb_hash(deb: &Path) -> Result<(String, FileStamp), SetupError> {
+    let meta_path = PathBuf::from(format!("{}.json", deb.display()));
+    let stamp = FileStamp::of(deb).ok_or_else(|| {
+        SetupError::io(
+            deb,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "downloaded package vanished"),
+        )
+    })?;
+    if let Some(meta) = read_json::<DebMeta>(&meta_path) {
+        if meta.stamp == stamp {
+            return Ok((meta.blake3, stamp));
+        }
+    }
+    let mut h = blake3::Hasher::new();
+    let file = std::fs::File::open(deb).map_err(|e| SetupError::io(deb, e))?;
+    h.update_reader(file).map_err(|e| SetupError::io(deb, e))?;
+    let hash = h.finalize().to_hex().to_string();
+    write_json(
+        &meta_path,
+        &DebMeta {
+            stamp: stamp.clone(),
+            blake3: hash.clone(),
+        },
+    )?;
+    Ok((hash, stamp))
+}
+
+/// Writes the vmlinux extracted from `bz` to `dest` if possible; returns the record.
+fn prepare_image(
+    bz_path: &Path,
+    dest: &Path,
+    release: Option<String>,
+) -> Result<KernelRecord, SetupError> {
+    let bz = std::fs::read(bz_path).map_err(|e| SetupError::io(bz_path, e))?;
+    if kernel::has_pvh_note(&bz) {
+        // Already an uncompressed PVH kernel: use it as it is.
+        let release = release
+            .or_else(|| kernel::vmlinux_release(&bz))
+            .unwrap_or_default();
+        return Ok(KernelRecord {
+            release,
+            image: bz_path.to_path_buf(),
+            pvh: true,
+            image_hash: blake3::hash(&bz).to_hex().to_string(),
+            modules_dir: None,
+        });
+    }
+    if bz.starts_with(b"\x7fELF") {
+        return Err(SetupError::BadKernel {
+            path: bz_path.to_path_buf(),
+            reason: "an ELF kernel without the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) cannot be booted by QEMU's -kernel; build with CONFIG_PVH=y or pass the bzImage".into(),
+        });
+    }
+    if kernel::bzimage_release(&bz).is_none() && bz.get(0x202..0x206) != Some(b"HdrS") {
+        return Err(SetupError::BadKernel {
+            path: bz_path.to_path_buf(),
+            reason: "neither a bzImage (no HdrS setup header) nor an ELF vmlinux".into(),
+        });
+    }
+    let release = release
+        .or_else(|| kernel::bzimage_release(&bz))
+        .unwrap_or_default();
+    match kernel::extract_vmlinux(&bz) {
+        Some((_, elf)) => {
+            atomic_write(dest, &elf)?;
+            Ok(KernelRecord {
+                release,
+                image: dest.to_path_buf(),
+                pvh: true,
+                image_hash: blake3::hash(&elf).to_hex().to_string(),
+                modules_dir: None,
+            })
+        }
+        // No PVH vmlinux inside: boot the bzImage (slower, but works).
+        None => Ok(KernelRecord {
+            release,
+            image: bz_path.to_path_buf(),
+            pvh: false,
+            image_hash: blake3::hash(&bz).to_hex().to_string(),
+            modules_dir: None,
+        }),
+    }
+}
+
+fn debian_kernel(cache: &Path, ui: &Ui) -> Result<KernelSource, SetupError> {
+    let mut pin = read_json::<KernelPin>(&pin_path(cache));
+    // The pinned, downloaded package if it is still there.
+    let mut deb_name = pin
+        .as_ref()
+        .and_then(|p| p.deb.clone())
+        .filter(|d| cache.join("debs").join(d).is_file());
+    if deb_name.is_none() {
+        let package = match &pin {
+            Some(p) => p.package.clone(),
+            None => resolve_package(ui)?,
+        };
+        let name = match download(cache, &package, ui) {
+            Ok(n) => n,
+            // A pinned version apt no longer offers: resolve afresh.
+            Err(e) if pin.is_some() => {
+                ui.done(format!(
+                    "pinned {package} unavailable ({e}); resolving the newest"
+                ));
+                let package = resolve_package(ui)?;
+                pin = None;
+                download(cache, &package, ui)?
+            }
+            Err(e) => return Err(e),
+        };
+        let package = name.split('_').next().unwrap_or(&name).to_string();
+        let resolved_at_unix = pin.as_ref().map(|p| p.resolved_at_unix).unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        });
+        write_json(
+            &pin_path(cache),
+            &KernelPin {
+                package,
+                deb: Some(name.clone()),
+                resolved_at_unix,
+            },
+        )?;
+        deb_name = Some(name);
+    }
+    let deb_name = deb_name.expect("set above");
+    let deb = cache.join("debs").join(&deb_name);
+    let (hash, deb_stamp) = deb_hash(&deb)?;
+    let kdir = cache.join("kernels").join(&hash[..16]);
+    let record_path = kdir.join("kernel.json");
+    let record = match read_json::<KernelRecord>(&record_path) {
+        Some(r) if r.image.is_file() => r,
+        _ => {
+            let tree = kdir.join("tree");
+            if !tree.join("boot").is_dir() {
+                ui.step(format!("unpacking {deb_name}"));
+                std::fs::create_dir_all(&kdir).map_err(|e| SetupError::io(&kdir, e))?;
+                let tmp = tempfile::Builder::new()
+                    .prefix(".tree-")
+                    .tempdir_in(&kdir)
+                    .map_err(|e| SetupError::io(&kdir, e))?;
+                host_tools::run_command(
+                    Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp.path()),
+                )?;
+                let _ = std::fs::remove_dir_all(&tree);
+                std::fs::rename(tmp.keep(), &tree).map_err(|e| SetupError::io(&tree, e))?;
+            }
+            let boot = tree.join("boot");
+            let vmlinuz = std::fs::read_dir(&boot)
+                .map_err(|e| SetupError::io(&boot, e))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("vmlinuz-"))
+                })
+                .ok_or_else(|| SetupError::BadKernel {
+                    path: deb.clone(),
+                    reason: "no boot/vmlinuz-* inside".into(),
+                })?;
+            let release = vmlinuz
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .map(str::to_string);
+            ui.step("extracting the uncompressed kernel (vmlinux)");
+            let mut r = prepare_image(&vmlinuz, &kdir.join("vmlinux"), release)?;
+            r.modules_dir = Some(tree.join("lib/modules").join(&r.release));
+            write_json(&record_path, &r)?;
+            ui.done(format!(
+                "kernel {} ({})",
+                r.release,
+                if r.pvh {
+                    "uncompressed, PVH entry"
+                } else {
+                    "bzImage: no PVH vmlinux found"
+                }
+            ));
+            r
+        }
+    };
+    let descriptor = format!("debian:{deb_name}:{hash}");
+    let mut inputs = vec![deb_stamp];
+    inputs.extend(FileStamp::of(&record.image));
+    Ok(KernelSource {
+        record,
+        descriptor,
+        inputs,
+    })
+}
+
+fn byo_kernel(
+    cache: &Path,
+    image: &Path,
+    modules: Option<&Path>,
+    ui: &Ui,
+) -> Result<KernelSource, SetupError> {
+    let image = std::fs::canonicalize(image).map_err(|e| SetupError::io(image, e))?;
+    let modules = modules
+        .map(|m| std::fs::canonicalize(m).map_err(|e| SetupError::io(m, e)))
+        .transpose()?;
+    if let Some(m) = &modules {
+        if !m.is_dir() {
+            return Err(SetupError::InvalidOptions(format!(
+                "--modules {} is not a directory",
+                m.display()
+            )));
+        }
+    }
+    let stamp = FileStamp::of(&image).ok_or_else(|| {
+        SetupError::io(
+            &image,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "cannot stat"),
+        )
+    })?;
+    let key_text = format!("{}:{}:{}", image.display(), stamp.size, stamp.mtime_ns);
+    let key = blake3::hash(key_text.as_bytes()).to_hex().to_string();
+    let dir = cache.join("byo").join(&key[..16]);
+    let record_path = dir.join("kernel.json");
+    let release_hint = modules
+        .as_ref()
+        .and_then(|m| m.file_name())
+        .and_then(|n| n.to_str())
+        .map(str::to_string);
+    let mut record = match read_json::<KernelRecord>(&record_path) {
+        Some(r) if r.image.is_file() => r,
+        _ => {
+            ui.step(format!("preparing kernel {}", image.display()));
+            let r = prepare_image(&image, &dir.join("vmlinux"), release_hint.clone())?;
+            write_json(&record_path, &r)?;
+            r
+        }
+    };
+    if let Some(hint) = release_hint {
+        record.release = hint;
+    }
+    record.modules_dir = modules.clone();
+    let descriptor = format!(
+        "byo:{key_text}:{}",
+        modules
+            .as_ref()
+            .map(|m| m.display().to_string())
+            .unwrap_or_default()
+    );
+    let mut inputs = vec![stamp];
+    inputs.extend(FileStamp::of(&record.image));
+    Ok(KernelSource {
+        record,
+        descriptor,
+        inputs,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// State
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    /// Finished results by key (agent hash + kernel descriptor).
+    entries: BTreeMap<String, StateEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StateEntry {
+    created_unix: u64,
+    /// The files the result was derived from; any change invalidates it.
+    inputs: Vec<FileStamp>,
+    kernel: KernelRecord,
+    initramfs: BTreeMap<FsKind, PathBuf>,
+    initramfs_hashes: BTreeMap<FsKind, String>,
+}
+
+/// At most this many results are remembered (one per agent build and kernel).
+const MAX_STATE_ENTRIES: usize = 16;
+
+fn state_key(kernel_descriptor: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(agent_hash().as_bytes());
+    h.update(kernel_descriptor.as_bytes());
+    h.finalize().to_hex()[..32].to_string()
+}
+
+fn assets_id(
+    qemu_version: &str,
+    kernel_hash: &str,
+    initramfs: &BTreeMap<FsKind, String>,
+) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(qemu_version.as_bytes());
+    h.update(b"\0");
+    h.update(kernel_hash.as_bytes());
+    for (fs, hash) in initramfs {
+        h.update(fs.name().as_bytes());
+        h.update(hash.as_bytes());
+    }
+    h.finalize().to_hex()[..16].to_string()
+}
+
+impl StateEntry {
+    fn valid(&self) -> bool {
+        self.inputs.iter().all(FileStamp::still_valid)
+            && self.kernel.image.is_file()
+            && FsKind::ALL
+                .iter()
+                .all(|fs| self.initramfs.get(fs).is_some_and(|p| p.is_file()))
+    }
+
+    fn assets(&self, qemu: PathBuf, qemu_version: String, cache_dir: &Path) -> Assets {
+        Assets {
+            id: assets_id(
+                &qemu_version,
+                &self.kernel.image_hash,
+                &self.initramfs_hashes,
+            ),
+            qemu,
+            qemu_version,
+            kernel: self.kernel.image.clone(),
+            kernel_release: self.kernel.release.clone(),
+            initramfs: self.initramfs.clone(),
+            cache_dir: cache_dir.to_path_buf(),
+        }
+    }
+}
+
+/// Builds (or finds) one initramfs per file system.
+/// The initramfs files of one kernel and agent.
+struct BuiltInitramfs {
+    paths: BTreeMap<FsKind, PathBuf>,
+    hashes: BTreeMap<FsKind, String>,
+    /// The module files they were built from.
+    inputs: Vec<FileStamp>,
+}
+
+fn build_initramfs(
+    cache: &Path,
+    kernel: &KernelRecord,
+    ui: &Ui,
+) -> Result<BuiltInitramfs, SetupError> {
+    let tree = match &kernel.modules_dir {
+        Some(dir) => {
+            ui.step(format!("indexing modules in {}", dir.display()));
+            Some(modules::ModuleTree::scan(dir)?)
+        }
+        None => None,
+    };
+    let mut paths = BTreeMap::new();
+    let mut hashes = BTreeMap::new();
+    let mut inputs = Vec::new();
+    for fs in FsKind::ALL {
+        ui.step(format!("building the {fs} initramfs"));
+        let resolution = match &tree {
+            Some(t) => {
+                let r = modules::resolve_tree(t, modules::roots(fs))?;
+                for m in &r.order {
+                    inputs.extend(t.files.get(&m.name).and_then(|p| FileStamp::of(p)));
+                }
+                r
+            }
+            // A kernel without a module tree must have everything built in.
+            None => modules::Resolution::default(),
+        };
+        let archive =
+            initramfs::build(AGENT_ELF, &resolution.order).map_err(|e| SetupError::io(cache, e))?;
+        let hash = blake3::hash(&archive).to_hex().to_string();
+        let path = cache
+            .join("initramfs")
+            .join(format!("{}.cpio", &hash[..32]));
+        if !path.is_file() {
+            atomic_write(&path, &archive)?;
+        }
+        ui.done(format!(
+            "{fs} initramfs: {} modules ({})",
+            resolution.order.len(),
+            resolution
+                .order
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        paths.insert(fs, path);
+        hashes.insert(fs, hash);
+    }
+    Ok(BuiltInitramfs {
+        paths,
+        hashes,
+        inputs,
+    })
+}
+
+/// Makes sure everything a run needs is present, downloading and building what is not,
+/// and returns where it is. Idempotent; on a warm cache it runs no process and decompresses
+/// nothing (a few milliseconds).
+pub fn ensure(opts: &SetupOptions) -> Result<Assets, SetupError> {
+    if opts.modules.is_some() && opts.kernel.is_none() {
+        return Err(SetupError::InvalidOptions(
+            "--modules needs --kernel (the modules must come from the same build)".into(),
+        ));
+    }
+    let cache = &opts.cache_dir;
+    let _lock = CacheLock::take(cache)?;
+    let ui = Ui::new(opts.progress);
+    let (qemu, qemu_version) = ensure_host_tools(opts, &ui)?;
+
+    let source = match &opts.kernel {
+        Some(k) => byo_kernel(cache, k, opts.modules.as_deref(), &ui)?,
+        None => debian_kernel(cache, &ui)?,
+    };
+    let key = state_key(&source.descriptor);
+    let state_path = cache.join("state.json");
+    let mut state: State = read_json(&state_path).unwrap_or_default();
+    if let Some(entry) = state.entries.get(&key) {
+        if entry.valid() {
+            return Ok(entry.assets(qemu, qemu_version, cache));
+        }
+    }
+
+    let BuiltInitramfs {
+        paths: initramfs,
+        hashes: initramfs_hashes,
+        inputs: module_inputs,
+    } = build_initramfs(cache, &source.record, &ui)?;
+    let mut inputs = source.inputs;
+    inputs.extend(module_inputs);
+    let entry = StateEntry {
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        inputs,
+        kernel: source.record,
+        initramfs,
+        initramfs_hashes,
+    };
+    let assets = entry.assets(qemu, qemu_version, cache);
+    state.entries.insert(key, entry);
+    while state.entries.len() > MAX_STATE_ENTRIES {
+        let oldest = state
+            .entries
+            .iter()
+            .min_by_key(|(_, e)| e.created_unix)
+            .map(|(k, _)| k.clone())
+            .expect("non-empty");
+        state.entries.remove(&oldest);
+    }
+    write_json(&state_path, &state)?;
+    Ok(assets)
+}
+
+/// Reports what is present and what is missing, with the command that fixes each; changes
+/// nothing.
+pub fn doctor(opts: &SetupOptions) -> DoctorReport {
+    doctor::run(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_is_a_static_elf() {
+        assert!(
+            AGENT_ELF.starts_with(b"\x7fELF"),
+            "AGENT_ELF is not an ELF file"
+        );
+        let elf = object::read::elf::ElfFile64::<object::Endianness>::parse(AGENT_ELF).unwrap();
+        use object::read::elf::ProgramHeader;
+        let interp = elf
+            .elf_program_headers()
+            .iter()
+            .any(|ph| ph.p_type(elf.endian()) == object::elf::PT_INTERP);
+        assert!(!interp, "the agent must be static (no PT_INTERP)");
+    }
+
+    #[test]
+    fn default_cache_dir_honours_env() {
+        // Only inspects the result's shape: the environment is shared by parallel tests.
+        let d = SetupOptions::default_cache_dir();
+        assert!(d.ends_with("pmcrash") || std::env::var_os("PMCRASH_CACHE").is_some());
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/file");
+        atomic_write(&p, b"one").unwrap();
+        let s1 = FileStamp::of(&p).unwrap();
+        assert!(s1.still_valid());
+        atomic_write(&p, b"three").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"three");
+        assert!(!s1.still_valid());
+        // No temporary files left behind.
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn modules_without_kernel_is_invalid() {
+        let opts = SetupOptions {
+            cache_dir: tempfile::tempdir().unwrap().path().to_path_buf(),
+            kernel: None,
+            modules: Some("/lib/modules/x".into()),
+            install: false,
+            progress: false,
+        };
+        let e = ensure(&opts).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn byo_bzimage_without_modules() {
+        // A fake bzImage with no extractable vmlinux: ensure falls back to booting it as it
+        // is, builds module-less initramfs files, and a second call is served from the state.
+        if !host_tools::install_plan(&host_tools::host_facts()).is_empty() {
+            eprintln!("skipped: host tools missing (ensure_for_real installs them)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut bz = vec![0u8; 5 * 512];
+        bz[0x1f1] = 4;
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        bz[0x300..0x30c].copy_from_slice(b"6.1.0-fake \0");
+        let k = dir.path().join("bzImage");
+        std::fs::write(&k, &bz).unwrap();
+        let opts = SetupOptions {
+            cache_dir: dir.path().join("cache"),
+            kernel: Some(k.clone()),
+            modules: None,
+            install: false,
+            progress: false,
+        };
+        let a = ensure(&opts).unwrap();
+        assert_eq!(a.kernel, std::fs::canonicalize(&k).unwrap());
+        assert_eq!(a.kernel_release, "6.1.0-fake");
+        assert_eq!(a.initramfs.len(), 2);
+        let b = ensure(&opts).unwrap();
+        assert_eq!(a, b);
+    }
+
+    /// Provisions for real with the default cache (downloads ~100 MB on a fresh machine).
+    #[test]
+    fn ensure_for_real() {
+        let opts = SetupOptions {
+            install: true,
+            ..SetupOptions::default()
+        };
+        let a = ensure(&opts).unwrap_or_else(|e| panic!("pmcrash setup failed: {e}"));
+        assert!(a.kernel.is_file());
+        assert!(
+            a.kernel_release.starts_with("6.12."),
+            "{}",
+            a.kernel_release
+        );
+        let t = std::time::Instant::now();
+        let b = ensure(&opts).unwrap();
+        assert_eq!(a, b);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "warm ensure took {:?}",
+            t.elapsed()
+        );
+        // The PVH vmlinux is extracted from Debian's kernel.
+        assert!(kernel::has_pvh_note(&std::fs::read(&a.kernel).unwrap()));
+        let report = doctor(&opts);
+        assert!(report.ok, "{report}");
+    }
+}
