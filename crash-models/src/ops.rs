@@ -82,7 +82,9 @@ impl std::str::FromStr for FsKind {
         match s {
             "ext4" => Ok(FsKind::Ext4),
             "xfs" => Ok(FsKind::Xfs),
-            other => Err(format!("unknown file system `{other}`: expected ext4 or xfs")),
+            other => Err(format!(
+                "unknown file system `{other}`: expected ext4 or xfs"
+            )),
         }
     }
 }
@@ -620,7 +622,8 @@ impl Workload {
                 let message = e.message().trim().to_owned();
                 // Serde cannot carry spans through a tagged enum: find the key the
                 // message is about, so the position points at the field itself.
-                let (field, at) = blame_key(&message, &table).unwrap_or_else(|| ("op".to_owned(), span.start));
+                let (field, at) =
+                    blame_key(&message, &table).unwrap_or_else(|| ("op".to_owned(), span.start));
                 let loc = line_col(src, at);
                 WorkloadError {
                     file: file.to_owned(),
@@ -804,7 +807,11 @@ pub fn validate(ops: &[Op]) -> Result<(), OpError> {
             Op::Read { fd, len, .. } => {
                 need_fd(fd, &fds)?;
                 if *len > MAX_DATA_BYTES {
-                    return Err(err(i, "len", format!("at most {MAX_DATA_BYTES} bytes per read")));
+                    return Err(err(
+                        i,
+                        "len",
+                        format!("at most {MAX_DATA_BYTES} bytes per read"),
+                    ));
                 }
             }
             Op::Ftruncate { fd, .. }
@@ -836,7 +843,9 @@ pub fn validate(ops: &[Op]) -> Result<(), OpError> {
                     return Err(err(
                         i,
                         "map",
-                        format!("mapping `{map}` already exists: munmap it first or pick another name"),
+                        format!(
+                            "mapping `{map}` already exists: munmap it first or pick another name"
+                        ),
                     ));
                 }
             }
@@ -993,7 +1002,12 @@ op = "sync"
                 kind: StoreKind::NonTemporal
             }
         );
-        assert_eq!(w.ops[5], Op::Fence { insn: FenceInsn::Sfence });
+        assert_eq!(
+            w.ops[5],
+            Op::Fence {
+                insn: FenceInsn::Sfence
+            }
+        );
         match &w.ops[7] {
             Op::Msync { len, mode, .. } => {
                 assert_eq!(*len, None);
@@ -1006,7 +1020,13 @@ op = "sync"
     #[test]
     fn data_forms() {
         assert_eq!(Data::Text("hi".into()).bytes(), b"hi");
-        assert_eq!(Data::Hex { hex: "de ad_BE ef".into() }.bytes(), [0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(
+            Data::Hex {
+                hex: "de ad_BE ef".into()
+            }
+            .bytes(),
+            [0xde, 0xad, 0xbe, 0xef]
+        );
         assert_eq!(Data::Fill { fill: 7, len: 3 }.bytes(), [7, 7, 7]);
         let a = Data::Seeded { seed: 1, len: 33 }.bytes();
         assert_eq!(a.len(), 33);
@@ -1040,7 +1060,11 @@ op = "sync"
     #[test]
     fn wrong_type_points_at_the_value() {
         let e = parse("[[ops]]\nop = \"ftruncate\"\nfd = \"a\"\nlen = \"big\"\n").unwrap_err();
-        assert_eq!((e.line, e.col, e.field.as_str()), (4, 7, "ops[0].len"), "{e}");
+        assert_eq!(
+            (e.line, e.col, e.field.as_str()),
+            (4, 7, "ops[0].len"),
+            "{e}"
+        );
         assert!(e.message.contains("expected u64"), "{e}");
         assert!(e.to_string().starts_with("w.toml:"), "{e}");
     }
@@ -1056,16 +1080,28 @@ op = "sync"
     #[test]
     fn store_bounds() {
         let base = "[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\ncreate=true\n[[ops]]\nop=\"mmap\"\nfd=\"a\"\nmap=\"m\"\nlen=4096\n";
-        let e = parse(&format!("{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=4090\ndata=\"too long\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=4090\ndata=\"too long\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.line, 11);
         assert_eq!(e.field, "ops[2].offset");
-        let e = parse(&format!("{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=0\ndata={{fill=1,len=65}}\n")).unwrap_err();
+        let e = parse(&format!(
+            "{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=0\ndata={{fill=1,len=65}}\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.field, "ops[2].data");
         let e = parse(&format!("{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=2\ndata={{fill=1,len=8}}\nkind=\"non-temporal\"\n")).unwrap_err();
         assert_eq!(e.field, "ops[2].kind");
-        let e = parse(&format!("{base}[[ops]]\nop=\"flush\"\nmap=\"m\"\noffset=4000\nlen=200\n")).unwrap_err();
+        let e = parse(&format!(
+            "{base}[[ops]]\nop=\"flush\"\nmap=\"m\"\noffset=4000\nlen=200\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.field, "ops[2].len");
-        parse(&format!("{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=4032\ndata={{fill=1,len=64}}\n")).unwrap();
+        parse(&format!(
+            "{base}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=4032\ndata={{fill=1,len=64}}\n"
+        ))
+        .unwrap();
     }
 
     #[test]

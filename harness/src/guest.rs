@@ -104,7 +104,9 @@ impl GuestFactory {
             .initramfs
             .get(&self.fs)
             .map(PathBuf::as_path)
-            .ok_or_else(|| GuestError::Guest(format!("no initramfs for {}: run `pmcrash setup`", self.fs)))
+            .ok_or_else(|| {
+                GuestError::Guest(format!("no initramfs for {}: run `pmcrash setup`", self.fs))
+            })
     }
 
     /// The VM spec for a PM image.
@@ -132,7 +134,11 @@ impl GuestFactory {
     pub async fn template(&self) -> Result<PathBuf, GuestError> {
         image::check_pm_size(self.fs, self.pm_size)?;
         let dir = self.dir("templates")?;
-        let path = dir.join(format!("fsdax-{}-{}M.img", self.assets.kernel_release, self.pm_size >> 20));
+        let path = dir.join(format!(
+            "fsdax-{}-{}M.img",
+            self.assets.kernel_release,
+            self.pm_size >> 20
+        ));
         if image::is_fsdax(&path) {
             return Ok(path);
         }
@@ -144,7 +150,8 @@ impl GuestFactory {
         image::blank(&tmp, self.pm_size)?;
         let spec = self.spec(&tmp, None)?;
         let mut vm = Vm::start(&spec, Start::Cold, &self.timeouts).await?;
-        vm.request(&HostMsg::ConvertFsdax, self.timeouts.request).await?;
+        vm.request(&HostMsg::ConvertFsdax, self.timeouts.request)
+            .await?;
         vm.shutdown(self.timeouts.shutdown).await?;
         if !image::is_fsdax(&tmp) {
             return Err(GuestError::Guest(format!(
@@ -182,7 +189,14 @@ impl GuestFactory {
             .map_err(io("create", &dir))?;
         let pm = scratch.path().join("pm.img");
         image::blank(&pm, self.pm_size)?;
-        image::copy_sparse(&template, &File::options().write(true).open(&pm).map_err(io("open", &pm))?, 0)?;
+        image::copy_sparse(
+            &template,
+            &File::options()
+                .write(true)
+                .open(&pm)
+                .map_err(io("open", &pm))?,
+            0,
+        )?;
         let spec = self.spec(&pm, None)?;
         let mut vm = Vm::start(&spec, Start::Cold, &self.timeouts).await?;
         let tmp = path.with_extension("tmp");
@@ -208,7 +222,11 @@ impl GuestFactory {
 
     /// A guest running on `pm_image`, restored from the saved state, caches dropped,
     /// ready for `mount`.
-    pub async fn start(&self, pm_image: &Path, plugin: Option<PluginSpec>) -> Result<Vm, GuestError> {
+    pub async fn start(
+        &self,
+        pm_image: &Path,
+        plugin: Option<PluginSpec>,
+    ) -> Result<Vm, GuestError> {
         let state = self.saved_state().await?;
         let spec = self.spec(pm_image, plugin)?;
         let mut vm = Vm::start(&spec, Start::Restore(state), &self.timeouts).await?;
@@ -218,7 +236,11 @@ impl GuestFactory {
 
     /// A guest booted cold on `pm_image` (for comparisons and for kernels whose state
     /// cannot be saved).
-    pub async fn start_cold(&self, pm_image: &Path, plugin: Option<PluginSpec>) -> Result<Vm, GuestError> {
+    pub async fn start_cold(
+        &self,
+        pm_image: &Path,
+        plugin: Option<PluginSpec>,
+    ) -> Result<Vm, GuestError> {
         let spec = self.spec(pm_image, plugin)?;
         Ok(Vm::start(&spec, Start::Cold, &self.timeouts).await?)
     }
@@ -241,7 +263,9 @@ impl GuestFactory {
                 self.fs,
                 vm.console_tail(20)
             ))),
-            other => Err(GuestError::Guest(format!("expected mounted, got {other:?}"))),
+            other => Err(GuestError::Guest(format!(
+                "expected mounted, got {other:?}"
+            ))),
         }
     }
 }

@@ -106,7 +106,9 @@ pub fn check_pm_size(fs: FsKind, size: u64) -> Result<(), ImageError> {
 
 /// True when `path` holds a pfn info block (an fsdax template or an image made from one).
 pub fn is_fsdax(path: &Path) -> bool {
-    let Ok(f) = File::open(path) else { return false };
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
     let mut sig = [0u8; 16];
     f.read_exact_at(&mut sig, PFN_INFO_OFFSET).is_ok() && &sig == PFN_SIGNATURE
 }
@@ -135,7 +137,8 @@ pub fn copy_sparse(src: &Path, dst: &File, dst_offset: u64) -> Result<(), ImageE
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
         let end = if hole < 0 { len as i64 } else { hole };
-        s.seek(SeekFrom::Start(data as u64)).map_err(io("seek", src))?;
+        s.seek(SeekFrom::Start(data as u64))
+            .map_err(io("seek", src))?;
         let mut off = data;
         while off < end {
             let n = ((end - off) as usize).min(buf.len());
@@ -180,7 +183,9 @@ pub fn make_fs_image(template: &Path, fs: FsKind, out: &Path) -> Result<(), Imag
     if !is_fsdax(template) {
         return Err(ImageError::NotATemplate(template.to_path_buf()));
     }
-    let size = std::fs::metadata(template).map_err(io("stat", template))?.len();
+    let size = std::fs::metadata(template)
+        .map_err(io("stat", template))?
+        .len();
     check_pm_size(fs, size)?;
     let tmp = out.with_extension("tmp");
     let f = File::create(&tmp).map_err(io("create", &tmp))?;
@@ -207,7 +212,9 @@ pub fn make_fs_image(template: &Path, fs: FsKind, out: &Path) -> Result<(), Imag
                 .prefix(".xfs-")
                 .tempfile_in(dir)
                 .map_err(io("create", dir))?;
-            part.as_file().set_len(dev_size).map_err(io("size", part.path()))?;
+            part.as_file()
+                .set_len(dev_size)
+                .map_err(io("size", part.path()))?;
             run_tool(
                 Command::new("mkfs.xfs")
                     .args(["-q", "-f", "-K", "-m"])
@@ -256,7 +263,13 @@ mod tests {
         f.write_all_at(b"head", 0).unwrap();
         f.write_all_at(b"tail", (8 << 20) - 4).unwrap();
         drop(f);
-        let dst = File::create(dir.path().join("dst")).unwrap();
+        let dst = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("dst"))
+            .unwrap();
         dst.set_len(10 << 20).unwrap();
         copy_sparse(&src, &dst, 1 << 20).unwrap();
         let mut b = [0u8; 4];

@@ -92,7 +92,10 @@ enum TraceCmd {
 
 fn setup_options(g: &Global) -> SetupOptions {
     SetupOptions {
-        cache_dir: g.cache.clone().unwrap_or_else(SetupOptions::default_cache_dir),
+        cache_dir: g
+            .cache
+            .clone()
+            .unwrap_or_else(SetupOptions::default_cache_dir),
         kernel: g.kernel.clone(),
         modules: g.modules.clone(),
         install: !g.no_install,
@@ -143,7 +146,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&assets)?);
             } else {
-                println!("ready: QEMU {} with kernel {}", assets.qemu_version, assets.kernel_release);
+                println!(
+                    "ready: QEMU {} with kernel {}",
+                    assets.qemu_version, assets.kernel_release
+                );
                 println!("cache: {}", assets.cache_dir.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -155,7 +161,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{report}");
             }
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Command::Run(args) => {
             let loaded = match workloads::load(&args.workloads) {
@@ -172,7 +182,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             run(&g, FsKind::Ext4, None, 1, None, loaded).await
         }
         Command::Trace(TraceCmd::Show { trace }) => {
-            anyhow::bail!("`pmcrash trace show {}` is not available in this build yet", trace.display())
+            anyhow::bail!(
+                "`pmcrash trace show {}` is not available in this build yet",
+                trace.display()
+            )
         }
     }
 }
@@ -233,5 +246,9 @@ async fn run(
             failed
         );
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

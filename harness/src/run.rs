@@ -93,16 +93,20 @@ pub async fn run_workload(
         .await?;
     timings.ops_ms = t.elapsed().as_millis() as u64;
     if last != AgentMsg::RunDone {
-        return Err(GuestError::Guest(format!("expected run-done, got {last:?}")));
+        return Err(GuestError::Guest(format!(
+            "expected run-done, got {last:?}"
+        )));
     }
     let mut ops = Vec::with_capacity(workload.ops.len());
     for msg in progress {
         if let AgentMsg::OpDone(result) = msg {
-            let op = workload
-                .ops
-                .get(result.index)
-                .cloned()
-                .ok_or_else(|| GuestError::Guest(format!("agent reported op {} of {}", result.index, workload.ops.len())))?;
+            let op = workload.ops.get(result.index).cloned().ok_or_else(|| {
+                GuestError::Guest(format!(
+                    "agent reported op {} of {}",
+                    result.index,
+                    workload.ops.len()
+                ))
+            })?;
             ops.push(OpReport { op, result });
         }
     }
@@ -114,7 +118,8 @@ pub async fn run_workload(
         )));
     }
     let t = Instant::now();
-    vm.request(&HostMsg::Unmount, factory.timeouts.request).await?;
+    vm.request(&HostMsg::Unmount, factory.timeouts.request)
+        .await?;
     vm.shutdown(factory.timeouts.shutdown).await?;
     timings.teardown_ms = t.elapsed().as_millis() as u64;
     timings.total_ms = t0.elapsed().as_millis() as u64;
@@ -134,12 +139,20 @@ pub async fn run_workload(
 pub fn describe(report: &OpReport) -> String {
     let r = &report.result;
     let outcome = match r.errno {
-        Some(e) => format!("FAILED errno {e} ({})", std::io::Error::from_raw_os_error(e)),
+        Some(e) => format!(
+            "FAILED errno {e} ({})",
+            std::io::Error::from_raw_os_error(e)
+        ),
         None => format!("ret {}", r.ret),
     };
     let detail = match &r.detail {
         crash_models::protocol::OpDetail::None => String::new(),
         d => format!("  {}", serde_json::to_string(d).unwrap_or_default()),
     };
-    format!("{:>4}  {:<13} {outcome}{detail}  ({} us)", r.index, report.op.name(), r.micros)
+    format!(
+        "{:>4}  {:<13} {outcome}{detail}  ({} us)",
+        r.index,
+        report.op.name(),
+        r.micros
+    )
 }

@@ -286,7 +286,10 @@ impl Vm {
             "-serial".into(),
             "chardev:con".into(),
             "-chardev".into(),
-            format!("socket,id=agent,path={},server=on,wait=off", agent_sock.display()),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                agent_sock.display()
+            ),
             "-serial".into(),
             "chardev:agent".into(),
             "-qmp".into(),
@@ -346,7 +349,8 @@ impl Vm {
                 let status = child.try_wait().ok().flatten();
                 let _ = child.start_kill();
                 forget_pid(pid);
-                let stderr = std::fs::read_to_string(dir.path().join("qemu.stderr")).unwrap_or_default();
+                let stderr =
+                    std::fs::read_to_string(dir.path().join("qemu.stderr")).unwrap_or_default();
                 return Err(VmError::Exited {
                     during: format!("{during}: connecting to QEMU's sockets ({other:?})"),
                     status: status.map_or("still running, killed".into(), |s| s.to_string()),
@@ -370,7 +374,9 @@ impl Vm {
                 let neg = qapi::futures::QmpStreamTokio::open(qs)
                     .await
                     .map_err(|e| qmp_err("greeting", e))?;
-                neg.negotiate().await.map_err(|e| qmp_err("qmp_capabilities", e))
+                neg.negotiate()
+                    .await
+                    .map_err(|e| qmp_err("qmp_capabilities", e))
             })
             .await?;
         vm.qmp = Some(qmp);
@@ -419,7 +425,10 @@ impl Vm {
                 // Anything the guest wrote before the snapshot and the host never read
                 // is gone with the old socket; a ping proves the channel is live.
                 let left = until.saturating_duration_since(Instant::now());
-                match vm.request_until(&HostMsg::Ping, "restore", Instant::now() + left).await? {
+                match vm
+                    .request_until(&HostMsg::Ping, "restore", Instant::now() + left)
+                    .await?
+                {
                     AgentMsg::Pong => {}
                     other => {
                         return Err(VmError::Protocol {
@@ -456,7 +465,11 @@ impl Vm {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
-    async fn qmp_exec<C: qapi::Command + 'static>(&mut self, name: &str, cmd: C) -> Result<C::Ok, VmError>
+    async fn qmp_exec<C: qapi::Command + 'static>(
+        &mut self,
+        name: &str,
+        cmd: C,
+    ) -> Result<C::Ok, VmError>
     where
         C: qapi::qmp::QmpCommand,
     {
@@ -472,7 +485,9 @@ impl Vm {
 
     async fn wait_migration(&mut self, during: &str, until: Instant) -> Result<(), VmError> {
         loop {
-            let info = self.qmp_exec("query-migrate", qmp::query_migrate {}).await?;
+            let info = self
+                .qmp_exec("query-migrate", qmp::query_migrate {})
+                .await?;
             match info.status {
                 Some(qmp::MigrationStatus::completed) => return Ok(()),
                 Some(qmp::MigrationStatus::failed) | Some(qmp::MigrationStatus::cancelled) => {
@@ -531,13 +546,17 @@ impl Vm {
     fn died(&self, during: &str, status: String) -> VmError {
         let console = self.console();
         let tail = self.console_tail(30);
-        if console.contains("Kernel panic") {
+        if let Some(at) = console.find("Kernel panic") {
+            // Show the panic line and what led to it, not just the end of the trace.
+            let start = console[..at].lines().count().saturating_sub(15);
+            let lines: Vec<&str> = console.lines().skip(start).take(80).collect();
             VmError::GuestPanic {
                 during: during.into(),
-                console: tail,
+                console: lines.join("\n"),
             }
         } else {
-            let stderr = std::fs::read_to_string(self.dir.path().join("qemu.stderr")).unwrap_or_default();
+            let stderr =
+                std::fs::read_to_string(self.dir.path().join("qemu.stderr")).unwrap_or_default();
             VmError::Exited {
                 during: during.into(),
                 status,
@@ -586,8 +605,10 @@ impl Vm {
             Ok(Err(e)) => {
                 // EOF on the agent socket usually means QEMU is going down: prefer the
                 // more useful panic/exit error when it is.
-                if let Ok(Ok(Some(status))) =
-                    tokio::time::timeout(Duration::from_secs(2), async { self.child.wait().await.map(Some) }).await
+                if let Ok(Ok(Some(status))) = tokio::time::timeout(Duration::from_secs(2), async {
+                    self.child.wait().await.map(Some)
+                })
+                .await
                 {
                     forget_pid(self.pid);
                     return Err(self.died(during, status.to_string()));
@@ -606,7 +627,12 @@ impl Vm {
         }
     }
 
-    async fn request_until(&mut self, msg: &HostMsg, during: &str, until: Instant) -> Result<AgentMsg, VmError> {
+    async fn request_until(
+        &mut self,
+        msg: &HostMsg,
+        during: &str,
+        until: Instant,
+    ) -> Result<AgentMsg, VmError> {
         let line = protocol::encode(msg);
         self.writer
             .write_all(&line)
@@ -751,7 +777,10 @@ fn request_name(msg: &HostMsg) -> String {
         .unwrap_or_else(|| "request".into())
 }
 
-async fn read_line(reader: &mut BufReader<OwnedReadHalf>, during: &str) -> Result<Vec<u8>, VmError> {
+async fn read_line(
+    reader: &mut BufReader<OwnedReadHalf>,
+    during: &str,
+) -> Result<Vec<u8>, VmError> {
     let mut line = Vec::new();
     loop {
         let buf = reader
@@ -794,7 +823,9 @@ fn shell_words(bin: &Path, args: &[String]) -> String {
     let mut s = bin.display().to_string();
     for a in args {
         s.push(' ');
-        if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=,./:+".contains(c)) {
+        if a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_=,./:+".contains(c))
+        {
             s.push_str(a);
         } else {
             s.push('\'');
@@ -808,5 +839,8 @@ fn shell_words(bin: &Path, args: &[String]) -> String {
 
 /// Make a directory readable only by us (for caches holding VM states).
 pub fn private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
 }

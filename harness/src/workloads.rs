@@ -81,8 +81,14 @@ fn load_file(path: &Path) -> Result<Loaded, LoadError> {
 /// The smoke corpus, compiled in so `pmcrash demo` works from any directory.
 pub fn builtin_smoke() -> Vec<Loaded> {
     [
-        ("corpora/smoke/basic.toml", include_str!("../../corpora/smoke/basic.toml")),
-        ("corpora/smoke/namespace.toml", include_str!("../../corpora/smoke/namespace.toml")),
+        (
+            "corpora/smoke/basic.toml",
+            include_str!("../../corpora/smoke/basic.toml"),
+        ),
+        (
+            "corpora/smoke/namespace.toml",
+            include_str!("../../corpora/smoke/namespace.toml"),
+        ),
     ]
     .into_iter()
     .map(|(name, src)| Loaded {
@@ -104,12 +110,19 @@ mod tests {
     #[test]
     fn directory_loading_and_errors() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(load(&[dir.path().to_path_buf()]), Err(LoadError::Empty(_))));
+        assert!(matches!(
+            load(&[dir.path().to_path_buf()]),
+            Err(LoadError::Empty(_))
+        ));
         std::fs::write(dir.path().join("b.toml"), "[[ops]]\nop = \"sync\"\n").unwrap();
         std::fs::write(dir.path().join("a.toml"), "[[ops]]\nop = \"sync\"\n").unwrap();
         let l = load(&[dir.path().to_path_buf()]).unwrap();
         assert!(l[0].name.ends_with("a.toml") && l[1].name.ends_with("b.toml"));
-        std::fs::write(dir.path().join("c.toml"), "[[ops]]\nop = \"sync\"\n\n[[ops]]\nop = \"fsync\"\nfd = 3\n").unwrap();
+        std::fs::write(
+            dir.path().join("c.toml"),
+            "[[ops]]\nop = \"sync\"\n\n[[ops]]\nop = \"fsync\"\nfd = 3\n",
+        )
+        .unwrap();
         let e = load(&[dir.path().to_path_buf()]).unwrap_err().to_string();
         assert!(e.contains("c.toml:6:6: ops[1].fd"), "{e}");
     }
