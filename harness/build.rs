@@ -10,6 +10,11 @@
 //!
 //! `PMCRASH_AGENT_BIN=/path/to/pmcrash-agent` skips the nested build and embeds that file
 //! instead (for packagers and for builds without network access to crates).
+//!
+//! It also builds the tracer plugin (`pmcrash-tracer`, a host cdylib that QEMU loads) into
+//! `$OUT_DIR/libpmcrash_tracer.so`, where `trace::TRACER_PLUGIN` points, so the harness
+//! finds it without extra steps; `PMCRASH_TRACER_SO=/path/to/libpmcrash_tracer.so` skips
+//! that nested build the same way.
 
 use std::env;
 use std::fs;
@@ -29,6 +34,7 @@ fn main() {
 
     println!("cargo:rerun-if-env-changed=PMCRASH_AGENT_BIN");
     println!("cargo:rerun-if-changed=build.rs");
+    build_tracer(&workspace, &out_dir);
     if let Some(prebuilt) = env::var_os("PMCRASH_AGENT_BIN") {
         let prebuilt = PathBuf::from(prebuilt);
         println!("cargo:rerun-if-changed={}", prebuilt.display());
@@ -61,6 +67,30 @@ fn main() {
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"));
 
+    scrub_env(&mut cmd);
+    // With an explicit --target these flags reach only the agent, not build scripts or proc
+    // macros (which cannot be linked statically).
+    cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
+    // Debug info would only make the initramfs bigger; symbols stay so panics name functions.
+    cmd.env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
+    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build pmcrash-agent: {e}"));
+    if !status.success() {
+        panic!("building pmcrash-agent (the guest agent) failed: {status}");
+    }
+    let built = agent_target
+        .join(TRIPLE)
+        .join("release")
+        .join("pmcrash-agent");
+    check_static(&built);
+    copy(&built, &dest);
+}
+
+/// Clears the outer build's environment from a nested cargo command.
+fn scrub_env(cmd: &mut Command) {
     // Cargo hands build scripts many variables describing the *outer* build (its profile,
     // features, target dir, flags, jobserver). Left in place they would leak into the nested
     // build: a CARGO_TARGET_DIR would point it at the locked outer directory, RUSTFLAGS from a
@@ -101,25 +131,54 @@ fn main() {
             cmd.env_remove(key);
         }
     }
-    // With an explicit --target these flags reach only the agent, not build scripts or proc
-    // macros (which cannot be linked statically).
-    cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
-    // Debug info would only make the initramfs bigger; symbols stay so panics name functions.
+}
+
+/// Builds the tracer plugin for the host into `$OUT_DIR/libpmcrash_tracer.so`.
+fn build_tracer(workspace: &Path, out_dir: &Path) {
+    let dest = out_dir.join("libpmcrash_tracer.so");
+    println!("cargo:rerun-if-env-changed=PMCRASH_TRACER_SO");
+    if let Some(prebuilt) = env::var_os("PMCRASH_TRACER_SO") {
+        let prebuilt = PathBuf::from(prebuilt);
+        println!("cargo:rerun-if-changed={}", prebuilt.display());
+        copy(&prebuilt, &dest);
+        return;
+    }
+    for rel in [
+        "tracer/src",
+        "tracer/Cargo.toml",
+        "crash-models/src",
+        "crash-models/Cargo.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(rel).display());
+    }
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Its own target dir: the agent's is built with +crt-static for another purpose, and
+    // sharing would make each build invalidate the other's artefacts.
+    let tracer_target = out_dir.join("tracer-target");
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .args(["-p", "pmcrash-tracer"])
+        .arg("--target-dir")
+        .arg(&tracer_target)
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"));
+    scrub_env(&mut cmd);
+    // A plugin is dlopen()ed by QEMU: no static CRT, and no line tables to carry around.
     cmd.env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
     cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false");
-
     let status = cmd
         .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build pmcrash-agent: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run cargo to build pmcrash-tracer: {e}"));
     if !status.success() {
-        panic!("building pmcrash-agent (the guest agent) failed: {status}");
+        panic!("building pmcrash-tracer (the QEMU tracer plugin) failed: {status}");
     }
-    let built = agent_target
-        .join(TRIPLE)
-        .join("release")
-        .join("pmcrash-agent");
-    check_static(&built);
-    copy(&built, &dest);
+    copy(
+        &tracer_target.join("release").join("libpmcrash_tracer.so"),
+        &dest,
+    );
 }
 
 fn copy(from: &Path, to: &Path) {
