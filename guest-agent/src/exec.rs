@@ -22,12 +22,25 @@ struct Mapping {
 }
 
 /// The agent's state across `run` requests: descriptors and mappings by name.
-#[derive(Default)]
 pub struct Executor {
+    /// The directory paths are relative to (the mount point in the guest).
+    root: String,
     fds: BTreeMap<String, OwnedFd>,
     maps: BTreeMap<String, Mapping>,
     /// Emit tracer markers around ops.
     pub markers: bool,
+}
+
+impl Executor {
+    /// An executor whose op paths are relative to `root`.
+    pub fn new(root: &str) -> Executor {
+        Executor {
+            root: root.to_owned(),
+            fds: BTreeMap::new(),
+            maps: BTreeMap::new(),
+            markers: false,
+        }
+    }
 }
 
 type Outcome = Result<(i64, OpDetail), i32>;
@@ -36,10 +49,6 @@ fn errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
-}
-
-fn path_in_mount(p: &str) -> CString {
-    CString::new(format!("{}/{p}", crate::MOUNT_POINT)).unwrap_or_default()
 }
 
 fn check(rc: libc::c_long) -> Result<i64, i32> {
@@ -112,6 +121,10 @@ impl Executor {
         }
     }
 
+    fn path(&self, p: &str) -> CString {
+        CString::new(format!("{}/{p}", self.root)).unwrap_or_default()
+    }
+
     fn fd(&self, name: &str) -> Result<i32, i32> {
         self.fds.get(name).map(|f| f.as_raw_fd()).ok_or(libc::EBADF)
     }
@@ -153,7 +166,7 @@ impl Executor {
                 if *append {
                     flags |= libc::O_APPEND;
                 }
-                let p = path_in_mount(path);
+                let p = self.path(path);
                 // SAFETY: valid path.
                 let raw = unsafe { libc::open(p.as_ptr(), flags, *mode as libc::c_uint) };
                 if raw < 0 {
@@ -380,39 +393,39 @@ impl Executor {
                 none(check(unsafe { libc::syncfs(fd) } as libc::c_long)?)
             }
             Op::Rename { from, to } => {
-                let (a, b) = (path_in_mount(from), path_in_mount(to));
+                let (a, b) = (self.path(from), self.path(to));
                 // SAFETY: valid paths.
                 none(check(
                     unsafe { libc::rename(a.as_ptr(), b.as_ptr()) } as libc::c_long
                 )?)
             }
             Op::Link { from, to } => {
-                let (a, b) = (path_in_mount(from), path_in_mount(to));
+                let (a, b) = (self.path(from), self.path(to));
                 // SAFETY: valid paths.
                 none(check(
                     unsafe { libc::link(a.as_ptr(), b.as_ptr()) } as libc::c_long
                 )?)
             }
             Op::Unlink { path } => {
-                let p = path_in_mount(path);
+                let p = self.path(path);
                 // SAFETY: valid path.
                 none(check(unsafe { libc::unlink(p.as_ptr()) } as libc::c_long)?)
             }
             Op::Mkdir { path, mode } => {
-                let p = path_in_mount(path);
+                let p = self.path(path);
                 // SAFETY: valid path.
                 none(check(
                     unsafe { libc::mkdir(p.as_ptr(), *mode as libc::mode_t) } as libc::c_long,
                 )?)
             }
             Op::Rmdir { path } => {
-                let p = path_in_mount(path);
+                let p = self.path(path);
                 // SAFETY: valid path.
                 none(check(unsafe { libc::rmdir(p.as_ptr()) } as libc::c_long)?)
             }
             Op::Symlink { target, path } => {
                 let t = CString::new(target.as_str()).map_err(|_| libc::EINVAL)?;
-                let p = path_in_mount(path);
+                let p = self.path(path);
                 // SAFETY: valid strings.
                 none(check(
                     unsafe { libc::symlink(t.as_ptr(), p.as_ptr()) } as libc::c_long
@@ -594,4 +607,174 @@ fn hash_file(path: &str, entry: &mut FsEntry) -> Result<(), i32> {
     }
     entry.blake3 = whole.finalize().to_hex().to_string();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The executor on the host, in a temporary directory: no DAX here, so MAP_SYNC
+    //! must fail cleanly, and everything else must do what the op says.
+    use super::*;
+    use crash_models::ops::Workload;
+
+    fn run(dir: &std::path::Path, src: &str) -> Vec<OpResult> {
+        let w = Workload::parse(src, "t.toml").unwrap();
+        let mut ex = Executor::new(dir.to_str().unwrap());
+        let mut out = Vec::new();
+        ex.run(&w.ops, |r| out.push(r));
+        ex.forget();
+        out
+    }
+
+    #[test]
+    fn data_ops_and_stores_land_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = run(
+            dir.path(),
+            r#"
+[[ops]]
+op = "open"
+path = "f"
+fd = "f"
+create = true
+[[ops]]
+op = "write"
+fd = "f"
+data = "abc"
+[[ops]]
+op = "ftruncate"
+fd = "f"
+len = 8192
+[[ops]]
+op = "mmap"
+fd = "f"
+map = "m"
+len = 8192
+[[ops]]
+op = "store"
+map = "m"
+offset = 100
+data = "cached"
+[[ops]]
+op = "store"
+map = "m"
+offset = 200
+data = { hex = "0102030405060708090a0b0c" }
+kind = "non-temporal"
+[[ops]]
+op = "flush"
+map = "m"
+offset = 64
+len = 200
+insn = "clflushopt"
+[[ops]]
+op = "fence"
+insn = "mfence"
+[[ops]]
+op = "msync"
+map = "m"
+[[ops]]
+op = "pwrite"
+fd = "f"
+offset = 4096
+data = { fill = 7, len = 10 }
+[[ops]]
+op = "read"
+fd = "f"
+offset = 0
+len = 3
+[[ops]]
+op = "fsync"
+fd = "f"
+"#,
+        );
+        assert!(results.iter().all(|r| r.ok()), "{results:?}");
+        assert_eq!(results.len(), 12);
+        let bytes = std::fs::read(dir.path().join("f")).unwrap();
+        assert_eq!(bytes.len(), 8192);
+        assert_eq!(&bytes[..3], b"abc");
+        assert_eq!(&bytes[100..106], b"cached");
+        assert_eq!(&bytes[200..212], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(&bytes[4096..4106], &[7; 10]);
+        match &results[10].detail {
+            OpDetail::Read { len, blake3 } => {
+                assert_eq!(*len, 3);
+                assert_eq!(blake3, &::blake3::hash(b"abc").to_hex().to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+        match &results[4].detail {
+            OpDetail::Addresses { len, .. } => assert_eq!(*len, 6),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn map_sync_without_dax_fails_with_an_errno_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = run(
+            dir.path(),
+            "[[ops]]\nop=\"open\"\npath=\"f\"\nfd=\"f\"\ncreate=true\n[[ops]]\nop=\"ftruncate\"\nfd=\"f\"\nlen=4096\n[[ops]]\nop=\"mmap\"\nfd=\"f\"\nmap=\"m\"\nlen=4096\nkind=\"sync\"\n",
+        );
+        assert!(
+            results[2].errno.is_some(),
+            "MAP_SYNC on a non-DAX file must fail: {:?}",
+            results[2]
+        );
+    }
+
+    #[test]
+    fn namespace_ops_and_dump() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = run(
+            dir.path(),
+            r#"
+[[ops]]
+op = "mkdir"
+path = "d"
+[[ops]]
+op = "open"
+path = "d/a"
+fd = "a"
+create = true
+[[ops]]
+op = "write"
+fd = "a"
+data = { seed = 9, len = 5000 }
+[[ops]]
+op = "link"
+from = "d/a"
+to = "b"
+[[ops]]
+op = "rename"
+from = "b"
+to = "c"
+[[ops]]
+op = "symlink"
+target = "d/a"
+path = "s"
+[[ops]]
+op = "fmetadatasync"
+fd = "a"
+[[ops]]
+op = "unlink"
+path = "nope"
+"#,
+        );
+        assert!(results[..7].iter().all(|r| r.ok()), "{results:?}");
+        assert_eq!(results[7].errno, Some(libc::ENOENT));
+        let entries = dump(dir.path().to_str().unwrap()).unwrap();
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["c", "d", "d/a", "s"]);
+        let a = &entries[2];
+        assert_eq!((a.kind, a.size, a.nlink), (EntryKind::File, 5000, 2));
+        assert_eq!(a.blocks.len(), 2);
+        let want = crash_models::ops::seeded_bytes(9, 5000);
+        assert_eq!(a.blake3, ::blake3::hash(&want).to_hex().to_string());
+        assert_eq!(
+            a.blocks[1],
+            ::blake3::hash(&want[4096..]).to_hex().to_string()
+        );
+        assert_eq!(entries[0].ino, a.ino, "c is a hard link of d/a");
+        assert_eq!(entries[3].target.as_deref(), Some("d/a"));
+    }
 }

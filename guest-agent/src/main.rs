@@ -44,7 +44,7 @@ fn main() {
         boot_ms: sys::boot_millis(),
     };
     send(&mut channel, &ready);
-    let mut executor = exec::Executor::default();
+    let mut executor = exec::Executor::new(MOUNT_POINT);
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
