@@ -72,3 +72,70 @@ fn doctor_json_is_valid() {
         serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
     assert!(v.is_object() || v.is_array(), "{v}");
 }
+
+fn children_named(ppid: u32, name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // comm is in parentheses and may contain spaces; fields after it are plain.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if comm.starts_with(name) && rest.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie has ended; only its parent's wait is missing.
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Ctrl-C while a guest runs ends that guest's QEMU too.
+#[test]
+fn ctrl_c_ends_every_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("long.toml");
+    let mut src = String::from("[[ops]]\nop = \"open\"\npath = \"f\"\nfd = \"f\"\ncreate = true\n");
+    for _ in 0..400 {
+        src.push_str("\n[[ops]]\nop = \"pwrite\"\nfd = \"f\"\noffset = 0\ndata = { fill = 1, len = 65536 }\n\n[[ops]]\nop = \"fsync\"\nfd = \"f\"\n");
+    }
+    std::fs::write(&w, src).unwrap();
+    let mut child = pmcrash()
+        .args(["run", "--json"])
+        .arg(&w)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let me = child.id();
+    // Wait (bounded by iterations, not time) for the harness to start a guest.
+    let mut qemus = Vec::new();
+    for _ in 0..60_000 {
+        qemus = children_named(me, "qemu-system");
+        if !qemus.is_empty() || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!qemus.is_empty(), "pmcrash never started a guest: {:?}", child.wait_with_output());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(me as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    for _ in 0..2_000 {
+        if qemus.iter().all(|p| !running(*p)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for p in qemus {
+        assert!(!running(p), "QEMU {p} still runs after Ctrl-C");
+    }
+}
