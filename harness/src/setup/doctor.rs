@@ -278,7 +278,7 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
         "kvm",
         CheckStatus::Info,
         if host_tools::kvm_available() {
-            "/dev/kvm usable (pmcrash traces under TCG regardless)"
+            "/dev/kvm creates VMs (not verified to run one; pmcrash traces under TCG regardless)"
         } else {
             "/dev/kvm not usable; fine: pmcrash runs guests under TCG"
         },

@@ -343,13 +343,34 @@ pub fn apply_plan(steps: &[Step], mut progress: impl FnMut(&str)) -> Result<(), 
     Ok(())
 }
 
-/// Whether /dev/kvm can be opened read-write (informational: tracing needs TCG anyway).
+/// Whether KVM works here (informational: tracing needs TCG anyway).
+///
+/// Opening /dev/kvm is not enough: without nested virtualisation the device exists but
+/// creating a VM fails, so this asks for the API version and creates (and drops) a VM.
 pub fn kvm_available() -> bool {
-    std::fs::OpenOptions::new()
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    let Ok(dev) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_ok()
+    else {
+        return false;
+    };
+    // SAFETY: plain ioctls on a descriptor we own; neither takes a pointer argument.
+    let api = unsafe { libc::ioctl(dev.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if api != 12 {
+        return false;
+    }
+    // SAFETY: as above; the returned descriptor, if any, is closed by OwnedFd.
+    let vm = unsafe { libc::ioctl(dev.as_raw_fd(), KVM_CREATE_VM, 0) };
+    if vm < 0 {
+        return false;
+    }
+    // SAFETY: `vm` is a fresh descriptor returned by the kernel and owned by nobody else.
+    drop(unsafe { OwnedFd::from_raw_fd(vm) });
+    true
 }
 
 #[cfg(test)]
