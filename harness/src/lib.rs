@@ -5,9 +5,12 @@
 //! the I/O around them.
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod guest;
 pub mod image;
+pub mod oracle;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod setup;
 pub mod trace;

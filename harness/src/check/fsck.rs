@@ -1,0 +1,136 @@
+//! Host-side file-system checkers: `e2fsck -fn` and `xfs_repair -n`.
+//!
+//! They run after the guest's own recovery (mount + unmount), so the journal or log is
+//! already replayed: e2fsprogs 1.47 cannot replay a journal through `IMG?offset=`, and
+//! `xfs_repair -n` refuses a dirty log. ext4 is read in place through `?offset=`; XFS
+//! has no offset syntax, so its device area is copied (sparsely) into a temporary file.
+
+use crate::image::FSDAX_DATA_OFFSET;
+use crash_models::ops::FsKind;
+use serde::Serialize;
+use std::path::Path;
+use std::process::Command;
+
+/// What fsck said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FsckOutcome {
+    /// The command that ran.
+    pub command: String,
+    /// Its exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// True when the checker found problems in the file system.
+    pub problems: bool,
+    /// The interesting part of its output (problem lines, trimmed).
+    pub output: String,
+}
+
+/// Errors running fsck (the tool itself failing, not the file system).
+#[derive(Debug, thiserror::Error)]
+pub enum FsckError {
+    /// The tool could not run.
+    #[error("cannot run {tool}: {source} (run `pmcrash doctor`)")]
+    Spawn {
+        /// The tool.
+        tool: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Copying the device area failed.
+    #[error("extracting the XFS device area for xfs_repair: {0}")]
+    Extract(String),
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Check the file system in the PM image at `image` (a whole NVDIMM backing file).
+/// `scratch_dir` holds temporary copies.
+pub fn fsck(fs: FsKind, image: &Path, scratch_dir: &Path) -> Result<FsckOutcome, FsckError> {
+    match fs {
+        FsKind::Ext4 => {
+            let target = format!("{}?offset={FSDAX_DATA_OFFSET}", image.display());
+            let out = Command::new("e2fsck")
+                .args(["-f", "-n"])
+                .arg(&target)
+                .env("E2FSCK_CONFIG", "/dev/null")
+                .output()
+                .map_err(|source| FsckError::Spawn {
+                    tool: "e2fsck",
+                    source,
+                })?;
+            let code = out.status.code();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // 0: clean. 1/2: errors corrected (cannot happen with -n, but would mean
+            // the file system needed fixing). 4: errors left. 8 and up: e2fsck could not
+            // check at all, which on an image the kernel just mounted means an unreadable
+            // superblock or group descriptors: corruption too.
+            Ok(FsckOutcome {
+                command: format!("e2fsck -fn '{target}'"),
+                code,
+                problems: code != Some(0),
+                output: tail(&text, 12),
+            })
+        }
+        FsKind::Xfs => {
+            let dev = tempfile::Builder::new()
+                .prefix("xfs-dev-")
+                .tempfile_in(scratch_dir)
+                .map_err(|e| FsckError::Extract(e.to_string()))?;
+            extract_device(image, dev.as_file()).map_err(FsckError::Extract)?;
+            let out = Command::new("xfs_repair")
+                .args(["-n", "-f"])
+                .arg(dev.path())
+                .output()
+                .map_err(|source| FsckError::Spawn {
+                    tool: "xfs_repair",
+                    source,
+                })?;
+            let code = out.status.code();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(FsckOutcome {
+                command: format!(
+                    "dd if={} bs=2M skip=1 of=dev.img && xfs_repair -n -f dev.img",
+                    image.display()
+                ),
+                code,
+                problems: code != Some(0),
+                output: tail(&text, 12),
+            })
+        }
+    }
+}
+
+/// Copy the block device area (from [`FSDAX_DATA_OFFSET`] on) of a PM image into
+/// `dst`, keeping holes.
+pub fn extract_device(image: &Path, dst: &std::fs::File) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(image).map_err(|e| format!("open {}: {e}", image.display()))?;
+    let len = src.metadata().map_err(|e| e.to_string())?.len();
+    dst.set_len(len.saturating_sub(FSDAX_DATA_OFFSET))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, end) in crate::check::data_regions(&src, FSDAX_DATA_OFFSET, len) {
+        let mut off = start;
+        while off < end {
+            let n = ((end - off) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], off)
+                .map_err(|e| e.to_string())?;
+            if buf[..n].iter().any(|b| *b != 0) {
+                dst.write_all_at(&buf[..n], off - FSDAX_DATA_OFFSET)
+                    .map_err(|e| e.to_string())?;
+            }
+            off += n as u64;
+        }
+    }
+    Ok(())
+}

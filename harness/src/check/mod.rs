@@ -1,0 +1,956 @@
+//! The checker: let the real kernel recover crash images, one long-lived guest per
+//! worker, never a boot per image.
+//!
+//! A worker owns a guest restored by [`GuestFactory::start`] on its own scratch copy of
+//! the base image. For each crash image, with the file system unmounted in the guest,
+//! the host puts the scratch file back to the base image (every page the previous
+//! image or its recovery changed: journal replay writes to PM too, so the whole data
+//! part of the file is compared, not just the last delta) and writes the image's delta;
+//! the guest forgets its caches (`refresh`), mounts (the kernel's own journal or log
+//! recovery), dumps the tree with per-block hashes, and unmounts; the host runs fsck
+//! and reads what the kernel printed meanwhile. A guest that panics or hangs is
+//! replaced and the image keeps the verdict it earned; a guest that dies for other
+//! reasons (killed from outside) is replaced and the image is checked again.
+
+pub mod console;
+pub mod fsck;
+
+use crate::guest::{GuestError, GuestFactory};
+use crate::image::FSDAX_DATA_OFFSET;
+use crate::vm::{Vm, VmError};
+use console::{ConsoleCursor, ConsoleIssue};
+use crash_models::delta::{CrashImage, ImageBuilder};
+use crash_models::model::{ModelConfig, Replayer};
+use crash_models::ops::FsKind;
+use crash_models::protocol::{AgentMsg, FsEntry, HostMsg};
+use crash_models::states::CrashState;
+use crash_models::trace::{FenceKind, FlushKind, Privilege, Record};
+use fsck::FsckOutcome;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Page size the restore step compares and rewrites in.
+const PAGE: usize = 4096;
+
+/// Errors that stop a check (infrastructure, not findings).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// A guest could not be started or kept alive.
+    #[error("checker guest: {0}")]
+    Guest(#[from] GuestError),
+    /// Local I/O on the scratch image.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// fsck could not run.
+    #[error(transparent)]
+    Fsck(#[from] fsck::FsckError),
+    /// An image kept killing its guest for reasons other than a panic or a hang.
+    #[error("image {index} could not be checked after {attempts} guest restarts: {last}")]
+    GaveUp {
+        /// The image's index.
+        index: usize,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+    /// The base image does not fit the guests.
+    #[error("base image {path} is {len} bytes, the guests' PM is {pm_size}")]
+    BaseSize {
+        /// The image.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+        /// The factory's PM size.
+        pm_size: u64,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckError {
+    let what = what.into();
+    move |source| CheckError::Io { what, source }
+}
+
+/// How the checker runs.
+#[derive(Debug, Clone)]
+pub struct CheckerOptions {
+    /// Guests checking in parallel (one per core is right under TCG).
+    pub workers: usize,
+    /// Longest a refresh, mount, dump or unmount may take before the guest counts as
+    /// hung.
+    pub request_timeout: Duration,
+    /// Restarts allowed per image when the guest dies for reasons that are not the
+    /// image's (e.g. killed from outside).
+    pub max_retries: u32,
+    /// Run fsck on the host after each recovery.
+    pub fsck: bool,
+}
+
+impl Default for CheckerOptions {
+    fn default() -> Self {
+        CheckerOptions {
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, 8),
+            request_timeout: Duration::from_secs(90),
+            max_retries: 3,
+            fsck: true,
+        }
+    }
+}
+
+/// How the mount went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum MountOutcome {
+    /// Mounted (with DAX when `dax`).
+    Mounted {
+        /// DAX was on.
+        dax: bool,
+    },
+    /// mount(2) failed.
+    Failed {
+        /// The agent's message.
+        message: String,
+    },
+    /// The kernel panicked during recovery (or during the dump or unmount).
+    Panicked {
+        /// What the guest was doing.
+        during: String,
+        /// The console around the panic.
+        console: String,
+    },
+    /// The guest stopped answering.
+    Hung {
+        /// What the guest was doing.
+        during: String,
+    },
+}
+
+/// What the kernel's recovery of one crash image left.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    /// Index of the image in the list given to [`Checker::check_all`].
+    pub index: usize,
+    /// The mount (and whether the guest survived the whole check).
+    pub mount: MountOutcome,
+    /// The dumped tree, when the mount worked and the dump answered.
+    pub entries: Option<Vec<FsEntry>>,
+    /// The dump failed (e.g. a directory that cannot be read).
+    pub dump_error: Option<String>,
+    /// The unmount failed.
+    pub unmount_error: Option<String>,
+    /// fsck's verdict (`None` when disabled).
+    pub fsck: Option<FsckOutcome>,
+    /// Suspicious console lines printed during the check.
+    pub console: Vec<ConsoleIssue>,
+    /// Bytes of file blocks whose hash the caller did not know, by hash, found in the
+    /// recovered image (see [`KnownBlocks`]).
+    #[serde(skip)]
+    pub block_bytes: BTreeMap<String, Vec<u8>>,
+    /// Where each of those blocks lies in the PM file.
+    pub block_offsets: BTreeMap<String, u64>,
+    /// Identity of the recovered state (blake3 of the dump), for deduplication.
+    pub state_id: String,
+    /// Guest restarts this image cost.
+    pub restarts: u32,
+    /// Time the check took.
+    pub millis: u64,
+}
+
+impl Recovery {
+    /// Why this recovery counts as file-system corruption (empty when it does not).
+    pub fn corruption(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        match &self.mount {
+            MountOutcome::Mounted { .. } => {}
+            MountOutcome::Failed { message } => why.push(format!("mount failed: {message}")),
+            MountOutcome::Panicked { during, console } => {
+                let line = console
+                    .lines()
+                    .find(|l| l.contains("Kernel panic") || l.contains("BUG") || l.contains("Oops"))
+                    .unwrap_or("");
+                why.push(format!("kernel panic during {during}: {}", line.trim()))
+            }
+            MountOutcome::Hung { during } => why.push(format!("guest hung during {during}")),
+        }
+        if let Some(e) = &self.dump_error {
+            why.push(format!("reading the tree failed: {e}"));
+        }
+        if let Some(e) = &self.unmount_error {
+            why.push(format!("unmount failed: {e}"));
+        }
+        for e in self.entries.iter().flatten() {
+            if let Some(errno) = e.error {
+                why.push(format!(
+                    "{} cannot be read: {}",
+                    e.path,
+                    std::io::Error::from_raw_os_error(errno)
+                ));
+            }
+        }
+        if let Some(f) = &self.fsck {
+            if f.problems {
+                why.push(format!(
+                    "fsck exit {}: {}",
+                    f.code.map_or("signal".into(), |c| c.to_string()),
+                    f.output.lines().take(3).collect::<Vec<_>>().join("; ")
+                ));
+            }
+        }
+        for c in &self.console {
+            why.push(format!("kernel: {}", c.line));
+        }
+        why
+    }
+}
+
+/// Block hashes the caller can already explain (zeros, data the workload wrote); a
+/// dumped block outside this set has its bytes fetched from the recovered image so
+/// the oracle can judge it byte by byte.
+#[derive(Debug, Clone, Default)]
+pub struct KnownBlocks {
+    /// Hex blake3 hashes.
+    pub hashes: BTreeSet<String>,
+}
+
+/// Progress callback: (images done, images total).
+pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
+/// What [`Checker::check_all`] returns.
+#[derive(Debug, Clone)]
+pub struct CheckOutcome {
+    /// One recovery per image, in the order given.
+    pub recoveries: Vec<Recovery>,
+    /// Guest restarts in total.
+    pub restarts: u32,
+}
+
+/// The sparse base image: its non-zero regions (everything else is zero).
+#[derive(Debug)]
+struct Base {
+    len: u64,
+    regions: Vec<(u64, Vec<u8>)>,
+}
+
+impl Base {
+    fn read(path: &Path) -> Result<Base, CheckError> {
+        let f = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
+        let len = f
+            .metadata()
+            .map_err(io_err(format!("stat {}", path.display())))?
+            .len();
+        let mut regions: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        for (start, end) in data_regions(&f, 0, len) {
+            let mut off = start;
+            while off < end {
+                let n = ((end - off) as usize).min(buf.len());
+                f.read_exact_at(&mut buf[..n], off)
+                    .map_err(io_err(format!("read {}", path.display())))?;
+                for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                    if page.iter().all(|b| *b == 0) {
+                        continue;
+                    }
+                    let at = off + (i * PAGE) as u64;
+                    match regions.last_mut() {
+                        Some((o, v)) if *o + v.len() as u64 == at => v.extend_from_slice(page),
+                        _ => regions.push((at, page.to_vec())),
+                    }
+                }
+                off += n as u64;
+            }
+        }
+        Ok(Base { len, regions })
+    }
+
+    /// The base bytes of `[off, off + out.len())`.
+    fn fill(&self, off: u64, out: &mut [u8]) {
+        out.fill(0);
+        let end = off + out.len() as u64;
+        let mut i = self
+            .regions
+            .partition_point(|(o, v)| o + v.len() as u64 <= off);
+        while let Some((o, v)) = self.regions.get(i) {
+            if *o >= end {
+                break;
+            }
+            let s = off.max(*o);
+            let e = end.min(o + v.len() as u64);
+            out[(s - off) as usize..(e - off) as usize]
+                .copy_from_slice(&v[(s - o) as usize..(e - o) as usize]);
+            i += 1;
+        }
+    }
+
+    /// Make `file` (a former copy of some image) hold the base bytes, rewriting only
+    /// the pages that differ. Holes in `file` read as zeros, and the base's non-zero
+    /// pages were all written when the scratch copy was made, so only data regions
+    /// need comparing. Returns the pages rewritten.
+    fn restore(&self, file: &File) -> std::io::Result<u64> {
+        let mut cur = vec![0u8; 1 << 20];
+        let mut want = vec![0u8; 1 << 20];
+        let mut pages = 0;
+        let mut regions = data_regions(file, 0, self.len);
+        // Base pages the scratch file lacks (a fresh file) must be written too.
+        for (o, v) in &self.regions {
+            regions.push((*o, o + v.len() as u64));
+        }
+        regions.sort_unstable();
+        let mut done_to = 0u64;
+        for (start, end) in regions {
+            let start = (start.max(done_to) / PAGE as u64) * PAGE as u64;
+            let start = start.max(done_to);
+            let mut off = start;
+            while off < end {
+                let n = ((end - off) as usize).min(cur.len());
+                file.read_exact_at(&mut cur[..n], off)?;
+                self.fill(off, &mut want[..n]);
+                for (i, (c, w)) in cur[..n]
+                    .chunks(PAGE)
+                    .zip(want[..n].chunks(PAGE))
+                    .enumerate()
+                {
+                    if c != w {
+                        file.write_all_at(w, off + (i * PAGE) as u64)?;
+                        pages += 1;
+                    }
+                }
+                off += n as u64;
+            }
+            done_to = done_to.max(end);
+        }
+        Ok(pages)
+    }
+}
+
+/// The data regions of `f` within `[from, to)` (SEEK_DATA / SEEK_HOLE), page-aligned
+/// outwards. Falls back to the whole range when the file system cannot say.
+pub fn data_regions(f: &File, from: u64, to: u64) -> Vec<(u64, u64)> {
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = from as i64;
+    while (pos as u64) < to {
+        // SAFETY: lseek on an open descriptor.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return vec![(from, to)];
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { to as i64 } else { hole };
+        let s = (data as u64 / PAGE as u64) * PAGE as u64;
+        let e = (end as u64).div_ceil(PAGE as u64) * PAGE as u64;
+        out.push((s.max(from), e.min(to)));
+        pos = end;
+    }
+    out
+}
+
+/// Build a crash image from raw writes (PM file offsets), for images made by hand:
+/// corrupt-on-purpose tests, and replaying a saved finding.
+pub fn image_from_writes(writes: &[(u64, Vec<u8>)]) -> CrashImage {
+    let mut r = Replayer::new(ModelConfig::default());
+    let mut lines = BTreeSet::new();
+    for (off, bytes) in writes {
+        for (i, chunk) in bytes.chunks(8).enumerate() {
+            let at = off + (i * 8) as u64;
+            // A store must lie in one 8-byte word for the model; split at words.
+            let mut k = 0;
+            while k < chunk.len() {
+                let a = at + k as u64;
+                let room = (8 - (a % 8)) as usize;
+                let n = room.min(chunk.len() - k);
+                let mut v = [0u8; 8];
+                v[..n].copy_from_slice(&chunk[k..k + n]);
+                r.apply(&Record::Store {
+                    offset: a,
+                    size: n as u8,
+                    value: u64::from_le_bytes(v),
+                    non_temporal: false,
+                    privilege: Privilege::Kernel,
+                    vcpu: 0,
+                    pc: 0,
+                });
+                lines.insert(a / 64);
+                k += n;
+            }
+        }
+    }
+    for l in lines {
+        r.apply(&Record::Flush {
+            offset: l * 64,
+            flush: FlushKind::Clwb,
+            privilege: Privilege::Kernel,
+            vcpu: 0,
+            pc: 0,
+        });
+    }
+    r.apply(&Record::Fence {
+        fence: FenceKind::Sfence,
+        privilege: Privilege::Kernel,
+        vcpu: 0,
+        pc: 0,
+    });
+    ImageBuilder::new(&r).build(&CrashState::default())
+}
+
+/// A worker: one guest and its scratch image.
+struct Worker {
+    id: usize,
+    pm: PathBuf,
+    file: File,
+    vm: Option<Vm>,
+    cursor: ConsoleCursor,
+    _dir: tempfile::TempDir,
+}
+
+/// Shared state of one [`Checker::check_all`] call.
+struct Shared {
+    factory: GuestFactory,
+    opts: CheckerOptions,
+    base: Base,
+    known: KnownBlocks,
+    queue: Mutex<VecDeque<(usize, Arc<CrashImage>)>>,
+    done: Mutex<usize>,
+    total: usize,
+    progress: Option<Progress>,
+    live: Arc<Mutex<BTreeMap<usize, u32>>>,
+}
+
+/// One long-lived checker guest per worker, for one (kernel, file system).
+pub struct Checker {
+    factory: GuestFactory,
+    opts: CheckerOptions,
+    workers: Vec<Worker>,
+    live: Arc<Mutex<BTreeMap<usize, u32>>>,
+    restarts: u32,
+}
+
+/// Why one attempt at an image ended without a recovery.
+enum Attempt {
+    Done(Recovery),
+    /// The guest died for reasons that are not the image's: retry on a new guest.
+    Retry(String),
+}
+
+impl Checker {
+    /// A checker for `factory`'s kernel and file system. Guests start lazily, on the
+    /// first image each worker takes.
+    pub fn new(factory: GuestFactory, opts: CheckerOptions) -> Result<Checker, CheckError> {
+        let mut workers = Vec::new();
+        for id in 0..opts.workers.max(1) {
+            let dir = tempfile::Builder::new()
+                .prefix("pmcrash-check-")
+                .tempdir()
+                .map_err(io_err("create a checker scratch directory"))?;
+            let pm = dir.path().join("pm.img");
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&pm)
+                .map_err(io_err(format!("create {}", pm.display())))?;
+            file.set_len(factory.pm_size)
+                .map_err(io_err(format!("size {}", pm.display())))?;
+            workers.push(Worker {
+                id,
+                pm,
+                file,
+                vm: None,
+                cursor: ConsoleCursor::default(),
+                _dir: dir,
+            });
+        }
+        Ok(Checker {
+            factory,
+            opts,
+            workers,
+            live: Arc::new(Mutex::new(BTreeMap::new())),
+            restarts: 0,
+        })
+    }
+
+    /// The file system checked.
+    pub fn fs(&self) -> FsKind {
+        self.factory.fs
+    }
+
+    /// QEMU process ids of the running checker guests, by worker (tests kill them to
+    /// prove the checker recovers).
+    pub fn live_guests(&self) -> Arc<Mutex<BTreeMap<usize, u32>>> {
+        self.live.clone()
+    }
+
+    /// Guest restarts so far (panics, hangs, deaths).
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// Start every worker's guest now (so the time to get guests ready can be told
+    /// apart from checking time). Each guest runs on its scratch copy of `base_image`.
+    pub async fn warm_up(&mut self, base_image: &Path) -> Result<(), CheckError> {
+        let base = Base::read(base_image)?;
+        let mut tasks = Vec::new();
+        for mut w in std::mem::take(&mut self.workers) {
+            let f = self.factory.clone();
+            let live = self.live.clone();
+            let restore = base.restore(&w.file);
+            tasks.push(tokio::spawn(async move {
+                restore.map_err(io_err("write the base image into the scratch copy"))?;
+                if w.vm.is_none() {
+                    let vm = f.start(&w.pm, None).await?;
+                    if let Ok(mut l) = live.lock() {
+                        l.insert(w.id, vm.pid());
+                    }
+                    w.cursor.skip_to_end(&vm.console());
+                    w.vm = Some(vm);
+                }
+                Ok::<Worker, CheckError>(w)
+            }));
+        }
+        let mut first_err = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(w)) => self.workers.push(w),
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(e) => {
+                    first_err = first_err.or(Some(CheckError::Io {
+                        what: "checker task".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    }))
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Recover every image (deltas over `base_image`) and report what each left.
+    pub async fn check_all(
+        &mut self,
+        base_image: &Path,
+        images: Vec<Arc<CrashImage>>,
+        known: KnownBlocks,
+        progress: Option<Progress>,
+    ) -> Result<CheckOutcome, CheckError> {
+        let base = Base::read(base_image)?;
+        if base.len != self.factory.pm_size {
+            return Err(CheckError::BaseSize {
+                path: base_image.to_path_buf(),
+                len: base.len,
+                pm_size: self.factory.pm_size,
+            });
+        }
+        let total = images.len();
+        let shared = Arc::new(Shared {
+            factory: self.factory.clone(),
+            opts: self.opts.clone(),
+            base,
+            known,
+            queue: Mutex::new(images.into_iter().enumerate().collect()),
+            done: Mutex::new(0),
+            total,
+            progress,
+            live: self.live.clone(),
+        });
+        let mut tasks = Vec::new();
+        let workers = std::mem::take(&mut self.workers);
+        let n = workers.len().min(total.max(1));
+        let mut idle = Vec::new();
+        for (i, w) in workers.into_iter().enumerate() {
+            if i >= n {
+                idle.push(w);
+                continue;
+            }
+            let s = shared.clone();
+            tasks.push(tokio::spawn(async move { run_worker(w, s).await }));
+        }
+        self.workers = idle;
+        let mut out: Vec<Option<Recovery>> = vec![None; total];
+        let mut first_err = None;
+        for t in tasks {
+            match t.await {
+                Ok((w, res)) => {
+                    self.workers.push(w);
+                    match res {
+                        Ok((recs, restarts)) => {
+                            self.restarts += restarts;
+                            for r in recs {
+                                let i = r.index;
+                                out[i] = Some(r);
+                            }
+                        }
+                        Err(e) => first_err = first_err.or(Some(e)),
+                    }
+                }
+                Err(e) => {
+                    first_err = first_err.or(Some(CheckError::Io {
+                        what: "checker task".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    }))
+                }
+            }
+        }
+        self.workers.sort_by_key(|w| w.id);
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let recoveries: Vec<Recovery> = out.into_iter().flatten().collect();
+        debug_assert_eq!(recoveries.len(), total);
+        Ok(CheckOutcome {
+            restarts: recoveries.iter().map(|r| r.restarts).sum(),
+            recoveries,
+        })
+    }
+
+    /// Power every guest off.
+    pub async fn shutdown(mut self) {
+        for w in &mut self.workers {
+            if let Some(vm) = w.vm.take() {
+                let _ = vm.shutdown(Duration::from_secs(10)).await;
+            }
+        }
+        if let Ok(mut l) = self.live.lock() {
+            l.clear();
+        }
+    }
+}
+
+type WorkerResult = Result<(Vec<Recovery>, u32), CheckError>;
+
+async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
+    let mut recs = Vec::new();
+    let mut restarts = 0;
+    loop {
+        let job = s.queue.lock().ok().and_then(|mut q| q.pop_front());
+        let Some((index, image)) = job else {
+            return (w, Ok((recs, restarts)));
+        };
+        let mut attempts = 0u32;
+        let mut image_restarts = 0u32;
+        loop {
+            match check_one(&mut w, &s, index, &image).await {
+                Ok(Attempt::Done(mut r)) => {
+                    if w.vm.is_none() {
+                        // The image panicked or hung its guest: it is replaced on the
+                        // next image.
+                        image_restarts += 1;
+                    }
+                    r.restarts = image_restarts;
+                    restarts += image_restarts;
+                    recs.push(r);
+                    break;
+                }
+                Ok(Attempt::Retry(why)) => {
+                    attempts += 1;
+                    image_restarts += 1;
+                    if attempts > s.opts.max_retries {
+                        return (
+                            w,
+                            Err(CheckError::GaveUp {
+                                index,
+                                attempts,
+                                last: why,
+                            }),
+                        );
+                    }
+                }
+                Err(e) => return (w, Err(e)),
+            }
+        }
+        let done = {
+            let mut d = s.done.lock().expect("progress counter");
+            *d += 1;
+            *d
+        };
+        if let Some(p) = &s.progress {
+            p(done, s.total);
+        }
+    }
+}
+
+/// Classify a guest error during a step of the check: `Ok(outcome)` when the image
+/// earned it (panic, hang), `Err(reason)` when the guest died for another reason.
+fn classify(e: &VmError, during: &str) -> Result<MountOutcome, String> {
+    match e {
+        VmError::GuestPanic { console, .. } => Ok(MountOutcome::Panicked {
+            during: during.into(),
+            console: console.clone(),
+        }),
+        VmError::Timeout { .. } => Ok(MountOutcome::Hung {
+            during: during.into(),
+        }),
+        other => Err(other.to_string()),
+    }
+}
+
+async fn check_one(
+    w: &mut Worker,
+    s: &Shared,
+    index: usize,
+    image: &CrashImage,
+) -> Result<Attempt, CheckError> {
+    let t0 = Instant::now();
+    let timeout = s.opts.request_timeout;
+    // The scratch file must hold exactly base + delta before the guest looks.
+    s.base
+        .restore(&w.file)
+        .map_err(io_err(format!("restore {}", w.pm.display())))?;
+    image.apply(&w.file).map_err(io_err(format!(
+        "write the crash image into {}",
+        w.pm.display()
+    )))?;
+    if w.vm.is_none() {
+        let vm = match s.factory.start(&w.pm, None).await {
+            Ok(vm) => vm,
+            // Start includes a refresh of the new image: nothing of it is read yet,
+            // so a failure here is the platform's.
+            Err(e) => return Ok(Attempt::Retry(format!("starting a guest: {e}"))),
+        };
+        if let Ok(mut l) = s.live.lock() {
+            l.insert(w.id, vm.pid());
+        }
+        w.cursor.skip_to_end(&vm.console());
+        w.vm = Some(vm);
+    } else {
+        let vm = w.vm.as_mut().expect("guest");
+        if let Err(e) = vm.request(&HostMsg::Refresh, timeout).await {
+            w.vm = None;
+            return Ok(Attempt::Retry(format!("refresh: {e}")));
+        }
+    }
+    let mut rec = Recovery {
+        index,
+        mount: MountOutcome::Mounted { dax: true },
+        entries: None,
+        dump_error: None,
+        unmount_error: None,
+        fsck: None,
+        console: Vec::new(),
+        block_bytes: BTreeMap::new(),
+        block_offsets: BTreeMap::new(),
+        state_id: String::new(),
+        restarts: 0,
+        millis: 0,
+    };
+    let vm = w.vm.as_mut().expect("guest");
+    let mounted = vm
+        .request(
+            &HostMsg::Mount {
+                fs: s.factory.fs,
+                options: vec![],
+            },
+            timeout,
+        )
+        .await;
+    let mut dead = false;
+    match mounted {
+        Ok((_, AgentMsg::Mounted { dax, .. })) => rec.mount = MountOutcome::Mounted { dax },
+        Ok((_, other)) => {
+            return Err(CheckError::Guest(GuestError::Guest(format!(
+                "expected mounted, got {other:?}"
+            ))))
+        }
+        Err(VmError::Agent { message, .. }) => rec.mount = MountOutcome::Failed { message },
+        Err(e) => match classify(&e, "mount") {
+            Ok(m) => {
+                rec.mount = m;
+                dead = true;
+            }
+            Err(why) => {
+                w.vm = None;
+                return Ok(Attempt::Retry(format!("mount: {why}")));
+            }
+        },
+    }
+    if matches!(rec.mount, MountOutcome::Mounted { .. }) {
+        match vm.request(&HostMsg::Dump, timeout).await {
+            Ok((_, AgentMsg::State { entries })) => rec.entries = Some(entries),
+            Ok((_, other)) => rec.dump_error = Some(format!("unexpected answer {other:?}")),
+            Err(VmError::Agent { message, .. }) => rec.dump_error = Some(message),
+            Err(e) => match classify(&e, "dump") {
+                Ok(m) => {
+                    rec.mount = m;
+                    dead = true;
+                }
+                Err(why) => {
+                    w.vm = None;
+                    return Ok(Attempt::Retry(format!("dump: {why}")));
+                }
+            },
+        }
+        if !dead {
+            match vm.request(&HostMsg::Unmount, timeout).await {
+                Ok(_) => {}
+                Err(VmError::Agent { message, .. }) => {
+                    rec.unmount_error = Some(message);
+                    // Still mounted: the next image needs a fresh guest.
+                    dead = true;
+                }
+                Err(e) => match classify(&e, "unmount") {
+                    Ok(m) => {
+                        rec.mount = m;
+                        dead = true;
+                    }
+                    Err(why) => {
+                        w.vm = None;
+                        return Ok(Attempt::Retry(format!("unmount: {why}")));
+                    }
+                },
+            }
+        }
+    }
+    let text = vm.console();
+    rec.console = console::scan(w.cursor.take(&text));
+    if dead {
+        if let Some(mut vm) = w.vm.take() {
+            vm.kill().await;
+        }
+        if let Ok(mut l) = s.live.lock() {
+            l.remove(&w.id);
+        }
+    }
+    if s.opts.fsck {
+        let dir = w._dir.path().to_path_buf();
+        rec.fsck = Some(fsck::fsck(s.factory.fs, &w.pm, &dir)?);
+    }
+    if let Some(entries) = &rec.entries {
+        rec.state_id = blake3::hash(&serde_json::to_vec(entries).unwrap_or_default())
+            .to_hex()
+            .to_string();
+        let wanted = unknown_blocks(entries, &s.known);
+        if !wanted.is_empty() {
+            find_blocks(&w.file, s.base.len, &wanted, &mut rec)
+                .map_err(io_err("scan the recovered image for file blocks"))?;
+        }
+    } else {
+        rec.state_id = format!(
+            "unmountable:{}",
+            blake3::hash(format!("{:?}", rec.mount).as_bytes()).to_hex()
+        );
+    }
+    rec.millis = t0.elapsed().as_millis() as u64;
+    Ok(Attempt::Done(rec))
+}
+
+/// (length, hash) of every dumped file block whose hash is not known.
+fn unknown_blocks(entries: &[FsEntry], known: &KnownBlocks) -> BTreeMap<usize, BTreeSet<String>> {
+    let mut out: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for e in entries {
+        for (i, h) in e.blocks.iter().enumerate() {
+            if known.hashes.contains(h) {
+                continue;
+            }
+            let len = (e.size - i as u64 * PAGE as u64).min(PAGE as u64) as usize;
+            out.entry(len).or_default().insert(h.clone());
+        }
+    }
+    out
+}
+
+/// Find blocks with the wanted (length, hash) in the device area of the recovered
+/// image: file systems here use 4 KiB blocks aligned to the device start, so a file's
+/// block is one of them (DAX reads come straight from PM).
+fn find_blocks(
+    file: &File,
+    len: u64,
+    wanted: &BTreeMap<usize, BTreeSet<String>>,
+    rec: &mut Recovery,
+) -> std::io::Result<()> {
+    let mut left: usize = wanted.values().map(|s| s.len()).sum();
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, end) in data_regions(file, FSDAX_DATA_OFFSET, len) {
+        let mut off = start;
+        while off < end && left > 0 {
+            let n = ((end - off) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], off)?;
+            for (i, block) in buf[..n].chunks(PAGE).enumerate() {
+                for (l, set) in wanted {
+                    let h = blake3::hash(&block[..(*l).min(block.len())])
+                        .to_hex()
+                        .to_string();
+                    if set.contains(&h) && !rec.block_bytes.contains_key(&h) {
+                        rec.block_offsets.insert(h.clone(), off + (i * PAGE) as u64);
+                        rec.block_bytes
+                            .insert(h, block[..(*l).min(block.len())].to_vec());
+                        left -= 1;
+                    }
+                }
+            }
+            off += n as u64;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_restore_rewrites_only_changed_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_p = dir.path().join("base");
+        let f = File::create(&base_p).unwrap();
+        f.set_len(1 << 20).unwrap();
+        f.write_all_at(&[7u8; 100], 8192).unwrap();
+        drop(f);
+        let base = Base::read(&base_p).unwrap();
+        assert_eq!(base.regions.len(), 1);
+        let scratch = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("s"))
+            .unwrap();
+        scratch.set_len(1 << 20).unwrap();
+        // A fresh scratch file gets the base's page.
+        assert_eq!(base.restore(&scratch).unwrap(), 1);
+        let img = image_from_writes(&[(8192 + 50, vec![1, 2, 3]), (500_000, vec![9; 16])]);
+        img.apply(&scratch).unwrap();
+        scratch.write_all_at(b"guest", 700_000).unwrap();
+        assert_eq!(base.restore(&scratch).unwrap(), 3);
+        let mut got = vec![0u8; 1 << 20];
+        scratch.read_exact_at(&mut got, 0).unwrap();
+        let want = std::fs::read(&base_p).unwrap();
+        assert!(got == want, "scratch differs from the base after restore");
+        assert_eq!(base.restore(&scratch).unwrap(), 0);
+    }
+
+    #[test]
+    fn hand_made_images_hold_their_writes() {
+        let img = image_from_writes(&[
+            (3, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
+            (4096, vec![0; 4096]),
+        ]);
+        let mut buf = vec![0xffu8; 3 * 4096];
+        img.apply_to_slice(&mut buf);
+        assert_eq!(
+            &buf[..14],
+            &[0xff, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xff]
+        );
+        assert!(buf[4096..8192].iter().all(|b| *b == 0));
+        assert_eq!(buf[8192], 0xff);
+    }
+}

@@ -1,0 +1,636 @@
+//! Reports: the value a run produces, and its renderings (terminal table, JSON with a
+//! documented schema in `docs/report-schema.json`, JUnit XML).
+//!
+//! [`Report::summary`] is the stable part (no timings, no paths, no kernel build
+//! strings, everything sorted): what users' own `cargo test` suites snapshot.
+
+use crate::oracle::{Problem, Verdict};
+use crash_models::ops::FsKind;
+use crash_models::promise::OpCost;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+/// Version of the JSON report's shape; bumped on any incompatible change.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+/// How a run was configured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigReport {
+    /// The file system.
+    pub fs: FsKind,
+    /// The persistency model (`x86-adr`, `x86-eadr`).
+    pub model: String,
+    /// The crash-point policy.
+    pub points: String,
+    /// The crash-state strategy.
+    pub states: String,
+    /// The seed every random choice used.
+    pub seed: u64,
+    /// The guest kernel release.
+    pub kernel: String,
+    /// Checker guests in parallel.
+    pub workers: usize,
+}
+
+/// One op and what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpLine {
+    /// Index in the workload.
+    pub index: usize,
+    /// The op's name.
+    pub op: String,
+    /// It succeeded in the traced run.
+    pub ok: bool,
+    /// errno when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// Flushes and fences it caused.
+    pub cost: OpCost,
+}
+
+/// One crash point's tally.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointReport {
+    /// Records applied before the crash (the crash is after record `record - 1`).
+    pub record: u64,
+    /// The op it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<u32>,
+    /// That op's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op_name: Option<String>,
+    /// Why the point was chosen.
+    pub reason: String,
+    /// Lines in flight.
+    pub in_flight_lines: usize,
+    /// Crash states.
+    pub states: usize,
+    /// Distinct images among them.
+    pub distinct_images: usize,
+    /// Crash states per verdict.
+    pub verdicts: BTreeMap<Verdict, u64>,
+}
+
+/// A line lost in a crash state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DroppedLine {
+    /// Offset of the line in the PM file.
+    pub pm_offset: u64,
+    /// What the line belongs to, where the extent map tells (`file a.dat offset 0`),
+    /// or what wrote it.
+    pub owner: String,
+    /// Pieces (8-byte stores) queued on the line, and how many the state kept.
+    pub queued: u32,
+    /// How many the state kept.
+    pub kept: u32,
+    /// The flush or fence that was missing.
+    pub missing: String,
+}
+
+/// The crash point a finding was made at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PointRef {
+    /// Records applied before the crash.
+    pub record: u64,
+    /// The op in progress or the last op completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<u32>,
+    /// Its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op_name: Option<String>,
+    /// Ops completed.
+    pub ops_completed: u32,
+    /// Stores applied.
+    pub stores: u64,
+}
+
+/// A crash state that is not ok.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// The state's verdict (its worst problem).
+    pub verdict: Verdict,
+    /// Where.
+    pub point: PointRef,
+    /// What is wrong.
+    pub problems: Vec<Problem>,
+    /// Lines the state dropped (wholly or partly).
+    pub dropped_lines: Vec<DroppedLine>,
+    /// Lines the state kept whole.
+    pub kept_lines: usize,
+    /// Other crash states at this point that recovered to the same state.
+    pub same_state: u64,
+    /// The command that reproduces it.
+    pub reproduce: String,
+}
+
+/// What the workload file expected, and whether it came true.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpectCheck {
+    /// The verdict classes expected over all crash states.
+    pub expected: Vec<Verdict>,
+    /// The classes seen.
+    pub seen: Vec<Verdict>,
+    /// They are equal.
+    pub met: bool,
+}
+
+/// Counts for a workload.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkloadStats {
+    /// Trace records.
+    pub records: u64,
+    /// Crash points.
+    pub crash_points: usize,
+    /// Crash states.
+    pub states: usize,
+    /// Distinct crash images (each recovered once).
+    pub distinct_images: usize,
+    /// Distinct recovered states (by dump).
+    pub recovered_states: usize,
+    /// Crash points whose state enumeration hit a cap.
+    pub capped_points: usize,
+    /// Checker guest restarts.
+    pub guest_restarts: u32,
+}
+
+/// Wall-clock time per stage, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Getting the checker guests ready.
+    pub guest_ready_ms: u64,
+    /// Tracing (image, traced guest, ops, reading the trace).
+    pub trace_ms: u64,
+    /// Enumerating crash points, states and images.
+    pub enumerate_ms: u64,
+    /// Recovering every distinct image.
+    pub check_ms: u64,
+    /// Judging.
+    pub oracle_ms: u64,
+    /// Everything.
+    pub total_ms: u64,
+    /// Distinct images recovered per second.
+    pub images_per_sec: f64,
+}
+
+/// The result for one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadReport {
+    /// The workload's name (its path).
+    pub name: String,
+    /// Its description.
+    pub description: String,
+    /// The file system.
+    pub fs: FsKind,
+    /// Every op.
+    pub ops: Vec<OpLine>,
+    /// Every crash point.
+    pub points: Vec<PointReport>,
+    /// Crash states per verdict.
+    pub verdicts: BTreeMap<Verdict, u64>,
+    /// The not-ok states, one per (crash point, recovered state).
+    pub findings: Vec<Finding>,
+    /// Findings left out of `findings` to keep the report readable.
+    pub findings_omitted: u64,
+    /// Counts.
+    pub stats: WorkloadStats,
+    /// The workload's own `[expect]`, checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<ExpectCheck>,
+    /// Timings.
+    pub timings: Timings,
+}
+
+impl WorkloadReport {
+    /// The verdict classes seen, sorted.
+    pub fn seen(&self) -> Vec<Verdict> {
+        self.verdicts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(v, _)| *v)
+            .collect()
+    }
+
+    /// True when a class in `fail_on` was seen and the workload did not expect it, or
+    /// an expectation was not met.
+    pub fn fails(&self, fail_on: &BTreeSet<Verdict>) -> bool {
+        if self.expect.as_ref().is_some_and(|e| !e.met) {
+            return true;
+        }
+        let expected: BTreeSet<Verdict> = self
+            .expect
+            .as_ref()
+            .map(|e| e.expected.iter().copied().collect())
+            .unwrap_or_default();
+        self.seen()
+            .iter()
+            .any(|v| fail_on.contains(v) && !expected.contains(v))
+    }
+}
+
+/// Totals over workloads.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// Workloads.
+    pub workloads: usize,
+    /// Crash points.
+    pub crash_points: usize,
+    /// Crash states.
+    pub states: usize,
+    /// Distinct images.
+    pub distinct_images: usize,
+    /// Crash states per verdict.
+    pub verdicts: BTreeMap<Verdict, u64>,
+    /// Workloads that fail (see [`WorkloadReport::fails`]).
+    pub failing_workloads: usize,
+}
+
+/// The report of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// [`REPORT_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// pmcrash's version.
+    pub pmcrash_version: String,
+    /// The configuration.
+    pub config: ConfigReport,
+    /// Verdict classes that fail the run.
+    pub fail_on: Vec<Verdict>,
+    /// Per workload.
+    pub workloads: Vec<WorkloadReport>,
+    /// Totals.
+    pub totals: Totals,
+}
+
+impl Report {
+    /// Assemble a report and its totals.
+    pub fn new(
+        config: ConfigReport,
+        fail_on: &BTreeSet<Verdict>,
+        workloads: Vec<WorkloadReport>,
+    ) -> Report {
+        let mut totals = Totals {
+            workloads: workloads.len(),
+            ..Totals::default()
+        };
+        for w in &workloads {
+            totals.crash_points += w.stats.crash_points;
+            totals.states += w.stats.states;
+            totals.distinct_images += w.stats.distinct_images;
+            for (v, n) in &w.verdicts {
+                *totals.verdicts.entry(*v).or_default() += n;
+            }
+            totals.failing_workloads += w.fails(fail_on) as usize;
+        }
+        Report {
+            schema_version: REPORT_SCHEMA_VERSION,
+            pmcrash_version: env!("CARGO_PKG_VERSION").to_owned(),
+            config,
+            fail_on: fail_on.iter().copied().collect(),
+            workloads,
+            totals,
+        }
+    }
+
+    /// True when some workload fails: exit code 1.
+    pub fn failed(&self) -> bool {
+        self.totals.failing_workloads > 0
+    }
+
+    /// The stable summary: verdict classes, expectations, and what each user-space
+    /// durability op wrote back. No timings, paths or counts that depend on kernel
+    /// timing.
+    pub fn summary(&self) -> serde_json::Value {
+        let workloads: Vec<serde_json::Value> = self
+            .workloads
+            .iter()
+            .map(|w| {
+                let written_back: BTreeMap<String, serde_json::Value> = w
+                    .ops
+                    .iter()
+                    .filter(|o| matches!(o.op.as_str(), "flush" | "msync"))
+                    .map(|o| {
+                        (
+                            format!("{:02} {}", o.index, o.op),
+                            serde_json::json!({
+                                "user_lines": o.cost.user_lines_flushed,
+                                "kernel_lines": o.cost.kernel_lines_flushed,
+                            }),
+                        )
+                    })
+                    .collect();
+                serde_json::json!({
+                    "workload": w.name,
+                    "fs": w.fs,
+                    "ops": w.ops.iter().map(|o| format!("{}{}", o.op, if o.ok { "" } else { " (failed)" })).collect::<Vec<_>>(),
+                    "verdicts": w.seen(),
+                    "expect_met": w.expect.as_ref().map(|e| e.met),
+                    "written_back": written_back,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "config": {
+                "fs": self.config.fs,
+                "model": self.config.model,
+                "points": self.config.points,
+                "states": self.config.states,
+                "seed": self.config.seed,
+            },
+            "workloads": workloads,
+        })
+    }
+
+    /// The terminal summary.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let c = &self.config;
+        let _ = writeln!(
+            s,
+            "pmcrash {}: {}-DAX, kernel {}, model {}, points {}, states {}, seed {}",
+            self.pmcrash_version, c.fs, c.kernel, c.model, c.points, c.states, c.seed
+        );
+        for w in &self.workloads {
+            let _ = writeln!(s, "\n{} ({})", w.name, w.description);
+            let st = &w.stats;
+            let t = &w.timings;
+            let _ = writeln!(
+                s,
+                "  {} records, {} crash points, {} states, {} distinct images, {} recovered states{}",
+                st.records,
+                st.crash_points,
+                st.states,
+                st.distinct_images,
+                st.recovered_states,
+                if st.capped_points > 0 {
+                    format!(" ({} points capped)", st.capped_points)
+                } else {
+                    String::new()
+                }
+            );
+            let _ = writeln!(
+                s,
+                "  time: guest ready {} ms, trace {} ms, enumerate {} ms, check {} ms ({:.1} images/s), oracle {} ms, total {} ms",
+                t.guest_ready_ms, t.trace_ms, t.enumerate_ms, t.check_ms, t.images_per_sec, t.oracle_ms, t.total_ms
+            );
+            let _ = writeln!(
+                s,
+                "  op  name           user-lines kernel-lines redundant fences"
+            );
+            for o in &w.ops {
+                let _ = writeln!(
+                    s,
+                    "  {:>2}  {:<14} {:>10} {:>12} {:>9} {:>6}{}",
+                    o.index,
+                    o.op,
+                    o.cost.user_lines_flushed,
+                    o.cost.kernel_lines_flushed,
+                    o.cost.redundant_flushes,
+                    o.cost.fences,
+                    if o.ok { "" } else { "  FAILED" }
+                );
+            }
+            let _ = writeln!(
+                s,
+                "  crash point          op              states images  verdicts"
+            );
+            let shown: Vec<&PointReport> = w
+                .points
+                .iter()
+                .filter(|p| p.verdicts.keys().any(|v| *v != Verdict::Ok))
+                .take(20)
+                .collect();
+            for p in &shown {
+                let _ = writeln!(
+                    s,
+                    "  record {:>10}  {:<15} {:>6} {:>6}  {}",
+                    p.record,
+                    match (&p.op, &p.op_name) {
+                        (Some(i), Some(n)) => format!("{i} {n}"),
+                        _ => "-".into(),
+                    },
+                    p.states,
+                    p.distinct_images,
+                    counts(&p.verdicts)
+                );
+            }
+            let ok_points = w.points.len()
+                - w.points
+                    .iter()
+                    .filter(|p| p.verdicts.keys().any(|v| *v != Verdict::Ok))
+                    .count();
+            let _ = writeln!(
+                s,
+                "  ({ok_points} crash points with every state ok not listed)"
+            );
+            let _ = writeln!(s, "  verdicts: {}", counts(&w.verdicts));
+            if let Some(e) = &w.expect {
+                let _ = writeln!(
+                    s,
+                    "  expected: {} -> {}",
+                    names(&e.expected),
+                    if e.met {
+                        "met".to_owned()
+                    } else {
+                        format!("NOT MET (saw {})", names(&e.seen))
+                    }
+                );
+            }
+            for f in w.findings.iter().take(5) {
+                let _ = writeln!(
+                    s,
+                    "  finding: {} at record {} (op {} {}), {} line(s) dropped",
+                    f.verdict,
+                    f.point.record,
+                    f.point.op.map_or("-".into(), |o| o.to_string()),
+                    f.point.op_name.as_deref().unwrap_or("-"),
+                    f.dropped_lines.len()
+                );
+                for p in f.problems.iter().take(3) {
+                    let _ = writeln!(s, "    {}: {}", p.verdict, p.message);
+                }
+                for l in f.dropped_lines.iter().take(3) {
+                    let _ = writeln!(
+                        s,
+                        "    dropped line {:#x} ({}): {}",
+                        l.pm_offset, l.owner, l.missing
+                    );
+                }
+                let _ = writeln!(s, "    reproduce: {}", f.reproduce);
+            }
+            let more = w.findings.len().saturating_sub(5) as u64 + w.findings_omitted;
+            if more > 0 {
+                let _ = writeln!(s, "  ... {more} more finding(s) in --json");
+            }
+        }
+        let tt = &self.totals;
+        let _ = writeln!(
+            s,
+            "\n{} workload(s), {} crash points, {} states, {} distinct images: {}; {} workload(s) failing",
+            tt.workloads,
+            tt.crash_points,
+            tt.states,
+            tt.distinct_images,
+            counts(&tt.verdicts),
+            tt.failing_workloads
+        );
+        s
+    }
+
+    /// The table `pmcrash demo` prints: one row per workload.
+    pub fn render_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<44} {:>6} {:>6} {:>6}  {:<40} {}",
+            "workload", "points", "states", "images", "verdicts", "expected"
+        );
+        for w in &self.workloads {
+            let _ = writeln!(
+                s,
+                "{:<44} {:>6} {:>6} {:>6}  {:<40} {}",
+                w.name.rsplit('/').next().unwrap_or(&w.name),
+                w.stats.crash_points,
+                w.stats.states,
+                w.stats.distinct_images,
+                counts(&w.verdicts),
+                w.expect
+                    .as_ref()
+                    .map_or("-", |e| if e.met { "met" } else { "NOT MET" })
+            );
+        }
+        s
+    }
+
+    /// JUnit XML: one test suite per file system, one test case per workload; a
+    /// workload that fails (see [`WorkloadReport::fails`]) has a `<failure>`.
+    pub fn render_junit(&self, fail_on: &BTreeSet<Verdict>) -> String {
+        let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let failures = self.workloads.iter().filter(|w| w.fails(fail_on)).count();
+        let secs = |ms: u64| format!("{:.3}", ms as f64 / 1000.0);
+        let total_ms: u64 = self.workloads.iter().map(|w| w.timings.total_ms).sum();
+        let _ = writeln!(
+            s,
+            "<testsuites name=\"pmcrash\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{}\">",
+            self.workloads.len(),
+            secs(total_ms)
+        );
+        let _ = writeln!(
+            s,
+            "  <testsuite name=\"pmcrash.{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{}\">",
+            self.config.fs,
+            self.workloads.len(),
+            secs(total_ms)
+        );
+        let _ = writeln!(s, "    <properties>");
+        for (k, v) in [
+            ("model", self.config.model.clone()),
+            ("points", self.config.points.clone()),
+            ("states", self.config.states.clone()),
+            ("seed", self.config.seed.to_string()),
+            ("kernel", self.config.kernel.clone()),
+        ] {
+            let _ = writeln!(s, "      <property name=\"{k}\" value=\"{}\"/>", xml(&v));
+        }
+        let _ = writeln!(s, "    </properties>");
+        for w in &self.workloads {
+            let _ = write!(
+                s,
+                "    <testcase classname=\"pmcrash.{}\" name=\"{}\" time=\"{}\"",
+                self.config.fs,
+                xml(&w.name),
+                secs(w.timings.total_ms)
+            );
+            if !w.fails(fail_on) {
+                let _ = writeln!(s, "/>");
+                continue;
+            }
+            let _ = writeln!(s, ">");
+            let mut body = String::new();
+            if let Some(e) = w.expect.as_ref().filter(|e| !e.met) {
+                let _ = writeln!(
+                    body,
+                    "expected {} but saw {}",
+                    names(&e.expected),
+                    names(&e.seen)
+                );
+            }
+            for f in &w.findings {
+                let _ = writeln!(
+                    body,
+                    "{} at record {}: {}",
+                    f.verdict, f.point.record, f.reproduce
+                );
+                for p in &f.problems {
+                    let _ = writeln!(body, "  {}", p.message);
+                }
+            }
+            let _ = writeln!(
+                s,
+                "      <failure type=\"pmcrash.verdict\" message=\"{}\">{}</failure>",
+                xml(&counts(&w.verdicts)),
+                xml(&body)
+            );
+            let _ = writeln!(s, "    </testcase>");
+        }
+        let _ = writeln!(s, "  </testsuite>\n</testsuites>");
+        s
+    }
+}
+
+fn names(v: &[Verdict]) -> String {
+    v.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// `ok 12, unsafe-flush-only 3`, worst last so `ok` reads first.
+pub fn counts(m: &BTreeMap<Verdict, u64>) -> String {
+    let mut parts: Vec<String> = m
+        .iter()
+        .rev()
+        .filter(|(_, n)| **n > 0)
+        .map(|(v, n)| format!("{v} {n}"))
+        .collect();
+    if parts.is_empty() {
+        parts.push("none".into());
+    }
+    parts.join(", ")
+}
+
+/// Escape text for XML attributes and content; characters XML 1.0 forbids are
+/// replaced.
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(ch),
+            c if (c as u32) < 0x20 => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_escapes_everything_dangerous() {
+        assert_eq!(xml("a<b>&\"'\u{1}"), "a&lt;b&gt;&amp;&quot;&apos;\u{fffd}");
+    }
+
+    #[test]
+    fn counts_read_ok_first() {
+        let m = BTreeMap::from([
+            (Verdict::Ok, 3),
+            (Verdict::UnsafeFlushOnly, 1),
+            (Verdict::StaleData, 0),
+        ]);
+        assert_eq!(counts(&m), "ok 3, unsafe-flush-only 1");
+    }
+}
