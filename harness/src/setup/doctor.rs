@@ -68,7 +68,10 @@ impl fmt::Display for DoctorReport {
         if self.ok {
             write!(f, "everything pmcrash needs is present")
         } else {
-            write!(f, "something is missing: run the fix commands above, or `pmcrash setup --install` as root")
+            write!(
+                f,
+                "something is missing: run the fix commands above, or `pmcrash setup` as root"
+            )
         }
     }
 }
@@ -209,7 +212,6 @@ fn find_kernel(opts: &SetupOptions, checks: &mut Vec<Check>) -> Option<KernelSou
 pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
     let mut checks = Vec::new();
     let facts = host_tools::host_facts();
-    let plan = host_tools::install_plan(&facts);
     let qemu_fix = {
         let mut qemu_only = facts.clone();
         qemu_only.missing_tools.clear();
@@ -362,7 +364,6 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
             ));
         }
     }
-    let _ = plan;
     DoctorReport {
         ok: checks.iter().all(|c| c.status != CheckStatus::Missing),
         cache_dir: opts.cache_dir.clone(),

@@ -131,7 +131,7 @@ pub struct Assets {
 pub enum SetupError {
     /// Host tools are missing or too old and this process may not or cannot install them.
     #[error(
-        "{problems}\nto fix, run as root:\n{commands}\n(or run `pmcrash setup --install` as root)"
+        "{problems}\nto fix, run as root:\n{commands}\nthen run `pmcrash setup` again (as root it installs these itself unless told not to)"
     )]
     HostTools {
         /// What is wrong, one line per problem.
@@ -1060,6 +1060,37 @@ mod tests {
         assert!(!s1.still_valid());
         // No temporary files left behind.
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn host_tools_error_prints_the_commands() {
+        let facts = host_tools::HostFacts {
+            qemu: host_tools::QemuStatus::TooOld {
+                path: "/usr/bin/qemu-system-x86_64".into(),
+                version: "7.2.15".into(),
+            },
+            missing_tools: vec!["mkfs.xfs".into()],
+            os_id: Some("debian".into()),
+            codename: Some("bookworm".into()),
+            backports_configured: false,
+            root: false,
+        };
+        let e = SetupError::HostTools {
+            problems: describe_problems(&facts),
+            commands: host_tools::render_plan(&host_tools::install_plan(&facts)),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("qemu-system-x86_64 is 7.2.15; pmcrash needs >= 10.0"),
+            "{text}"
+        );
+        assert!(text.contains("mkfs.xfs is not installed"), "{text}");
+        assert!(
+            text.contains("apt-get install -y -t bookworm-backports qemu-system-x86"),
+            "{text}"
+        );
+        assert!(text.contains("apt-get install -y xfsprogs"), "{text}");
+        assert_eq!(e.exit_code(), 2);
     }
 
     #[test]
