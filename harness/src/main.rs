@@ -57,9 +57,9 @@ enum Command {
     Run(RunArgs),
     /// Run the built-in smoke corpus on ext4-DAX
     Demo,
-    /// Trace workloads, or show a saved trace
-    #[command(subcommand)]
-    Trace(TraceCmd),
+    /// Trace a workload (`pmcrash trace W.toml -o run.pmtrace`), or show a saved trace
+    /// (`pmcrash trace show run.pmtrace`)
+    Trace(TraceArgs),
 }
 
 #[derive(Args)]
@@ -81,9 +81,31 @@ struct RunArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct TraceArgs {
+    #[command(subcommand)]
+    show: Option<TraceCmd>,
+    /// The workload to trace
+    workload: Option<PathBuf>,
+    /// File system
+    #[arg(long, default_value = "ext4")]
+    fs: FsKind,
+    /// Where to write the trace; the base and final PM images go beside it
+    /// (`NAME.base.img`, `NAME.final.img`)
+    #[arg(short = 'o', long, default_value = "run.pmtrace")]
+    output: PathBuf,
+    /// PM size in MiB (default: 64 for ext4, 320 for xfs)
+    #[arg(long)]
+    pm_size_mib: Option<u64>,
+    /// vCPUs (more than one runs TCG single-threaded: one total order)
+    #[arg(long, default_value_t = 1)]
+    smp: u32,
+}
+
 #[derive(Subcommand)]
 enum TraceCmd {
-    /// Summarise a trace file
+    /// Summarise a trace file: records per op, stores, flushes and fences, user vs kernel
     Show {
         /// The .pmtrace file
         trace: PathBuf,
@@ -110,6 +132,9 @@ fn infra(e: anyhow::Error) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // `pmcrash ... | head` should end quietly, not panic on a closed pipe.
+    // SAFETY: restoring the default disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -181,13 +206,75 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let loaded = workloads::builtin_smoke();
             run(&g, FsKind::Ext4, None, 1, None, loaded).await
         }
-        Command::Trace(TraceCmd::Show { trace }) => {
-            anyhow::bail!(
-                "`pmcrash trace show {}` is not available in this build yet",
-                trace.display()
-            )
-        }
+        Command::Trace(TraceArgs {
+            show: Some(TraceCmd::Show { trace }),
+            ..
+        }) => match pmcrash::trace::show(&trace) {
+            Ok(summary) => {
+                if g.json {
+                    println!("{}", serde_json::to_string_pretty(&summary)?);
+                } else {
+                    print!("{summary}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Trace(args) => trace(&g, args).await,
     }
+}
+
+async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let Some(path) = args.workload else {
+        eprintln!("error: name a workload to trace, or `show TRACE` (see `pmcrash trace --help`)");
+        return Ok(ExitCode::from(2));
+    };
+    let loaded = match workloads::load(std::slice::from_ref(&path)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let assets = setup::ensure(&setup_options(g))?;
+    let mut factory = GuestFactory::new(assets, args.fs);
+    if let Some(m) = args.pm_size_mib {
+        factory.pm_size = m << 20;
+    }
+    factory.smp = args.smp;
+    let out_dir = match args.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&out_dir)?;
+    let stem = args
+        .output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    let bar = pmcrash::progress::bar(1, !g.json, "trace");
+    bar.set_message(format!("{} on {}-DAX", path.display(), args.fs));
+    let traced =
+        pmcrash::trace::trace_workload(&factory, &loaded[0].workload, &out_dir, &stem).await?;
+    bar.finish_and_clear();
+    let summary = pmcrash::trace::show(&traced.trace)?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "run": traced, "summary": summary })
+            )?
+        );
+    } else {
+        print!("{summary}");
+        println!("trace: {}", traced.trace.display());
+        println!("base image: {}", traced.base_image.display());
+        println!("final image: {}", traced.final_image.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(

@@ -379,3 +379,110 @@ mod tests {
         assert!(format!("{e:#}").contains("byte"), "{e:#}");
     }
 }
+
+/// What [`trace_workload`] produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct TracedRun {
+    /// The trace file.
+    pub trace: std::path::PathBuf,
+    /// The PM image as it was before the first op (a copy).
+    pub base_image: std::path::PathBuf,
+    /// The PM image after the last op and the unmount.
+    pub final_image: std::path::PathBuf,
+    /// Every op's result.
+    pub results: Vec<crash_models::protocol::OpResult>,
+    /// Stage timings.
+    pub timings: crate::run::StageTimings,
+}
+
+/// Run `workload` in a restored guest under the tracer: makes a fresh image, saves a
+/// copy as the base, runs the ops with markers, unmounts, powers off, and checks the
+/// trace decodes. Files land in `out_dir` as `STEM.pmtrace`, `STEM.base.img`,
+/// `STEM.final.img`; the trace is renamed into place only once it is complete.
+pub async fn trace_workload(
+    factory: &crate::guest::GuestFactory,
+    workload: &crash_models::ops::Workload,
+    out_dir: &Path,
+    stem: &str,
+) -> Result<TracedRun> {
+    use crash_models::protocol::{AgentMsg, HostMsg};
+    use std::time::Instant;
+    let t0 = Instant::now();
+    let mut timings = crate::run::StageTimings::default();
+    let final_image = out_dir.join(format!("{stem}.final.img"));
+    let base_image = out_dir.join(format!("{stem}.base.img"));
+    let trace_path = out_dir.join(format!("{stem}.pmtrace"));
+    let partial = out_dir.join(format!(".{stem}.pmtrace.partial"));
+    factory.make_image(&final_image).await?;
+    {
+        let base = std::fs::File::create(&base_image)
+            .with_context(|| format!("create {}", base_image.display()))?;
+        base.set_len(factory.pm_size)?;
+        crate::image::copy_sparse(&final_image, &base, 0)?;
+        base.sync_all()?;
+    }
+    timings.image_ms = t0.elapsed().as_millis() as u64;
+    let hash: String = workload.hash().iter().map(|b| format!("{b:02x}")).collect();
+    let plugin = crate::vm::PluginSpec {
+        path: TRACER_PLUGIN.into(),
+        args: vec![
+            (
+                "pm_base".into(),
+                format!("{:#x}", crate::vm::PM_GUEST_PHYS_BASE),
+            ),
+            ("pm_size".into(), factory.pm_size.to_string()),
+            ("out".into(), partial.display().to_string()),
+            ("kernel".into(), factory.assets.kernel_release.clone()),
+            ("qemu".into(), factory.assets.qemu_version.clone()),
+            ("workload".into(), hash),
+        ],
+    };
+    let t = Instant::now();
+    let mut vm = factory.start(&final_image, Some(plugin)).await?;
+    timings.guest_ready_ms = t.elapsed().as_millis() as u64;
+    let t = Instant::now();
+    factory.mount(&mut vm).await?;
+    timings.mount_ms = t.elapsed().as_millis() as u64;
+    let t = Instant::now();
+    let (progress, last) = vm
+        .request(
+            &HostMsg::Run {
+                ops: workload.ops.clone(),
+                markers: true,
+            },
+            factory.timeouts.request,
+        )
+        .await?;
+    timings.ops_ms = t.elapsed().as_millis() as u64;
+    anyhow::ensure!(last == AgentMsg::RunDone, "expected run-done, got {last:?}");
+    let results: Vec<_> = progress
+        .into_iter()
+        .filter_map(|m| match m {
+            AgentMsg::OpDone(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    anyhow::ensure!(
+        results.len() == workload.ops.len(),
+        "the agent reported {} of {} ops",
+        results.len(),
+        workload.ops.len()
+    );
+    let t = Instant::now();
+    vm.request(&HostMsg::Unmount, factory.timeouts.request)
+        .await?;
+    vm.shutdown(factory.timeouts.shutdown).await?;
+    timings.teardown_ms = t.elapsed().as_millis() as u64;
+    read(&partial).context("the tracer's output")?;
+    std::fs::File::open(&partial)?.sync_all()?;
+    std::fs::rename(&partial, &trace_path)
+        .with_context(|| format!("rename to {}", trace_path.display()))?;
+    timings.total_ms = t0.elapsed().as_millis() as u64;
+    Ok(TracedRun {
+        trace: trace_path,
+        base_image,
+        final_image,
+        results,
+        timings,
+    })
+}
