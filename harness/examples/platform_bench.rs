@@ -58,6 +58,31 @@ fn main() -> anyhow::Result<()> {
         }
         rows.push((fs, median(image), median(cold), median(restore)));
     }
+    // The tracer's cost: the same workload's op phase in the same restored guest,
+    // with and without the plugin, alternating so load changes hit both alike.
+    let workload = crash_models::ops::Workload::parse(
+        include_str!("../../corpora/smoke/basic.toml"),
+        "basic.toml",
+    )?;
+    let f = GuestFactory::new(assets.clone(), FsKind::Ext4);
+    let mut plain = Vec::new();
+    let mut traced = Vec::new();
+    let mut records = 0u64;
+    for i in 0..RUNS {
+        let img = dir.path().join(format!("plain-{i}.img"));
+        let r = rt.block_on(pmcrash::run::run_workload(&f, &workload, "basic.toml", &img))?;
+        plain.push(Duration::from_millis(r.timings.ops_ms));
+        let t = rt.block_on(pmcrash::trace::trace_workload(&f, &workload, dir.path(), &format!("traced-{i}")))?;
+        traced.push(Duration::from_millis(t.timings.ops_ms));
+        records = pmcrash::trace::read(&t.trace)?.records.len() as u64;
+    }
+    let (plain, traced) = (median(plain), median(traced));
+    println!(
+        "workload phase (smoke/basic.toml, ext4): {:.1} ms plain, {:.1} ms traced: {:.2}x ({records} records)",
+        ms(plain),
+        ms(traced),
+        traced.as_secs_f64() / plain.as_secs_f64().max(1e-9)
+    );
     let warm = median(setup_warm);
     println!("platform stage timings, medians of {RUNS} (ms)");
     println!("{:<6} {:>12} {:>14} {:>14} {:>14}", "fs", "image", "cold boot", "restore", "cold/restore");
@@ -80,7 +105,11 @@ fn main() -> anyhow::Result<()> {
         }));
     }
     println!("setup on a warm cache: {:.1} ms", ms(warm));
-    let out = serde_json::json!({ "platform": json, "setup_warm_ms": ms(warm) });
+    let out = serde_json::json!({
+        "platform": json,
+        "setup_warm_ms": ms(warm),
+        "tracer": { "ops_ms_plain": ms(plain), "ops_ms_traced": ms(traced), "records": records },
+    });
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&path)?;
     pmcrash::image::write_atomic(&path.join("platform.json"), serde_json::to_string_pretty(&out)?.as_bytes())?;

@@ -139,3 +139,15 @@ fn ctrl_c_ends_every_qemu() {
         assert!(!running(p), "QEMU {p} still runs after Ctrl-C");
     }
 }
+
+#[test]
+fn corrupt_trace_exits_2_naming_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pmtrace");
+    std::fs::write(&bad, b"PMTRACE? not really a trace").unwrap();
+    let out = pmcrash().args(["trace", "show"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.pmtrace"), "{err}");
+    assert!(err.contains("byte"), "the error names the offset: {err}");
+}
