@@ -9,6 +9,7 @@ pub mod check;
 pub mod guest;
 pub mod image;
 pub mod oracle;
+pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod run;

@@ -5,8 +5,13 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use crash_models::model::Model;
 use crash_models::ops::FsKind;
+use crash_models::points::Policy;
+use crash_models::states::Strategy;
 use pmcrash::guest::GuestFactory;
+use pmcrash::oracle::Verdict;
+use pmcrash::pipeline::{self, Pipeline, RunConfig};
 use pmcrash::setup::{self, SetupOptions};
 use pmcrash::workloads;
 use std::path::PathBuf;
@@ -53,9 +58,10 @@ enum Command {
     Setup,
     /// Say what is present, what is missing, and how to fix it
     Doctor,
-    /// Run workloads in a guest and print each op's result
+    /// Trace workloads, recover every crash state with the real kernel, fsck and the
+    /// oracle, and print each op's result and the verdicts
     Run(RunArgs),
-    /// Run the built-in smoke corpus on ext4-DAX
+    /// Run the built-in LSFMM 2016 corpus (corpora/lsfmm2016) on ext4-DAX and print the table
     Demo,
     /// Trace a workload (`pmcrash trace W.toml -o run.pmtrace`), or show a saved trace
     /// (`pmcrash trace show run.pmtrace`)
@@ -79,6 +85,41 @@ struct RunArgs {
     /// Keep the PM images in this directory (default: a temporary directory)
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Persistency model: x86-adr (caches lost at a crash) or x86-eadr (caches persist)
+    #[arg(long, default_value = "x86-adr")]
+    model: Model,
+    /// Crash points: fence, fence:all, op, store, every:N
+    #[arg(long, default_value = "fence")]
+    points: Policy,
+    /// Crash states per point: none, all, each-line, subsets:K, random:N[:SEED], torn
+    #[arg(long, default_value = "each-line")]
+    states: Strategy,
+    /// Seed for every random choice (random:N states); printed in the report
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Most crash states per crash point
+    #[arg(long, default_value_t = 4096)]
+    max_states: usize,
+    /// Check only the first N crash points of each workload
+    #[arg(long)]
+    max_points: Option<usize>,
+    /// Check only the crash point after this many trace records (from a finding's
+    /// `reproduce` line)
+    #[arg(long)]
+    crash_at: Option<u64>,
+    /// Checker guests in parallel (default: 2, or 1 on a single core)
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Also write a JUnit XML report here
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Verdict classes that make the exit code 1 (comma-separated; default: every
+    /// class but ok). A class a workload's [expect] table lists does not fail it.
+    #[arg(long, value_delimiter = ',', value_name = "CLASSES")]
+    fail_on: Vec<Verdict>,
+    /// Only run the ops and print their results (no tracing, no crash states)
+    #[arg(long)]
+    no_check: bool,
 }
 
 #[derive(Args)]
@@ -200,11 +241,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            run(&g, args.fs, args.pm_size_mib, args.smp, args.out, loaded).await
+            if args.no_check {
+                return run(&g, args.fs, args.pm_size_mib, args.smp, args.out, loaded).await;
+            }
+            let mut cfg = RunConfig {
+                fs: args.fs,
+                model: args.model,
+                points: args.points.clone(),
+                states: args.states,
+                seed: args.seed,
+                max_states: args.max_states,
+                max_points: args.max_points,
+                crash_at: args.crash_at,
+                pm_size: args.pm_size_mib.map(|m| m << 20),
+                out_dir: args.out.clone(),
+                ..RunConfig::default()
+            };
+            if let Some(w) = args.workers {
+                cfg.workers = w.max(1);
+            }
+            if !args.fail_on.is_empty() {
+                cfg.fail_on = args.fail_on.iter().copied().collect();
+            }
+            check_run(&g, cfg, args.smp, loaded, args.junit.as_deref(), false).await
         }
         Command::Demo => {
-            let loaded = workloads::builtin_smoke();
-            run(&g, FsKind::Ext4, None, 1, None, loaded).await
+            let loaded = pipeline::builtin_lsfmm2016();
+            // Crash points at op boundaries: the LSFMM 2016 questions are about what an
+            // op has made durable once it returns, and this keeps the demo to seconds.
+            let cfg = RunConfig {
+                points: Policy::Op,
+                ..RunConfig::default()
+            };
+            check_run(&g, cfg, 1, loaded, None, true).await
         }
         Command::Trace(TraceArgs {
             show: Some(TraceCmd::Show { trace }),
@@ -275,6 +344,59 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<ExitCode> {
         println!("final image: {}", traced.final_image.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pmcrash run` with checking, and `pmcrash demo`.
+async fn check_run(
+    g: &Global,
+    cfg: RunConfig,
+    smp: u32,
+    loaded: Vec<workloads::Loaded>,
+    junit: Option<&std::path::Path>,
+    table: bool,
+) -> anyhow::Result<ExitCode> {
+    let assets = setup::ensure(&setup_options(g))?;
+    let mut factory = GuestFactory::new(assets, cfg.fs);
+    if let Some(s) = cfg.pm_size {
+        factory.pm_size = s;
+    }
+    factory.smp = smp;
+    let fail_on = cfg.fail_on.clone();
+    let mut p = Pipeline::with_factory(factory, cfg)?;
+    let res = p.run(&loaded, !g.json).await;
+    p.shutdown().await;
+    let report = res?;
+    if let Some(path) = junit {
+        pmcrash::image::write_atomic(path, report.render_junit(&fail_on).as_bytes())
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for w in &report.workloads {
+            println!("{} on {}-DAX: {}", w.name, w.fs, w.description);
+            for o in &w.ops {
+                let outcome = match o.errno {
+                    Some(e) => format!(
+                        "FAILED errno {e} ({})",
+                        std::io::Error::from_raw_os_error(e)
+                    ),
+                    None => format!("ret {}", o.ret),
+                };
+                println!("{:>4}  {:<13} {outcome}", o.index, o.op);
+            }
+        }
+        if table {
+            print!("{}", report.render_table());
+        } else {
+            print!("{}", report.render_text());
+        }
+    }
+    Ok(if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn run(

@@ -511,8 +511,105 @@ pub fn judge(
             file_offset,
         });
     }
+    for (op, path, offset, bytes) in
+        stored_before_fmetadatasync(ops, results, ops_completed, in_progress)
+    {
+        if let Some(Check::Violated(why)) = check_data(history, entries, rec, &path, offset, &bytes)
+        {
+            out.push(Problem {
+                verdict: Verdict::UnsafeFlushOnly,
+                message: format!(
+                    "{why} (stored through a mapping before fmetadatasync, op {op}, which makes only the program's own flushes durable)"
+                ),
+                promised_by: Some(op),
+                path: Some(path),
+                file_offset: Some(offset),
+            });
+        }
+    }
     out.sort_by(|a, b| a.verdict.cmp(&b.verdict).then(a.message.cmp(&b.message)));
     out.dedup();
+    out
+}
+
+/// What a program that calls `fmetadatasync(f)` believes: every byte it stored into
+/// f's mappings before the call is durable once the call returns. The contract covers
+/// only the lines it flushed itself ([`promise::promises`] checks those); a store it
+/// never flushed is lost in some crash states, and that loss is the program's bug, so
+/// it is reported as `unsafe-flush-only`. Returns (fmetadatasync op, path, file
+/// offset, bytes) for stores not overwritten or truncated by a later op.
+fn stored_before_fmetadatasync(
+    ops: &[Op],
+    results: Option<&[OpResult]>,
+    ops_completed: usize,
+    in_progress: Option<usize>,
+) -> Vec<(usize, String, u64, Vec<u8>)> {
+    let failed = |i: usize| {
+        results
+            .and_then(|r| r.iter().find(|r| r.index == i))
+            .is_some_and(|r| !r.ok())
+    };
+    let upto = in_progress.map_or(ops_completed, |p| p + 1).min(ops.len());
+    let mut fd_path: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut map_of: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+    // (op, path, offset, bytes)
+    let mut stores: Vec<(usize, &str, u64, Vec<u8>)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, op) in ops.iter().enumerate().take(upto) {
+        if failed(i) {
+            continue;
+        }
+        match op {
+            Op::Open { path, fd, .. } => {
+                fd_path.insert(fd, path);
+            }
+            Op::Mmap {
+                fd, map, offset, ..
+            } => {
+                if let Some(p) = fd_path.get(fd.as_str()) {
+                    map_of.insert(map, (p, *offset));
+                }
+            }
+            Op::Store {
+                map, offset, data, ..
+            } => {
+                if let Some(&(p, base)) = map_of.get(map.as_str()) {
+                    let at = base + offset;
+                    let bytes = data.bytes();
+                    let end = at + bytes.len() as u64;
+                    // A later store to the same bytes replaces the earlier one.
+                    stores.retain(|s| s.1 != p || s.2 + s.3.len() as u64 <= at || end <= s.2);
+                    stores.push((i, p, at, bytes));
+                }
+            }
+            Op::Write { fd, .. }
+            | Op::Pwrite { fd, .. }
+            | Op::Ftruncate { fd, .. }
+            | Op::Fallocate { fd, .. } => {
+                // The file changed under the stores: withdraw them (never a false
+                // report).
+                if let Some(p) = fd_path.get(fd.as_str()) {
+                    stores.retain(|s| s.1 != *p);
+                }
+            }
+            Op::Rename { .. } | Op::Unlink { .. } => stores.clear(),
+            Op::Fmetadatasync { fd } if i < ops_completed => {
+                if let Some(p) = fd_path.get(fd.as_str()) {
+                    for s in stores.iter().filter(|s| s.1 == *p) {
+                        out.push((i, s.1.to_owned(), s.2, s.3.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Withdraw what a store after the fmetadatasync changed.
+    out.retain(|(op, path, at, bytes)| {
+        let end = at + bytes.len() as u64;
+        !stores
+            .iter()
+            .any(|s| s.0 > *op && s.1 == path && s.2 < end && *at < s.2 + s.3.len() as u64)
+    });
     out
 }
 

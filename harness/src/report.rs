@@ -42,6 +42,8 @@ pub struct OpLine {
     pub op: String,
     /// It succeeded in the traced run.
     pub ok: bool,
+    /// Its return value (-1 on error).
+    pub ret: i64,
     /// errno when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
@@ -54,6 +56,8 @@ pub struct OpLine {
 pub struct PointReport {
     /// Records applied before the crash (the crash is after record `record - 1`).
     pub record: u64,
+    /// Ops that had returned.
+    pub ops_completed: u32,
     /// The op it belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<u32>,
@@ -131,7 +135,16 @@ pub struct ExpectCheck {
     pub expected: Vec<Verdict>,
     /// The classes seen.
     pub seen: Vec<Verdict>,
-    /// They are equal.
+    /// `ok_after_op = N`: every state at a crash point after op N returned must be ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok_after_op: Option<usize>,
+    /// `lost_after_op = N`: some state at a crash point after op N returned must not
+    /// be ok (the loss the workload demonstrates is found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_after_op: Option<usize>,
+    /// What did not come true (empty when met).
+    pub unmet: Vec<String>,
+    /// Everything expected came true.
     pub met: bool,
 }
 

@@ -1,0 +1,856 @@
+//! The whole loop: trace a workload, enumerate its crash points, states and images,
+//! let the real kernel recover each distinct image, and judge every state.
+//!
+//! This is also the library API for users' own `cargo test` suites:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use pmcrash::pipeline::{Pipeline, RunConfig};
+//! let assets = pmcrash::setup::ensure(&pmcrash::setup::SetupOptions::default())?;
+//! let workloads = pmcrash::workloads::load(&["corpora/lsfmm2016".into()])?;
+//! let mut p = Pipeline::new(assets, RunConfig::default())?;
+//! let report = p.run(&workloads, false).await?;
+//! p.shutdown().await;
+//! assert!(!report.failed(), "{}", report.render_text());
+//! // report.summary() is stable: snapshot it with insta.
+//! # Ok(()) }
+//! ```
+
+use crate::check::{CheckError, Checker, CheckerOptions, Progress, Recovery};
+use crate::guest::GuestFactory;
+use crate::image::FSDAX_DATA_OFFSET;
+use crate::oracle::{self, History, Problem, Verdict};
+use crate::report::{
+    ConfigReport, DroppedLine, ExpectCheck, Finding, OpLine, PointRef, PointReport, Report,
+    Timings, WorkloadReport, WorkloadStats,
+};
+use crate::setup::Assets;
+use crate::workloads::Loaded;
+use crash_models::delta::{CrashImage, ImageBuilder, ImageId};
+use crash_models::model::{Model, ModelConfig, Replayer};
+use crash_models::ops::{FsKind, Op, Workload};
+use crash_models::points::{CrashPoint, CrashPoints, PointConfig, Policy, Reason};
+use crash_models::promise;
+use crash_models::protocol::{OpDetail, OpResult};
+use crash_models::states::{CrashState, CrashStates, StateConfig, Strategy};
+use crash_models::trace::{Privilege, Record};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Errors that stop a run (infrastructure or usage: exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Tracing failed.
+    #[error("tracing {workload}: {message}")]
+    Trace {
+        /// The workload.
+        workload: String,
+        /// What went wrong (with its causes).
+        message: String,
+    },
+    /// The checker failed.
+    #[error("checking {workload}: {source}")]
+    Check {
+        /// The workload.
+        workload: String,
+        /// Why.
+        source: CheckError,
+    },
+    /// The trace is unusable (unresolved flushes, broken markers).
+    #[error("the trace of {workload} is unusable: {message}")]
+    BadTrace {
+        /// The workload.
+        workload: String,
+        /// Why.
+        message: String,
+    },
+    /// Local I/O.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// How a run is configured.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The file system.
+    pub fs: FsKind,
+    /// The persistency model.
+    pub model: Model,
+    /// Which store boundaries become crash points.
+    pub points: Policy,
+    /// Which crash states each point gets.
+    pub states: Strategy,
+    /// The seed for every random choice (used by `random:N` states without their own
+    /// seed).
+    pub seed: u64,
+    /// Most crash states per point.
+    pub max_states: usize,
+    /// Most crash points per workload (the first ones), `None` for all.
+    pub max_points: Option<usize>,
+    /// Only the crash point after this many records (from a finding's reproducer).
+    pub crash_at: Option<u64>,
+    /// Checker guests in parallel.
+    pub workers: usize,
+    /// PM size in bytes (default: the file system's default).
+    pub pm_size: Option<u64>,
+    /// Verdict classes that fail the run.
+    pub fail_on: BTreeSet<Verdict>,
+    /// Findings listed per workload (the rest are counted).
+    pub max_findings: usize,
+    /// Keep traces and images here (default: a temporary directory).
+    pub out_dir: Option<PathBuf>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            fs: FsKind::Ext4,
+            model: Model::X86Adr,
+            points: Policy::default(),
+            states: Strategy::EachLine,
+            seed: 0,
+            max_states: 4096,
+            max_points: None,
+            crash_at: None,
+            workers: CheckerOptions::default().workers.min(2),
+            pm_size: None,
+            fail_on: Verdict::ALL
+                .into_iter()
+                .filter(|v| *v != Verdict::Ok)
+                .collect(),
+            max_findings: 50,
+            out_dir: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// The states strategy with the run's seed filled in.
+    pub fn strategy(&self) -> Strategy {
+        match self.states {
+            Strategy::Random { count, seed: 0 } => Strategy::Random {
+                count,
+                seed: self.seed,
+            },
+            s => s,
+        }
+    }
+
+    /// The seed in effect.
+    pub fn effective_seed(&self) -> u64 {
+        match self.strategy() {
+            Strategy::Random { seed, .. } => seed,
+            _ => self.seed,
+        }
+    }
+}
+
+/// A line in flight at a crash point, as the findings describe it.
+#[derive(Debug, Clone)]
+struct LineInfo {
+    offset: u64,
+    queued: u32,
+    last_record: u64,
+    first_unflushed_record: Option<u64>,
+    user: bool,
+}
+
+struct PointData {
+    point: CrashPoint,
+    lines: Vec<LineInfo>,
+    /// (state, index of its image).
+    states: Vec<(CrashState, usize)>,
+    capped: bool,
+}
+
+/// A run: one file system, one configuration, any number of workloads, with the
+/// checker guests kept between workloads.
+pub struct Pipeline {
+    factory: GuestFactory,
+    cfg: RunConfig,
+    checker: Option<Checker>,
+    tmp: tempfile::TempDir,
+}
+
+impl Pipeline {
+    /// A pipeline on the provisioned assets.
+    pub fn new(assets: Assets, cfg: RunConfig) -> Result<Pipeline, PipelineError> {
+        let mut factory = GuestFactory::new(assets, cfg.fs);
+        if let Some(s) = cfg.pm_size {
+            factory.pm_size = s;
+        }
+        Self::with_factory(factory, cfg)
+    }
+
+    /// A pipeline with a factory set up by the caller (own kernel, sizes, timeouts).
+    pub fn with_factory(factory: GuestFactory, cfg: RunConfig) -> Result<Pipeline, PipelineError> {
+        let tmp = tempfile::Builder::new()
+            .prefix("pmcrash-run-")
+            .tempdir()
+            .map_err(|source| PipelineError::Io {
+                what: "create a run directory".into(),
+                source,
+            })?;
+        Ok(Pipeline {
+            factory,
+            cfg,
+            checker: None,
+            tmp,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.cfg
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.cfg
+            .out_dir
+            .clone()
+            .unwrap_or_else(|| self.tmp.path().to_path_buf())
+    }
+
+    /// The report's configuration block.
+    pub fn config_report(&self) -> ConfigReport {
+        ConfigReport {
+            fs: self.cfg.fs,
+            model: self.cfg.model.name().to_owned(),
+            points: self.cfg.points.to_string(),
+            states: self.cfg.strategy().to_string(),
+            seed: self.cfg.effective_seed(),
+            kernel: self.factory.assets.kernel_release.clone(),
+            workers: self.cfg.workers,
+        }
+    }
+
+    /// Run every workload and assemble the report. `progress` shows bars on stderr.
+    pub async fn run(
+        &mut self,
+        workloads: &[Loaded],
+        progress: bool,
+    ) -> Result<Report, PipelineError> {
+        let mut reports = Vec::new();
+        for l in workloads {
+            reports.push(self.run_workload(&l.name, &l.workload, progress).await?);
+        }
+        Ok(Report::new(
+            self.config_report(),
+            &self.cfg.fail_on,
+            reports,
+        ))
+    }
+
+    /// Trace, enumerate, check and judge one workload.
+    pub async fn run_workload(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        progress: bool,
+    ) -> Result<WorkloadReport, PipelineError> {
+        let t0 = Instant::now();
+        let mut timings = Timings::default();
+        let out = self.out_dir();
+        std::fs::create_dir_all(&out).map_err(|source| PipelineError::Io {
+            what: format!("create {}", out.display()),
+            source,
+        })?;
+        let stem: String = std::path::Path::new(name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "workload".into())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let bar = crate::progress::bar(1, progress, name);
+
+        // Trace, and meanwhile get the checker guests ready on a fresh image (the
+        // same bytes as the base: images are made deterministically).
+        bar.set_message("tracing (and starting checker guests)");
+        if self.checker.is_none() {
+            let opts = CheckerOptions {
+                workers: self.cfg.workers.max(1),
+                ..CheckerOptions::default()
+            };
+            self.checker = Some(Checker::new(self.factory.clone(), opts).map_err(|source| {
+                PipelineError::Check {
+                    workload: name.into(),
+                    source,
+                }
+            })?);
+        }
+        let warm_image = self.tmp.path().join("warm.img");
+        let need_warm = !warm_image.exists();
+        let factory = self.factory.clone();
+        let checker = self.checker.as_mut().expect("checker");
+        let trace_fut = async {
+            let t = Instant::now();
+            let r = crate::trace::trace_workload(&factory, workload, &out, &stem).await;
+            (r, t.elapsed())
+        };
+        let warm_fut = async {
+            let t = Instant::now();
+            if need_warm {
+                factory
+                    .make_image(&warm_image)
+                    .await
+                    .map_err(|e| CheckError::Guest(e))?;
+                checker.warm_up(&warm_image).await?;
+            }
+            Ok::<_, CheckError>(t.elapsed())
+        };
+        let ((traced, trace_time), warm) = tokio::join!(trace_fut, warm_fut);
+        let traced = traced.map_err(|e| PipelineError::Trace {
+            workload: name.into(),
+            message: format!("{e:#}"),
+        })?;
+        timings.guest_ready_ms = warm
+            .map_err(|source| PipelineError::Check {
+                workload: name.into(),
+                source,
+            })?
+            .as_millis() as u64;
+        timings.trace_ms = trace_time.as_millis() as u64;
+        let trace = crate::trace::read(&traced.trace).map_err(|e| PipelineError::Trace {
+            workload: name.into(),
+            message: format!("{e:#}"),
+        })?;
+        if trace.footer.unresolved_flushes > 0 {
+            return Err(PipelineError::BadTrace {
+                workload: name.into(),
+                message: format!(
+                    "{} flushes could not be translated",
+                    trace.footer.unresolved_flushes
+                ),
+            });
+        }
+        let problems = crate::trace::check_markers(&trace.records);
+        if !problems.is_empty() {
+            return Err(PipelineError::BadTrace {
+                workload: name.into(),
+                message: problems.join("; "),
+            });
+        }
+        let results = traced.results.clone();
+
+        // Enumerate.
+        let t = Instant::now();
+        bar.set_message("enumerating crash states");
+        let (points, images) =
+            self.enumerate(workload, &results, &trace.records, trace.header.line_size);
+        timings.enumerate_ms = t.elapsed().as_millis() as u64;
+
+        // Check every distinct image.
+        let t = Instant::now();
+        let history = History::new(&workload.ops, Some(&results));
+        bar.set_length(images.len() as u64);
+        bar.set_message("recovering crash images");
+        let b2 = bar.clone();
+        let prog: Progress = Arc::new(move |done, _| b2.set_position(done as u64));
+        let checker = self.checker.as_mut().expect("checker");
+        let n_images = images.len();
+        let outcome = checker
+            .check_all(
+                &traced.base_image,
+                images,
+                history.known_blocks(),
+                Some(prog),
+            )
+            .await
+            .map_err(|source| PipelineError::Check {
+                workload: name.into(),
+                source,
+            })?;
+        timings.check_ms = t.elapsed().as_millis() as u64;
+        timings.images_per_sec = if timings.check_ms > 0 {
+            n_images as f64 * 1000.0 / timings.check_ms as f64
+        } else {
+            0.0
+        };
+
+        // Judge.
+        let t = Instant::now();
+        bar.set_message("judging");
+        let mut report = self.judge(
+            name,
+            workload,
+            &results,
+            &trace.records,
+            &points,
+            &outcome.recoveries,
+            &history,
+        );
+        report.stats.records = trace.records.len() as u64;
+        report.stats.distinct_images = n_images;
+        report.stats.guest_restarts = outcome.restarts;
+        timings.oracle_ms = t.elapsed().as_millis() as u64;
+        timings.total_ms = t0.elapsed().as_millis() as u64;
+        report.timings = timings;
+        let costs = promise::op_costs(&trace.records, trace.header.line_size);
+        for o in &mut report.ops {
+            o.cost = costs.per_op.get(o.index).copied().unwrap_or_default();
+        }
+        bar.finish_and_clear();
+        // Traces and images are large; keep them only when asked to.
+        if self.cfg.out_dir.is_none() {
+            for p in [&traced.trace, &traced.base_image, &traced.final_image] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Crash points, their states, and the distinct images.
+    fn enumerate(
+        &self,
+        workload: &Workload,
+        results: &[OpResult],
+        records: &[Record],
+        line_size: u32,
+    ) -> (Vec<PointData>, Vec<Arc<CrashImage>>) {
+        let cfg = ModelConfig::new(self.cfg.model, line_size).unwrap_or_default();
+        let mut replayer = Replayer::new(cfg);
+        // fmetadatasync: the kernel's own flushes of the file's data lines do not count.
+        let ranges = promise::op_record_ranges(records);
+        for r in results {
+            if let (Some(Op::Fmetadatasync { .. }), OpDetail::Extents { extents }) =
+                (workload.ops.get(r.index), &r.detail)
+            {
+                if let Some(Some(range)) = ranges.get(r.index) {
+                    replayer.ignore_flushes(promise::kernel_flushes_to_ignore(
+                        records,
+                        range.clone(),
+                        extents,
+                        FSDAX_DATA_OFFSET,
+                    ));
+                }
+            }
+        }
+        let n = workload.ops.len() as u32;
+        let mut points = CrashPoints::new(
+            records.iter().copied(),
+            replayer,
+            PointConfig {
+                policy: self.cfg.points.clone(),
+                ops: Some(0..n),
+                end_of_trace: true,
+            },
+        );
+        let state_cfg = StateConfig {
+            strategies: vec![self.cfg.strategy()],
+            max_states: self.cfg.max_states,
+            ..StateConfig::default()
+        };
+        let mut ids: HashMap<ImageId, usize> = HashMap::new();
+        let mut images: Vec<Arc<CrashImage>> = Vec::new();
+        let mut out = Vec::new();
+        while let Some(p) = points.next() {
+            if self.cfg.crash_at.is_some_and(|c| c != p.applied) {
+                continue;
+            }
+            if self.cfg.max_points.is_some_and(|m| out.len() >= m) {
+                break;
+            }
+            let b = ImageBuilder::new(points.replayer());
+            let lines: Vec<LineInfo> = b
+                .in_flight()
+                .iter()
+                .map(|l| LineInfo {
+                    offset: l.line_offset,
+                    queued: l.stores.len() as u32,
+                    last_record: l.stores.last().map_or(0, |s| s.record),
+                    first_unflushed_record: l.stores.get(l.flushed_prefix_len).map(|s| s.record),
+                    user: l.stores.iter().any(|s| {
+                        matches!(
+                            records.get(s.record as usize),
+                            Some(Record::Store {
+                                privilege: Privilege::User,
+                                ..
+                            })
+                        )
+                    }),
+                })
+                .collect();
+            let mut states = CrashStates::new(b.in_flight(), &state_cfg);
+            let mut list = Vec::new();
+            for st in states.by_ref() {
+                let id = b.id(&st);
+                let idx = *ids.entry(id).or_insert_with(|| {
+                    images.push(Arc::new(b.build(&st)));
+                    images.len() - 1
+                });
+                list.push((st, idx));
+            }
+            let capped = states.truncation().truncated();
+            out.push(PointData {
+                point: p,
+                lines,
+                states: list,
+                capped,
+            });
+        }
+        (out, images)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &self,
+        name: &str,
+        workload: &Workload,
+        results: &[OpResult],
+        records: &[Record],
+        points: &[PointData],
+        recs: &[Recovery],
+        history: &History,
+    ) -> WorkloadReport {
+        let _ = records;
+        let owners = extent_owners(workload, results);
+        let mut verdicts: BTreeMap<Verdict, u64> = BTreeMap::new();
+        let mut findings: Vec<Finding> = Vec::new();
+        let mut omitted = 0u64;
+        let mut point_reports = Vec::new();
+        let mut recovered: BTreeSet<&str> = BTreeSet::new();
+        let mut stats = WorkloadStats::default();
+        for pd in points {
+            let p = &pd.point;
+            let mut cache: HashMap<&str, Vec<Problem>> = HashMap::new();
+            let mut finding_at: HashMap<&str, usize> = HashMap::new();
+            let mut pv: BTreeMap<Verdict, u64> = BTreeMap::new();
+            let distinct: BTreeSet<usize> = pd.states.iter().map(|s| s.1).collect();
+            for (st, img) in &pd.states {
+                let rec = &recs[*img];
+                recovered.insert(&rec.state_id);
+                let problems = cache.entry(rec.state_id.as_str()).or_insert_with(|| {
+                    oracle::judge(
+                        &workload.ops,
+                        Some(results),
+                        p.ops_completed as usize,
+                        p.op_in_progress.map(|o| o as usize),
+                        history,
+                        rec,
+                    )
+                });
+                let v = oracle::verdict_of(problems);
+                *pv.entry(v).or_default() += 1;
+                if v == Verdict::Ok {
+                    continue;
+                }
+                if let Some(&i) = finding_at.get(rec.state_id.as_str()) {
+                    if let Some(f) = findings.get_mut(i) {
+                        f.same_state += 1;
+                    }
+                    continue;
+                }
+                if findings.len() >= self.cfg.max_findings {
+                    omitted += 1;
+                    continue;
+                }
+                finding_at.insert(rec.state_id.as_str(), findings.len());
+                findings.push(Finding {
+                    verdict: v,
+                    point: point_ref(p, workload),
+                    problems: problems.clone(),
+                    dropped_lines: dropped(&pd.lines, st, &owners),
+                    kept_lines: pd
+                        .lines
+                        .iter()
+                        .filter(|l| st.kept_of(l.offset) >= l.queued)
+                        .count(),
+                    same_state: 0,
+                    reproduce: self.reproduce(name, p.applied),
+                });
+            }
+            for (v, n) in &pv {
+                *verdicts.entry(*v).or_default() += n;
+            }
+            stats.states += pd.states.len();
+            stats.capped_points += pd.capped as usize;
+            let op = p.op();
+            point_reports.push(PointReport {
+                record: p.applied,
+                ops_completed: p.ops_completed,
+                op,
+                op_name: op
+                    .and_then(|o| workload.ops.get(o as usize))
+                    .map(|o| o.name().to_owned()),
+                reason: reason_name(p.reason),
+                in_flight_lines: pd.lines.len(),
+                states: pd.states.len(),
+                distinct_images: distinct.len(),
+                verdicts: pv,
+            });
+        }
+        stats.crash_points = points.len();
+        stats.recovered_states = recovered.len();
+        let seen: Vec<Verdict> = verdicts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(v, _)| *v)
+            .collect();
+        let expect =
+            expected(workload, self.cfg.fs).map(|(expected, ok_after_op, lost_after_op)| {
+                let mut unmet = Vec::new();
+                if expected != seen {
+                    unmet.push(format!(
+                        "verdicts {:?}, expected {:?}",
+                        seen.iter().map(|v| v.name()).collect::<Vec<_>>(),
+                        expected.iter().map(|v| v.name()).collect::<Vec<_>>()
+                    ));
+                }
+                let bad_after = |n: usize| {
+                    point_reports
+                        .iter()
+                        .filter(|p| p.ops_completed as usize > n)
+                        .map(|p| {
+                            p.verdicts
+                                .iter()
+                                .filter(|(v, _)| **v != Verdict::Ok)
+                                .map(|(_, c)| c)
+                                .sum::<u64>()
+                        })
+                        .sum::<u64>()
+                };
+                if let Some(n) = ok_after_op {
+                    let bad = bad_after(n);
+                    if bad > 0 {
+                        unmet.push(format!("{bad} state(s) after op {n} returned are not ok"));
+                    }
+                }
+                if let Some(n) = lost_after_op {
+                    if bad_after(n) == 0 {
+                        unmet.push(format!("no loss found after op {n} returned"));
+                    }
+                }
+                ExpectCheck {
+                    met: unmet.is_empty(),
+                    expected,
+                    seen: seen.clone(),
+                    ok_after_op,
+                    lost_after_op,
+                    unmet,
+                }
+            });
+        WorkloadReport {
+            name: name.to_owned(),
+            description: workload.description.clone(),
+            fs: self.cfg.fs,
+            ops: workload
+                .ops
+                .iter()
+                .enumerate()
+                .map(|(i, op)| {
+                    let r = results.iter().find(|r| r.index == i);
+                    OpLine {
+                        index: i,
+                        op: op.name().to_owned(),
+                        ok: r.is_some_and(|r| r.ok()),
+                        ret: r.map_or(-1, |r| r.ret),
+                        errno: r.and_then(|r| r.errno),
+                        cost: Default::default(),
+                    }
+                })
+                .collect(),
+            points: point_reports,
+            verdicts,
+            findings,
+            findings_omitted: omitted,
+            stats,
+            expect,
+            timings: Timings::default(),
+        }
+    }
+
+    fn reproduce(&self, name: &str, record: u64) -> String {
+        format!(
+            "pmcrash run {name} --fs {} --model {} --points {} --states {} --seed {} --crash-at {record}",
+            self.cfg.fs,
+            self.cfg.model,
+            self.cfg.points,
+            self.cfg.strategy(),
+            self.cfg.effective_seed()
+        )
+    }
+
+    /// Power off the checker guests.
+    pub async fn shutdown(mut self) {
+        if let Some(c) = self.checker.take() {
+            c.shutdown().await;
+        }
+    }
+}
+
+/// Run workloads in one go: the library entry point.
+pub async fn run(
+    assets: Assets,
+    cfg: RunConfig,
+    workloads: &[Loaded],
+) -> Result<Report, PipelineError> {
+    let mut p = Pipeline::new(assets, cfg)?;
+    let r = p.run(workloads, false).await;
+    p.shutdown().await;
+    r
+}
+
+/// The LSFMM 2016 corpus, compiled in so `pmcrash demo` works from any directory.
+pub fn builtin_lsfmm2016() -> Vec<Loaded> {
+    macro_rules! w {
+        ($f:literal) => {
+            (
+                concat!("corpora/lsfmm2016/", $f),
+                include_str!(concat!("../../corpora/lsfmm2016/", $f)),
+            )
+        };
+    }
+    [
+        w!("01-shared-flush-no-fsync.toml"),
+        w!("02-map-sync-flush.toml"),
+        w!("03-shared-flush-then-fsync.toml"),
+        w!("04-msync-vs-clwb.toml"),
+        w!("05-fmetadatasync-all-flushed.toml"),
+        w!("06-fmetadatasync-one-unflushed.toml"),
+        w!("07-fdatasync-one-unflushed.toml"),
+    ]
+    .into_iter()
+    .map(|(name, src)| Loaded {
+        name: name.to_owned(),
+        workload: Workload::parse(src, name).expect("the built-in corpus is valid"),
+    })
+    .collect()
+}
+
+fn reason_name(r: Reason) -> String {
+    match r {
+        Reason::BeforeFence => "before-fence".into(),
+        Reason::Store => "store".into(),
+        Reason::Marker(m) => format!(
+            "marker:{}",
+            serde_json::to_value(m)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        ),
+        Reason::EndOfTrace => "end-of-trace".into(),
+    }
+}
+
+fn point_ref(p: &CrashPoint, w: &Workload) -> PointRef {
+    let op = p.op();
+    PointRef {
+        record: p.applied,
+        op,
+        op_name: op
+            .and_then(|o| w.ops.get(o as usize))
+            .map(|o| o.name().to_owned()),
+        ops_completed: p.ops_completed,
+        stores: p.stores,
+    }
+}
+
+/// PM ranges of files, from the extents fmetadatasync reported: (range, path, file
+/// offset of the range's start).
+fn extent_owners(w: &Workload, results: &[OpResult]) -> Vec<(Range<u64>, String, u64)> {
+    let mut fd_paths: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, op) in w.ops.iter().enumerate() {
+        match op {
+            Op::Open { path, fd, .. } => {
+                fd_paths.insert(fd, path);
+            }
+            Op::Fmetadatasync { fd } => {
+                if let Some(OpDetail::Extents { extents }) =
+                    results.iter().find(|r| r.index == i).map(|r| &r.detail)
+                {
+                    let path = fd_paths.get(fd.as_str()).copied().unwrap_or("?");
+                    for e in extents {
+                        let s = e.physical + FSDAX_DATA_OFFSET;
+                        out.push((s..s + e.len, path.to_owned(), e.logical));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn dropped(
+    lines: &[LineInfo],
+    st: &CrashState,
+    owners: &[(Range<u64>, String, u64)],
+) -> Vec<DroppedLine> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let kept = st.kept_of(l.offset);
+            if kept >= l.queued {
+                return None;
+            }
+            let owner = owners
+                .iter()
+                .find(|(r, _, _)| r.contains(&l.offset))
+                .map(|(r, p, logical)| {
+                    format!("file {p} offset {}", logical + (l.offset - r.start))
+                })
+                .unwrap_or_else(|| {
+                    if l.user {
+                        "user-space store (mapped file data)".into()
+                    } else {
+                        "kernel store (metadata, journal or file data)".into()
+                    }
+                });
+            let missing = match l.first_unflushed_record {
+                Some(r) => format!(
+                    "no flush of the line after record {r} (its last store is record {})",
+                    l.last_record
+                ),
+                None => "flushed, but no fence after the flush before the crash".into(),
+            };
+            Some(DroppedLine {
+                pm_offset: l.offset,
+                owner,
+                queued: l.queued,
+                kept,
+                missing,
+            })
+        })
+        .take(16)
+        .collect()
+}
+
+/// A workload's `[expect]` for `fs`: the verdict classes (sorted), `ok_after_op` and
+/// `lost_after_op`. Keys in `[expect.FS]` override the same keys in `[expect]`.
+///
+/// ```toml
+/// [expect]
+/// verdicts = ["ok", "unsafe-flush-only"]
+/// lost_after_op = 5
+/// [expect.xfs]
+/// verdicts = ["ok"]
+/// ```
+pub fn expected(w: &Workload, fs: FsKind) -> Option<(Vec<Verdict>, Option<usize>, Option<usize>)> {
+    let e = w.expect.as_ref()?;
+    let get = |k: &str| e.get(fs.name()).and_then(|x| x.get(k)).or_else(|| e.get(k));
+    let list = get("verdicts")?.as_array()?;
+    let mut v: Vec<Verdict> = list
+        .iter()
+        .filter_map(|x| x.as_str()?.parse().ok())
+        .collect();
+    v.sort();
+    v.dedup();
+    let num = |k: &str| get(k).and_then(|x| x.as_u64()).map(|n| n as usize);
+    Some((v, num("ok_after_op"), num("lost_after_op")))
+}
