@@ -193,41 +193,144 @@ impl Piece {
 #[inline]
 pub fn split_store(offset: u64, size: u8, value: u64, record: u64, mut f: impl FnMut(Piece)) {
     let size = size.clamp(1, 8) as u64;
-    let word_end = (offset | (ATOMIC_BYTES - 1)) + 1;
-    let first = size.min(word_end - offset);
-    let mask = |n: u64| {
-        if n >= 8 {
-            u64::MAX
+    let in_word = offset & (ATOMIC_BYTES - 1);
+    if in_word + size <= ATOMIC_BYTES {
+        // Within one word: the common case (aligned 8-byte stores) takes no mask.
+        let value = if size == 8 {
+            value
         } else {
-            (1u64 << (8 * n)) - 1
-        }
-    };
+            value & ((1u64 << (8 * size)) - 1)
+        };
+        f(Piece {
+            offset,
+            value,
+            size: size as u8,
+            record,
+        });
+        return;
+    }
+    // Straddles a word boundary: both parts are 1 to 7 bytes.
+    let first = ATOMIC_BYTES - in_word;
+    let rest = size - first;
     f(Piece {
         offset,
-        value: value & mask(first),
+        value: value & ((1u64 << (8 * first)) - 1),
         size: first as u8,
         record,
     });
-    if first < size {
-        let rest = size - first;
-        f(Piece {
-            offset: word_end,
-            value: (value >> (8 * first)) & mask(rest),
-            size: rest as u8,
-            record,
-        });
+    f(Piece {
+        offset: offset + first,
+        value: (value >> (8 * first)) & ((1u64 << (8 * rest)) - 1),
+        size: rest as u8,
+        record,
+    });
+}
+
+/// No line: line numbers are offsets shifted right by at least 3, so never this.
+const NO_LINE: u64 = u64::MAX;
+
+/// No slot (a free entry of a [`LineIndex`]).
+const NO_SLOT: u32 = u32::MAX;
+
+/// A flat open-addressing hash index (linear probing, Fibonacci hashing) of the
+/// slots of a [`Durable`]: each entry is a slot number, its key the slot's line
+/// number in `line_of`. Slots are never removed. Keeping only 4 bytes an entry keeps
+/// the index small, and the memory a replay touches with it.
+#[derive(Debug, Clone)]
+struct LineIndex {
+    /// Slot numbers, [`NO_SLOT`] for a free entry. The length is a power of two.
+    entries: Vec<u32>,
+    /// 64 - log2(entries.len()).
+    hash_shift: u32,
+}
+
+impl LineIndex {
+    const MIN_BITS: u32 = 4;
+
+    fn new() -> Self {
+        LineIndex {
+            entries: vec![NO_SLOT; 1 << Self::MIN_BITS],
+            hash_shift: 64 - Self::MIN_BITS,
+        }
+    }
+
+    /// The entry a line's probe starts at. Aligned groups of 4 lines hash together
+    /// (Fibonacci hashing of the group number picks 4 adjacent entries, the line's
+    /// place in the group one of them), so a run of stores over consecutive lines
+    /// touches a quarter as many cache lines of the index, and slots made in a row
+    /// sit together in `line_of` too.
+    #[inline]
+    fn home(&self, line: u64) -> usize {
+        let h = (line >> 2).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.hash_shift;
+        ((h & !3) | (line & 3)) as usize & (self.entries.len() - 1)
+    }
+
+    /// The slot of `line`, or the free entry where it would go.
+    #[inline]
+    fn probe(&self, line: u64, line_of: &[u64]) -> Result<u32, usize> {
+        let mask = self.entries.len() - 1;
+        let mut i = self.home(line);
+        loop {
+            let s = self.entries[i];
+            if s == NO_SLOT {
+                return Err(i);
+            }
+            if line_of[s as usize] == line {
+                return Ok(s);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Room for `n` slots at a load of at most 3/4; true if the index grew (and
+    /// entries moved).
+    #[inline]
+    fn reserve(&mut self, n: usize, line_of: &[u64]) -> bool {
+        if n * 4 > self.entries.len() * 3 {
+            self.grow(line_of);
+            return true;
+        }
+        false
+    }
+
+    #[cold]
+    fn grow(&mut self, line_of: &[u64]) {
+        let bits = 64 - self.hash_shift + 1;
+        self.entries = vec![NO_SLOT; 1 << bits];
+        self.hash_shift = 64 - bits;
+        // Re-insert in slot order: reads `line_of` once, in order.
+        for (s, &line) in line_of.iter().enumerate() {
+            if let Err(i) = self.probe(line, line_of) {
+                self.entries[i] = s as u32;
+            }
+        }
     }
 }
 
+/// No queue (in `Replayer::queue_of`).
+const NO_QUEUE: u32 = u32::MAX;
+
 /// The durable content: a sparse map from line number to the line's bytes and a
 /// per-byte mask of the bytes the trace has made durable.
+///
+/// Every line the trace has stored to gets a slot here when first stored to, durable
+/// bytes or not (a slot with an all-zero mask holds none and is not listed): the
+/// replayer keeps a line's in-flight queue by slot too, so a store, a flush and a
+/// fence each find a line with at most one lookup.
 #[derive(Debug, Clone)]
 pub struct Durable {
     line_size: usize,
     mask_words: usize,
-    slots: FxMap<u64, u32>,
+    /// Line number to slot.
+    index: LineIndex,
+    /// Per slot, its line number.
+    line_of: Vec<u64>,
     bytes: Vec<u8>,
     masks: Vec<u64>,
+    /// Slots with a mask that is not all zero.
+    durable_lines: usize,
+    /// The last line looked up and its slot (slots are never removed).
+    last: (u64, u32),
 }
 
 impl Durable {
@@ -235,59 +338,99 @@ impl Durable {
         Durable {
             line_size: line_size as usize,
             mask_words: (line_size as usize).div_ceil(64),
-            slots: FxMap::default(),
+            index: LineIndex::new(),
+            line_of: Vec::new(),
             bytes: Vec::new(),
             masks: Vec::new(),
+            durable_lines: 0,
+            last: (NO_LINE, 0),
         }
     }
 
+    /// The slot of `line`, made (holding nothing durable) if the line has none. The
+    /// bool is true when it was made.
     #[inline]
-    fn slot(&mut self, line: u64) -> usize {
-        let next = self.slots.len() as u32;
-        let s = *self.slots.entry(line).or_insert(next) as usize;
-        if s == next as usize {
-            self.bytes.resize(self.bytes.len() + self.line_size, 0);
-            self.masks.resize(self.masks.len() + self.mask_words, 0);
+    fn slot(&mut self, line: u64) -> (u32, bool) {
+        if self.last.0 == line {
+            return (self.last.1, false);
         }
+        let (s, new) = match self.index.probe(line, &self.line_of) {
+            Ok(s) => (s, false),
+            Err(at) => (self.make_slot(line, at), true),
+        };
+        self.last = (line, s);
+        (s, new)
+    }
+
+    /// Make a slot for `line`, which has none; `at` is the free index entry its
+    /// probe ended at.
+    #[inline(never)]
+    fn make_slot(&mut self, line: u64, mut at: usize) -> u32 {
+        let s = self.line_of.len() as u32;
+        assert!(s != NO_SLOT, "more than 2^32 - 1 lines");
+        if self.index.reserve(self.line_of.len() + 1, &self.line_of) {
+            at = self.index.probe(line, &self.line_of).expect_err("new line");
+        }
+        self.index.entries[at] = s;
+        self.line_of.push(line);
+        self.bytes.resize(self.bytes.len() + self.line_size, 0);
+        self.masks.resize(self.masks.len() + self.mask_words, 0);
         s
     }
 
+    /// The slot of `line` if it has one.
     #[inline]
-    fn write_piece(&mut self, shift: u32, p: &Piece) {
-        let line = p.offset >> shift;
-        let s = self.slot(line);
-        let off = (p.offset & (self.line_size as u64 - 1)) as usize;
-        let n = p.size as usize;
-        let base = s * self.line_size + off;
-        self.bytes[base..base + n].copy_from_slice(&p.bytes()[..n]);
-        let mw = s * self.mask_words + off / 64;
-        // A piece lies within one 8-byte word, so within one 64-bit mask word.
-        self.masks[mw] |= ((1u64 << n) - 1) << (off % 64);
+    fn find(&self, line: u64) -> Option<u32> {
+        if self.last.0 == line {
+            return Some(self.last.1);
+        }
+        self.index.probe(line, &self.line_of).ok()
     }
 
-    /// Write pieces that all lie in `line`, looking the line up once.
+    /// Write pieces that all lie in the line of slot `s`.
     #[inline]
-    fn write_pieces(&mut self, line: u64, pieces: &[Piece]) {
-        let s = self.slot(line);
-        let ls = self.line_size as u64;
-        for p in pieces {
-            let off = (p.offset & (ls - 1)) as usize;
-            let n = p.size as usize;
-            let base = s * self.line_size + off;
-            self.bytes[base..base + n].copy_from_slice(&p.bytes()[..n]);
-            self.masks[s * self.mask_words + off / 64] |= ((1u64 << n) - 1) << (off % 64);
+    fn write_pieces(&mut self, s: u32, pieces: &[Piece]) {
+        let s = s as usize;
+        let ls = self.line_size;
+        let mw = self.mask_words;
+        let bytes = &mut self.bytes[s * ls..(s + 1) * ls];
+        let masks = &mut self.masks[s * mw..(s + 1) * mw];
+        if masks.iter().all(|&m| m == 0) {
+            self.durable_lines += 1;
         }
+        for p in pieces {
+            let off = (p.offset as usize) & (ls - 1);
+            // A piece lies within one 8-byte word, so within the line and within one
+            // 64-bit mask word.
+            if p.size == 8 {
+                bytes[off..off + 8].copy_from_slice(&p.value.to_le_bytes());
+                masks[off / 64] |= 0xff << (off % 64);
+            } else {
+                let n = p.size as usize;
+                bytes[off..off + n].copy_from_slice(&p.bytes()[..n]);
+                masks[off / 64] |= ((1u64 << n) - 1) << (off % 64);
+            }
+        }
+    }
+
+    fn has_durable(&self, s: usize) -> bool {
+        self.masks[s * self.mask_words..(s + 1) * self.mask_words]
+            .iter()
+            .any(|&m| m != 0)
     }
 
     /// Number of lines holding durable bytes.
     pub fn lines(&self) -> usize {
-        self.slots.len()
+        self.durable_lines
     }
 
     /// The line's bytes and per-byte mask (bit `i` of word `i / 64` set = byte `i` was
     /// made durable by the trace; other bytes are the base image's).
     pub fn line(&self, line: u64) -> Option<(&[u8], &[u64])> {
-        let s = *self.slots.get(&line)? as usize;
+        let s = self.find(line)? as usize;
+        if !self.has_durable(s) {
+            return None;
+        }
         Some((
             &self.bytes[s * self.line_size..(s + 1) * self.line_size],
             &self.masks[s * self.mask_words..(s + 1) * self.mask_words],
@@ -296,7 +439,14 @@ impl Durable {
 
     /// Every line number holding durable bytes, sorted.
     pub fn sorted_lines(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self.slots.keys().copied().collect();
+        let mut v: Vec<u64> = if self.durable_lines == self.line_of.len() {
+            self.line_of.clone()
+        } else {
+            (0..self.line_of.len())
+                .filter(|&s| self.has_durable(s))
+                .map(|s| self.line_of[s])
+                .collect()
+        };
         v.sort_unstable();
         v
     }
@@ -304,6 +454,9 @@ impl Durable {
 
 #[derive(Debug, Clone, Default)]
 struct LineQueue {
+    /// The line's slot in [`Durable`]; meaningful only while `pieces` is not empty
+    /// (the queue is live).
+    slot: u32,
     pieces: Vec<Piece>,
     /// Pieces from records before this index are flushed (durable at the issuing
     /// vCPU's next fence).
@@ -312,6 +465,15 @@ struct LineQueue {
     /// entry, so repeated flushes and NT stores between two fences update one entry
     /// instead of queueing one each.
     pend: Option<(u16, u64, u32)>,
+}
+
+/// A line waiting for a vCPU's next fence.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// The line's slot in [`Durable`].
+    slot: u32,
+    /// Pieces from records before this index become durable at the fence.
+    before: u64,
 }
 
 /// A line with stores that are not yet durable, as seen at a crash point.
@@ -377,14 +539,23 @@ pub struct Replayer {
     cfg: ModelConfig,
     shift: u32,
     index: u64,
-    inflight: FxMap<u64, LineQueue>,
-    /// Per vCPU: (line, flushed_before) waiting for that vCPU's next fence.
-    pending: Vec<Vec<(u64, u64)>>,
+    /// Per slot of `durable`: the index in `queues` of the line's queue, or
+    /// [`NO_QUEUE`] if the line has nothing in flight.
+    queue_of: Vec<u32>,
+    /// The queues: live ones have pieces; empty ones are in `free` and keep their
+    /// allocation for the next line.
+    queues: Vec<LineQueue>,
+    free: Vec<u32>,
+    /// The line last stored to and its queue ([`NO_LINE`] if none): consecutive
+    /// stores mostly hit the same line. Reset when a fence empties a queue.
+    cur: (u64, u32),
+    /// Per vCPU: lines waiting for that vCPU's next fence.
+    pending: Vec<Vec<Pending>>,
     /// Per vCPU: fences seen (tells a line's `pend` entry is stale).
     epochs: Vec<u64>,
     durable: Durable,
-    spare: Vec<Vec<Piece>>,
     ignored: FxSet<u64>,
+    /// Counters, except `records`, which is `index`.
     stats: ReplayStats,
 }
 
@@ -395,11 +566,13 @@ impl Replayer {
             cfg,
             shift: cfg.line_shift(),
             index: 0,
-            inflight: FxMap::default(),
+            queue_of: Vec::new(),
+            queues: Vec::new(),
+            free: Vec::new(),
+            cur: (NO_LINE, 0),
             pending: Vec::new(),
             epochs: Vec::new(),
             durable: Durable::new(cfg.line_size),
-            spare: Vec::new(),
             ignored: FxSet::default(),
             stats: ReplayStats::default(),
         }
@@ -423,7 +596,10 @@ impl Replayer {
 
     /// Counters.
     pub fn stats(&self) -> ReplayStats {
-        self.stats
+        ReplayStats {
+            records: self.index,
+            ..self.stats
+        }
     }
 
     /// The durable content.
@@ -433,19 +609,33 @@ impl Replayer {
 
     /// Number of lines in flight.
     pub fn in_flight_count(&self) -> usize {
-        self.inflight.len()
+        self.queues.len() - self.free.len()
+    }
+
+    fn view<'a>(&self, q: &'a LineQueue) -> InFlightLine<'a> {
+        InFlightLine {
+            line_offset: self.durable.line_of[q.slot as usize] << self.shift,
+            stores: &q.pieces,
+            flushed_prefix_len: q.pieces.partition_point(|p| p.record < q.flushed_before),
+        }
+    }
+
+    /// The queue of the line in slot `s`, if it has one.
+    #[inline]
+    fn queue_at(&self, s: u32) -> Option<&LineQueue> {
+        match self.queue_of[s as usize] {
+            NO_QUEUE => None,
+            qi => Some(&self.queues[qi as usize]),
+        }
     }
 
     /// The lines in flight, sorted by offset.
     pub fn in_flight(&self) -> Vec<InFlightLine<'_>> {
         let mut v: Vec<InFlightLine<'_>> = self
-            .inflight
+            .queues
             .iter()
-            .map(|(&line, q)| InFlightLine {
-                line_offset: line << self.shift,
-                stores: &q.pieces,
-                flushed_prefix_len: q.pieces.partition_point(|p| p.record < q.flushed_before),
-            })
+            .filter(|q| !q.pieces.is_empty())
+            .map(|q| self.view(q))
             .collect();
         v.sort_unstable_by_key(|l| l.line_offset);
         v
@@ -453,21 +643,16 @@ impl Replayer {
 
     /// The in-flight queue of the line holding `offset`, if any.
     pub fn in_flight_line(&self, offset: u64) -> Option<InFlightLine<'_>> {
-        let line = offset >> self.shift;
-        self.inflight.get(&line).map(|q| InFlightLine {
-            line_offset: line << self.shift,
-            stores: &q.pieces,
-            flushed_prefix_len: q.pieces.partition_point(|p| p.record < q.flushed_before),
-        })
+        let s = self.durable.find(offset >> self.shift)?;
+        self.queue_at(s).map(|q| self.view(q))
     }
 
     /// True when a fence on `vcpu` now would make something durable.
     pub fn fence_would_persist(&self, vcpu: u16) -> bool {
         self.pending.get(vcpu as usize).is_some_and(|p| {
-            p.iter().any(|(line, before)| {
-                self.inflight
-                    .get(line)
-                    .is_some_and(|q| q.pieces.first().is_some_and(|f| f.record < *before))
+            p.iter().any(|e| {
+                self.queue_at(e.slot)
+                    .is_some_and(|q| q.pieces.first().is_some_and(|f| f.record < e.before))
             })
         })
     }
@@ -477,7 +662,6 @@ impl Replayer {
     pub fn apply(&mut self, rec: &Record) -> Applied {
         let index = self.index;
         self.index += 1;
-        self.stats.records += 1;
         match *rec {
             Record::Store {
                 offset,
@@ -489,15 +673,31 @@ impl Replayer {
             } => {
                 self.stats.stores += 1;
                 self.stats.nt_stores += non_temporal as u64;
-                if self.cfg.model == Model::X86Eadr {
-                    let shift = self.shift;
-                    let d = &mut self.durable;
-                    split_store(offset, size, value, index, |p| d.write_piece(shift, &p));
+                let eadr = self.cfg.model == Model::X86Eadr;
+                let size = size.clamp(1, 8);
+                if (offset & (ATOMIC_BYTES - 1)) + size as u64 <= ATOMIC_BYTES {
+                    // Within one word (the common case): one piece, built in place.
+                    let p = Piece {
+                        offset,
+                        value: if size == 8 {
+                            value
+                        } else {
+                            value & ((1u64 << (8 * size)) - 1)
+                        },
+                        size,
+                        record: index,
+                    };
+                    if eadr {
+                        self.persist_now(p);
+                    } else {
+                        self.queue(p, non_temporal, vcpu);
+                    }
+                } else {
+                    self.straddling(offset, size, value, index, non_temporal, vcpu);
+                }
+                if eadr {
                     return Applied { persisted_lines: 1 };
                 }
-                split_store(offset, size, value, index, |p| {
-                    self.queue(p, non_temporal, vcpu)
-                });
                 Applied::default()
             }
             Record::Flush {
@@ -506,34 +706,7 @@ impl Replayer {
                 vcpu,
                 ..
             } => {
-                self.stats.flushes += 1;
-                if !self.ignored.is_empty() && self.ignored.contains(&index) {
-                    self.stats.ignored_flushes += 1;
-                    return Applied::default();
-                }
-                // Every flush kind, clflush included, is durable at the next fence on
-                // its vCPU: see the module docs.
-                let _: FlushKind = flush;
-                let line = offset >> self.shift;
-                match self.inflight.get_mut(&line) {
-                    Some(q) => {
-                        if q.pieces.last().is_some_and(|p| p.record < q.flushed_before) {
-                            // Written back already, but maybe on another vCPU whose
-                            // fence has not come: this vCPU's fence must still count.
-                            self.stats.redundant_flushes += 1;
-                        }
-                        q.flushed_before = index;
-                        Self::mark_pending(
-                            &mut self.pending,
-                            &mut self.epochs,
-                            q,
-                            line,
-                            index,
-                            vcpu,
-                        );
-                    }
-                    None => self.stats.redundant_flushes += 1,
-                }
+                self.flush(offset, flush, vcpu, index);
                 Applied::default()
             }
             Record::Fence { vcpu, .. } => {
@@ -551,13 +724,50 @@ impl Replayer {
         }
     }
 
+    /// Under eADR: make a piece durable at once.
+    #[inline]
+    fn persist_now(&mut self, p: Piece) {
+        let (s, new) = self.durable.slot(p.offset >> self.shift);
+        if new {
+            self.queue_of.push(NO_QUEUE);
+        }
+        self.durable.write_pieces(s, std::slice::from_ref(&p));
+    }
+
+    #[inline]
+    fn flush(&mut self, offset: u64, flush: FlushKind, vcpu: u16, index: u64) {
+        self.stats.flushes += 1;
+        if !self.ignored.is_empty() && self.ignored.contains(&index) {
+            self.stats.ignored_flushes += 1;
+            return;
+        }
+        // Every flush kind, clflush included, is durable at the next fence on its
+        // vCPU: see the module docs.
+        let _: FlushKind = flush;
+        let qi = match self.durable.find(offset >> self.shift) {
+            Some(s) => self.queue_of[s as usize],
+            None => NO_QUEUE,
+        };
+        if qi == NO_QUEUE {
+            self.stats.redundant_flushes += 1;
+            return;
+        }
+        let q = &mut self.queues[qi as usize];
+        if q.pieces.last().is_some_and(|p| p.record < q.flushed_before) {
+            // Written back already, but maybe on another vCPU whose fence has not
+            // come: this vCPU's fence must still count.
+            self.stats.redundant_flushes += 1;
+        }
+        q.flushed_before = index;
+        Self::mark_pending(&mut self.pending, &mut self.epochs, q, index, vcpu);
+    }
+
     /// Make the line's pieces before `before` durable at `vcpu`'s next fence.
     #[inline]
     fn mark_pending(
-        pending: &mut Vec<Vec<(u64, u64)>>,
+        pending: &mut Vec<Vec<Pending>>,
         epochs: &mut Vec<u64>,
         q: &mut LineQueue,
-        line: u64,
         before: u64,
         vcpu: u16,
     ) {
@@ -568,36 +778,91 @@ impl Replayer {
         }
         let epoch = epochs[v];
         match q.pend {
-            Some((pv, pe, idx)) if pv == vcpu && pe == epoch => pending[v][idx as usize].1 = before,
+            Some((pv, pe, idx)) if pv == vcpu && pe == epoch => {
+                pending[v][idx as usize].before = before
+            }
             _ => {
                 q.pend = Some((vcpu, epoch, pending[v].len() as u32));
-                pending[v].push((line, before));
+                pending[v].push(Pending {
+                    slot: q.slot,
+                    before,
+                });
             }
         }
+    }
+
+    /// Apply a store that straddles a word: two pieces.
+    #[inline(never)]
+    fn straddling(
+        &mut self,
+        offset: u64,
+        size: u8,
+        value: u64,
+        index: u64,
+        non_temporal: bool,
+        vcpu: u16,
+    ) {
+        split_store(offset, size, value, index, |p| {
+            if self.cfg.model == Model::X86Eadr {
+                self.persist_now(p)
+            } else {
+                self.queue(p, non_temporal, vcpu)
+            }
+        });
     }
 
     #[inline]
     fn queue(&mut self, p: Piece, non_temporal: bool, vcpu: u16) {
         let line = p.offset >> self.shift;
-        let spare = &mut self.spare;
-        let q = self.inflight.entry(line).or_insert_with(|| LineQueue {
-            pieces: spare.pop().unwrap_or_default(),
-            flushed_before: 0,
-            pend: None,
-        });
+        let qi = if self.cur.0 == line {
+            self.cur.1
+        } else {
+            self.find_queue(line)
+        };
+        let q = &mut self.queues[qi as usize];
         q.pieces.push(p);
         if non_temporal {
             // A non-temporal store is its own flush (see the module docs).
             q.flushed_before = p.record + 1;
-            Self::mark_pending(
-                &mut self.pending,
-                &mut self.epochs,
-                q,
-                line,
-                p.record + 1,
-                vcpu,
-            );
+            Self::mark_pending(&mut self.pending, &mut self.epochs, q, p.record + 1, vcpu);
         }
+    }
+
+    /// The queue of `line`, opened if the line has none; it becomes `cur`.
+    #[inline(never)]
+    fn find_queue(&mut self, line: u64) -> u32 {
+        let (s, new) = self.durable.slot(line);
+        if new {
+            self.queue_of.push(NO_QUEUE);
+        }
+        let mut qi = self.queue_of[s as usize];
+        if qi == NO_QUEUE {
+            qi = self.open(s);
+        }
+        self.cur = (line, qi);
+        qi
+    }
+
+    /// Start an (empty) queue for the line in slot `s`, which has none.
+    fn open(&mut self, s: u32) -> u32 {
+        let qi = match self.free.pop() {
+            Some(qi) => {
+                let q = &mut self.queues[qi as usize];
+                q.slot = s;
+                q.flushed_before = 0;
+                q.pend = None;
+                qi
+            }
+            None => {
+                self.queues.push(LineQueue {
+                    slot: s,
+                    ..LineQueue::default()
+                });
+                (self.queues.len() - 1) as u32
+            }
+        };
+        self.queue_of[s as usize] = qi;
+        qi
     }
 
     fn fence(&mut self, vcpu: u16) -> u32 {
@@ -610,20 +875,28 @@ impl Replayer {
         let mut pending = std::mem::take(pending);
         self.epochs[vcpu as usize] += 1;
         let mut persisted = 0;
-        for &(line, before) in &pending {
-            let Some(q) = self.inflight.get_mut(&line) else {
+        for e in &pending {
+            let qi = self.queue_of[e.slot as usize];
+            if qi == NO_QUEUE {
                 continue;
+            }
+            let q = &mut self.queues[qi as usize];
+            let n = match q.pieces.last() {
+                Some(l) if l.record < e.before => q.pieces.len(),
+                _ => q.pieces.partition_point(|p| p.record < e.before),
             };
-            let n = q.pieces.partition_point(|p| p.record < before);
             if n == 0 {
                 continue;
             }
             persisted += 1;
-            self.durable.write_pieces(line, &q.pieces[..n]);
+            self.durable.write_pieces(e.slot, &q.pieces[..n]);
             if n == q.pieces.len() {
-                let mut q = self.inflight.remove(&line).expect("present");
                 q.pieces.clear();
-                self.spare.push(q.pieces);
+                self.queue_of[e.slot as usize] = NO_QUEUE;
+                self.free.push(qi);
+                if self.cur.1 == qi {
+                    self.cur.0 = NO_LINE;
+                }
             } else {
                 q.pieces.drain(..n);
             }
