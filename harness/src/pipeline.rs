@@ -293,6 +293,16 @@ impl Pipeline {
                 }
             })?);
         }
+        // Make the saved VM state (and the fsdax template) first, alone: the tracer and
+        // every checker guest restore it, and they must not all wait on its cache lock
+        // at once (the lock is a blocking flock).
+        self.factory
+            .saved_state()
+            .await
+            .map_err(|e| PipelineError::Check {
+                workload: name.into(),
+                source: CheckError::Guest(e),
+            })?;
         let warm_image = self.tmp.path().join("warm.img");
         let need_warm = !warm_image.exists();
         let factory = self.factory.clone();

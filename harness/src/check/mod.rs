@@ -507,6 +507,9 @@ impl Checker {
     /// Start every worker's guest now (so the time to get guests ready can be told
     /// apart from checking time). Each guest runs on its scratch copy of `base_image`.
     pub async fn warm_up(&mut self, base_image: &Path) -> Result<(), CheckError> {
+        // The saved state is made once, here, not by every worker at once: its cache
+        // lock is a blocking flock that would tie up the runtime's threads.
+        self.factory.saved_state().await?;
         let base = Base::read(base_image)?;
         let mut tasks = Vec::new();
         for mut w in std::mem::take(&mut self.workers) {
@@ -553,6 +556,7 @@ impl Checker {
         known: KnownBlocks,
         progress: Option<Progress>,
     ) -> Result<CheckOutcome, CheckError> {
+        self.factory.saved_state().await?;
         let base = Base::read(base_image)?;
         if base.len != self.factory.pm_size {
             return Err(CheckError::BaseSize {
