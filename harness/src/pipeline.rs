@@ -318,7 +318,7 @@ impl Pipeline {
                 factory
                     .make_image(&warm_image)
                     .await
-                    .map_err(|e| CheckError::Guest(e))?;
+                    .map_err(CheckError::Guest)?;
                 checker.warm_up(&warm_image).await?;
             }
             Ok::<_, CheckError>(t.elapsed())

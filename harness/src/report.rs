@@ -495,8 +495,8 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<44} {:>6} {:>6} {:>6}  {:<40} {}",
-            "workload", "points", "states", "images", "verdicts", "expected"
+            "{:<44} {:>6} {:>6} {:>6}  {:<40} expected",
+            "workload", "points", "states", "images", "verdicts"
         );
         for w in &self.workloads {
             let _ = writeln!(

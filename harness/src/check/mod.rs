@@ -445,7 +445,7 @@ pub struct Checker {
 
 /// Why one attempt at an image ended without a recovery.
 enum Attempt {
-    Done(Recovery),
+    Done(Box<Recovery>),
     /// The guest died for reasons that are not the image's: retry on a new guest.
     Retry(String),
 }
@@ -654,7 +654,8 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
         let mut image_restarts = 0u32;
         loop {
             match check_one(&mut w, &s, index, &image).await {
-                Ok(Attempt::Done(mut r)) => {
+                Ok(Attempt::Done(r)) => {
+                    let mut r = *r;
                     if w.vm.is_none() {
                         // The image panicked or hung its guest: it is replaced on the
                         // next image.
@@ -854,7 +855,7 @@ async fn check_one(
         );
     }
     rec.millis = t0.elapsed().as_millis() as u64;
-    Ok(Attempt::Done(rec))
+    Ok(Attempt::Done(Box::new(rec)))
 }
 
 /// (length, hash) of every dumped file block whose hash is not known.
