@@ -2,7 +2,7 @@
 //! a trace is never the slow part of a run.
 
 use crash_models::trace::{
-    decode, encode, FenceKind, FlushKind, Header, Privilege, Record, RECORD_BYTES,
+    decode, decode_iter, encode, FenceKind, FlushKind, Header, Privilege, Record, RECORD_BYTES,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -59,6 +59,19 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("decode", |b| {
         b.iter(|| decode(&bytes).unwrap().records.len())
+    });
+    // The streaming decoder, consumed without collecting (as the persistency model
+    // can): same checks, no output Vec.
+    g.bench_function("decode_iter", |b| {
+        b.iter(|| {
+            decode_iter(&bytes)
+                .unwrap()
+                .map(|r| match r.unwrap() {
+                    Record::Store { .. } => 1u64,
+                    _ => 0,
+                })
+                .sum::<u64>()
+        })
     });
     g.bench_function("encode", |b| b.iter(|| encode(&header, &recs, 0).len()));
     g.finish();
