@@ -55,7 +55,7 @@ fn check(rc: libc::c_long) -> Result<i64, i32> {
     if rc < 0 {
         Err(errno())
     } else {
-        Ok(rc as i64)
+        Ok(rc)
     }
 }
 

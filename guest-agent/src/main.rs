@@ -25,6 +25,9 @@ fn main() {
     sys::mount_pseudo_filesystems();
     sys::log(protocol::AGENT_BANNER);
     let modules = sys::load_modules("/modules/load-order");
+    // Periodic write-back would put timer-driven kernel stores into traces; what is
+    // durable is decided by the workload's own syncs.
+    let _ = std::fs::write("/proc/sys/vm/dirty_writeback_centisecs", "0");
     // nd_pmem probes asynchronously: give the namespace a moment to appear.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::path::Path::new(PMEM_DEV).exists() && Instant::now() < deadline {

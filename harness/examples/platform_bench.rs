@@ -70,9 +70,19 @@ fn main() -> anyhow::Result<()> {
     let mut records = 0u64;
     for i in 0..RUNS {
         let img = dir.path().join(format!("plain-{i}.img"));
-        let r = rt.block_on(pmcrash::run::run_workload(&f, &workload, "basic.toml", &img))?;
+        let r = rt.block_on(pmcrash::run::run_workload(
+            &f,
+            &workload,
+            "basic.toml",
+            &img,
+        ))?;
         plain.push(Duration::from_millis(r.timings.ops_ms));
-        let t = rt.block_on(pmcrash::trace::trace_workload(&f, &workload, dir.path(), &format!("traced-{i}")))?;
+        let t = rt.block_on(pmcrash::trace::trace_workload(
+            &f,
+            &workload,
+            dir.path(),
+            &format!("traced-{i}"),
+        ))?;
         traced.push(Duration::from_millis(t.timings.ops_ms));
         records = pmcrash::trace::read(&t.trace)?.records.len() as u64;
     }
@@ -85,7 +95,10 @@ fn main() -> anyhow::Result<()> {
     );
     let warm = median(setup_warm);
     println!("platform stage timings, medians of {RUNS} (ms)");
-    println!("{:<6} {:>12} {:>14} {:>14} {:>14}", "fs", "image", "cold boot", "restore", "cold/restore");
+    println!(
+        "{:<6} {:>12} {:>14} {:>14} {:>14}",
+        "fs", "image", "cold boot", "restore", "cold/restore"
+    );
     let mut json = Vec::new();
     for (fs, image, cold, restore) in &rows {
         println!(
@@ -112,6 +125,9 @@ fn main() -> anyhow::Result<()> {
     });
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&path)?;
-    pmcrash::image::write_atomic(&path.join("platform.json"), serde_json::to_string_pretty(&out)?.as_bytes())?;
+    pmcrash::image::write_atomic(
+        &path.join("platform.json"),
+        serde_json::to_string_pretty(&out)?.as_bytes(),
+    )?;
     Ok(())
 }

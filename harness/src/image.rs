@@ -200,7 +200,9 @@ pub fn make_fs_image(template: &Path, fs: FsKind, out: &Path) -> Result<(), Imag
                     .env("E2FSPROGS_FAKE_TIME", FAKE_TIME)
                     .args(["-q", "-F", "-b", "4096", "-U", EXT4_UUID, "-E"])
                     .arg(format!(
-                        "offset={FSDAX_DATA_OFFSET},hash_seed={EXT4_HASH_SEED},root_owner=0:0,nodiscard"
+                        // No lazy init: the kernel's ext4lazyinit thread would zero inode
+                        // tables on a timer, making traces differ from run to run.
+                        "offset={FSDAX_DATA_OFFSET},hash_seed={EXT4_HASH_SEED},root_owner=0:0,nodiscard,lazy_itable_init=0,lazy_journal_init=0"
                     ))
                     .arg(&tmp)
                     .arg((dev_size / 4096).to_string()),

@@ -188,7 +188,8 @@ pub fn live_guest_count() -> usize {
 /// The shape of the machine: everything that must be equal between a saved state and
 /// the QEMU that restores it.
 fn machine_args(spec: &VmSpec) -> Vec<String> {
-    let maxmem_mib = (GUEST_RAM_MIB + spec.pm_size.div_ceil(1 << 20) + 1023) / 1024 * 1024 + 1024;
+    // Room for RAM and the NVDIMM, in whole GiB, plus a spare GiB.
+    let maxmem_mib = (GUEST_RAM_MIB + spec.pm_size.div_ceil(1 << 20)).div_ceil(1024) * 1024 + 1024;
     let mut accel = "tcg".to_owned();
     if spec.smp > 1 {
         accel.push_str(",thread=single");
@@ -465,14 +466,11 @@ impl Vm {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
-    async fn qmp_exec<C: qapi::Command + 'static>(
+    async fn qmp_exec<C: qapi::qmp::QmpCommand + 'static>(
         &mut self,
         name: &str,
         cmd: C,
-    ) -> Result<C::Ok, VmError>
-    where
-        C: qapi::qmp::QmpCommand,
-    {
+    ) -> Result<C::Ok, VmError> {
         let qmp = self.qmp.as_mut().ok_or_else(|| VmError::Qmp {
             command: name.into(),
             message: "not connected".into(),

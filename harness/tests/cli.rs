@@ -76,10 +76,16 @@ fn doctor_json_is_valid() {
 fn children_named(ppid: u32, name: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // comm is in parentheses and may contain spaces; fields after it are plain.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
         let comm = &stat[open + 1..close];
         let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
         if comm.starts_with(name) && rest.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
@@ -92,7 +98,12 @@ fn children_named(ppid: u32, name: &str) -> Vec<u32> {
 fn running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie has ended; only its parent's wait is missing.
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -124,11 +135,20 @@ fn ctrl_c_ends_every_qemu() {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    assert!(!qemus.is_empty(), "pmcrash never started a guest: {:?}", child.wait_with_output());
+    assert!(
+        !qemus.is_empty(),
+        "pmcrash never started a guest: {:?}",
+        child.wait_with_output()
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(me as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for _ in 0..2_000 {
         if qemus.iter().all(|p| !running(*p)) {
             break;
@@ -145,7 +165,11 @@ fn corrupt_trace_exits_2_naming_the_offset() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.pmtrace");
     std::fs::write(&bad, b"PMTRACE? not really a trace").unwrap();
-    let out = pmcrash().args(["trace", "show"]).arg(&bad).output().unwrap();
+    let out = pmcrash()
+        .args(["trace", "show"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.pmtrace"), "{err}");

@@ -71,7 +71,9 @@ fn test(extra: &[String]) -> Result<()> {
     )?;
     run(
         "cargo test --workspace",
-        cargo().args(["test", "--workspace", "--no-fail-fast"]).args(extra),
+        cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(extra),
     )
 }
 
@@ -95,9 +97,19 @@ fn bench(extra: &[String]) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
-    run("cargo fmt --check", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--check"]),
+    )?;
     run(
         "cargo clippy",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )
 }
