@@ -206,6 +206,26 @@ fn check_run(fs: FsKind, smp: u32) -> Traced {
         "{fs}: replaying the trace does not give the final image"
     );
     assert_eq!(blake3::hash(&replayed), blake3::hash(&t.after));
+    // And by an independent tool: qemu-img compare of the two raw images.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("replayed.img"),
+        dir.path().join("final.img"),
+    );
+    std::fs::write(&a, &replayed).unwrap();
+    std::fs::write(&b, &t.after).unwrap();
+    let out = std::process::Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .expect("qemu-img (Debian package qemu-utils) must be installed");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{fs}: qemu-img compare finds the replayed and final images different: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Every user store of a store op lies between its markers, covers exactly the
     // bytes the agent reported, and teaches us the op's page mapping.

@@ -17,7 +17,7 @@ pub const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/pmcrash-backports.list
 pub const BACKPORTS_LINE: &str = "deb http://deb.debian.org/debian bookworm-backports main";
 
 /// A file-system or packaging tool the harness runs, and the Debian package that has it.
-pub const TOOLS: [(&str, &str); 8] = [
+pub const TOOLS: [(&str, &str); 9] = [
     ("mkfs.ext4", "e2fsprogs"),
     ("debugfs", "e2fsprogs"),
     ("e2fsck", "e2fsprogs"),
@@ -26,6 +26,8 @@ pub const TOOLS: [(&str, &str); 8] = [
     ("xfs_repair", "xfsprogs"),
     ("dpkg-deb", "dpkg"),
     ("apt-get", "apt"),
+    // The tracer's acceptance test compares images with an independent tool.
+    ("qemu-img", "qemu-utils"),
 ];
 
 /// Looks `name` up in `$PATH`, then in the sbin directories that a non-root `$PATH` often
@@ -252,27 +254,31 @@ pub fn install_plan(facts: &HostFacts) -> Vec<Step> {
         return Vec::new();
     }
     let bookworm = facts.codename.as_deref() == Some("bookworm");
+    // On bookworm every QEMU package comes from backports, so versions match.
+    let mut qemu_pkgs: Vec<&str> = Vec::new();
+    if need_qemu {
+        qemu_pkgs.push("qemu-system-x86");
+    }
+    if bookworm {
+        if let Some(i) = pkgs.iter().position(|p| *p == "qemu-utils") {
+            qemu_pkgs.push(pkgs.remove(i));
+        }
+    }
     let mut steps = Vec::new();
-    if need_qemu && bookworm && !facts.backports_configured {
+    if !qemu_pkgs.is_empty() && bookworm && !facts.backports_configured {
         steps.push(Step::WriteFile {
             path: BACKPORTS_LIST.into(),
             content: format!("{BACKPORTS_LINE}\n"),
         });
     }
     steps.push(run_step(&["apt-get", "update"]));
-    if need_qemu {
+    if !qemu_pkgs.is_empty() {
+        let mut argv = vec!["apt-get", "install", "-y"];
         if bookworm {
-            steps.push(run_step(&[
-                "apt-get",
-                "install",
-                "-y",
-                "-t",
-                "bookworm-backports",
-                "qemu-system-x86",
-            ]));
-        } else {
-            steps.push(run_step(&["apt-get", "install", "-y", "qemu-system-x86"]));
+            argv.extend(["-t", "bookworm-backports"]);
         }
+        argv.extend(qemu_pkgs);
+        steps.push(run_step(&argv));
     }
     if !pkgs.is_empty() {
         let mut argv = vec!["apt-get", "install", "-y"];
@@ -430,6 +436,26 @@ mod tests {
                 "DEBIAN_FRONTEND=noninteractive apt-get update".to_string(),
                 "DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports qemu-system-x86".into(),
                 "DEBIAN_FRONTEND=noninteractive apt-get install -y e2fsprogs xfsprogs".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn qemu_utils_comes_from_backports_with_qemu_on_bookworm() {
+        let f = facts(
+            QemuStatus::Missing,
+            &["qemu-img", "mkfs.xfs"],
+            "bookworm",
+            false,
+        );
+        let plan: Vec<String> = install_plan(&f).iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            plan,
+            [
+                format!("echo '{BACKPORTS_LINE}' > {BACKPORTS_LIST}"),
+                "DEBIAN_FRONTEND=noninteractive apt-get update".to_string(),
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports qemu-system-x86 qemu-utils".into(),
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y xfsprogs".into(),
             ]
         );
     }
