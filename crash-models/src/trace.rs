@@ -153,9 +153,10 @@ const CHUNK_HEADER_BYTES: usize = 16;
 const FOOTER_BYTES: usize = 8 + 8 * 8 + 4 + 8;
 const MAX_STRING: usize = 4096;
 
-/// [`Header::flags`] bit: the tracer left out fences that could not change any
-/// persistency state (no PM store or flush on any vCPU since the previous recorded
-/// fence, and none on the fencing vCPU since its own previous one).
+/// [`Header::flags`] bit: the tracer left out locked and serialising instructions that
+/// could not change any persistency state (no PM store or flush on any vCPU since the
+/// previous recorded fence, and none on the fencing vCPU since its own previous one).
+/// `sfence` and `mfence` are always recorded.
 pub const FLAG_IDLE_FENCES_ELIDED: u32 = 1;
 
 /// What a trace is a trace of.

@@ -2,6 +2,7 @@
 //! it leaves behind.
 
 use crate::guest::{GuestError, GuestFactory};
+use crate::vm::Vm;
 use crash_models::ops::{FsKind, Op, Workload};
 use crash_models::protocol::{AgentMsg, HostMsg, OpResult};
 use serde::Serialize;
@@ -76,52 +77,17 @@ pub async fn run_workload(
     factory.make_image(image).await?;
     timings.image_ms = t0.elapsed().as_millis() as u64;
     let t = Instant::now();
-    let mut vm = factory.start(image, None).await?;
+    let vm = factory.start(image, None).await?;
     timings.guest_ready_ms = t.elapsed().as_millis() as u64;
-    let t = Instant::now();
-    factory.mount(&mut vm).await?;
-    timings.mount_ms = t.elapsed().as_millis() as u64;
-    let t = Instant::now();
-    let (progress, last) = vm
-        .request(
-            &HostMsg::Run {
-                ops: workload.ops.clone(),
-                markers: false,
-            },
-            factory.timeouts.request,
-        )
-        .await?;
-    timings.ops_ms = t.elapsed().as_millis() as u64;
-    if last != AgentMsg::RunDone {
-        return Err(GuestError::Guest(format!(
-            "expected run-done, got {last:?}"
-        )));
-    }
-    let mut ops = Vec::with_capacity(workload.ops.len());
-    for msg in progress {
-        if let AgentMsg::OpDone(result) = msg {
-            let op = workload.ops.get(result.index).cloned().ok_or_else(|| {
-                GuestError::Guest(format!(
-                    "agent reported op {} of {}",
-                    result.index,
-                    workload.ops.len()
-                ))
-            })?;
-            ops.push(OpReport { op, result });
-        }
-    }
-    if ops.len() != workload.ops.len() {
-        return Err(GuestError::Guest(format!(
-            "agent reported {} of {} ops",
-            ops.len(),
-            workload.ops.len()
-        )));
-    }
-    let t = Instant::now();
-    vm.request(&HostMsg::Unmount, factory.timeouts.request)
-        .await?;
-    vm.shutdown(factory.timeouts.shutdown).await?;
-    timings.teardown_ms = t.elapsed().as_millis() as u64;
+    let results = mount_run_teardown(factory, vm, &workload.ops, false, &mut timings).await?;
+    let ops = results
+        .into_iter()
+        .zip(&workload.ops)
+        .map(|(result, op)| OpReport {
+            op: op.clone(),
+            result,
+        })
+        .collect();
     timings.total_ms = t0.elapsed().as_millis() as u64;
     Ok(RunReport {
         workload: name.to_owned(),
@@ -133,6 +99,57 @@ pub async fn run_workload(
         image: image.to_path_buf(),
         timings,
     })
+}
+
+/// Mount, run `ops` (with tracer markers when asked), unmount and power off a started
+/// guest, filling in the mount, ops and teardown timings. Returns every op's result, in
+/// op order; an agent that reports fewer ops, or others, is an error.
+pub async fn mount_run_teardown(
+    factory: &GuestFactory,
+    mut vm: Vm,
+    ops: &[Op],
+    markers: bool,
+    timings: &mut StageTimings,
+) -> Result<Vec<OpResult>, GuestError> {
+    let t = Instant::now();
+    factory.mount(&mut vm).await?;
+    timings.mount_ms = t.elapsed().as_millis() as u64;
+    let t = Instant::now();
+    let (progress, last) = vm
+        .request(
+            &HostMsg::Run {
+                ops: ops.to_vec(),
+                markers,
+            },
+            factory.timeouts.request,
+        )
+        .await?;
+    timings.ops_ms = t.elapsed().as_millis() as u64;
+    if last != AgentMsg::RunDone {
+        return Err(GuestError::Guest(format!(
+            "expected run-done, got {last:?}"
+        )));
+    }
+    let results: Vec<OpResult> = progress
+        .into_iter()
+        .filter_map(|m| match m {
+            AgentMsg::OpDone(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    if results.len() != ops.len() || results.iter().enumerate().any(|(i, r)| r.index != i) {
+        return Err(GuestError::Guest(format!(
+            "the agent reported {} results for {} ops, or out of order",
+            results.len(),
+            ops.len()
+        )));
+    }
+    let t = Instant::now();
+    vm.request(&HostMsg::Unmount, factory.timeouts.request)
+        .await?;
+    vm.shutdown(factory.timeouts.shutdown).await?;
+    timings.teardown_ms = t.elapsed().as_millis() as u64;
+    Ok(results)
 }
 
 /// A one-line human description of an op's result.

@@ -405,7 +405,6 @@ pub async fn trace_workload(
     out_dir: &Path,
     stem: &str,
 ) -> Result<TracedRun> {
-    use crash_models::protocol::{AgentMsg, HostMsg};
     use std::time::Instant;
     let t0 = Instant::now();
     let mut timings = crate::run::StageTimings::default();
@@ -438,41 +437,10 @@ pub async fn trace_workload(
         ],
     };
     let t = Instant::now();
-    let mut vm = factory.start(&final_image, Some(plugin)).await?;
+    let vm = factory.start(&final_image, Some(plugin)).await?;
     timings.guest_ready_ms = t.elapsed().as_millis() as u64;
-    let t = Instant::now();
-    factory.mount(&mut vm).await?;
-    timings.mount_ms = t.elapsed().as_millis() as u64;
-    let t = Instant::now();
-    let (progress, last) = vm
-        .request(
-            &HostMsg::Run {
-                ops: workload.ops.clone(),
-                markers: true,
-            },
-            factory.timeouts.request,
-        )
-        .await?;
-    timings.ops_ms = t.elapsed().as_millis() as u64;
-    anyhow::ensure!(last == AgentMsg::RunDone, "expected run-done, got {last:?}");
-    let results: Vec<_> = progress
-        .into_iter()
-        .filter_map(|m| match m {
-            AgentMsg::OpDone(r) => Some(r),
-            _ => None,
-        })
-        .collect();
-    anyhow::ensure!(
-        results.len() == workload.ops.len(),
-        "the agent reported {} of {} ops",
-        results.len(),
-        workload.ops.len()
-    );
-    let t = Instant::now();
-    vm.request(&HostMsg::Unmount, factory.timeouts.request)
-        .await?;
-    vm.shutdown(factory.timeouts.shutdown).await?;
-    timings.teardown_ms = t.elapsed().as_millis() as u64;
+    let results =
+        crate::run::mount_run_teardown(factory, vm, &workload.ops, true, &mut timings).await?;
     read(&partial).context("the tracer's output")?;
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, &trace_path)

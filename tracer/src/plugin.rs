@@ -226,10 +226,13 @@ impl Runtime {
 
     fn fence(&mut self, vcpu: u32, fence: FenceKind, pc: u64) {
         let dirty = self.vcpu(vcpu).dirty || self.dirty;
-        if !dirty {
-            // Nothing a fence could order since the last one: leave it out (see
-            // FLAG_IDLE_FENCES_ELIDED); the kernel's spinlocks would otherwise fill
-            // the trace with millions of no-op fences.
+        // A locked or serialising instruction with nothing to order since the last
+        // recorded fence is left out (see FLAG_IDLE_FENCES_ELIDED): the kernel's
+        // spinlocks would otherwise fill the trace with millions of no-op fences.
+        // sfence/mfence are always kept: they are rare, they are what a program writes
+        // on purpose, and whether an interrupt's `iret` came first must not decide
+        // whether the workload's own fence is in the trace.
+        if !dirty && matches!(fence, FenceKind::Locked | FenceKind::Serializing) {
             self.elided += 1;
             return;
         }
