@@ -43,10 +43,39 @@ fn main() {
         return;
     }
 
-    // Everything the agent is built from: its own sources and the shared op/protocol crate.
+    let agent_target = out_dir.join("agent-target");
+    nested_build(
+        &workspace,
+        "pmcrash-agent",
+        "guest-agent",
+        &agent_target,
+        Some(TRIPLE),
+        // With an explicit --target these flags reach only the agent, not build scripts
+        // or proc macros (which cannot be linked statically).
+        &[("RUSTFLAGS", "-C target-feature=+crt-static")],
+    );
+    let built = agent_target
+        .join(TRIPLE)
+        .join("release")
+        .join("pmcrash-agent");
+    check_static(&built);
+    copy(&built, &dest);
+}
+
+/// `cargo build --release -p PACKAGE` in its own target dir, rebuilt when the package
+/// (in `dir`), crash-models or the workspace manifests change. Panics with the package
+/// named when the build fails: a build script has no other way to fail.
+fn nested_build(
+    workspace: &Path,
+    package: &str,
+    dir: &str,
+    target_dir: &Path,
+    triple: Option<&str>,
+    vars: &[(&str, &str)],
+) {
     for rel in [
-        "guest-agent/src",
-        "guest-agent/Cargo.toml",
+        &format!("{dir}/src"),
+        &format!("{dir}/Cargo.toml"),
         "crash-models/src",
         "crash-models/Cargo.toml",
         "Cargo.toml",
@@ -54,39 +83,32 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", workspace.join(rel).display());
     }
-
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let agent_target = out_dir.join("agent-target");
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
         .arg("--release")
-        .args(["-p", "pmcrash-agent"])
-        .args(["--target", TRIPLE])
+        .args(["-p", package])
         .arg("--target-dir")
-        .arg(&agent_target)
+        .arg(target_dir)
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"));
-
+    if let Some(t) = triple {
+        cmd.args(["--target", t]);
+    }
     scrub_env(&mut cmd);
-    // With an explicit --target these flags reach only the agent, not build scripts or proc
-    // macros (which cannot be linked statically).
-    cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
-    // Debug info would only make the initramfs bigger; symbols stay so panics name functions.
+    // Debug info would only make the initramfs and the plugin bigger; symbols stay so
+    // panics name functions.
     cmd.env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
     cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false");
-
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
     let status = cmd
         .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build pmcrash-agent: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
     if !status.success() {
-        panic!("building pmcrash-agent (the guest agent) failed: {status}");
+        panic!("building {package} failed: {status}");
     }
-    let built = agent_target
-        .join(TRIPLE)
-        .join("release")
-        .join("pmcrash-agent");
-    check_static(&built);
-    copy(&built, &dest);
 }
 
 /// Clears the outer build's environment from a nested cargo command.
@@ -143,38 +165,18 @@ fn build_tracer(workspace: &Path, out_dir: &Path) {
         copy(&prebuilt, &dest);
         return;
     }
-    for rel in [
-        "tracer/src",
-        "tracer/Cargo.toml",
-        "crash-models/src",
-        "crash-models/Cargo.toml",
-        "Cargo.toml",
-        "Cargo.lock",
-    ] {
-        println!("cargo:rerun-if-changed={}", workspace.join(rel).display());
-    }
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Its own target dir: the agent's is built with +crt-static for another purpose, and
-    // sharing would make each build invalidate the other's artefacts.
+    // sharing would make each build invalidate the other's artefacts. A plugin is
+    // dlopen()ed by QEMU: no static CRT.
     let tracer_target = out_dir.join("tracer-target");
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--release")
-        .args(["-p", "pmcrash-tracer"])
-        .arg("--target-dir")
-        .arg(&tracer_target)
-        .arg("--manifest-path")
-        .arg(workspace.join("Cargo.toml"));
-    scrub_env(&mut cmd);
-    // A plugin is dlopen()ed by QEMU: no static CRT, and no line tables to carry around.
-    cmd.env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
-    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false");
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build pmcrash-tracer: {e}"));
-    if !status.success() {
-        panic!("building pmcrash-tracer (the QEMU tracer plugin) failed: {status}");
-    }
+    nested_build(
+        workspace,
+        "pmcrash-tracer",
+        "tracer",
+        &tracer_target,
+        None,
+        &[],
+    );
     copy(
         &tracer_target.join("release").join("libpmcrash_tracer.so"),
         &dest,

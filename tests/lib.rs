@@ -4,7 +4,7 @@
 //! machine lacks something, [`assets`] fails the test with what to install; nothing is
 //! skipped.
 
-use crash_models::ops::{Op, StoreKind};
+use crash_models::ops::Op;
 use pmcrash::guest::GuestFactory;
 use pmcrash::setup::{self, Assets, SetupOptions};
 use std::collections::BTreeMap;
@@ -86,12 +86,8 @@ pub fn expected_contents(ops: &[Op]) -> BTreeMap<String, Vec<u8>> {
                 maps.insert(map.clone(), (path.clone(), *offset));
             }
             Op::Store {
-                map,
-                offset,
-                data,
-                kind,
+                map, offset, data, ..
             } => {
-                let _ = kind == &StoreKind::Cached;
                 let (path, base) = &maps[map];
                 let f = files.get_mut(path.as_str()).expect("file");
                 let at = base + offset;

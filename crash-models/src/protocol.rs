@@ -63,6 +63,25 @@ pub enum HostMsg {
     TestHang,
 }
 
+impl HostMsg {
+    /// The message's `type` as it appears on the wire (`"run"`, `"mount"`, ...), for
+    /// errors that say what the harness was doing.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostMsg::Ping => "ping",
+            HostMsg::ConvertFsdax => "convert-fsdax",
+            HostMsg::Refresh => "refresh",
+            HostMsg::Mount { .. } => "mount",
+            HostMsg::Run { .. } => "run",
+            HostMsg::Dump => "dump",
+            HostMsg::Unmount => "unmount",
+            HostMsg::Poweroff => "poweroff",
+            HostMsg::TestPanic => "test-panic",
+            HostMsg::TestHang => "test-hang",
+        }
+    }
+}
+
 /// What an op returned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpResult {
@@ -350,6 +369,8 @@ mod tests {
             assert_eq!(*line.last().unwrap(), b'\n');
             let back: HostMsg = decode(&line[..line.len() - 1]).unwrap();
             assert_eq!(back, m);
+            let wire: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(wire["type"], m.name());
         }
         let r = AgentMsg::OpDone(OpResult {
             index: 2,

@@ -191,6 +191,7 @@ impl GuestFactory {
         image::blank(&pm, self.pm_size)?;
         image::copy_sparse(
             &template,
+            0,
             &File::options()
                 .write(true)
                 .open(&pm)

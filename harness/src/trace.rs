@@ -417,7 +417,7 @@ pub async fn trace_workload(
         let base = std::fs::File::create(&base_image)
             .with_context(|| format!("create {}", base_image.display()))?;
         base.set_len(factory.pm_size)?;
-        crate::image::copy_sparse(&final_image, &base, 0)?;
+        crate::image::copy_sparse(&final_image, 0, &base, 0)?;
         base.sync_all()?;
     }
     timings.image_ms = t0.elapsed().as_millis() as u64;

@@ -647,7 +647,7 @@ impl Vm {
         msg: &HostMsg,
         timeout: Duration,
     ) -> Result<(Vec<AgentMsg>, AgentMsg), VmError> {
-        let during = request_name(msg);
+        let during = msg.name().to_owned();
         let line = protocol::encode(msg);
         self.writer
             .write_all(&line)
@@ -766,13 +766,6 @@ fn qmp_err(command: &str, e: impl std::fmt::Display) -> VmError {
         command: command.into(),
         message: e.to_string(),
     }
-}
-
-fn request_name(msg: &HostMsg) -> String {
-    serde_json::to_value(msg)
-        .ok()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| "request".into())
 }
 
 async fn read_line(

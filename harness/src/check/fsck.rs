@@ -51,31 +51,18 @@ pub fn fsck(fs: FsKind, image: &Path, scratch_dir: &Path) -> Result<FsckOutcome,
     match fs {
         FsKind::Ext4 => {
             let target = format!("{}?offset={FSDAX_DATA_OFFSET}", image.display());
-            let out = Command::new("e2fsck")
-                .args(["-f", "-n"])
-                .arg(&target)
-                .env("E2FSCK_CONFIG", "/dev/null")
-                .output()
-                .map_err(|source| FsckError::Spawn {
-                    tool: "e2fsck",
-                    source,
-                })?;
-            let code = out.status.code();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
             // 0: clean. 1/2: errors corrected (cannot happen with -n, but would mean
             // the file system needed fixing). 4: errors left. 8 and up: e2fsck could not
             // check at all, which on an image the kernel just mounted means an unreadable
             // superblock or group descriptors: corruption too.
-            Ok(FsckOutcome {
-                command: format!("e2fsck -fn '{target}'"),
-                code,
-                problems: code != Some(0),
-                output: tail(&text, 12),
-            })
+            run(
+                "e2fsck",
+                Command::new("e2fsck")
+                    .args(["-f", "-n"])
+                    .arg(&target)
+                    .env("E2FSCK_CONFIG", "/dev/null"),
+                format!("e2fsck -fn '{target}'"),
+            )
         }
         FsKind::Xfs => {
             let dev = tempfile::Builder::new()
@@ -83,54 +70,46 @@ pub fn fsck(fs: FsKind, image: &Path, scratch_dir: &Path) -> Result<FsckOutcome,
                 .tempfile_in(scratch_dir)
                 .map_err(|e| FsckError::Extract(e.to_string()))?;
             extract_device(image, dev.as_file()).map_err(FsckError::Extract)?;
-            let out = Command::new("xfs_repair")
-                .args(["-n", "-f"])
-                .arg(dev.path())
-                .output()
-                .map_err(|source| FsckError::Spawn {
-                    tool: "xfs_repair",
-                    source,
-                })?;
-            let code = out.status.code();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(FsckOutcome {
-                command: format!(
+            run(
+                "xfs_repair",
+                Command::new("xfs_repair")
+                    .args(["-n", "-f"])
+                    .arg(dev.path()),
+                format!(
                     "dd if={} bs=2M skip=1 of=dev.img && xfs_repair -n -f dev.img",
                     image.display()
                 ),
-                code,
-                problems: code != Some(0),
-                output: tail(&text, 12),
-            })
+            )
         }
     }
+}
+
+/// Run a checker; any exit code but 0 means problems.
+fn run(tool: &'static str, cmd: &mut Command, command: String) -> Result<FsckOutcome, FsckError> {
+    let out = cmd
+        .output()
+        .map_err(|source| FsckError::Spawn { tool, source })?;
+    let code = out.status.code();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(FsckOutcome {
+        command,
+        code,
+        problems: code != Some(0),
+        output: tail(&text, 12),
+    })
 }
 
 /// Copy the block device area (from [`FSDAX_DATA_OFFSET`] on) of a PM image into
 /// `dst`, keeping holes.
 pub fn extract_device(image: &Path, dst: &std::fs::File) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
-    let src = std::fs::File::open(image).map_err(|e| format!("open {}: {e}", image.display()))?;
-    let len = src.metadata().map_err(|e| e.to_string())?.len();
+    let len = std::fs::metadata(image)
+        .map_err(|e| format!("stat {}: {e}", image.display()))?
+        .len();
     dst.set_len(len.saturating_sub(FSDAX_DATA_OFFSET))
         .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 1 << 20];
-    for (start, end) in crate::check::data_regions(&src, FSDAX_DATA_OFFSET, len) {
-        let mut off = start;
-        while off < end {
-            let n = ((end - off) as usize).min(buf.len());
-            src.read_exact_at(&mut buf[..n], off)
-                .map_err(|e| e.to_string())?;
-            if buf[..n].iter().any(|b| *b != 0) {
-                dst.write_all_at(&buf[..n], off - FSDAX_DATA_OFFSET)
-                    .map_err(|e| e.to_string())?;
-            }
-            off += n as u64;
-        }
-    }
-    Ok(())
+    crate::image::copy_sparse(image, FSDAX_DATA_OFFSET, dst, 0).map_err(|e| e.to_string())
 }

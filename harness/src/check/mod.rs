@@ -16,7 +16,7 @@ pub mod console;
 pub mod fsck;
 
 use crate::guest::{GuestError, GuestFactory};
-use crate::image::FSDAX_DATA_OFFSET;
+use crate::image::{data_regions, FSDAX_DATA_OFFSET};
 use crate::vm::{Vm, VmError};
 use console::{ConsoleCursor, ConsoleIssue};
 use crash_models::delta::{CrashImage, ImageBuilder};
@@ -29,7 +29,6 @@ use fsck::FsckOutcome;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -334,33 +333,6 @@ impl Base {
         }
         Ok(pages)
     }
-}
-
-/// The data regions of `f` within `[from, to)` (SEEK_DATA / SEEK_HOLE), page-aligned
-/// outwards. Falls back to the whole range when the file system cannot say.
-pub fn data_regions(f: &File, from: u64, to: u64) -> Vec<(u64, u64)> {
-    let fd = f.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = from as i64;
-    while (pos as u64) < to {
-        // SAFETY: lseek on an open descriptor.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return vec![(from, to)];
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { to as i64 } else { hole };
-        let s = (data as u64 / PAGE as u64) * PAGE as u64;
-        let e = (end as u64).div_ceil(PAGE as u64) * PAGE as u64;
-        out.push((s.max(from), e.min(to)));
-        pos = end;
-    }
-    out
 }
 
 /// Build a crash image from raw writes (PM file offsets), for images made by hand:
