@@ -58,13 +58,15 @@ pub fn expected_contents(ops: &[Op]) -> BTreeMap<String, Vec<u8>> {
                 }
                 fds.insert(fd.clone(), (path.clone(), 0));
             }
-            Op::Write { fd, data } => {
+            Op::Write { fd, data, .. } => {
                 let (path, pos) = fds.get_mut(fd).expect("fd");
                 let bytes = data.bytes();
                 put(files.get_mut(path.as_str()).expect("file"), *pos, &bytes);
                 *pos += bytes.len() as u64;
             }
-            Op::Pwrite { fd, offset, data } => {
+            Op::Pwrite {
+                fd, offset, data, ..
+            } => {
                 let (path, _) = &fds[fd];
                 put(
                     files.get_mut(path.as_str()).expect("file"),

@@ -263,6 +263,65 @@ impl FallocateFlag {
     }
 }
 
+/// sync_file_range(2) flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncFileRangeFlag {
+    /// `SYNC_FILE_RANGE_WAIT_BEFORE`.
+    WaitBefore,
+    /// `SYNC_FILE_RANGE_WRITE`.
+    Write,
+    /// `SYNC_FILE_RANGE_WAIT_AFTER`.
+    WaitAfter,
+}
+
+impl SyncFileRangeFlag {
+    /// The Linux flag bit.
+    pub fn bits(self) -> u32 {
+        match self {
+            SyncFileRangeFlag::WaitBefore => 1,
+            SyncFileRangeFlag::Write => 2,
+            SyncFileRangeFlag::WaitAfter => 4,
+        }
+    }
+
+    /// All three flags: write back and wait.
+    pub fn all() -> Vec<SyncFileRangeFlag> {
+        vec![
+            SyncFileRangeFlag::WaitBefore,
+            SyncFileRangeFlag::Write,
+            SyncFileRangeFlag::WaitAfter,
+        ]
+    }
+}
+
+/// setxattr(2) flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XattrFlag {
+    /// Create or replace.
+    #[default]
+    Any,
+    /// `XATTR_CREATE`: fail with EEXIST if it exists.
+    Create,
+    /// `XATTR_REPLACE`: fail with ENODATA if it does not.
+    Replace,
+}
+
+impl XattrFlag {
+    /// The Linux flag value.
+    pub fn bits(self) -> i32 {
+        match self {
+            XattrFlag::Any => 0,
+            XattrFlag::Create => 1,
+            XattrFlag::Replace => 2,
+        }
+    }
+}
+
+/// Largest xattr value (`XATTR_SIZE_MAX`).
+pub const MAX_XATTR_BYTES: u64 = 65536;
+
 fn default_mode() -> u32 {
     0o644
 }
@@ -295,6 +354,11 @@ pub enum Op {
         /// `O_APPEND`.
         #[serde(default)]
         append: bool,
+        /// `O_RDONLY | O_DIRECTORY`: a descriptor of a directory (`path = "."` is the
+        /// file system's root), for `fsync`/`fdatasync` of the directory. Excludes
+        /// `create`, `truncate`, `excl` and `append`.
+        #[serde(default)]
+        directory: bool,
         /// Permission bits for a created file.
         #[serde(default = "default_mode")]
         mode: u32,
@@ -310,6 +374,9 @@ pub enum Op {
         fd: String,
         /// The bytes.
         data: Data,
+        /// Write with `O_DIRECT` set on the descriptor for this call.
+        #[serde(default)]
+        direct: bool,
     },
     /// pwrite(2).
     Pwrite {
@@ -319,6 +386,9 @@ pub enum Op {
         offset: u64,
         /// The bytes.
         data: Data,
+        /// Write with `O_DIRECT` set on the descriptor for this call.
+        #[serde(default)]
+        direct: bool,
     },
     /// pread(2); the result carries the bytes' blake3.
     Read {
@@ -333,6 +403,13 @@ pub enum Op {
     Ftruncate {
         /// The descriptor.
         fd: String,
+        /// New size.
+        len: u64,
+    },
+    /// truncate(2) by path.
+    Truncate {
+        /// The path.
+        path: String,
         /// New size.
         len: u64,
     },
@@ -430,6 +507,21 @@ pub enum Op {
         /// The descriptor.
         fd: String,
     },
+    /// sync_file_range(2). Writes back data only: no metadata, so it promises
+    /// nothing by contract (see `docs/promises.md`).
+    SyncFileRange {
+        /// The descriptor.
+        fd: String,
+        /// Start.
+        #[serde(default)]
+        offset: u64,
+        /// Length; 0 means to the end of the file.
+        #[serde(default)]
+        len: u64,
+        /// Flags; all three when absent.
+        #[serde(default = "SyncFileRangeFlag::all")]
+        flags: Vec<SyncFileRangeFlag>,
+    },
     /// sync(2).
     Sync,
     /// syncfs(2) on the file system of `fd`.
@@ -476,6 +568,33 @@ pub enum Op {
         /// Where the link is made.
         path: String,
     },
+    /// mknod(2) of a FIFO.
+    Mkfifo {
+        /// The path.
+        path: String,
+        /// Permission bits.
+        #[serde(default = "default_mode")]
+        mode: u32,
+    },
+    /// setxattr(2) of a `user.*` attribute.
+    Setxattr {
+        /// The path.
+        path: String,
+        /// The attribute's name (`user.` and at least one more byte).
+        name: String,
+        /// The value.
+        value: Data,
+        /// `XATTR_CREATE` / `XATTR_REPLACE`, or neither.
+        #[serde(default)]
+        flag: XattrFlag,
+    },
+    /// removexattr(2).
+    Removexattr {
+        /// The path.
+        path: String,
+        /// The attribute's name.
+        name: String,
+    },
 }
 
 impl Op {
@@ -506,6 +625,11 @@ impl Op {
             Op::Mkdir { .. } => "mkdir",
             Op::Rmdir { .. } => "rmdir",
             Op::Symlink { .. } => "symlink",
+            Op::Truncate { .. } => "truncate",
+            Op::SyncFileRange { .. } => "sync-file-range",
+            Op::Mkfifo { .. } => "mkfifo",
+            Op::Setxattr { .. } => "setxattr",
+            Op::Removexattr { .. } => "removexattr",
         }
     }
 }
@@ -786,8 +910,34 @@ pub fn validate(ops: &[Op]) -> Result<(), OpError> {
             Ok(())
         };
         match op {
-            Op::Open { path, fd, .. } => {
-                check_path("path", path)?;
+            Op::Open {
+                path,
+                fd,
+                directory,
+                create,
+                truncate,
+                excl,
+                append,
+                ..
+            } => {
+                if !(*directory && path == ".") {
+                    check_path("path", path)?;
+                }
+                if *directory && (*create || *truncate || *excl || *append) {
+                    return Err(err(
+                        i,
+                        "directory",
+                        "a directory is opened read-only: drop create, truncate, excl and append"
+                            .to_owned(),
+                    ));
+                }
+                if !*directory && path == "." {
+                    return Err(err(
+                        i,
+                        "path",
+                        "`.` is a directory: open it with `directory = true`".to_owned(),
+                    ));
+                }
                 if !fds.insert(fd) {
                     return Err(err(
                         i,
@@ -800,7 +950,7 @@ pub fn validate(ops: &[Op]) -> Result<(), OpError> {
                 need_fd(fd, &fds)?;
                 fds.remove(fd.as_str());
             }
-            Op::Write { fd, data } | Op::Pwrite { fd, data, .. } => {
+            Op::Write { fd, data, .. } | Op::Pwrite { fd, data, .. } => {
                 need_fd(fd, &fds)?;
                 check_data(data, MAX_DATA_BYTES)?;
             }
@@ -815,6 +965,7 @@ pub fn validate(ops: &[Op]) -> Result<(), OpError> {
                 }
             }
             Op::Ftruncate { fd, .. }
+            | Op::SyncFileRange { fd, .. }
             | Op::Fsync { fd }
             | Op::Fdatasync { fd }
             | Op::Fmetadatasync { fd }
@@ -912,8 +1063,21 @@ pub fn validate(ops: &[Op]) -> Result<(), OpError> {
                 check_path("from", from)?;
                 check_path("to", to)?;
             }
-            Op::Unlink { path } | Op::Mkdir { path, .. } | Op::Rmdir { path } => {
-                check_path("path", path)?
+            Op::Unlink { path }
+            | Op::Mkdir { path, .. }
+            | Op::Rmdir { path }
+            | Op::Truncate { path, .. }
+            | Op::Mkfifo { path, .. } => check_path("path", path)?,
+            Op::Setxattr {
+                path, name, value, ..
+            } => {
+                check_path("path", path)?;
+                check_xattr_name(name).map_err(|m| err(i, "name", m))?;
+                check_data(value, MAX_XATTR_BYTES)?;
+            }
+            Op::Removexattr { path, name } => {
+                check_path("path", path)?;
+                check_xattr_name(name).map_err(|m| err(i, "name", m))?;
             }
             Op::Symlink { target, path } => {
                 check_path("path", path)?;
@@ -922,6 +1086,20 @@ pub fn validate(ops: &[Op]) -> Result<(), OpError> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Only `user.*` attributes: the others need privileges or mean something to the
+/// kernel (security labels, ACLs), which the model does not follow.
+fn check_xattr_name(name: &str) -> Result<(), String> {
+    if !name.starts_with("user.") || name.len() <= 5 {
+        return Err(format!(
+            "`{name}` is not a user xattr: expected `user.` followed by a name"
+        ));
+    }
+    if name.len() > 255 || name.contains('\0') {
+        return Err("xattr names are at most 255 bytes, without NUL".to_owned());
     }
     Ok(())
 }

@@ -545,7 +545,7 @@ impl Sim {
             Op::Close { fd } => {
                 self.fds.remove(fd);
             }
-            Op::Write { fd, data } => {
+            Op::Write { fd, data, .. } => {
                 let Some(f) = self.fds.get(fd).cloned() else {
                     return;
                 };
@@ -563,7 +563,9 @@ impl Sim {
                     f.pos = at + bytes.len() as u64;
                 }
             }
-            Op::Pwrite { fd, offset, data } => {
+            Op::Pwrite {
+                fd, offset, data, ..
+            } => {
                 let Some(f) = self.fds.get(fd).cloned() else {
                     return;
                 };
@@ -880,6 +882,11 @@ impl Sim {
                 let ino = self.inodes.len() - 1;
                 self.add_name(i, path, ino);
             }
+            Op::Truncate { .. }
+            | Op::SyncFileRange { .. }
+            | Op::Mkfifo { .. }
+            | Op::Setxattr { .. }
+            | Op::Removexattr { .. } => {}
         }
     }
 }

@@ -149,6 +149,7 @@ impl Executor {
                 excl,
                 append,
                 mode,
+                ..
             } => {
                 if self.fds.contains_key(fd) {
                     return Err(libc::EINVAL);
@@ -183,14 +184,16 @@ impl Executor {
                 self.fds.remove(fd);
                 none(0)
             }
-            Op::Write { fd, data } => {
+            Op::Write { fd, data, .. } => {
                 let fd = self.fd(fd)?;
                 let bytes = data.bytes();
                 // SAFETY: valid buffer.
                 let rc = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
                 none(check(rc as libc::c_long)?)
             }
-            Op::Pwrite { fd, offset, data } => {
+            Op::Pwrite {
+                fd, offset, data, ..
+            } => {
                 let fd = self.fd(fd)?;
                 let bytes = data.bytes();
                 // SAFETY: valid buffer.
@@ -431,6 +434,12 @@ impl Executor {
                     unsafe { libc::symlink(t.as_ptr(), p.as_ptr()) } as libc::c_long
                 )?)
             }
+            // Not yet executed by the agent.
+            Op::Truncate { .. }
+            | Op::SyncFileRange { .. }
+            | Op::Mkfifo { .. }
+            | Op::Setxattr { .. }
+            | Op::Removexattr { .. } => Err(libc::ENOSYS),
         }
     }
 }

@@ -184,7 +184,7 @@ impl History {
                 Op::Close { fd } => {
                     fds.remove(fd);
                 }
-                Op::Write { fd, data } => {
+                Op::Write { fd, data, .. } => {
                     if let Some((ino, pos, append)) = fds.get(fd).copied() {
                         let bytes = data.bytes();
                         let at = if append {
@@ -196,7 +196,9 @@ impl History {
                         fds.insert(fd.clone(), (ino, at + bytes.len() as u64, append));
                     }
                 }
-                Op::Pwrite { fd, offset, data } => {
+                Op::Pwrite {
+                    fd, offset, data, ..
+                } => {
                     if let Some(&(ino, _, _)) = fds.get(fd) {
                         put(&mut content[ino], *offset, &data.bytes());
                     }
