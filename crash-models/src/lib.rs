@@ -8,6 +8,8 @@
 #![warn(missing_docs)]
 
 pub mod delta;
+pub mod fsmodel;
+pub mod history;
 pub mod model;
 pub mod ops;
 pub mod points;
@@ -15,3 +17,4 @@ pub mod promise;
 pub mod protocol;
 pub mod states;
 pub mod trace;
+pub mod verdict;
