@@ -51,7 +51,7 @@ fn base(rt: &tokio::runtime::Runtime) -> Base {
     let image = dir.path().join("base.img");
     let workload = Workload::parse(BASE, "base.toml").unwrap();
     let report = rt
-        .block_on(pmcrash::run::run_workload(
+        .block_on(pmcrash::run::run_ops(
             &factory(FsKind::Ext4),
             &workload,
             "base.toml",

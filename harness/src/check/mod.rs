@@ -17,6 +17,7 @@ pub mod fsck;
 
 use crate::guest::{GuestError, GuestFactory};
 use crate::image::{data_regions, FSDAX_DATA_OFFSET};
+use crate::interrupt::Interrupt;
 use crate::vm::{Vm, VmError};
 use console::{ConsoleCursor, ConsoleIssue};
 use crash_models::delta::{CrashImage, ImageBuilder};
@@ -64,6 +65,9 @@ pub enum CheckError {
         /// The last error.
         last: String,
     },
+    /// A checker task panicked or was cancelled.
+    #[error("a checker task ended abnormally: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The base image does not fit the guests.
     #[error("base image {path} is {len} bytes, the guests' PM is {pm_size}")]
     BaseSize {
@@ -231,10 +235,14 @@ pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
 /// What [`Checker::check_all`] returns.
 #[derive(Debug, Clone)]
 pub struct CheckOutcome {
-    /// One recovery per image, in the order given.
+    /// One recovery per image, in the order given; after an interrupt, only the images
+    /// recovered before it, still in order ([`Recovery::index`] says which).
     pub recoveries: Vec<Recovery>,
     /// Guest restarts in total.
     pub restarts: u32,
+    /// The checker stopped early at an [`Interrupt`] request: some images were not
+    /// recovered.
+    pub interrupted: bool,
 }
 
 /// The sparse base image: its non-zero regions (everything else is zero).
@@ -404,6 +412,7 @@ struct Shared {
     total: usize,
     progress: Option<Progress>,
     live: Arc<Mutex<BTreeMap<usize, u32>>>,
+    interrupt: Option<Interrupt>,
 }
 
 /// One long-lived checker guest per worker, for one (kernel, file system).
@@ -413,6 +422,7 @@ pub struct Checker {
     workers: Vec<Worker>,
     live: Arc<Mutex<BTreeMap<usize, u32>>>,
     restarts: u32,
+    interrupt: Option<Interrupt>,
 }
 
 /// Why one attempt at an image ended without a recovery.
@@ -428,9 +438,7 @@ impl Checker {
     pub fn new(factory: GuestFactory, opts: CheckerOptions) -> Result<Checker, CheckError> {
         let mut workers = Vec::new();
         for id in 0..opts.workers.max(1) {
-            let dir = tempfile::Builder::new()
-                .prefix("pmcrash-check-")
-                .tempdir()
+            let dir = crate::scratch::run_dir(crate::scratch::CHECK_PREFIX)
                 .map_err(io_err("create a checker scratch directory"))?;
             let pm = dir.path().join("pm.img");
             let file = File::options()
@@ -457,7 +465,14 @@ impl Checker {
             workers,
             live: Arc::new(Mutex::new(BTreeMap::new())),
             restarts: 0,
+            interrupt: None,
         })
+    }
+
+    /// Stop [`Checker::check_all`] at this request: the images being recovered are
+    /// finished, no new one is started, and the recoveries so far are returned.
+    pub fn set_interrupt(&mut self, interrupt: Interrupt) {
+        self.interrupt = Some(interrupt);
     }
 
     /// The file system checked.
@@ -506,12 +521,7 @@ impl Checker {
             match t.await {
                 Ok(Ok(w)) => self.workers.push(w),
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(e) => {
-                    first_err = first_err.or(Some(CheckError::Io {
-                        what: "checker task".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    }))
-                }
+                Err(e) => first_err = first_err.or(Some(CheckError::Task(e))),
             }
         }
         match first_err {
@@ -548,6 +558,7 @@ impl Checker {
             total,
             progress,
             live: self.live.clone(),
+            interrupt: self.interrupt.clone(),
         });
         let mut tasks = Vec::new();
         let workers = std::mem::take(&mut self.workers);
@@ -579,12 +590,7 @@ impl Checker {
                         Err(e) => first_err = first_err.or(Some(e)),
                     }
                 }
-                Err(e) => {
-                    first_err = first_err.or(Some(CheckError::Io {
-                        what: "checker task".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    }))
-                }
+                Err(e) => first_err = first_err.or(Some(CheckError::Task(e))),
             }
         }
         self.workers.sort_by_key(|w| w.id);
@@ -592,9 +598,9 @@ impl Checker {
             return Err(e);
         }
         let recoveries: Vec<Recovery> = out.into_iter().flatten().collect();
-        debug_assert_eq!(recoveries.len(), total);
         Ok(CheckOutcome {
             restarts: recoveries.iter().map(|r| r.restarts).sum(),
+            interrupted: recoveries.len() < total,
             recoveries,
         })
     }
@@ -618,6 +624,9 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
     let mut recs = Vec::new();
     let mut restarts = 0;
     loop {
+        if s.interrupt.as_ref().is_some_and(Interrupt::is_requested) {
+            return (w, Ok((recs, restarts)));
+        }
         let job = s.queue.lock().ok().and_then(|mut q| q.pop_front());
         let Some((index, image)) = job else {
             return (w, Ok((recs, restarts)));

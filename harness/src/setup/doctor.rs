@@ -158,7 +158,7 @@ fn find_kernel(opts: &SetupOptions, checks: &mut Vec<Check>) -> Option<KernelSou
     let deb = pin
         .as_ref()
         .and_then(|p| p.deb.clone())
-        .filter(|d| opts.cache_dir.join("debs").join(d).is_file());
+        .filter(|d| crate::cache::debs_dir(&opts.cache_dir).join(d).is_file());
     let Some(deb_name) = deb else {
         let detail = match &pin {
             Some(p) => format!("{} pinned but not downloaded", p.package),
@@ -173,7 +173,7 @@ fn find_kernel(opts: &SetupOptions, checks: &mut Vec<Check>) -> Option<KernelSou
         deb_name.clone(),
         None,
     ));
-    let deb = opts.cache_dir.join("debs").join(&deb_name);
+    let deb = crate::cache::debs_dir(&opts.cache_dir).join(&deb_name);
     let stamp = FileStamp::of(&deb)?;
     let hash = match read_json::<DebMeta>(&PathBuf::from(format!("{}.json", deb.display()))) {
         Some(m) if m.stamp == stamp => m.blake3,
@@ -333,7 +333,8 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
                 },
             }
         }
-        let state: State = read_json(&opts.cache_dir.join("state.json")).unwrap_or_default();
+        let state: State =
+            read_json(&crate::cache::setup_state_path(&opts.cache_dir)).unwrap_or_default();
         let entry = state.entries.get(&state_key(&source.descriptor));
         for fs in FsKind::ALL {
             let path = entry

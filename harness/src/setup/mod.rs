@@ -10,22 +10,8 @@
 //! # The cache
 //!
 //! Everything lives under [`SetupOptions::cache_dir`], content-addressed, written
-//! atomically (temporary file in the same directory, fsync, rename), and guarded by an
-//! advisory lock (`.lock`) so concurrent `ensure` calls do not duplicate work:
-//!
-//! ```text
-//! kernel-pin.json                 the Debian kernel package in use (see "Pinning" below)
-//! debs/<package file>.deb         apt-get download output, keyed by file name
-//! debs/<package file>.deb.json    its size, mtime and blake3 (so it is hashed once)
-//! kernels/<deb hash>/tree/        dpkg-deb -x output (boot/, lib/modules/<release>/)
-//! kernels/<deb hash>/vmlinux      the uncompressed kernel with its PVH entry note
-//! kernels/<deb hash>/kernel.json  release, image to boot, image hash
-//! byo/<key>/                      the same for a bring-your-own kernel (key: path, size, mtime)
-//! initramfs/<blake3>.cpio         keyed by the hash of the archive (agent + modules + order)
-//! qemu.json                       the last QEMU probe, keyed by the binary's path/size/mtime
-//! state.json                      finished results, keyed by (agent hash, kernel), with
-//!                                 the size and mtime of every input file
-//! ```
+//! atomically and guarded by an advisory lock so concurrent `ensure` calls do not
+//! duplicate work; the layout is in [`crate::cache`].
 //!
 //! A warm `ensure` reads `state.json`, stats the recorded inputs and outputs, hashes the
 //! embedded agent (a few MB) and returns: no process is run, no module decompressed.
@@ -50,7 +36,6 @@ pub use doctor::{Check, CheckStatus, DoctorReport};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -188,6 +173,9 @@ pub enum SetupError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A cache file could not be written, renamed or locked.
+    #[error(transparent)]
+    File(#[from] crate::cache::FileError),
     /// A file-system error.
     #[error("{}: {source}", path.display())]
     Io {
@@ -222,99 +210,20 @@ impl SetupError {
     }
 }
 
-/// Writes a file atomically: a temporary file in the same directory, fsync, rename, and an
-/// fsync of the directory so the rename itself survives a crash.
-pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<(), SetupError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| SetupError::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| SetupError::io(dir, e))?;
-    tmp.write_all(data)
-        .map_err(|e| SetupError::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| SetupError::io(tmp.path(), e))?;
-    // NamedTempFile creates 0600; assets are meant to be readable (QEMU may run as another
-    // user).
-    set_mode(tmp.path(), 0o644)?;
-    tmp.persist(path)
-        .map_err(|e| SetupError::io(path, e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<(), SetupError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| SetupError::io(path, e))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
+pub(crate) use crate::cache::{read_json, FileStamp};
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SetupError> {
-    let text = serde_json::to_vec_pretty(value).expect("setup records serialize");
-    atomic_write(path, &text)
+    Ok(crate::cache::write_json(path, value)?)
 }
 
-/// A file's identity as far as cache validity goes: path, size, modification time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct FileStamp {
-    path: PathBuf,
-    size: u64,
-    mtime_ns: u128,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        let md = std::fs::metadata(path).ok()?;
-        let mtime_ns = md
-            .modified()
-            .ok()?
-            .duration_since(UNIX_EPOCH)
-            .ok()?
-            .as_nanos();
-        Some(FileStamp {
-            path: path.to_path_buf(),
-            size: md.len(),
-            mtime_ns,
-        })
-    }
-
-    fn still_valid(&self) -> bool {
-        FileStamp::of(&self.path).as_ref() == Some(self)
-    }
-}
-
-/// An exclusive advisory lock on the cache, released on drop.
-struct CacheLock(std::fs::File);
+/// The setup lock of a cache directory, released on drop.
+struct CacheLock(#[allow(dead_code)] crate::cache::Lock);
 
 impl CacheLock {
     fn take(cache: &Path) -> Result<CacheLock, SetupError> {
-        use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(cache).map_err(|e| SetupError::io(cache, e))?;
-        let path = cache.join(".lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| SetupError::io(&path, e))?;
-        // SAFETY: a valid open file descriptor; flock has no memory-safety preconditions.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(SetupError::io(&path, std::io::Error::last_os_error()));
-        }
-        Ok(CacheLock(f))
-    }
-}
-
-impl Drop for CacheLock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        Ok(CacheLock(crate::cache::Lock::take(
+            &crate::cache::setup_lock_path(cache),
+        )?))
     }
 }
 
@@ -369,7 +278,7 @@ struct QemuRecord {
 
 /// Makes sure QEMU and the tools are present, installing them if allowed; returns QEMU.
 fn ensure_host_tools(opts: &SetupOptions, ui: &Ui) -> Result<(PathBuf, String), SetupError> {
-    let record_path = opts.cache_dir.join("qemu.json");
+    let record_path = crate::cache::qemu_record_path(&opts.cache_dir);
     let tools_ok = || {
         host_tools::TOOLS
             .iter()
@@ -484,7 +393,7 @@ struct KernelSource {
 }
 
 fn pin_path(cache: &Path) -> PathBuf {
-    cache.join("kernel-pin.json")
+    crate::cache::kernel_pin_path(cache)
 }
 
 /// Drops the pinned Debian kernel package, so that the next [`ensure`] resolves (and
@@ -515,8 +424,7 @@ fn resolve_package(ui: &Ui) -> Result<String, SetupError> {
         return Ok(p);
     }
     // A fresh machine has no apt lists yet.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::sys::is_root() {
         return Err(SetupError::NoKernelPackage);
     }
     ui.step("apt-get update");
@@ -530,7 +438,7 @@ fn resolve_package(ui: &Ui) -> Result<String, SetupError> {
 
 /// `apt-get download`s a package into `debs/`, returning the file name.
 fn download(cache: &Path, package: &str, ui: &Ui) -> Result<String, SetupError> {
-    let debs = cache.join("debs");
+    let debs = crate::cache::debs_dir(cache);
     std::fs::create_dir_all(&debs).map_err(|e| SetupError::io(&debs, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".download-")
@@ -557,9 +465,7 @@ fn download(cache: &Path, package: &str, ui: &Ui) -> Result<String, SetupError> 
             output: "but left no .deb file".into(),
         })?;
     let from = tmp.path().join(&name);
-    let file = std::fs::File::open(&from).map_err(|e| SetupError::io(&from, e))?;
-    file.sync_all().map_err(|e| SetupError::io(&from, e))?;
-    std::fs::rename(&from, debs.join(&name)).map_err(|e| SetupError::io(debs.join(&name), e))?;
+    crate::cache::publish(&from, &debs.join(&name))?;
     ui.done(format!("downloaded {name}"));
     Ok(name)
 }
@@ -629,7 +535,7 @@ fn prepare_image(
         .unwrap_or_default();
     match kernel::extract_vmlinux(&bz) {
         Some((_, elf)) => {
-            atomic_write(dest, &elf)?;
+            crate::cache::write_atomic(dest, &elf)?;
             Ok(KernelRecord {
                 release,
                 image: dest.to_path_buf(),
@@ -655,7 +561,7 @@ fn debian_kernel(cache: &Path, ui: &Ui) -> Result<KernelSource, SetupError> {
     let mut deb_name = pin
         .as_ref()
         .and_then(|p| p.deb.clone())
-        .filter(|d| cache.join("debs").join(d).is_file());
+        .filter(|d| crate::cache::debs_dir(cache).join(d).is_file());
     if deb_name.is_none() {
         let package = match &pin {
             Some(p) => p.package.clone(),
@@ -692,9 +598,9 @@ fn debian_kernel(cache: &Path, ui: &Ui) -> Result<KernelSource, SetupError> {
         deb_name = Some(name);
     }
     let deb_name = deb_name.expect("set above");
-    let deb = cache.join("debs").join(&deb_name);
+    let deb = crate::cache::debs_dir(cache).join(&deb_name);
     let (hash, deb_stamp) = deb_hash(&deb)?;
-    let kdir = cache.join("kernels").join(&hash[..16]);
+    let kdir = crate::cache::kernels_dir(cache).join(&hash[..16]);
     let record_path = kdir.join("kernel.json");
     let record = match read_json::<KernelRecord>(&record_path) {
         Some(r) if r.image.is_file() => r,
@@ -784,7 +690,7 @@ fn byo_kernel(
     })?;
     let key_text = format!("{}:{}:{}", image.display(), stamp.size, stamp.mtime_ns);
     let key = blake3::hash(key_text.as_bytes()).to_hex().to_string();
-    let dir = cache.join("byo").join(&key[..16]);
+    let dir = crate::cache::byo_dir(cache).join(&key[..16]);
     let record_path = dir.join("kernel.json");
     let release_hint = modules
         .as_ref()
@@ -931,11 +837,9 @@ fn build_initramfs(
         let archive =
             initramfs::build(AGENT_ELF, &resolution.order).map_err(|e| SetupError::io(cache, e))?;
         let hash = blake3::hash(&archive).to_hex().to_string();
-        let path = cache
-            .join("initramfs")
-            .join(format!("{}.cpio", &hash[..32]));
+        let path = crate::cache::initramfs_dir(cache).join(format!("{}.cpio", &hash[..32]));
         if !path.is_file() {
-            atomic_write(&path, &archive)?;
+            crate::cache::write_atomic(&path, &archive)?;
         }
         ui.done(format!(
             "{fs} initramfs: {} modules ({})",
@@ -976,7 +880,7 @@ pub fn ensure(opts: &SetupOptions) -> Result<Assets, SetupError> {
         None => debian_kernel(cache, &ui)?,
     };
     let key = state_key(&source.descriptor);
-    let state_path = cache.join("state.json");
+    let state_path = crate::cache::setup_state_path(cache);
     let mut state: State = read_json(&state_path).unwrap_or_default();
     if let Some(entry) = state.entries.get(&key) {
         if entry.valid() {
@@ -1046,20 +950,6 @@ mod tests {
         // Only inspects the result's shape: the environment is shared by parallel tests.
         let d = SetupOptions::default_cache_dir();
         assert!(d.ends_with("pmcrash") || std::env::var_os("PMCRASH_CACHE").is_some());
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_stamps() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("sub/file");
-        atomic_write(&p, b"one").unwrap();
-        let s1 = FileStamp::of(&p).unwrap();
-        assert!(s1.still_valid());
-        atomic_write(&p, b"three").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"three");
-        assert!(!s1.still_valid());
-        // No temporary files left behind.
-        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
     }
 
     #[test]
