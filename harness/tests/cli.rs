@@ -108,6 +108,20 @@ fn running(pid: u32) -> bool {
     }
 }
 
+/// Every QEMU in `qemus` has ended (waiting a bounded number of polls for the kernel
+/// to reap them).
+fn assert_all_ended(qemus: &[u32]) {
+    for _ in 0..2_000 {
+        if qemus.iter().all(|p| !running(*p)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for p in qemus {
+        assert!(!running(*p), "QEMU {p} still runs after Ctrl-C");
+    }
+}
+
 /// Ctrl-C while a guest runs ends that guest's QEMU too.
 #[test]
 fn ctrl_c_ends_every_qemu() {
@@ -149,15 +163,7 @@ fn ctrl_c_ends_every_qemu() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for _ in 0..2_000 {
-        if qemus.iter().all(|p| !running(*p)) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    for p in qemus {
-        assert!(!running(p), "QEMU {p} still runs after Ctrl-C");
-    }
+    assert_all_ended(&qemus);
 }
 
 /// Ctrl-C while crash states are being checked: the run stops taking new images, writes
@@ -236,15 +242,7 @@ fn ctrl_c_during_checking_writes_the_partial_report() {
         xml.contains("<property name=\"incomplete\" value=\"true\"/>"),
         "{xml}"
     );
-    for _ in 0..2_000 {
-        if qemus.iter().all(|p| !running(*p)) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    for p in qemus {
-        assert!(!running(p), "QEMU {p} still runs after Ctrl-C");
-    }
+    assert_all_ended(&qemus);
 }
 
 #[test]
