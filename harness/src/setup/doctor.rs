@@ -2,6 +2,7 @@
 //! Read-only: it runs probes (QEMU's `--version`, module resolution) but writes nothing.
 
 use super::host_tools::{self, QemuStatus};
+use super::kernel::{pin_path, DebMeta, KernelPin, KernelSource};
 use super::*;
 use std::fmt;
 
