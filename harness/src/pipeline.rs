@@ -16,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::check::{CheckError, Checker, CheckerOptions, Progress, Recovery};
+use crate::checker::{Checker, CheckerError, CheckerOptions, Progress, Recovery};
 use crate::guest::GuestFactory;
 use crate::image::FSDAX_DATA_OFFSET;
 use crate::interrupt::Interrupt;
@@ -59,7 +59,7 @@ pub enum PipelineError {
         /// The workload.
         workload: String,
         /// Why.
-        source: CheckError,
+        source: CheckerError,
     },
     /// The trace is unusable (unresolved flushes, broken markers).
     #[error("the trace of {workload} is unusable: {message}")]
@@ -342,7 +342,7 @@ impl Pipeline {
         tokio::select! {
             made = self.factory.saved_state() => made.map_err(|e| PipelineError::Check {
                 workload: name.into(),
-                source: CheckError::Guest(e),
+                source: CheckerError::Guest(e),
             })?,
             () = self.interrupt.requested() => return Err(interrupted()),
         };
@@ -361,10 +361,10 @@ impl Pipeline {
                 factory
                     .make_image(&warm_image)
                     .await
-                    .map_err(CheckError::Guest)?;
+                    .map_err(CheckerError::Guest)?;
                 checker.warm_up(&warm_image).await?;
             }
-            Ok::<_, CheckError>(t.elapsed())
+            Ok::<_, CheckerError>(t.elapsed())
         };
         // An interrupt drops both: their guests are killed on drop.
         let ((traced, trace_time), warm) = tokio::select! {
@@ -392,7 +392,7 @@ impl Pipeline {
                 ),
             });
         }
-        let problems = crate::trace::check_markers(&trace.records);
+        let problems = crate::trace::marker_problems(&trace.records);
         if !problems.is_empty() {
             return Err(PipelineError::BadTrace {
                 workload: name.into(),
@@ -417,7 +417,7 @@ impl Pipeline {
         let prog: Progress = Arc::new(move |done, _| b2.set_position(done as u64));
         let checker = self.checker.as_mut().expect("checker");
         let outcome = checker
-            .check_all(
+            .recover_all(
                 &traced.base_image,
                 images,
                 history.known_blocks(),

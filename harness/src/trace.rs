@@ -3,7 +3,7 @@
 //! The tracer plugin ([`TRACER_PLUGIN`]) writes the trace; these functions read it
 //! back. [`show`] groups the records by the agent's op markers; [`replay_onto`] applies
 //! every store to a base image, which must reproduce the final image byte for byte
-//! (the tracer's acceptance test); [`check_markers`] checks the marker discipline.
+//! (the tracer's acceptance test); [`marker_problems`] checks the marker discipline.
 
 use crate::cache::FileError;
 use crate::guest::GuestError;
@@ -137,7 +137,7 @@ pub struct TraceSummary {
     pub ops: Vec<OpCounts>,
     /// Everything outside the ops (boot, mount, unmount...).
     pub outside: OpCounts,
-    /// Marker-discipline problems ([`check_markers`]); empty for a good trace.
+    /// Marker-discipline problems ([`marker_problems`]); empty for a good trace.
     pub problems: Vec<String>,
 }
 
@@ -183,13 +183,13 @@ pub fn summarise(t: &Trace) -> TraceSummary {
         footer: t.footer,
         ops,
         outside,
-        problems: check_markers(&t.records),
+        problems: marker_problems(&t.records),
     }
 }
 
 /// Check the marker discipline: one run, each op's begin and end exactly once, in
 /// index order, begin before end, nothing nested. Returns the problems found.
-pub fn check_markers(records: &[Record]) -> Vec<String> {
+pub fn marker_problems(records: &[Record]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut open: Option<u32> = None;
     let mut next = 0u32;
@@ -408,7 +408,12 @@ mod tests {
             marker(MarkerKind::OpEnd, 0),
             marker(MarkerKind::OpBegin, 1),
         ];
-        assert_eq!(check_markers(&bad).len(), 4, "{:?}", check_markers(&bad));
+        assert_eq!(
+            marker_problems(&bad).len(),
+            4,
+            "{:?}",
+            marker_problems(&bad)
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crash_models::delta::CrashImage;
 use crash_models::ops::{FsKind, Workload};
 use crash_models::protocol::OpResult;
-use pmcrash::check::{Checker, CheckerOptions, Progress, Recovery};
+use pmcrash::checker::{Checker, CheckerOptions, Progress, Recovery};
 use pmcrash::image::FSDAX_DATA_OFFSET;
 use pmcrash::oracle::{judge, verdict_of, History, Verdict};
 use pmcrash_e2e::{factory, rt};
@@ -119,7 +119,7 @@ fn check(
         .unwrap();
         let p = progress(&checker);
         let out = checker
-            .check_all(
+            .recover_all(
                 &b.image,
                 images.into_iter().map(Arc::new).collect(),
                 history.known_blocks(),
@@ -185,7 +185,10 @@ fn corrupt_images_are_fs_corruption_and_foreign_bytes_are_stale_data() {
         recs[2].fsck.as_ref().unwrap().problems
             || !recs[2].console.is_empty()
             || recs[2].dump_error.is_some()
-            || !matches!(recs[2].mount, pmcrash::check::MountOutcome::Mounted { .. })
+            || !matches!(
+                recs[2].mount,
+                pmcrash::checker::MountOutcome::Mounted { .. }
+            )
     );
 }
 

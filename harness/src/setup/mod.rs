@@ -31,7 +31,7 @@ pub mod kernel;
 pub mod modules;
 
 pub use crash_models::ops::FsKind;
-pub use doctor::{Check, CheckStatus, DoctorReport};
+pub use doctor::{DoctorReport, Probe, ProbeStatus};
 pub use kernel::refresh_kernel;
 use kernel::{byo_kernel, debian_kernel, KernelRecord};
 

@@ -39,7 +39,7 @@ const PAGE: usize = 4096;
 
 /// Errors that stop a check (infrastructure, not findings).
 #[derive(Debug, thiserror::Error)]
-pub enum CheckError {
+pub enum CheckerError {
     /// A guest could not be started or kept alive.
     #[error("checker guest: {0}")]
     Guest(#[from] GuestError),
@@ -79,9 +79,9 @@ pub enum CheckError {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckError {
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckerError {
     let what = what.into();
-    move |source| CheckError::Io { what, source }
+    move |source| CheckerError::Io { what, source }
 }
 
 /// How the checker runs.
@@ -144,7 +144,7 @@ pub enum MountOutcome {
 /// What the kernel's recovery of one crash image left.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovery {
-    /// Index of the image in the list given to [`Checker::check_all`].
+    /// Index of the image in the list given to [`Checker::recover_all`].
     pub index: usize,
     /// The mount (and whether the guest survived the whole check).
     pub mount: MountOutcome,
@@ -231,9 +231,9 @@ pub struct KnownBlocks {
 /// Progress callback: (images done, images total).
 pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
 
-/// What [`Checker::check_all`] returns.
+/// What [`Checker::recover_all`] returns.
 #[derive(Debug, Clone)]
-pub struct CheckOutcome {
+pub struct Recoveries {
     /// One recovery per image, in the order given; after an interrupt, only the images
     /// recovered before it, still in order ([`Recovery::index`] says which).
     pub recoveries: Vec<Recovery>,
@@ -254,7 +254,7 @@ struct Worker {
     _dir: tempfile::TempDir,
 }
 
-/// Shared state of one [`Checker::check_all`] call.
+/// Shared state of one [`Checker::recover_all`] call.
 struct Shared {
     factory: GuestFactory,
     opts: CheckerOptions,
@@ -288,7 +288,7 @@ enum Attempt {
 impl Checker {
     /// A checker for `factory`'s kernel and file system. Guests start lazily, on the
     /// first image each worker takes.
-    pub fn new(factory: GuestFactory, opts: CheckerOptions) -> Result<Checker, CheckError> {
+    pub fn new(factory: GuestFactory, opts: CheckerOptions) -> Result<Checker, CheckerError> {
         let mut workers = Vec::new();
         for id in 0..opts.workers.max(1) {
             let dir = crate::scratch::run_dir(crate::scratch::CHECK_PREFIX)
@@ -322,7 +322,7 @@ impl Checker {
         })
     }
 
-    /// Stop [`Checker::check_all`] at this request: the images being recovered are
+    /// Stop [`Checker::recover_all`] at this request: the images being recovered are
     /// finished, no new one is started, and the recoveries so far are returned.
     pub fn set_interrupt(&mut self, interrupt: Interrupt) {
         self.interrupt = Some(interrupt);
@@ -346,7 +346,7 @@ impl Checker {
 
     /// Start every worker's guest now (so the time to get guests ready can be told
     /// apart from checking time). Each guest runs on its scratch copy of `base_image`.
-    pub async fn warm_up(&mut self, base_image: &Path) -> Result<(), CheckError> {
+    pub async fn warm_up(&mut self, base_image: &Path) -> Result<(), CheckerError> {
         // The saved state is made once, here, not by every worker at once: its cache
         // lock is a blocking flock that would tie up the runtime's threads.
         self.factory.saved_state().await?;
@@ -366,7 +366,7 @@ impl Checker {
                     w.cursor.skip_to_end(&vm.console());
                     w.vm = Some(vm);
                 }
-                Ok::<Worker, CheckError>(w)
+                Ok::<Worker, CheckerError>(w)
             }));
         }
         let mut first_err = None;
@@ -374,7 +374,7 @@ impl Checker {
             match t.await {
                 Ok(Ok(w)) => self.workers.push(w),
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(e) => first_err = first_err.or(Some(CheckError::Task(e))),
+                Err(e) => first_err = first_err.or(Some(CheckerError::Task(e))),
             }
         }
         match first_err {
@@ -384,17 +384,17 @@ impl Checker {
     }
 
     /// Recover every image (deltas over `base_image`) and report what each left.
-    pub async fn check_all(
+    pub async fn recover_all(
         &mut self,
         base_image: &Path,
         images: Vec<Arc<CrashImage>>,
         known: KnownBlocks,
         progress: Option<Progress>,
-    ) -> Result<CheckOutcome, CheckError> {
+    ) -> Result<Recoveries, CheckerError> {
         self.factory.saved_state().await?;
         let base = Base::read(base_image)?;
         if base.len != self.factory.pm_size {
-            return Err(CheckError::BaseSize {
+            return Err(CheckerError::BaseSize {
                 path: base_image.to_path_buf(),
                 len: base.len,
                 pm_size: self.factory.pm_size,
@@ -443,7 +443,7 @@ impl Checker {
                         Err(e) => first_err = first_err.or(Some(e)),
                     }
                 }
-                Err(e) => first_err = first_err.or(Some(CheckError::Task(e))),
+                Err(e) => first_err = first_err.or(Some(CheckerError::Task(e))),
             }
         }
         self.workers.sort_by_key(|w| w.id);
@@ -451,7 +451,7 @@ impl Checker {
             return Err(e);
         }
         let recoveries: Vec<Recovery> = out.into_iter().flatten().collect();
-        Ok(CheckOutcome {
+        Ok(Recoveries {
             restarts: recoveries.iter().map(|r| r.restarts).sum(),
             interrupted: recoveries.len() < total,
             recoveries,
@@ -471,7 +471,7 @@ impl Checker {
     }
 }
 
-type WorkerResult = Result<(Vec<Recovery>, u32), CheckError>;
+type WorkerResult = Result<(Vec<Recovery>, u32), CheckerError>;
 
 async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
     let mut recs = Vec::new();
@@ -487,7 +487,7 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
         let mut attempts = 0u32;
         let mut image_restarts = 0u32;
         loop {
-            match check_one(&mut w, &s, index, &image).await {
+            match recover_one(&mut w, &s, index, &image).await {
                 Ok(Attempt::Done(r)) => {
                     let mut r = *r;
                     if w.vm.is_none() {
@@ -506,7 +506,7 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
                     if attempts > s.opts.max_retries {
                         return (
                             w,
-                            Err(CheckError::GaveUp {
+                            Err(CheckerError::GaveUp {
                                 index,
                                 attempts,
                                 last: why,
@@ -543,12 +543,12 @@ fn classify(e: &VmError, during: &str) -> Result<MountOutcome, String> {
     }
 }
 
-async fn check_one(
+async fn recover_one(
     w: &mut Worker,
     s: &Shared,
     index: usize,
     image: &CrashImage,
-) -> Result<Attempt, CheckError> {
+) -> Result<Attempt, CheckerError> {
     let t0 = Instant::now();
     let timeout = s.opts.request_timeout;
     // The scratch file must hold exactly base + delta before the guest looks.
@@ -606,7 +606,7 @@ async fn check_one(
     match mounted {
         Ok((_, AgentMsg::Mounted { dax, .. })) => rec.mount = MountOutcome::Mounted { dax },
         Ok((_, other)) => {
-            return Err(CheckError::Guest(GuestError::Guest(format!(
+            return Err(CheckerError::Guest(GuestError::Guest(format!(
                 "expected mounted, got {other:?}"
             ))))
         }

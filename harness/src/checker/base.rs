@@ -1,7 +1,7 @@
 //! The base image a checker guest's scratch file is put back to before each crash
 //! image: held sparsely in memory, restored by rewriting only the pages that differ.
 
-use super::{io_err, CheckError, PAGE};
+use super::{io_err, CheckerError, PAGE};
 use crate::image::data_regions;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -15,7 +15,7 @@ pub(super) struct Base {
 }
 
 impl Base {
-    pub(super) fn read(path: &Path) -> Result<Base, CheckError> {
+    pub(super) fn read(path: &Path) -> Result<Base, CheckerError> {
         let f = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
         let len = f
             .metadata()
