@@ -468,7 +468,7 @@ async fn run_ops_only(
         factory.pm_size = m << 20;
     }
     factory.smp = smp;
-    let tmp = tempfile::tempdir()?;
+    let tmp = pmcrash::scratch::run_dir(pmcrash::scratch::RUN_PREFIX)?;
     let out_dir = out.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     let bar = pmcrash::progress::bar(loaded.len() as u64, !g.json, "workloads");
