@@ -1,6 +1,7 @@
 //! Every libc call of the harness, each behind a safe function with its `SAFETY`
-//! argument. The rest of the crate has no `unsafe` blocks but these (and the QEMU
-//! process handling in `vm.rs`, which has its own).
+//! argument. The rest of the crate has no `unsafe` blocks but these and, until it
+//! switches to [`kill_process`], [`kill_with_parent`] and [`reap`], the QEMU process
+//! handling in `vm.rs`.
 
 use std::fs::File;
 use std::io;
@@ -78,6 +79,45 @@ pub fn process_exists(pid: u32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Send `SIGKILL` to process `pid` (one this process started). Errors (the process is
+/// gone already) are ignored.
+pub fn kill_process(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else {
+        return;
+    };
+    if pid > 0 {
+        // SAFETY: kill(2) takes no pointers; a positive pid names one process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Make a command's child get `SIGKILL` when this process dies
+/// (`prctl(PR_SET_PDEATHSIG)` between fork and exec), so no QEMU outlives the harness.
+pub fn kill_with_parent(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl,
+    // which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Wait for child `pid` to end and reap it (blocking `waitpid`).
+pub fn reap(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else {
+        return;
+    };
+    if pid <= 0 {
+        return;
+    }
+    let mut status = 0;
+    // SAFETY: waitpid writes only to `status`, a live local; a positive pid names one
+    // child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
 /// Whether `/dev/kvm` (opened read-write as `dev`) answers API version 12 and can
 /// create a VM: without nested virtualisation the device exists but `KVM_CREATE_VM`
 /// fails.
@@ -121,6 +161,21 @@ mod tests {
         assert!(d <= 512 << 10);
         assert!(seek_hole(&f, d).unwrap() > d);
         assert_eq!(seek_data(&f, 1 << 20).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_child_is_killed_and_reaped() {
+        let mut cmd = tokio::process::Command::new("sleep");
+        cmd.arg("1000");
+        kill_with_parent(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        let pid = child.id().unwrap();
+        assert!(process_exists(pid));
+        kill_process(pid);
+        // Returns once the killed child has ended (a PID may be reused at once after,
+        // so its absence is not asserted).
+        reap(pid);
+        drop(child);
     }
 
     #[test]
