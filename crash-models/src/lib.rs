@@ -6,6 +6,7 @@
 //! enumeration and image deltas. The guest agent and the harness both depend on it,
 //! so every type that crosses the VM boundary is defined once, here.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod delta;
 pub mod fsmodel;

@@ -16,10 +16,10 @@
 //! # Ok(()) }
 //! ```
 
-use crate::check::KnownBlocks;
-use crate::check::{CheckError, Checker, CheckerOptions, Progress, Recovery};
+use crate::checker::{Checker, CheckerError, CheckerOptions, KnownBlocks, Progress, Recovery};
 use crate::guest::GuestFactory;
 use crate::image::FSDAX_DATA_OFFSET;
+use crate::interrupt::Interrupt;
 use crate::oracle::{self, Problem, Verdict};
 use crate::report::{
     ConfigReport, DroppedLine, ExpectCheck, Finding, OpLine, PointRef, PointReport, Report,
@@ -46,12 +46,13 @@ use std::time::Instant;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// Tracing failed.
-    #[error("tracing {workload}: {message}")]
+    #[error("tracing {workload}: {source}")]
     Trace {
         /// The workload.
         workload: String,
-        /// What went wrong (with its causes).
-        message: String,
+        /// What went wrong.
+        #[source]
+        source: crate::trace::TracingError,
     },
     /// The checker failed.
     #[error("checking {workload}: {source}")]
@@ -59,7 +60,7 @@ pub enum PipelineError {
         /// The workload.
         workload: String,
         /// Why.
-        source: CheckError,
+        source: CheckerError,
     },
     /// The trace is unusable (unresolved flushes, broken markers).
     #[error("the trace of {workload} is unusable: {message}")]
@@ -68,6 +69,12 @@ pub enum PipelineError {
         workload: String,
         /// Why.
         message: String,
+    },
+    /// The run was interrupted before any crash state of this workload was checked.
+    #[error("interrupted while preparing {workload}")]
+    Interrupted {
+        /// The workload.
+        workload: String,
     },
     /// Local I/O.
     #[error("{what}: {source}")]
@@ -180,6 +187,9 @@ pub struct Pipeline {
     cfg: RunConfig,
     checker: Option<Checker>,
     tmp: tempfile::TempDir,
+    interrupt: Interrupt,
+    /// The last workload's check was cut short by the interrupt.
+    cut_short: bool,
 }
 
 impl Pipeline {
@@ -194,19 +204,31 @@ impl Pipeline {
 
     /// A pipeline with a factory set up by the caller (own kernel, sizes, timeouts).
     pub fn with_factory(factory: GuestFactory, cfg: RunConfig) -> Result<Pipeline, PipelineError> {
-        let tmp = tempfile::Builder::new()
-            .prefix("pmcrash-run-")
-            .tempdir()
-            .map_err(|source| PipelineError::Io {
+        let tmp = crate::scratch::run_dir(crate::scratch::RUN_PREFIX).map_err(|source| {
+            PipelineError::Io {
                 what: "create a run directory".into(),
                 source,
-            })?;
+            }
+        })?;
         Ok(Pipeline {
             factory,
             cfg,
             checker: None,
             tmp,
+            interrupt: Interrupt::new(),
+            cut_short: false,
         })
+    }
+
+    /// Stop at this request (Ctrl-C): the crash images being recovered are finished, no
+    /// new work starts, and [`Pipeline::run`] returns the report of what was checked,
+    /// marked incomplete. Arms the request (see [`Interrupt::arm`]).
+    pub fn set_interrupt(&mut self, interrupt: Interrupt) {
+        interrupt.arm();
+        if let Some(c) = &mut self.checker {
+            c.set_interrupt(interrupt.clone());
+        }
+        self.interrupt = interrupt;
     }
 
     /// The configuration.
@@ -235,20 +257,35 @@ impl Pipeline {
     }
 
     /// Run every workload and assemble the report. `progress` shows bars on stderr.
+    /// After an interrupt the report holds the workloads finished and the crash states
+    /// of the interrupted one checked so far, and says it is incomplete.
     pub async fn run(
         &mut self,
         workloads: &[Loaded],
         progress: bool,
     ) -> Result<Report, PipelineError> {
         let mut reports = Vec::new();
+        let mut incomplete = false;
         for l in workloads {
-            reports.push(self.run_workload(&l.name, &l.workload, progress).await?);
+            if self.interrupt.is_requested() {
+                incomplete = true;
+                break;
+            }
+            match self.run_workload(&l.name, &l.workload, progress).await {
+                Ok(r) => reports.push(r),
+                Err(PipelineError::Interrupted { .. }) => {
+                    incomplete = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(Report::new(
-            self.config_report(),
-            &self.cfg.fail_on,
-            reports,
-        ))
+        // A request that came after the last state was checked cut nothing.
+        incomplete |= self.cut_short;
+        self.cut_short = false;
+        let mut report = Report::new(self.config_report(), &self.cfg.fail_on, reports);
+        report.incomplete = incomplete;
+        Ok(report)
     }
 
     /// Trace, enumerate, check and judge one workload.
@@ -288,23 +325,28 @@ impl Pipeline {
                 workers: self.cfg.workers.max(1),
                 ..CheckerOptions::default()
             };
-            self.checker = Some(Checker::new(self.factory.clone(), opts).map_err(|source| {
+            let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {
                 PipelineError::Check {
                     workload: name.into(),
                     source,
                 }
-            })?);
+            })?;
+            checker.set_interrupt(self.interrupt.clone());
+            self.checker = Some(checker);
         }
+        let interrupted = || PipelineError::Interrupted {
+            workload: name.into(),
+        };
         // Make the saved VM state (and the fsdax template) first, alone: the tracer and
         // every checker guest restore it, and they must not all wait on its cache lock
         // at once (the lock is a blocking flock).
-        self.factory
-            .saved_state()
-            .await
-            .map_err(|e| PipelineError::Check {
+        tokio::select! {
+            made = self.factory.saved_state() => made.map_err(|e| PipelineError::Check {
                 workload: name.into(),
-                source: CheckError::Guest(e),
-            })?;
+                source: CheckerError::Guest(e),
+            })?,
+            () = self.interrupt.requested() => return Err(interrupted()),
+        };
         let warm_image = self.tmp.path().join("warm.img");
         let need_warm = !warm_image.exists();
         let factory = self.factory.clone();
@@ -320,15 +362,19 @@ impl Pipeline {
                 factory
                     .make_image(&warm_image)
                     .await
-                    .map_err(CheckError::Guest)?;
+                    .map_err(CheckerError::Guest)?;
                 checker.warm_up(&warm_image).await?;
             }
-            Ok::<_, CheckError>(t.elapsed())
+            Ok::<_, CheckerError>(t.elapsed())
         };
-        let ((traced, trace_time), warm) = tokio::join!(trace_fut, warm_fut);
-        let traced = traced.map_err(|e| PipelineError::Trace {
+        // An interrupt drops both: their guests are killed on drop.
+        let ((traced, trace_time), warm) = tokio::select! {
+            both = async { tokio::join!(trace_fut, warm_fut) } => both,
+            () = self.interrupt.requested() => return Err(interrupted()),
+        };
+        let traced = traced.map_err(|source| PipelineError::Trace {
             workload: name.into(),
-            message: format!("{e:#}"),
+            source,
         })?;
         timings.guest_ready_ms = warm
             .map_err(|source| PipelineError::Check {
@@ -337,10 +383,7 @@ impl Pipeline {
             })?
             .as_millis() as u64;
         timings.trace_ms = trace_time.as_millis() as u64;
-        let trace = crate::trace::read(&traced.trace).map_err(|e| PipelineError::Trace {
-            workload: name.into(),
-            message: format!("{e:#}"),
-        })?;
+        let trace = &traced.decoded;
         if trace.footer.unresolved_flushes > 0 {
             return Err(PipelineError::BadTrace {
                 workload: name.into(),
@@ -350,7 +393,7 @@ impl Pipeline {
                 ),
             });
         }
-        let problems = crate::trace::check_markers(&trace.records);
+        let problems = crate::trace::marker_problems(&trace.records);
         if !problems.is_empty() {
             return Err(PipelineError::BadTrace {
                 workload: name.into(),
@@ -374,9 +417,8 @@ impl Pipeline {
         let b2 = bar.clone();
         let prog: Progress = Arc::new(move |done, _| b2.set_position(done as u64));
         let checker = self.checker.as_mut().expect("checker");
-        let n_images = images.len();
         let outcome = checker
-            .check_all(
+            .recover_all(
                 &traced.base_image,
                 images,
                 KnownBlocks {
@@ -390,10 +432,17 @@ impl Pipeline {
                 source,
             })?;
         timings.check_ms = t.elapsed().as_millis() as u64;
+        let n_images = outcome.recoveries.len();
         timings.images_per_sec = if timings.check_ms > 0 {
             n_images as f64 * 1000.0 / timings.check_ms as f64
         } else {
             0.0
+        };
+        let points = if outcome.interrupted {
+            self.cut_short = true;
+            checked_points(points, &outcome.recoveries)
+        } else {
+            points
         };
 
         // Judge.
@@ -705,6 +754,28 @@ impl Pipeline {
             c.shutdown().await;
         }
     }
+}
+
+/// After an interrupt: the crash points all of whose states' images were recovered,
+/// their image indices renumbered to index `recovered` (the recoveries made, in image
+/// order). Points with a state left unchecked are dropped whole, so every point in the
+/// report was judged completely.
+fn checked_points(points: Vec<PointData>, recovered: &[Recovery]) -> Vec<PointData> {
+    let renumber: HashMap<usize, usize> = recovered
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.index, i))
+        .collect();
+    points
+        .into_iter()
+        .filter_map(|mut pd| {
+            pd.states = std::mem::take(&mut pd.states)
+                .into_iter()
+                .map(|(st, img)| renumber.get(&img).map(|&i| (st, i)))
+                .collect::<Option<Vec<_>>>()?;
+            Some(pd)
+        })
+        .collect()
 }
 
 /// Run workloads in one go: the library entry point.

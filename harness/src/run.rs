@@ -66,7 +66,7 @@ impl RunReport {
 
 /// Run `workload` on a fresh image at `image`: restore a guest, mount, run, unmount,
 /// power off. The image is left at `image` for inspection.
-pub async fn run_workload(
+pub async fn run_ops(
     factory: &GuestFactory,
     workload: &Workload,
     name: &str,
