@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod delta;
+pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod points;

@@ -371,7 +371,15 @@ impl History {
         let mut out = Vec::with_capacity((end - start) as usize);
         let mut b = start / BLOCK_SIZE;
         while b * BLOCK_SIZE < end {
-            let bytes = self.block_bytes(e.blocks.get(b as usize)?, rec)?;
+            let bytes = match e.blocks.get(&b) {
+                Some(h) => self.block_bytes(h, rec)?,
+                // Not listed: the block reads as zeros (a hole or zero data).
+                None if b * BLOCK_SIZE < e.size => {
+                    &crash_models::protocol::ZEROS
+                        [..(e.size - b * BLOCK_SIZE).min(BLOCK_SIZE) as usize]
+                }
+                None => return None,
+            };
             let bs = b * BLOCK_SIZE;
             let s = start.max(bs) - bs;
             let t = (end.min(bs + bytes.len() as u64)).checked_sub(bs)?;
@@ -391,12 +399,12 @@ impl History {
             let Some(versions) = self.versions_of(&e.path) else {
                 continue;
             };
-            for (b, h) in e.blocks.iter().enumerate() {
+            for (&b, h) in &e.blocks {
                 let Some(bytes) = self.block_bytes(h, rec) else {
                     // Neither known nor found in the image: cannot judge.
                     continue;
                 };
-                let base = b as u64 * BLOCK_SIZE;
+                let base = b * BLOCK_SIZE;
                 let bad = bytes.iter().enumerate().find(|(j, &byte)| {
                     let o = (base + *j as u64) as usize;
                     byte != 0 && !versions.iter().any(|v| v.get(o) == Some(&byte))
@@ -688,7 +696,12 @@ mod tests {
             nlink: 1,
             ino: 12,
             blake3: hex(data),
-            blocks: data.chunks(4096).map(hex).collect(),
+            blocks: data
+                .chunks(4096)
+                .enumerate()
+                .map(|(i, c)| (i as u64, hex(c)))
+                .collect(),
+            xattrs: Default::default(),
             target: None,
             error: None,
         }

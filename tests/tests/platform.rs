@@ -70,16 +70,16 @@ fn data_reaches_pm(fs: FsKind) {
         .unwrap_or_else(|| panic!("{fs}: data.bin missing from {entries:?}"));
     assert_eq!(file.kind, EntryKind::File);
     assert_eq!(file.size, want.len() as u64, "{fs}: size");
-    for (i, (got, chunk)) in file.blocks.iter().zip(want.chunks(4096)).enumerate() {
+    for (i, chunk) in want.chunks(4096).enumerate() {
         assert_eq!(
-            got,
-            &blake3::hash(chunk).to_hex().to_string(),
+            file.block(i as u64).as_deref(),
+            Some(blake3::hash(chunk).to_hex().as_str()),
             "{fs}: block {i} of data.bin differs"
         );
     }
     assert_eq!(
         file.blake3,
-        blake3::hash(want).to_hex().to_string(),
+        FsEntry::file("data.bin", want).blake3,
         "{fs}: data.bin differs"
     );
     if fs == FsKind::Ext4 {
@@ -165,7 +165,7 @@ fn restored_guest_mounts_the_new_image() {
         .expect("the used image keeps its file");
     assert_eq!(
         e.blake3,
-        blake3::hash(b"from the first image").to_hex().to_string()
+        FsEntry::file("only-in-used", b"from the first image").blake3
     );
 }
 

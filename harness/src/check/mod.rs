@@ -834,11 +834,11 @@ async fn check_one(
 fn unknown_blocks(entries: &[FsEntry], known: &KnownBlocks) -> BTreeMap<usize, BTreeSet<String>> {
     let mut out: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     for e in entries {
-        for (i, h) in e.blocks.iter().enumerate() {
+        for (&i, h) in &e.blocks {
             if known.hashes.contains(h) {
                 continue;
             }
-            let len = (e.size - i as u64 * PAGE as u64).min(PAGE as u64) as usize;
+            let len = (e.size.saturating_sub(i * PAGE as u64)).min(PAGE as u64) as usize;
             out.entry(len).or_default().insert(h.clone());
         }
     }
