@@ -189,7 +189,7 @@ pub enum EntryKind {
 }
 
 /// Size of the blocks [`FsEntry::blocks`] hashes.
-pub const DUMP_BLOCK_SIZE: u64 = 4096;
+pub const DUMP_BLOCK: u64 = 4096;
 
 /// The [`FsEntry::blocks`] hash of one block's bytes (the last block of a file only up
 /// to the file's size), or `None` when every byte is zero: such a block is not listed.
@@ -201,23 +201,29 @@ pub fn block_hash(bytes: &[u8]) -> Option<String> {
     }
 }
 
-/// The [`FsEntry::blake3`] of a regular file: blake3 over the file's size (8 bytes,
-/// little-endian), then for each listed block in index order its index (8 bytes,
-/// little-endian) and its 32-byte hash (the hex of [`FsEntry::blocks`] decoded).
-/// Equal for two files exactly when their sizes and bytes are equal (up to blake3
-/// collisions), and computed without reading a hole.
-pub fn contents_hash(size: u64, blocks: &BTreeMap<u64, String>) -> String {
+/// The [`FsEntry::blake3`] of a regular file, from its size and sparse block hashes:
+/// blake3 over the size (8 bytes, little-endian), then for each listed block in index
+/// order its index (8 bytes, little-endian) and its hash's hex digits. Equal for two
+/// files exactly when their sizes and bytes are equal (up to blake3 collisions),
+/// whatever the holes, and computed without reading one.
+pub fn content_hash(size: u64, blocks: &BTreeMap<u64, String>) -> String {
     let mut h = blake3::Hasher::new();
     h.update(&size.to_le_bytes());
-    for (index, hex) in blocks {
-        h.update(&index.to_le_bytes());
-        match blake3::Hash::from_hex(hex) {
-            Ok(hash) => h.update(hash.as_bytes()),
-            // Not a hash the agent made; still a deterministic input.
-            Err(_) => h.update(hex.as_bytes()),
-        };
+    for (i, b) in blocks {
+        h.update(&i.to_le_bytes());
+        h.update(b.as_bytes());
     }
     h.finalize().to_hex().to_string()
+}
+
+/// The sparse block hashes of `bytes` (a whole file), as [`FsEntry::blocks`] holds
+/// them.
+pub fn block_hashes(bytes: &[u8]) -> BTreeMap<u64, String> {
+    bytes
+        .chunks(DUMP_BLOCK as usize)
+        .enumerate()
+        .filter_map(|(i, c)| Some((i as u64, block_hash(c)?)))
+        .collect()
 }
 
 /// One object found by [`HostMsg::Dump`].
@@ -240,12 +246,12 @@ pub struct FsEntry {
     pub nlink: u64,
     /// Inode number (tells hard links apart).
     pub ino: u64,
-    /// Files: [`contents_hash`] of (`size`, `blocks`), a hash of the whole contents
+    /// Files: [`content_hash`] of (`size`, `blocks`), a hash of the whole contents
     /// that never hashes the holes. Symlinks: blake3 of the target's bytes. Hex; empty
     /// for directories, FIFOs and others.
     #[serde(default)]
     pub blake3: String,
-    /// Files: block index (in [`DUMP_BLOCK_SIZE`] blocks from offset 0) to the blake3
+    /// Files: block index (in [`DUMP_BLOCK`] blocks from offset 0) to the blake3
     /// (hex) of that block's bytes, the last block only up to `size`
     /// ([`block_hash`]). A block that is not listed reads as all zeros: a hole, or
     /// data that is all zero. Lets the oracle find which block holds foreign bytes
@@ -295,26 +301,22 @@ impl FsEntry {
         e.size = data.len() as u64;
         e.nlink = 1;
         e.mode = 0o644;
-        for (i, chunk) in data.chunks(DUMP_BLOCK_SIZE as usize).enumerate() {
-            if let Some(h) = block_hash(chunk) {
-                e.blocks.insert(i as u64, h);
-            }
-        }
-        e.blake3 = contents_hash(e.size, &e.blocks);
+        e.blocks = block_hashes(data);
+        e.blake3 = content_hash(e.size, &e.blocks);
         e
     }
 
     /// The hash of block `index` of a file: the listed hash, or the hash of the zeros
     /// it reads as when it is not listed (a hole); `None` past the end of the file.
     pub fn block(&self, index: u64) -> Option<Cow<'_, str>> {
-        let start = index.checked_mul(DUMP_BLOCK_SIZE)?;
+        let start = index.checked_mul(DUMP_BLOCK)?;
         if start >= self.size {
             return None;
         }
         Some(match self.blocks.get(&index) {
             Some(h) => Cow::Borrowed(h.as_str()),
             None => {
-                let len = (self.size - start).min(DUMP_BLOCK_SIZE) as usize;
+                let len = (self.size - start).min(DUMP_BLOCK) as usize;
                 Cow::Owned(blake3::hash(&ZEROS[..len]).to_hex().to_string())
             }
         })
@@ -346,7 +348,7 @@ mod decimal_keys {
 }
 
 /// One block of zeros, for the hash of a block that is not listed.
-pub static ZEROS: [u8; DUMP_BLOCK_SIZE as usize] = [0; DUMP_BLOCK_SIZE as usize];
+pub static ZEROS: [u8; DUMP_BLOCK as usize] = [0; DUMP_BLOCK as usize];
 
 /// A message from the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -548,7 +550,7 @@ mod tests {
         assert_eq!(e.block(4), None);
         assert_eq!(e.block(u64::MAX), None);
         // The hash covers the size and every byte, holes included.
-        assert_eq!(e.blake3, contents_hash(data.len() as u64, &e.blocks));
+        assert_eq!(e.blake3, content_hash(data.len() as u64, &e.blocks));
         let longer = FsEntry::file("f", &[data.as_slice(), &[0]].concat());
         assert_ne!(longer.blake3, e.blake3);
         let mut other = data.clone();

@@ -7,8 +7,7 @@
 use crate::sys;
 use crash_models::ops::{Data, FallocateFlag, MapKind, MsyncMode, Op, StoreKind};
 use crash_models::protocol::{
-    block_hash, contents_hash, marker, EntryKind, Extent, FsEntry, OpDetail, OpResult,
-    DUMP_BLOCK_SIZE,
+    block_hash, content_hash, marker, EntryKind, Extent, FsEntry, OpDetail, OpResult, DUMP_BLOCK,
 };
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -727,12 +726,12 @@ pub fn dump(root: &str) -> Result<Vec<FsEntry>, String> {
 fn hash_file(path: &str, entry: &mut FsEntry) -> Result<(), i32> {
     let f = std::fs::File::open(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
     let size = entry.size;
-    let mut block = vec![0u8; DUMP_BLOCK_SIZE as usize];
+    let mut block = vec![0u8; DUMP_BLOCK as usize];
     for (start, end) in data_regions(&f, size)? {
-        let mut b = start / DUMP_BLOCK_SIZE;
-        while b * DUMP_BLOCK_SIZE < end {
-            let off = b * DUMP_BLOCK_SIZE;
-            let len = (size - off).min(DUMP_BLOCK_SIZE) as usize;
+        let mut b = start / DUMP_BLOCK;
+        while b * DUMP_BLOCK < end {
+            let off = b * DUMP_BLOCK;
+            let len = (size - off).min(DUMP_BLOCK) as usize;
             f.read_exact_at(&mut block[..len], off)
                 .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
             if let Some(h) = block_hash(&block[..len]) {
@@ -741,7 +740,7 @@ fn hash_file(path: &str, entry: &mut FsEntry) -> Result<(), i32> {
             b += 1;
         }
     }
-    entry.blake3 = contents_hash(size, &entry.blocks);
+    entry.blake3 = content_hash(size, &entry.blocks);
     Ok(())
 }
 
@@ -1207,14 +1206,14 @@ len = 1
         let e = &entries[0];
         assert_eq!((e.path.as_str(), e.size), ("big", 1 << 40));
         // The zero block written at 0 and the hole are not listed: one block of data.
-        let block = 549755813888 / DUMP_BLOCK_SIZE;
+        let block = 549755813888 / DUMP_BLOCK;
         let mut data = b"half a tebibyte in".to_vec();
         data.resize(4096, 0);
         assert_eq!(
             e.blocks,
             BTreeMap::from([(block, ::blake3::hash(&data).to_hex().to_string())])
         );
-        assert_eq!(e.blake3, contents_hash(1 << 40, &e.blocks));
+        assert_eq!(e.blake3, content_hash(1 << 40, &e.blocks));
         assert_eq!(
             e.block(0).unwrap(),
             ::blake3::hash(&[0u8; 4096]).to_hex().as_str()
