@@ -378,6 +378,43 @@ impl FsModel {
         self.names.get(path).copied()
     }
 
+    /// The name a path leads to, following symlinks in its directories and, when
+    /// `follow_last`, in its last component (as open(2), truncate(2) and setxattr(2)
+    /// do; unlink, rename, link, mkdir and the rest do not). A symlink's target is
+    /// relative to its directory; an absolute target or a loop leaves the file
+    /// system the model knows: `None`.
+    pub fn resolve(&self, path: &str, follow_last: bool) -> Option<String> {
+        let mut parts: Vec<String> = path.split('/').map(str::to_owned).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while !parts.is_empty() {
+            let part = parts.remove(0);
+            if part.is_empty() || part == "." {
+                continue;
+            }
+            if part == ".." {
+                done.pop();
+                continue;
+            }
+            done.push(part);
+            let last = parts.is_empty();
+            let here = done.join("/");
+            let target = match self.names.get(&here).map(|i| &self.inodes[*i].kind) {
+                Some(NodeKind::Symlink(t)) if !last || follow_last => t.clone(),
+                _ => continue,
+            };
+            hops += 1;
+            if hops > 40 || target.starts_with('/') {
+                return None;
+            }
+            done.pop();
+            let mut rest: Vec<String> = target.split('/').map(str::to_owned).collect();
+            rest.append(&mut parts);
+            parts = rest;
+        }
+        Some(done.join("/"))
+    }
+
     /// The names an inode has now, sorted.
     pub fn paths_of(&self, ino: InodeId) -> Vec<&str> {
         self.names
@@ -465,6 +502,10 @@ impl FsModel {
                 directory,
                 ..
             } => {
+                let Some(path) = self.resolve(path, true) else {
+                    return out;
+                };
+                let path = &path;
                 let ino = match self.lookup(path) {
                     Some(ino) => ino,
                     None if *create && !*directory => self.make(i, path, NodeKind::File, &mut out),
@@ -524,7 +565,7 @@ impl FsModel {
                 }
             }
             Op::Truncate { path, len } => {
-                if let Some(ino) = self.lookup(path) {
+                if let Some(ino) = self.resolve(path, true).and_then(|p| self.lookup(&p)) {
                     self.set_size(ino, *len, &mut out);
                 }
             }
@@ -612,6 +653,11 @@ impl FsModel {
             | Op::Sync
             | Op::Syncfs { .. } => {}
             Op::Rename { from, to } => {
+                let (Some(from), Some(to)) = (self.resolve(from, false), self.resolve(to, false))
+                else {
+                    return out;
+                };
+                let (from, to) = (&from, &to);
                 if from == to || self.lookup(from).is_none() {
                     return out;
                 }
@@ -641,24 +687,39 @@ impl FsModel {
                 }
             }
             Op::Link { from, to } => {
+                let (Some(from), Some(to)) = (self.resolve(from, false), self.resolve(to, false))
+                else {
+                    return out;
+                };
+                let (from, to) = (&from, &to);
                 if let Some(ino) = self.lookup(from) {
                     self.names.insert(to.clone(), ino);
                     out.push(Change::Name(to.clone()));
                 }
             }
             Op::Unlink { path } | Op::Rmdir { path } => {
+                let Some(path) = self.resolve(path, false) else {
+                    return out;
+                };
+                let path = &path;
                 if self.names.remove(path).is_some() {
                     out.push(Change::Name(path.clone()));
                 }
             }
             Op::Mkdir { path, .. } => {
-                self.make(i, path, NodeKind::Dir, &mut out);
+                if let Some(path) = self.resolve(path, false) {
+                    self.make(i, &path, NodeKind::Dir, &mut out);
+                }
             }
             Op::Symlink { target, path } => {
-                self.make(i, path, NodeKind::Symlink(target.clone()), &mut out);
+                if let Some(path) = self.resolve(path, false) {
+                    self.make(i, &path, NodeKind::Symlink(target.clone()), &mut out);
+                }
             }
             Op::Mkfifo { path, .. } => {
-                self.make(i, path, NodeKind::Fifo, &mut out);
+                if let Some(path) = self.resolve(path, false) {
+                    self.make(i, &path, NodeKind::Fifo, &mut out);
+                }
             }
             Op::Setxattr {
                 path,
@@ -666,7 +727,7 @@ impl FsModel {
                 value,
                 flag,
             } => {
-                let Some(ino) = self.lookup(path) else {
+                let Some(ino) = self.resolve(path, true).and_then(|p| self.lookup(&p)) else {
                     return out;
                 };
                 let x = &mut self.inodes[ino].xattrs;
@@ -682,7 +743,7 @@ impl FsModel {
                 }
             }
             Op::Removexattr { path, name } => {
-                if let Some(ino) = self.lookup(path) {
+                if let Some(ino) = self.resolve(path, true).and_then(|p| self.lookup(&p)) {
                     if self.inodes[ino].xattrs.remove(name).is_some() {
                         out.push(Change::Xattr(ino, name.clone()));
                     }
@@ -944,6 +1005,35 @@ mod tests {
         other.pop();
         let d = compare(&e, &other);
         assert_eq!(d.len(), 2, "{d:?}");
+    }
+
+    #[test]
+    fn symlinks_are_followed_where_the_kernel_follows_them() {
+        // open(O_CREAT) through a dangling symlink creates its target; link(2) does
+        // not follow; a symlink to a directory works in the middle of a path.
+        let m = replay(
+            "[[ops]]\nop=\"symlink\"\ntarget=\"nowhere\"\npath=\"s\"\n\
+             [[ops]]\nop=\"open\"\npath=\"s\"\nfd=\"a\"\ncreate=true\n\
+             [[ops]]\nop=\"link\"\nfrom=\"s\"\nto=\"t\"\n\
+             [[ops]]\nop=\"mkdir\"\npath=\"d\"\n\
+             [[ops]]\nop=\"symlink\"\ntarget=\"d\"\npath=\"ld\"\n\
+             [[ops]]\nop=\"mkfifo\"\npath=\"ld/p\"\n",
+        );
+        let entries = m.entries();
+        let kinds: Vec<(&str, EntryKind)> =
+            entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("d", EntryKind::Dir),
+                ("d/p", EntryKind::Fifo),
+                ("ld", EntryKind::Symlink),
+                ("nowhere", EntryKind::File),
+                ("s", EntryKind::Symlink),
+                ("t", EntryKind::Symlink),
+            ]
+        );
+        assert_eq!(m.resolve("ld/../s", true).as_deref(), Some("nowhere"));
     }
 
     #[test]

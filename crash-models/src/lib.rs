@@ -10,6 +10,7 @@
 
 pub mod delta;
 pub mod fsmodel;
+pub mod generate;
 pub mod history;
 pub mod model;
 pub mod ops;

@@ -10,60 +10,12 @@
 
 use crate::ops::{FsKind, Op};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-
-/// Size of the blocks [`FsEntry::blocks`] hashes.
-pub const DUMP_BLOCK: u64 = 4096;
-
-/// The identity of a file's contents from its size and sparse block hashes
-/// ([`FsEntry::blake3`]): equal contents give equal hashes, whatever the holes.
-pub fn content_hash(size: u64, blocks: &BTreeMap<u64, String>) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(&size.to_le_bytes());
-    for (i, b) in blocks {
-        h.update(&i.to_le_bytes());
-        h.update(b.as_bytes());
-    }
-    h.finalize().to_hex().to_string()
-}
-
-/// [`FsEntry::blocks`] on the wire: a JSON object keyed by the block index in
-/// decimal. Written by hand because [`AgentMsg`] is internally tagged, and serde
-/// buffers such messages in a way that loses the integer-key support of JSON maps.
-mod block_map {
-    use serde::de::Error;
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::collections::BTreeMap;
-
-    pub fn serialize<S: Serializer>(m: &BTreeMap<u64, String>, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(m.iter().map(|(k, v)| (k.to_string(), v)))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
-        BTreeMap::<String, String>::deserialize(d)?
-            .into_iter()
-            .map(|(k, v)| {
-                k.parse::<u64>()
-                    .map(|k| (k, v))
-                    .map_err(|_| D::Error::custom(format!("block index `{k}` is not a number")))
-            })
-            .collect()
-    }
-}
-
-/// The sparse block hashes of `bytes` (a whole file), as [`FsEntry::blocks`] holds them.
-pub fn block_hashes(bytes: &[u8]) -> BTreeMap<u64, String> {
-    bytes
-        .chunks(DUMP_BLOCK as usize)
-        .enumerate()
-        .filter(|(_, c)| c.iter().any(|b| *b != 0))
-        .map(|(i, c)| (i as u64, blake3::hash(c).to_hex().to_string()))
-        .collect()
-}
 
 /// Bumped whenever a message changes shape; the agent reports its version in
 /// [`AgentMsg::Ready`] and the harness refuses a mismatch (a stale initramfs).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest line either side sends or accepts, newline excluded.
 pub const MAX_LINE_BYTES: usize = 4 << 20;
@@ -230,20 +182,63 @@ pub enum EntryKind {
     Dir,
     /// Symbolic link.
     Symlink,
-    /// Named pipe.
+    /// A FIFO (named pipe, `mkfifo`).
     Fifo,
-    /// Anything else (device, socket).
+    /// Anything else (device, socket), or an object that could not be examined.
     Other,
 }
 
+/// Size of the blocks [`FsEntry::blocks`] hashes.
+pub const DUMP_BLOCK: u64 = 4096;
+
+/// The [`FsEntry::blocks`] hash of one block's bytes (the last block of a file only up
+/// to the file's size), or `None` when every byte is zero: such a block is not listed.
+pub fn block_hash(bytes: &[u8]) -> Option<String> {
+    if bytes.iter().all(|b| *b == 0) {
+        None
+    } else {
+        Some(blake3::hash(bytes).to_hex().to_string())
+    }
+}
+
+/// The [`FsEntry::blake3`] of a regular file, from its size and sparse block hashes:
+/// blake3 over the size (8 bytes, little-endian), then for each listed block in index
+/// order its index (8 bytes, little-endian) and its hash's hex digits. Equal for two
+/// files exactly when their sizes and bytes are equal (up to blake3 collisions),
+/// whatever the holes, and computed without reading one.
+pub fn content_hash(size: u64, blocks: &BTreeMap<u64, String>) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&size.to_le_bytes());
+    for (i, b) in blocks {
+        h.update(&i.to_le_bytes());
+        h.update(b.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The sparse block hashes of `bytes` (a whole file), as [`FsEntry::blocks`] holds
+/// them.
+pub fn block_hashes(bytes: &[u8]) -> BTreeMap<u64, String> {
+    bytes
+        .chunks(DUMP_BLOCK as usize)
+        .enumerate()
+        .filter_map(|(i, c)| Some((i as u64, block_hash(c)?)))
+        .collect()
+}
+
 /// One object found by [`HostMsg::Dump`].
+///
+/// A file's contents are sparse: [`FsEntry::blocks`] lists only the 4 KiB blocks that
+/// hold a non-zero byte, so a 1 TiB file with one written block dumps as one entry of
+/// one block (the agent skips holes with `SEEK_DATA`/`SEEK_HOLE` and reads only data
+/// extents).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FsEntry {
     /// Path relative to the mount point.
     pub path: String,
     /// The object's kind.
     pub kind: EntryKind,
-    /// Size in bytes.
+    /// Size in bytes (files and symlinks; 0 for directories and FIFOs).
     pub size: u64,
     /// Permission bits.
     pub mode: u32,
@@ -251,22 +246,25 @@ pub struct FsEntry {
     pub nlink: u64,
     /// Inode number (tells hard links apart).
     pub ino: u64,
-    /// Identity of the contents, hex: for a file [`content_hash`] of `size` and
-    /// `blocks` (never a hash over every byte: a sparse 1 TiB file dumps in
-    /// milliseconds), for a symlink the blake3 of its target; empty for the rest.
+    /// Files: [`content_hash`] of (`size`, `blocks`), a hash of the whole contents
+    /// that never hashes the holes. Symlinks: blake3 of the target's bytes. Hex; empty
+    /// for directories, FIFOs and others.
     #[serde(default)]
     pub blake3: String,
-    /// The file's contents, sparse: block index (4 KiB blocks) -> blake3 hex of that
-    /// block's bytes (the last block only up to `size`). A block not listed reads as
-    /// all zeros: holes and all-zero blocks are both left out. Lets the oracle find
-    /// which block holds foreign bytes without shipping the data.
+    /// Files: block index (in [`DUMP_BLOCK`] blocks from offset 0) to the blake3
+    /// (hex) of that block's bytes, the last block only up to `size`
+    /// ([`block_hash`]). A block that is not listed reads as all zeros: a hole, or
+    /// data that is all zero. Lets the oracle find which block holds foreign bytes
+    /// without shipping the data; [`FsEntry::block`] reads it with the zeros filled in.
+    ///
+    /// On the wire a JSON object whose keys are the indices in decimal.
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
-        with = "block_map"
+        with = "decimal_keys"
     )]
     pub blocks: BTreeMap<u64, String>,
-    /// Every `user.*` extended attribute: name -> value in hex.
+    /// Every `user.*` extended attribute: name to value in hex (lower case).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, String>,
     /// Symlink target.
@@ -276,6 +274,81 @@ pub struct FsEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<i32>,
 }
+
+impl FsEntry {
+    /// An entry of `kind` at `path` with nothing else known yet (zero size, no
+    /// contents, no xattrs), for the agent's walk and for hand-built states.
+    pub fn new(path: impl Into<String>, kind: EntryKind) -> FsEntry {
+        FsEntry {
+            path: path.into(),
+            kind,
+            size: 0,
+            mode: 0,
+            nlink: 0,
+            ino: 0,
+            blake3: String::new(),
+            blocks: BTreeMap::new(),
+            xattrs: BTreeMap::new(),
+            target: None,
+            error: None,
+        }
+    }
+
+    /// A regular file of `data` at `path` (blocks and hash as the agent dumps them):
+    /// for tests and models that hold a file's bytes.
+    pub fn file(path: impl Into<String>, data: &[u8]) -> FsEntry {
+        let mut e = FsEntry::new(path, EntryKind::File);
+        e.size = data.len() as u64;
+        e.nlink = 1;
+        e.mode = 0o644;
+        e.blocks = block_hashes(data);
+        e.blake3 = content_hash(e.size, &e.blocks);
+        e
+    }
+
+    /// The hash of block `index` of a file: the listed hash, or the hash of the zeros
+    /// it reads as when it is not listed (a hole); `None` past the end of the file.
+    pub fn block(&self, index: u64) -> Option<Cow<'_, str>> {
+        let start = index.checked_mul(DUMP_BLOCK)?;
+        if start >= self.size {
+            return None;
+        }
+        Some(match self.blocks.get(&index) {
+            Some(h) => Cow::Borrowed(h.as_str()),
+            None => {
+                let len = (self.size - start).min(DUMP_BLOCK) as usize;
+                Cow::Owned(blake3::hash(&ZEROS[..len]).to_hex().to_string())
+            }
+        })
+    }
+}
+
+/// `BTreeMap<u64, String>` as a JSON object with decimal string keys, read back through
+/// string keys: serde_json cannot parse integer keys inside an internally tagged enum
+/// such as [`AgentMsg`], which buffers the map first.
+mod decimal_keys {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u64, String>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                k.parse::<u64>()
+                    .map(|k| (k, v))
+                    .map_err(|_| D::Error::custom(format!("block index `{k}` is not a u64")))
+            })
+            .collect()
+    }
+}
+
+/// One block of zeros, for the hash of a block that is not listed.
+pub static ZEROS: [u8; DUMP_BLOCK as usize] = [0; DUMP_BLOCK as usize];
 
 /// A message from the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -446,24 +519,6 @@ mod tests {
         let back: AgentMsg = decode(&line[..line.len() - 1]).unwrap();
         assert_eq!(back, r);
         assert!(!back.is_terminal());
-        let state = AgentMsg::State {
-            entries: vec![FsEntry {
-                path: "a".into(),
-                kind: EntryKind::File,
-                size: 5000,
-                mode: 0o644,
-                nlink: 1,
-                ino: 12,
-                blake3: String::new(),
-                blocks: block_hashes(&[7u8; 5000]),
-                xattrs: [("user.k".to_owned(), "76".to_owned())].into(),
-                target: None,
-                error: None,
-            }],
-        };
-        let line = encode(&state);
-        let back: AgentMsg = decode(&line[..line.len() - 1]).unwrap();
-        assert_eq!(back, state);
     }
 
     #[test]
@@ -477,5 +532,38 @@ mod tests {
             decode::<AgentMsg>(&long),
             Err(ProtocolError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn sparse_blocks_read_as_zeros_and_hash_the_whole_contents() {
+        let mut data = vec![0u8; 3 * 4096 + 100];
+        data[4096 + 7] = 1;
+        let e = FsEntry::file("f", &data);
+        assert_eq!(e.blocks.keys().copied().collect::<Vec<_>>(), [1]);
+        let zeros = |n: usize| blake3::hash(&vec![0u8; n]).to_hex().to_string();
+        assert_eq!(e.block(0).as_deref(), Some(zeros(4096).as_str()));
+        assert_eq!(
+            e.block(1).as_deref(),
+            Some(blake3::hash(&data[4096..8192]).to_hex().as_str())
+        );
+        assert_eq!(e.block(3).as_deref(), Some(zeros(100).as_str()));
+        assert_eq!(e.block(4), None);
+        assert_eq!(e.block(u64::MAX), None);
+        // The hash covers the size and every byte, holes included.
+        assert_eq!(e.blake3, content_hash(data.len() as u64, &e.blocks));
+        let longer = FsEntry::file("f", &[data.as_slice(), &[0]].concat());
+        assert_ne!(longer.blake3, e.blake3);
+        let mut other = data.clone();
+        other[3 * 4096] = 9;
+        assert_ne!(FsEntry::file("f", &other).blake3, e.blake3);
+        assert!(FsEntry::file("f", &[0; 5]).blocks.is_empty());
+        // Round trip on the wire, with xattrs.
+        let mut e = e;
+        e.xattrs.insert("user.a".into(), "00ff".into());
+        let line = encode(&AgentMsg::State {
+            entries: vec![e.clone()],
+        });
+        let back: AgentMsg = decode(&line[..line.len() - 1]).unwrap();
+        assert_eq!(back, AgentMsg::State { entries: vec![e] });
     }
 }

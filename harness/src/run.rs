@@ -4,7 +4,7 @@
 use crate::guest::{GuestError, GuestFactory};
 use crate::vm::Vm;
 use crash_models::ops::{FsKind, Op, Workload};
-use crash_models::protocol::{AgentMsg, HostMsg, OpResult};
+use crash_models::protocol::{AgentMsg, FsEntry, HostMsg, OpResult};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -115,16 +115,34 @@ pub async fn mount_run_teardown(
     factory.mount(&mut vm).await?;
     timings.mount_ms = t.elapsed().as_millis() as u64;
     let t = Instant::now();
+    let results = run_mounted(&mut vm, ops, markers, factory.timeouts.request).await?;
+    timings.ops_ms = t.elapsed().as_millis() as u64;
+    let t = Instant::now();
+    vm.request(&HostMsg::Unmount, factory.timeouts.request)
+        .await?;
+    vm.shutdown(factory.timeouts.shutdown).await?;
+    timings.teardown_ms = t.elapsed().as_millis() as u64;
+    Ok(results)
+}
+
+/// Run `ops` on a guest's mounted file system (with tracer markers when asked) and
+/// return every op's result, in op order; an agent that reports fewer ops, or others,
+/// is an error.
+pub async fn run_mounted(
+    vm: &mut Vm,
+    ops: &[Op],
+    markers: bool,
+    timeout: std::time::Duration,
+) -> Result<Vec<OpResult>, GuestError> {
     let (progress, last) = vm
         .request(
             &HostMsg::Run {
                 ops: ops.to_vec(),
                 markers,
             },
-            factory.timeouts.request,
+            timeout,
         )
         .await?;
-    timings.ops_ms = t.elapsed().as_millis() as u64;
     if last != AgentMsg::RunDone {
         return Err(GuestError::Guest(format!(
             "expected run-done, got {last:?}"
@@ -144,12 +162,17 @@ pub async fn mount_run_teardown(
             ops.len()
         )));
     }
-    let t = Instant::now();
-    vm.request(&HostMsg::Unmount, factory.timeouts.request)
-        .await?;
-    vm.shutdown(factory.timeouts.shutdown).await?;
-    timings.teardown_ms = t.elapsed().as_millis() as u64;
     Ok(results)
+}
+
+/// The state of a guest's mounted file system, as the agent dumps it.
+pub async fn dump(vm: &mut Vm, timeout: std::time::Duration) -> Result<Vec<FsEntry>, GuestError> {
+    match vm.request(&HostMsg::Dump, timeout).await?.1 {
+        AgentMsg::State { entries } => Ok(entries),
+        other => Err(GuestError::Guest(format!(
+            "expected a state, got {other:?}"
+        ))),
+    }
 }
 
 /// A one-line human description of an op's result.
