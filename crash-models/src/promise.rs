@@ -981,6 +981,34 @@ pub fn kernel_flushes_to_ignore(
         .collect()
 }
 
+/// Every record of a trace that the model must ignore for `fmetadatasync`: the
+/// kernel's flushes of the file's data lines during each such call
+/// ([`kernel_flushes_to_ignore`]), found from the extents the agent reported.
+pub fn fmetadatasync_flushes_to_ignore(
+    ops: &[Op],
+    results: &[OpResult],
+    records: &[Record],
+    data_offset: u64,
+) -> Vec<u64> {
+    let ranges = op_record_ranges(records);
+    let mut out = Vec::new();
+    for r in results {
+        if let (Some(Op::Fmetadatasync { .. }), crate::protocol::OpDetail::Extents { extents }) =
+            (ops.get(r.index), &r.detail)
+        {
+            if let Some(Some(range)) = ranges.get(r.index) {
+                out.extend(kernel_flushes_to_ignore(
+                    records,
+                    range.clone(),
+                    extents,
+                    data_offset,
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Where each op's records lie, from its begin and end markers (`None` for an op
 /// without both markers).
 pub fn op_record_ranges(records: &[Record]) -> Vec<Option<Range<usize>>> {

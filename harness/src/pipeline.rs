@@ -30,10 +30,10 @@ use crate::workloads::Loaded;
 use crash_models::delta::{CrashImage, ImageBuilder, ImageId};
 use crash_models::history::History;
 use crash_models::model::{Model, ModelConfig, Replayer};
-use crash_models::ops::{FsKind, Op, Workload};
+use crash_models::ops::{FsKind, Workload};
 use crash_models::points::{CrashPoint, CrashPoints, PointConfig, Policy, Reason};
 use crash_models::promise;
-use crash_models::protocol::{OpDetail, OpResult};
+use crash_models::protocol::OpResult;
 use crash_models::states::{CrashState, CrashStates, StateConfig, Strategy};
 use crash_models::trace::{Privilege, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -488,21 +488,12 @@ impl Pipeline {
         let cfg = ModelConfig::new(self.cfg.model, line_size).unwrap_or_default();
         let mut replayer = Replayer::new(cfg);
         // fmetadatasync: the kernel's own flushes of the file's data lines do not count.
-        let ranges = promise::op_record_ranges(records);
-        for r in results {
-            if let (Some(Op::Fmetadatasync { .. }), OpDetail::Extents { extents }) =
-                (workload.ops.get(r.index), &r.detail)
-            {
-                if let Some(Some(range)) = ranges.get(r.index) {
-                    replayer.ignore_flushes(promise::kernel_flushes_to_ignore(
-                        records,
-                        range.clone(),
-                        extents,
-                        FSDAX_DATA_OFFSET,
-                    ));
-                }
-            }
-        }
+        replayer.ignore_flushes(promise::fmetadatasync_flushes_to_ignore(
+            &workload.ops,
+            results,
+            records,
+            FSDAX_DATA_OFFSET,
+        ));
         let n = workload.ops.len() as u32;
         let mut points = CrashPoints::new(
             records.iter().copied(),
