@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod delta;
+pub mod fsmodel;
+pub mod history;
 pub mod model;
 pub mod ops;
 pub mod points;
@@ -16,3 +18,4 @@ pub mod promise;
 pub mod protocol;
 pub mod states;
 pub mod trace;
+pub mod verdict;

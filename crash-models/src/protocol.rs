@@ -10,6 +10,32 @@
 
 use crate::ops::{FsKind, Op};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Size of the blocks [`FsEntry::blocks`] hashes.
+pub const DUMP_BLOCK: u64 = 4096;
+
+/// The identity of a file's contents from its size and sparse block hashes
+/// ([`FsEntry::blake3`]): equal contents give equal hashes, whatever the holes.
+pub fn content_hash(size: u64, blocks: &BTreeMap<u64, String>) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&size.to_le_bytes());
+    for (i, b) in blocks {
+        h.update(&i.to_le_bytes());
+        h.update(b.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The sparse block hashes of `bytes` (a whole file), as [`FsEntry::blocks`] holds them.
+pub fn block_hashes(bytes: &[u8]) -> BTreeMap<u64, String> {
+    bytes
+        .chunks(DUMP_BLOCK as usize)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|b| *b != 0))
+        .map(|(i, c)| (i as u64, blake3::hash(c).to_hex().to_string()))
+        .collect()
+}
 
 /// Bumped whenever a message changes shape; the agent reports its version in
 /// [`AgentMsg::Ready`] and the harness refuses a mismatch (a stale initramfs).
@@ -180,7 +206,9 @@ pub enum EntryKind {
     Dir,
     /// Symbolic link.
     Symlink,
-    /// Anything else (device, fifo, socket).
+    /// Named pipe.
+    Fifo,
+    /// Anything else (device, socket).
     Other,
 }
 
@@ -199,13 +227,20 @@ pub struct FsEntry {
     pub nlink: u64,
     /// Inode number (tells hard links apart).
     pub ino: u64,
-    /// blake3 of the contents (files) or the target (symlinks), hex; empty for dirs.
+    /// Identity of the contents, hex: for a file [`content_hash`] of `size` and
+    /// `blocks` (never a hash over every byte: a sparse 1 TiB file dumps in
+    /// milliseconds), for a symlink the blake3 of its target; empty for the rest.
     #[serde(default)]
     pub blake3: String,
-    /// blake3 per 4 KiB block of a file, hex; lets the oracle find which block holds
-    /// foreign bytes without shipping the data.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub blocks: Vec<String>,
+    /// The file's contents, sparse: block index (4 KiB blocks) -> blake3 hex of that
+    /// block's bytes (the last block only up to `size`). A block not listed reads as
+    /// all zeros: holes and all-zero blocks are both left out. Lets the oracle find
+    /// which block holds foreign bytes without shipping the data.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocks: BTreeMap<u64, String>,
+    /// Every `user.*` extended attribute: name -> value in hex.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, String>,
     /// Symlink target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,

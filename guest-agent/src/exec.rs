@@ -549,7 +549,8 @@ pub fn dump(root: &str) -> Result<Vec<FsEntry>, String> {
                         nlink: 0,
                         ino: 0,
                         blake3: String::new(),
-                        blocks: vec![],
+                        blocks: Default::default(),
+                        xattrs: Default::default(),
                         target: None,
                         error: Some(e.raw_os_error().unwrap_or(libc::EIO)),
                     });
@@ -565,7 +566,8 @@ pub fn dump(root: &str) -> Result<Vec<FsEntry>, String> {
                 nlink: meta.nlink(),
                 ino: meta.ino(),
                 blake3: String::new(),
-                blocks: vec![],
+                blocks: Default::default(),
+                xattrs: Default::default(),
                 target: None,
                 error: None,
             };
@@ -598,7 +600,6 @@ pub fn dump(root: &str) -> Result<Vec<FsEntry>, String> {
 
 fn hash_file(path: &str, entry: &mut FsEntry) -> Result<(), i32> {
     let f = std::fs::File::open(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-    let mut whole = blake3::Hasher::new();
     let mut block = vec![0u8; 4096];
     let mut off = 0u64;
     loop {
@@ -608,13 +609,14 @@ fn hash_file(path: &str, entry: &mut FsEntry) -> Result<(), i32> {
         if n == 0 {
             break;
         }
-        whole.update(&block[..n]);
-        entry
-            .blocks
-            .push(blake3::hash(&block[..n]).to_hex().to_string());
+        if block[..n].iter().any(|b| *b != 0) {
+            entry
+                .blocks
+                .insert(off / 4096, blake3::hash(&block[..n]).to_hex().to_string());
+        }
         off += n as u64;
     }
-    entry.blake3 = whole.finalize().to_hex().to_string();
+    entry.blake3 = crash_models::protocol::content_hash(entry.size, &entry.blocks);
     Ok(())
 }
 
@@ -778,9 +780,9 @@ path = "nope"
         assert_eq!((a.kind, a.size, a.nlink), (EntryKind::File, 5000, 2));
         assert_eq!(a.blocks.len(), 2);
         let want = crash_models::ops::seeded_bytes(9, 5000);
-        assert_eq!(a.blake3, ::blake3::hash(&want).to_hex().to_string());
+        assert_eq!(a.blocks, crash_models::protocol::block_hashes(&want));
         assert_eq!(
-            a.blocks[1],
+            a.blocks[&1],
             ::blake3::hash(&want[4096..]).to_hex().to_string()
         );
         assert_eq!(entries[0].ino, a.ino, "c is a hard link of d/a");

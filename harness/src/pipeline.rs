@@ -16,11 +16,11 @@
 //! # Ok(()) }
 //! ```
 
-use crate::checker::{Checker, CheckerError, CheckerOptions, Progress, Recovery};
+use crate::checker::{Checker, CheckerError, CheckerOptions, KnownBlocks, Progress, Recovery};
 use crate::guest::GuestFactory;
 use crate::image::FSDAX_DATA_OFFSET;
 use crate::interrupt::Interrupt;
-use crate::oracle::{self, History, Problem, Verdict};
+use crate::oracle::{self, Problem, Verdict};
 use crate::report::{
     ConfigReport, DroppedLine, ExpectCheck, Finding, OpLine, PointRef, PointReport, Report,
     Timings, WorkloadReport, WorkloadStats,
@@ -28,6 +28,7 @@ use crate::report::{
 use crate::setup::Assets;
 use crate::workloads::Loaded;
 use crash_models::delta::{CrashImage, ImageBuilder, ImageId};
+use crash_models::history::History;
 use crash_models::model::{Model, ModelConfig, Replayer};
 use crash_models::ops::{FsKind, Op, Workload};
 use crash_models::points::{CrashPoint, CrashPoints, PointConfig, Policy, Reason};
@@ -420,7 +421,9 @@ impl Pipeline {
             .recover_all(
                 &traced.base_image,
                 images,
-                history.known_blocks(),
+                KnownBlocks {
+                    hashes: history.known_hashes(),
+                },
                 Some(prog),
             )
             .await
@@ -578,7 +581,7 @@ impl Pipeline {
         history: &History,
     ) -> WorkloadReport {
         let _ = records;
-        let owners = extent_owners(workload, results);
+        let owners = promise::extent_owners(&workload.ops, results, FSDAX_DATA_OFFSET);
         let mut verdicts: BTreeMap<Verdict, u64> = BTreeMap::new();
         let mut findings: Vec<Finding> = Vec::new();
         let mut omitted = 0u64;
@@ -588,22 +591,22 @@ impl Pipeline {
         for pd in points {
             let p = &pd.point;
             let mut cache: HashMap<&str, Vec<Problem>> = HashMap::new();
+            // The promises depend on the crash point only: made once per point.
+            let promised = promise::promises(
+                &workload.ops,
+                Some(results),
+                p.ops_completed as usize,
+                p.op_in_progress.map(|o| o as usize),
+            );
             let mut finding_at: HashMap<&str, usize> = HashMap::new();
             let mut pv: BTreeMap<Verdict, u64> = BTreeMap::new();
             let distinct: BTreeSet<usize> = pd.states.iter().map(|s| s.1).collect();
             for (st, img) in &pd.states {
                 let rec = &recs[*img];
                 recovered.insert(&rec.state_id);
-                let problems = cache.entry(rec.state_id.as_str()).or_insert_with(|| {
-                    oracle::judge(
-                        &workload.ops,
-                        Some(results),
-                        p.ops_completed as usize,
-                        p.op_in_progress.map(|o| o as usize),
-                        history,
-                        rec,
-                    )
-                });
+                let problems = cache
+                    .entry(rec.state_id.as_str())
+                    .or_insert_with(|| oracle::judge(&promised, history, rec));
                 let v = oracle::verdict_of(problems);
                 *pv.entry(v).or_default() += 1;
                 if v == Verdict::Ok {
@@ -842,33 +845,6 @@ fn point_ref(p: &CrashPoint, w: &Workload) -> PointRef {
     }
 }
 
-/// PM ranges of files, from the extents fmetadatasync reported: (range, path, file
-/// offset of the range's start).
-fn extent_owners(w: &Workload, results: &[OpResult]) -> Vec<(Range<u64>, String, u64)> {
-    let mut fd_paths: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut out = Vec::new();
-    for (i, op) in w.ops.iter().enumerate() {
-        match op {
-            Op::Open { path, fd, .. } => {
-                fd_paths.insert(fd, path);
-            }
-            Op::Fmetadatasync { fd } => {
-                if let Some(OpDetail::Extents { extents }) =
-                    results.iter().find(|r| r.index == i).map(|r| &r.detail)
-                {
-                    let path = fd_paths.get(fd.as_str()).copied().unwrap_or("?");
-                    for e in extents {
-                        let s = e.physical + FSDAX_DATA_OFFSET;
-                        out.push((s..s + e.len, path.to_owned(), e.logical));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 fn dropped(
     lines: &[LineInfo],
     st: &CrashState,
@@ -914,25 +890,12 @@ fn dropped(
 }
 
 /// A workload's `[expect]` for `fs`: the verdict classes (sorted), `ok_after_op` and
-/// `lost_after_op`. Keys in `[expect.FS]` override the same keys in `[expect]`.
-///
-/// ```toml
-/// [expect]
-/// verdicts = ["ok", "unsafe-flush-only"]
-/// lost_after_op = 5
-/// [expect.xfs]
-/// verdicts = ["ok"]
-/// ```
+/// `lost_after_op` (see [`crash_models::ops::Expect`]).
 pub fn expected(w: &Workload, fs: FsKind) -> Option<(Vec<Verdict>, Option<usize>, Option<usize>)> {
-    let e = w.expect.as_ref()?;
-    let get = |k: &str| e.get(fs.name()).and_then(|x| x.get(k)).or_else(|| e.get(k));
-    let list = get("verdicts")?.as_array()?;
-    let mut v: Vec<Verdict> = list
-        .iter()
-        .filter_map(|x| x.as_str()?.parse().ok())
-        .collect();
-    v.sort();
-    v.dedup();
-    let num = |k: &str| get(k).and_then(|x| x.as_u64()).map(|n| n as usize);
-    Some((v, num("ok_after_op"), num("lost_after_op")))
+    let e = w.expect.as_ref()?.for_fs(fs)?;
+    Some((
+        e.verdicts.unwrap_or_default(),
+        e.ok_after_op,
+        e.lost_after_op,
+    ))
 }

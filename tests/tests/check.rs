@@ -2,11 +2,13 @@
 //! the oracle judges what they left.
 
 use crash_models::delta::CrashImage;
+use crash_models::history::History;
 use crash_models::ops::{FsKind, Workload};
+use crash_models::promise::promises;
 use crash_models::protocol::OpResult;
-use pmcrash::checker::{Checker, CheckerOptions, Progress, Recovery};
+use pmcrash::checker::{Checker, CheckerOptions, KnownBlocks, Progress, Recovery};
 use pmcrash::image::FSDAX_DATA_OFFSET;
-use pmcrash::oracle::{judge, verdict_of, History, Verdict};
+use pmcrash::oracle::{judge, verdict_of, Verdict};
 use pmcrash_e2e::{factory, rt};
 use std::path::Path;
 use std::sync::Arc;
@@ -86,16 +88,15 @@ fn debugfs_block(image: &Path, request: &str) -> u64 {
 
 fn judge_all(b: &Base, recs: &[Recovery]) -> Vec<(Verdict, Vec<String>)> {
     let history = History::new(&b.workload.ops, Some(&b.results));
+    let promised = promises(
+        &b.workload.ops,
+        Some(&b.results),
+        b.workload.ops.len(),
+        None,
+    );
     recs.iter()
         .map(|r| {
-            let p = judge(
-                &b.workload.ops,
-                Some(&b.results),
-                b.workload.ops.len(),
-                None,
-                &history,
-                r,
-            );
+            let p = judge(&promised, &history, r);
             (verdict_of(&p), p.into_iter().map(|p| p.message).collect())
         })
         .collect()
@@ -122,7 +123,9 @@ fn check(
             .recover_all(
                 &b.image,
                 images.into_iter().map(Arc::new).collect(),
-                history.known_blocks(),
+                KnownBlocks {
+                    hashes: history.known_hashes(),
+                },
                 p,
             )
             .await

@@ -172,53 +172,6 @@ pub struct Recovery {
     pub millis: u64,
 }
 
-impl Recovery {
-    /// Why this recovery counts as file-system corruption (empty when it does not).
-    pub fn corruption(&self) -> Vec<String> {
-        let mut why = Vec::new();
-        match &self.mount {
-            MountOutcome::Mounted { .. } => {}
-            MountOutcome::Failed { message } => why.push(format!("mount failed: {message}")),
-            MountOutcome::Panicked { during, console } => {
-                let line = console
-                    .lines()
-                    .find(|l| l.contains("Kernel panic") || l.contains("BUG") || l.contains("Oops"))
-                    .unwrap_or("");
-                why.push(format!("kernel panic during {during}: {}", line.trim()))
-            }
-            MountOutcome::Hung { during } => why.push(format!("guest hung during {during}")),
-        }
-        if let Some(e) = &self.dump_error {
-            why.push(format!("reading the tree failed: {e}"));
-        }
-        if let Some(e) = &self.unmount_error {
-            why.push(format!("unmount failed: {e}"));
-        }
-        for e in self.entries.iter().flatten() {
-            if let Some(errno) = e.error {
-                why.push(format!(
-                    "{} cannot be read: {}",
-                    e.path,
-                    std::io::Error::from_raw_os_error(errno)
-                ));
-            }
-        }
-        if let Some(f) = &self.fsck {
-            if f.problems {
-                why.push(format!(
-                    "fsck exit {}: {}",
-                    f.code.map_or("signal".into(), |c| c.to_string()),
-                    f.output.lines().take(3).collect::<Vec<_>>().join("; ")
-                ));
-            }
-        }
-        for c in &self.console {
-            why.push(format!("kernel: {}", c.line));
-        }
-        why
-    }
-}
-
 /// Block hashes the caller can already explain (zeros, data the workload wrote); a
 /// dumped block outside this set has its bytes fetched from the recovered image so
 /// the oracle can judge it byte by byte.
@@ -696,11 +649,11 @@ async fn recover_one(
 fn unknown_blocks(entries: &[FsEntry], known: &KnownBlocks) -> BTreeMap<usize, BTreeSet<String>> {
     let mut out: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     for e in entries {
-        for (i, h) in e.blocks.iter().enumerate() {
+        for (&i, h) in &e.blocks {
             if known.hashes.contains(h) {
                 continue;
             }
-            let len = (e.size - i as u64 * PAGE as u64).min(PAGE as u64) as usize;
+            let len = e.size.saturating_sub(i * PAGE as u64).min(PAGE as u64) as usize;
             out.entry(len).or_default().insert(h.clone());
         }
     }
