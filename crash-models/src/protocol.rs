@@ -27,6 +27,30 @@ pub fn content_hash(size: u64, blocks: &BTreeMap<u64, String>) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// [`FsEntry::blocks`] on the wire: a JSON object keyed by the block index in
+/// decimal. Written by hand because [`AgentMsg`] is internally tagged, and serde
+/// buffers such messages in a way that loses the integer-key support of JSON maps.
+mod block_map {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u64, String>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                k.parse::<u64>()
+                    .map(|k| (k, v))
+                    .map_err(|_| D::Error::custom(format!("block index `{k}` is not a number")))
+            })
+            .collect()
+    }
+}
+
 /// The sparse block hashes of `bytes` (a whole file), as [`FsEntry::blocks`] holds them.
 pub fn block_hashes(bytes: &[u8]) -> BTreeMap<u64, String> {
     bytes
@@ -236,7 +260,11 @@ pub struct FsEntry {
     /// block's bytes (the last block only up to `size`). A block not listed reads as
     /// all zeros: holes and all-zero blocks are both left out. Lets the oracle find
     /// which block holds foreign bytes without shipping the data.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "block_map"
+    )]
     pub blocks: BTreeMap<u64, String>,
     /// Every `user.*` extended attribute: name -> value in hex.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -418,6 +446,24 @@ mod tests {
         let back: AgentMsg = decode(&line[..line.len() - 1]).unwrap();
         assert_eq!(back, r);
         assert!(!back.is_terminal());
+        let state = AgentMsg::State {
+            entries: vec![FsEntry {
+                path: "a".into(),
+                kind: EntryKind::File,
+                size: 5000,
+                mode: 0o644,
+                nlink: 1,
+                ino: 12,
+                blake3: String::new(),
+                blocks: block_hashes(&[7u8; 5000]),
+                xattrs: [("user.k".to_owned(), "76".to_owned())].into(),
+                target: None,
+                error: None,
+            }],
+        };
+        let line = encode(&state);
+        let back: AgentMsg = decode(&line[..line.len() - 1]).unwrap();
+        assert_eq!(back, state);
     }
 
     #[test]

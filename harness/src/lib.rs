@@ -21,7 +21,3 @@ pub mod sys;
 pub mod trace;
 pub mod vm;
 pub mod workloads;
-
-/// The checker's former name, for `oracle.rs` until its rewrite imports `checker`.
-#[doc(hidden)]
-pub(crate) use checker as check;

@@ -18,7 +18,7 @@
 //! ops; this module only compares. It does no I/O, so every verdict class is unit
 //! tested without a VM.
 
-use crate::check::{MountOutcome, Recovery};
+use crate::checker::{MountOutcome, Recovery};
 use crash_models::history::History;
 use crash_models::promise::{BlockSource, Kept, Promise, Promises};
 use serde::Serialize;
@@ -177,8 +177,8 @@ pub fn judge(promised: &Promises, history: &History, rec: &Recovery) -> Vec<Prob
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::console::ConsoleIssue;
-    use crate::check::fsck::FsckOutcome;
+    use crate::checker::console::ConsoleIssue;
+    use crate::checker::fsck::FsckOutcome;
     use crash_models::ops::{seeded_bytes, Op, Workload};
     use crash_models::promise::promises;
     use crash_models::protocol::{block_hashes, content_hash, EntryKind, FsEntry};
