@@ -452,16 +452,10 @@ fn the_hand_written_seeds_are_valid() {
     assert!(workload_seeds().len() > 2, "the corpora were not found");
 }
 
-/// A dump with file blocks must survive the wire: the agent encodes it, the harness
-/// decodes it. On main at 3405e30 it does not: `FsEntry::blocks` is a
-/// `BTreeMap<u64, String>` inside the internally tagged `AgentMsg`, and serde's
-/// buffering of tagged enums cannot read the JSON object's string keys ("0") back as
-/// integers ("invalid type: string \"0\", expected u64"). Every checker guest's dump of
-/// a non-empty file then fails, so every crash check gives up. Minimal input:
-/// `{"type":"state","entries":[{"path":"a","kind":"file","size":4096,"mode":420,"nlink":1,"ino":12,"blocks":{"0":"ab"}}]}`.
-/// Reported to the owner of protocol.rs; un-ignore once fixed.
+/// A dump with file blocks survives the wire: the agent encodes it, the harness
+/// decodes it (`FsEntry::blocks` has integer keys inside the internally tagged
+/// `AgentMsg`, which once failed with "invalid type: string \"0\", expected u64").
 #[test]
-#[ignore = "protocol.rs bug: AgentMsg::State with FsEntry::blocks does not round-trip (see the doc comment)"]
 fn a_dump_with_file_blocks_round_trips() {
     let line = br#"{"type":"state","entries":[{"path":"a","kind":"file","size":4096,"mode":420,"nlink":1,"ino":12,"blocks":{"0":"ab"}}]}"#;
     let msg: AgentMsg = protocol::decode(line).expect("a dump with blocks decodes");
