@@ -438,11 +438,17 @@ impl Pipeline {
         } else {
             0.0
         };
-        let points = if outcome.interrupted {
+        let (points, n_images) = if outcome.interrupted {
             self.cut_short = true;
-            checked_points(points, &outcome.recoveries)
+            let kept = checked_points(points, &outcome.recoveries);
+            // The report counts the images of the points it judges.
+            let used: BTreeSet<usize> = kept
+                .iter()
+                .flat_map(|p| p.states.iter().map(|s| s.1))
+                .collect();
+            (kept, used.len())
         } else {
-            points
+            (points, n_images)
         };
 
         // Judge.
