@@ -192,7 +192,7 @@ impl ReusedGuest {
         let vm = self.vm.as_mut().expect("a live guest");
         vm.request(&HostMsg::Refresh, t).await.expect("refresh");
         self.factory.mount(vm).await.expect("mount -o dax");
-        let results = pmcrash::run::run_ops(vm, ops, false, t)
+        let results = pmcrash::run::run_mounted(vm, ops, false, t)
             .await
             .expect("run the ops");
         let entries = pmcrash::run::dump(vm, t).await.expect("dump");

@@ -17,8 +17,9 @@
 //! The only I/O here is writing ranges into a file the caller opened
 //! ([`CrashImage::apply`], [`CrashImage::undo`]).
 
-use crate::model::{FxSet, InFlightLine, Replayer};
+use crate::model::{FxSet, InFlightLine, ModelConfig, Replayer};
 use crate::states::CrashState;
+use crate::trace::{FenceKind, FlushKind, Privilege, Record};
 use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -170,6 +171,55 @@ fn walk(
         }
     }
     Ok(())
+}
+
+impl CrashImage {
+    /// The image that raw `writes` (PM file offsets, bytes) leave once all of them
+    /// are durable: for images made by hand (corrupt-on-purpose tests, replaying a
+    /// saved finding). The writes go through the model as kernel stores split at
+    /// 8-byte words, every line they touch (of `cfg.line_size`) is flushed, then fenced.
+    pub fn from_writes(writes: &[(u64, Vec<u8>)], cfg: ModelConfig) -> CrashImage {
+        let line = u64::from(cfg.line_size);
+        let mut r = Replayer::new(cfg);
+        let mut lines = std::collections::BTreeSet::new();
+        for (off, bytes) in writes {
+            let mut k = 0usize;
+            while k < bytes.len() {
+                let at = off + k as u64;
+                // A store must lie in one 8-byte word for the model.
+                let n = ((8 - at % 8) as usize).min(bytes.len() - k);
+                let mut v = [0u8; 8];
+                v[..n].copy_from_slice(&bytes[k..k + n]);
+                r.apply(&Record::Store {
+                    offset: at,
+                    size: n as u8,
+                    value: u64::from_le_bytes(v),
+                    non_temporal: false,
+                    privilege: Privilege::Kernel,
+                    vcpu: 0,
+                    pc: 0,
+                });
+                lines.insert(at / line);
+                k += n;
+            }
+        }
+        for l in lines {
+            r.apply(&Record::Flush {
+                offset: l * line,
+                flush: FlushKind::Clwb,
+                privilege: Privilege::Kernel,
+                vcpu: 0,
+                pc: 0,
+            });
+        }
+        r.apply(&Record::Fence {
+            fence: FenceKind::Sfence,
+            privilege: Privilege::Kernel,
+            vcpu: 0,
+            pc: 0,
+        });
+        ImageBuilder::new(&r).build(&CrashState::default())
+    }
 }
 
 impl CrashImage {
@@ -467,5 +517,37 @@ impl ImageSet {
     /// True when nothing was inserted.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+
+    #[test]
+    fn hand_made_images_hold_their_writes() {
+        for line_size in [64, 128] {
+            let cfg = ModelConfig::new(Model::X86Adr, line_size).unwrap();
+            let img = CrashImage::from_writes(
+                &[
+                    (3, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
+                    (4096, vec![0; 4096]),
+                    (8192 + 120, vec![5; 16]),
+                ],
+                cfg,
+            );
+            let mut buf = vec![0xffu8; 3 * 4096];
+            img.apply_to_slice(&mut buf);
+            assert_eq!(
+                &buf[..14],
+                &[0xff, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xff]
+            );
+            assert!(buf[4096..8192].iter().all(|b| *b == 0));
+            assert_eq!(buf[8192], 0xff);
+            // A write across a line boundary is durable on both sides.
+            assert!(buf[8192 + 120..8192 + 136].iter().all(|b| *b == 5));
+            assert_eq!(buf[8192 + 136], 0xff);
+        }
     }
 }

@@ -6,9 +6,12 @@
 //! enumeration and image deltas. The guest agent and the harness both depend on it,
 //! so every type that crosses the VM boundary is defined once, here.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod delta;
+pub mod fsmodel;
 pub mod generate;
+pub mod history;
 pub mod model;
 pub mod ops;
 pub mod points;
@@ -16,3 +19,4 @@ pub mod promise;
 pub mod protocol;
 pub mod states;
 pub mod trace;
+pub mod verdict;

@@ -645,9 +645,81 @@ pub struct Workload {
     pub ops: Vec<Op>,
     /// Where each op starts in the source, for messages that point back at it.
     pub op_locations: Vec<Location>,
-    /// Expected results (verdicts per file system and so on), kept as raw TOML
-    /// so the checker that reads them can evolve without breaking the parser.
-    pub expect: Option<serde_json::Value>,
+    /// What the workload expects of a run (its `[expect]` table).
+    pub expect: Option<Expect>,
+}
+
+/// A workload's `[expect]`: the verdicts a run must see and where losses may
+/// appear. Keys in `[expect.ext4]` / `[expect.xfs]` override the same keys for that
+/// file system. An unknown key or verdict is a `file:line:col` error.
+///
+/// ```toml
+/// [expect]
+/// verdicts = ["ok", "unsafe-flush-only"]
+/// lost_after_op = 5
+/// [expect.xfs]
+/// verdicts = ["ok"]
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Exactly the verdict classes the run sees (any order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdicts: Option<Vec<crate::verdict::Verdict>>,
+    /// Every crash state after this op returned is ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok_after_op: Option<usize>,
+    /// Some crash state after this op returned is not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after_op: Option<usize>,
+    /// Overrides for ext4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext4: Option<Expectation>,
+    /// Overrides for XFS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xfs: Option<Expectation>,
+}
+
+/// The keys of an `[expect]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// Exactly the verdict classes the run sees (any order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdicts: Option<Vec<crate::verdict::Verdict>>,
+    /// Every crash state after this op returned is ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok_after_op: Option<usize>,
+    /// Some crash state after this op returned is not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after_op: Option<usize>,
+}
+
+impl Expect {
+    /// The expectation for one file system (its overrides over the common keys);
+    /// `None` when no verdicts are given for it.
+    pub fn for_fs(&self, fs: FsKind) -> Option<Expectation> {
+        let over = match fs {
+            FsKind::Ext4 => self.ext4.as_ref(),
+            FsKind::Xfs => self.xfs.as_ref(),
+        };
+        let all = Expectation {
+            verdicts: self.verdicts.clone(),
+            ok_after_op: self.ok_after_op,
+            lost_after_op: self.lost_after_op,
+        };
+        let pick = |f: fn(&Expectation) -> Option<usize>| over.and_then(f).or(f(&all));
+        let mut verdicts = over
+            .and_then(|o| o.verdicts.clone())
+            .or_else(|| all.verdicts.clone())?;
+        verdicts.sort();
+        verdicts.dedup();
+        Some(Expectation {
+            verdicts: Some(verdicts),
+            ok_after_op: pick(|e| e.ok_after_op),
+            lost_after_op: pick(|e| e.lost_after_op),
+        })
+    }
 }
 
 /// A position in a workload file (1-based).
@@ -686,7 +758,7 @@ struct RawWorkload {
     fs: Vec<FsKind>,
     ops: Vec<toml::Spanned<SpannedTable>>,
     #[serde(default)]
-    expect: Option<toml::Table>,
+    expect: Option<Expect>,
 }
 
 fn line_col(src: &str, byte: usize) -> Location {
@@ -714,13 +786,27 @@ impl Workload {
             let span = e.span().unwrap_or(0..0);
             let loc = line_col(src, span.start);
             let message = e.message().trim().to_owned();
-            // Which op table the error sits in, so `field` reads `ops[2].fd`.
-            let op_index = src[..span.start.min(src.len())].matches("[[ops]]").count();
-            let field = match (field_from_message(&message), op_index) {
-                (Some(f), 0) => f,
-                (Some(f), i) => format!("ops[{}].{f}", i - 1),
-                (None, 0) => "workload".to_owned(),
-                (None, i) => format!("ops[{}]", i - 1),
+            // Which table the error sits in, so `field` reads `ops[2].fd` or
+            // `expect.xfs.verdicts`.
+            let before = &src[..span.start.min(src.len())];
+            let op_index = before.matches("[[ops]]").count();
+            let table = before
+                .lines()
+                .rev()
+                .find_map(|l| {
+                    let l = l.trim();
+                    (l.starts_with('[') && !l.starts_with("[["))
+                        .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+                })
+                .filter(|t| t.starts_with("expect"))
+                .filter(|_| before.rfind("[expect") > before.rfind("[[ops]]"));
+            let field = match (field_from_message(&message), table, op_index) {
+                (Some(f), Some(t), _) => format!("{t}.{f}"),
+                (None, Some(t), _) => t,
+                (Some(f), None, 0) => f,
+                (Some(f), None, i) => format!("ops[{}].{f}", i - 1),
+                (None, None, 0) => "workload".to_owned(),
+                (None, None, i) => format!("ops[{}]", i - 1),
             };
             WorkloadError {
                 file: file.to_owned(),
@@ -759,9 +845,7 @@ impl Workload {
             })?;
             ops.push(op);
         }
-        let expect = raw
-            .expect
-            .map(|t| serde_json::to_value(t).unwrap_or(serde_json::Value::Null));
+        let expect = raw.expect;
         let workload = Workload {
             description: raw.description,
             fs: raw.fs,
@@ -1300,6 +1384,33 @@ op = "sync"
     fn bad_data_shape() {
         let e = parse("[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\n[[ops]]\nop=\"write\"\nfd=\"a\"\ndata={len=3}\n").unwrap_err();
         assert!(e.message.contains("expected data as"), "{e}");
+    }
+
+    #[test]
+    fn expect_is_typed_and_checked() {
+        let w = parse("[[ops]]\nop=\"sync\"\n[expect]\nverdicts=[\"ok\",\"stale-data\"]\nok_after_op=0\n[expect.xfs]\nverdicts=[\"ok\"]\n").unwrap();
+        let e = w.expect.unwrap();
+        use crate::verdict::Verdict;
+        assert_eq!(
+            e.for_fs(FsKind::Ext4).unwrap().verdicts.unwrap(),
+            [Verdict::StaleData, Verdict::Ok]
+        );
+        let x = e.for_fs(FsKind::Xfs).unwrap();
+        assert_eq!(x.verdicts.unwrap(), [Verdict::Ok]);
+        assert_eq!(x.ok_after_op, Some(0));
+        // A misspelt verdict and an unknown key are errors with a position.
+        let e = parse("[[ops]]\nop=\"sync\"\n[expect]\nverdicts=[\"ok\",\"stale\"]\n").unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.field.starts_with("expect"), "{e}");
+        assert!(e.message.contains("unknown variant `stale`"), "{e}");
+        let e = parse("[[ops]]\nop=\"sync\"\n[expect]\nverdict=[\"ok\"]\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (4, "expect.verdict"), "{e}");
+        let e = parse("[[ops]]\nop=\"sync\"\n[expect.xfs]\nok_after=1\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (4, "expect.xfs.ok_after"),
+            "{e}"
+        );
     }
 
     #[test]

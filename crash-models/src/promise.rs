@@ -1,36 +1,39 @@
 //! Promises: what the ops that completed before a crash point guarantee about every
-//! crash state there, following DESIGN.md's oracle table.
+//! crash state there. The table, row by row, with the reason for each, is
+//! `docs/promises.md`; every row has an insta snapshot in `tests/rules.rs`.
 //!
-//! | op | promise |
+//! | op (on success) | promise once it returns |
 //! | --- | --- |
-//! | `fsync(f)` | f's data and size; a file created by the workload also its name |
-//! | `fdatasync(f)` | f's data and size (the metadata needed to read it back) |
+//! | `fsync(f)`, f a file | f's size, data (written bytes and the zeros of its holes) and xattrs; a name the workload created for f |
+//! | `fdatasync(f)`, f a file | f's size and data (the metadata needed to read it back) |
+//! | `fsync(d)`, `fdatasync(d)`, d a directory | every name made, renamed, linked or removed directly in d: it exists, or it does not |
 //! | `msync(MS_SYNC)` | the data in the range |
 //! | store + flush + fence, `MAP_SYNC` | the stored bytes ([`Class::Contract`]) |
-//! | store + flush + fence, plain shared | the stored bytes, but only as [`Class::UnsafeFlushOnly`]: nothing by contract, reported apart |
-//! | `fmetadatasync(f)` | f's size (and a created f's name); the data only where the program flushed it itself, which is upgraded to a contract |
-//! | `rename(a, b)` | atomic in every crash state, even while in progress; durable once the parent directory is fsynced (or after sync) |
-//! | `sync`, `syncfs` | every name, size, content and absence before it |
+//! | store + flush + fence, plain shared | the stored bytes, only as [`Class::UnsafeFlushOnly`]: nothing by contract |
+//! | `fmetadatasync(f)` | f's size and a created name; the bytes the program flushed itself (contract); every byte it stored and did not flush and fence, as [`Class::UnsafeFlushOnly`] (the program believes it durable: its loss is the program's bug) |
+//! | `rename(a, b)` | atomic in every crash state, even while in progress; durable once the directory is fsynced |
+//! | `sync`, `syncfs` | everything before it: names, absences, sizes, data, symlinks, xattrs |
+//! | `sync_file_range`, `msync(MS_ASYNC)`, the rest | nothing |
 //!
 //! A promise is about the state when it was made. A later op (completed, or the op in
-//! progress, which may be half done) that changes the same bytes, the same size or
-//! the same name makes the crash state legitimately show either version, so such a
-//! promise is withdrawn rather than checked: the oracle never reports a loss the ops
-//! did not promise.
+//! progress, which may be half done) that changes the same bytes, the same size, the
+//! same xattr or the same name makes the crash state legitimately show either version,
+//! so such a promise is withdrawn rather than checked: the oracle never reports a loss
+//! the ops did not promise.
 //!
-//! [`kernel_flushes_to_ignore`] finds the kernel's own flushes of a file's data lines
-//! during an `fmetadatasync` call, for [`crate::model::Replayer::ignore_flushes`].
-//! [`op_costs`] measures what each op cost in flushes.
+//! Everything here reads the one model of what ops do, [`crate::fsmodel::FsModel`]:
+//! this module adds only what persistence adds (which stores are flushed and fenced).
 
+use crate::fsmodel::{self, Change, FsModel, InodeId, NodeKind};
 use crate::model::FxSet;
-use crate::ops::{FallocateFlag, MapKind, MsyncMode, Op, StoreKind};
-use crate::protocol::{EntryKind, Extent, FsEntry, OpResult};
+use crate::ops::{MapKind, MsyncMode, Op, StoreKind};
+use crate::protocol::{EntryKind, Extent, FsEntry, OpResult, DUMP_BLOCK};
 use crate::trace::{MarkerKind, Privilege, Record};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 /// Size of the blocks [`FsEntry::blocks`] hashes.
-pub const BLOCK_SIZE: u64 = 4096;
+pub const BLOCK_SIZE: u64 = DUMP_BLOCK;
 
 /// A fact about the recovered file system.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -63,12 +66,32 @@ pub enum Promise {
         /// The bytes expected there.
         bytes: Vec<u8>,
     },
+    /// The file at `path` reads as zeros in `[start, end)` (when it exists): a hole,
+    /// a punched or zeroed range, or an extension by truncate.
+    FileZeros {
+        /// The path.
+        path: String,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
     /// The symlink at `path` points to `target` (when it exists).
     Symlink {
         /// The path.
         path: String,
         /// Expected target.
         target: String,
+    },
+    /// The object at `path` has the xattr `name` with `value` (hex), or not at all
+    /// when `value` is `None` (when the object exists).
+    Xattr {
+        /// The path.
+        path: String,
+        /// The attribute.
+        name: String,
+        /// Its value in hex, or `None` for "absent".
+        value: Option<String>,
     },
     /// `rename(from, to)` is atomic: `from` and `to` never both name the renamed
     /// object, and it is never lost from both.
@@ -80,13 +103,30 @@ pub enum Promise {
     },
 }
 
+impl Promise {
+    /// The path the promise is about (the new name for a rename).
+    pub fn path(&self) -> &str {
+        match self {
+            Promise::Exists { path }
+            | Promise::Absent { path }
+            | Promise::FileSize { path, .. }
+            | Promise::FileData { path, .. }
+            | Promise::FileZeros { path, .. }
+            | Promise::Symlink { path, .. }
+            | Promise::Xattr { path, .. } => path,
+            Promise::RenameAtomic { to, .. } => to,
+        }
+    }
+}
+
 /// Whether a promise is a contract or only what the hardware happens to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Class {
     /// The file system promises it: a loss is a file-system bug.
     Contract,
-    /// Only flushes on a plain shared mapping back it: a loss is the program's bug
+    /// Only the program's belief backs it (flushes on a plain shared mapping, or
+    /// stores it never flushed before `fmetadatasync`): a loss is the program's bug
     /// (the `MAP_PMEM_AWARE` hazard), reported apart.
     UnsafeFlushOnly,
 }
@@ -104,91 +144,235 @@ pub struct Promised {
     pub promise: Promise,
 }
 
-/// The outcome of checking one promise against a dumped state.
+/// Whether a dumped state keeps one promise.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
+pub enum Kept {
     /// The state keeps the promise.
-    Holds,
+    Yes,
     /// The state breaks it; the text says how.
-    Violated(String),
-    /// The dump cannot tell (e.g. data in a partial block, or a file whose name was not
-    /// promised is absent).
-    Unchecked,
+    No(String),
+    /// The dump alone cannot tell (data in a partial block: the oracle reads the
+    /// bytes), or the promise does not apply (its file is absent and its name was
+    /// not promised).
+    Unknown,
+}
+
+/// The bytes of dumped blocks that the dump's hashes alone do not give: known from
+/// the workload's history or read from the recovered image by the checker.
+pub trait BlockSource {
+    /// The bytes of the block with this blake3 hex, if known.
+    fn block(&self, hash: &str) -> Option<&[u8]>;
+}
+
+/// No block bytes at all: promises are judged on hashes only.
+pub struct NoBlocks;
+
+impl BlockSource for NoBlocks {
+    fn block(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// The bytes `[start, end)` of a dumped file, when every block's bytes are known
+/// (a block the dump does not list reads as zeros).
+pub fn read_dumped(e: &FsEntry, start: u64, end: u64, blocks: &dyn BlockSource) -> Option<Vec<u8>> {
+    let end = end.min(e.size);
+    if start >= end {
+        return Some(Vec::new());
+    }
+    let mut out = Vec::with_capacity((end - start) as usize);
+    let mut b = start / BLOCK_SIZE;
+    while b * BLOCK_SIZE < end {
+        let bs = b * BLOCK_SIZE;
+        let be = (bs + BLOCK_SIZE).min(e.size);
+        let s = start.max(bs);
+        let t = end.min(be);
+        match e.blocks.get(&b) {
+            None => out.resize(out.len() + (t - s) as usize, 0),
+            Some(h) => {
+                let bytes = blocks.block(h)?;
+                if (bytes.len() as u64) < t - bs {
+                    return None;
+                }
+                out.extend_from_slice(&bytes[(s - bs) as usize..(t - bs) as usize]);
+            }
+        }
+        b += 1;
+    }
+    Some(out)
+}
+
+fn first_difference(path: &str, start: u64, got: &[u8], want: Option<&[u8]>) -> Option<String> {
+    let i = match want {
+        Some(w) => got.iter().zip(w).position(|(a, b)| a != b)?,
+        None => got.iter().position(|b| *b != 0)?,
+    };
+    let end = start + got.len() as u64;
+    Some(match want {
+        Some(_) if got.iter().all(|b| *b == 0) => format!(
+            "{path}: bytes {start}..{end} are zeros, not the promised data (first difference at {})",
+            start + i as u64
+        ),
+        Some(_) => format!(
+            "{path}: bytes {start}..{end} differ from the promised data (first difference at {})",
+            start + i as u64
+        ),
+        None => format!(
+            "{path}: bytes {start}..{end} were promised to read as zeros, byte {} is {:#04x}",
+            start + i as u64,
+            got[i]
+        ),
+    })
 }
 
 impl Promise {
     /// Check the promise against a dump ([`crate::protocol::AgentMsg::State`]
-    /// entries, any order).
-    pub fn check(&self, entries: &[FsEntry]) -> Check {
+    /// entries, any order), reading block bytes from `blocks` where the hashes alone
+    /// cannot tell.
+    pub fn check(&self, entries: &[FsEntry], blocks: &dyn BlockSource) -> Kept {
         let find = |p: &str| entries.iter().find(|e| e.path == p);
         match self {
             Promise::Exists { path } => match find(path) {
-                Some(_) => Check::Holds,
-                None => Check::Violated(format!("{path} is missing")),
+                Some(_) => Kept::Yes,
+                None => Kept::No(format!("{path} is missing")),
             },
             Promise::Absent { path } => match find(path) {
-                None => Check::Holds,
-                Some(_) => Check::Violated(format!("{path} still exists")),
+                None => Kept::Yes,
+                Some(_) => Kept::No(format!("{path} still exists")),
             },
             Promise::FileSize { path, size } => match find(path) {
-                None => Check::Unchecked,
-                Some(e) if e.size == *size => Check::Holds,
-                Some(e) => Check::Violated(format!("{path} is {} bytes, not {size}", e.size)),
+                None => Kept::Unknown,
+                Some(e) if e.kind != EntryKind::File => {
+                    Kept::No(format!("{path} is a {:?}, not a file", e.kind))
+                }
+                Some(e) if e.size == *size => Kept::Yes,
+                Some(e) => Kept::No(format!("{path} is {} bytes, not {size}", e.size)),
             },
             Promise::Symlink { path, target } => match find(path) {
-                None => Check::Unchecked,
-                Some(e) if e.target.as_deref() == Some(target) => Check::Holds,
-                Some(e) => {
-                    Check::Violated(format!("{path} points to {:?}, not {target:?}", e.target))
-                }
+                None => Kept::Unknown,
+                Some(e) if e.target.as_deref() == Some(target) => Kept::Yes,
+                Some(e) => Kept::No(format!("{path} points to {:?}, not {target:?}", e.target)),
+            },
+            Promise::Xattr { path, name, value } => match find(path) {
+                None => Kept::Unknown,
+                Some(e) => match (e.xattrs.get(name), value) {
+                    (a, b) if a == b.as_ref() => Kept::Yes,
+                    (None, Some(_)) => Kept::No(format!("{path}: xattr {name} is missing")),
+                    (Some(_), None) => Kept::No(format!("{path}: xattr {name} is still there")),
+                    _ => Kept::No(format!(
+                        "{path}: xattr {name} has another value than promised"
+                    )),
+                },
             },
             Promise::FileData {
                 path,
                 offset,
                 bytes,
             } => {
-                let Some(e) = find(path) else {
-                    return Check::Unchecked;
+                let Some(e) = find(path).filter(|e| e.kind == EntryKind::File) else {
+                    return Kept::Unknown;
                 };
                 let end = offset + bytes.len() as u64;
                 if e.size < end {
-                    return Check::Violated(format!(
+                    return Kept::No(format!(
                         "{path} is {} bytes: promised data up to {end} is cut off",
                         e.size
                     ));
                 }
-                let mut checked = false;
-                for b in offset.div_ceil(BLOCK_SIZE)..end.div_ceil(BLOCK_SIZE) {
-                    let bs = b * BLOCK_SIZE;
-                    let be = (bs + BLOCK_SIZE).min(e.size);
-                    if be > end {
-                        // The block holds bytes outside the promise.
-                        continue;
-                    }
-                    let Some(got) = e.block(b) else {
-                        return Check::Unchecked;
-                    };
-                    let want = blake3::hash(&bytes[(bs - offset) as usize..(be - offset) as usize]);
-                    if got.as_ref() != want.to_hex().as_str() {
-                        return Check::Violated(format!(
-                            "{path}: block {b} (bytes {bs}..{be}) differs from what was promised"
-                        ));
-                    }
-                    checked = true;
-                }
-                if checked {
-                    Check::Holds
-                } else {
-                    Check::Unchecked
-                }
+                check_range(e, *offset, end, Some(bytes), blocks)
+            }
+            Promise::FileZeros { path, start, end } => {
+                let Some(e) = find(path).filter(|e| e.kind == EntryKind::File) else {
+                    return Kept::Unknown;
+                };
+                check_range(e, *start, (*end).min(e.size), None, blocks)
             }
             Promise::RenameAtomic { from, to } => match (find(from), find(to)) {
                 (Some(a), Some(b)) if a.ino == b.ino && a.kind != EntryKind::Dir => {
-                    Check::Violated(format!("{from} and {to} both name inode {}", a.ino))
+                    Kept::No(format!("{from} and {to} both name inode {}", a.ino))
                 }
-                _ => Check::Unchecked,
+                _ => Kept::Unknown,
             },
         }
+    }
+}
+
+/// Check `[start, end)` of a dumped file against `want` (or zeros): whole blocks by
+/// hash, partial blocks by their bytes when `blocks` has them.
+fn check_range(
+    e: &FsEntry,
+    start: u64,
+    end: u64,
+    want: Option<&[u8]>,
+    blocks: &dyn BlockSource,
+) -> Kept {
+    if start >= end {
+        return Kept::Yes;
+    }
+    let path = &e.path;
+    let slice = |s: u64, t: u64| want.map(|w| &w[(s - start) as usize..(t - start) as usize]);
+    let mut unknown = false;
+    // Only the blocks the dump lists, or the blocks the promise has bytes for, can
+    // differ: a huge promised hole costs what the dump lists in it.
+    let listed: BTreeSet<u64> = e
+        .blocks
+        .range(start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE))
+        .map(|(b, _)| *b)
+        .collect();
+    let wanted: Box<dyn Iterator<Item = u64>> = match want {
+        Some(_) => Box::new(start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE)),
+        None => Box::new(listed.iter().copied()),
+    };
+    for b in wanted {
+        let bs = b * BLOCK_SIZE;
+        let be = (bs + BLOCK_SIZE).min(e.size);
+        let s = start.max(bs);
+        let t = end.min(be);
+        if s >= t {
+            continue;
+        }
+        let whole = s == bs && t == be;
+        let w = slice(s, t);
+        match (e.blocks.get(&b), whole) {
+            (None, _) => {
+                // Zeros in the file.
+                if let Some(why) = first_difference(path, s, &vec![0; (t - s) as usize], w) {
+                    return Kept::No(why);
+                }
+            }
+            (Some(h), true) => {
+                let want_hash = match w {
+                    Some(w) if w.iter().any(|x| *x != 0) => blake3::hash(w).to_hex().to_string(),
+                    // An all-zero block would not be listed.
+                    _ => String::new(),
+                };
+                if *h != want_hash {
+                    let got = blocks.block(h).map(|g| g.to_vec());
+                    return Kept::No(match got {
+                        Some(g) => first_difference(path, s, &g, w).unwrap_or_else(|| {
+                            format!("{path}: block {b} differs from what was promised")
+                        }),
+                        None => format!(
+                            "{path}: block {b} (bytes {bs}..{be}) differs from what was promised"
+                        ),
+                    });
+                }
+            }
+            (Some(h), false) => match blocks.block(h) {
+                Some(g) if g.len() as u64 >= t - bs => {
+                    let got = &g[(s - bs) as usize..(t - bs) as usize];
+                    if let Some(why) = first_difference(path, s, got, w) {
+                        return Kept::No(why);
+                    }
+                }
+                _ => unknown = true,
+            },
+        }
+    }
+    if unknown {
+        Kept::Unknown
+    } else {
+        Kept::Yes
     }
 }
 
@@ -213,42 +397,34 @@ impl Promises {
     }
 }
 
+/// What a promise depends on, to withdraw it when a later op changes that.
 #[derive(Debug, Clone)]
-enum Node {
-    File(Vec<u8>),
-    Dir,
-    /// From the base image, or content the model gave up on: no promises about it.
-    Unknown,
-    Symlink(String),
+enum Dep {
+    Data(InodeId, Range<u64>),
+    Size(InodeId),
+    Name(String),
+    Xattr(InodeId, String),
 }
 
-#[derive(Debug, Clone)]
-struct Inode {
-    node: Node,
-    created: bool,
+fn touches(change: &Change, dep: &Dep) -> bool {
+    let related = |a: &str, b: &str| fsmodel::is_under(a, b) || fsmodel::is_under(b, a);
+    match (change, dep) {
+        (Change::Data(i, r), Dep::Data(j, s)) => i == j && r.start < s.end && s.start < r.end,
+        (Change::Size(i), Dep::Size(j)) => i == j,
+        (Change::Name(a), Dep::Name(b)) => related(a, b),
+        (Change::Xattr(i, a), Dep::Xattr(j, b)) => i == j && a == b,
+        _ => false,
+    }
 }
 
-#[derive(Debug, Clone)]
-struct Fd {
-    ino: usize,
-    path: String,
-    pos: u64,
-    append: bool,
-}
+/// Line granularity of user flushes in the simulation (matches the ops' `flush`).
+const FLUSH_LINE: u64 = 64;
 
-#[derive(Debug, Clone)]
-struct Map {
-    ino: usize,
-    path: String,
-    offset: u64,
-    kind: MapKind,
-}
-
+/// A store through a mapping that is not yet flushed and fenced.
 #[derive(Debug, Clone)]
 struct PendingStore {
     map: String,
-    ino: usize,
-    path: String,
+    ino: InodeId,
     /// Offset in the file.
     offset: u64,
     bytes: Vec<u8>,
@@ -257,64 +433,24 @@ struct PendingStore {
     kind: MapKind,
 }
 
-/// What a promise depends on, to withdraw it when a later op changes that.
-#[derive(Debug, Clone)]
-enum Dep {
-    Data(usize, Range<u64>),
-    Size(usize),
-    Name(String),
-}
-
-/// A change an op made, for withdrawing earlier promises.
-#[derive(Debug, Clone)]
-enum Change {
-    Data(usize, Range<u64>),
-    Size(usize),
-    Name(String),
-}
-
-fn touches(change: &Change, dep: &Dep) -> bool {
-    let under = |a: &str, b: &str| {
-        a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
-    };
-    match (change, dep) {
-        (Change::Data(i, r), Dep::Data(j, s)) => i == j && r.start < s.end && s.start < r.end,
-        (Change::Size(i), Dep::Size(j)) => i == j,
-        (Change::Name(a), Dep::Name(b)) => under(a, b),
-        _ => false,
-    }
-}
-
-/// Line granularity of user flushes in the simulation (matches the ops' `flush`).
-const FLUSH_LINE: u64 = 64;
-
+/// The promise-making replay: the file-system model plus what persistence adds.
 #[derive(Debug, Default)]
 struct Sim {
-    inodes: Vec<Inode>,
-    names: BTreeMap<String, usize>,
-    removed: FxSet<String>,
-    fds: BTreeMap<String, Fd>,
-    maps: BTreeMap<String, Map>,
+    fs: FsModel,
+    /// Names removed (and not made again), for directory syncs and `sync`.
+    removed: BTreeSet<String>,
+    /// xattr names removed per inode (and not set again).
+    removed_xattrs: BTreeMap<InodeId, BTreeSet<String>>,
     pending: Vec<PendingStore>,
-    /// Stores the program flushed and fenced itself: (op, ino, path, offset, bytes).
-    program_flushed: Vec<(usize, usize, String, u64, Vec<u8>)>,
+    /// Stores the program flushed and fenced itself: (op, ino, offset, bytes).
+    program_flushed: Vec<(usize, InodeId, u64, Vec<u8>)>,
     out: Vec<(Promised, Vec<Dep>)>,
     changes: Vec<(usize, Change)>,
 }
 
-fn parent(path: &str) -> &str {
-    path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
-}
-
 impl Sim {
-    fn promise(
-        &mut self,
-        op: usize,
-        source: &'static str,
-        class: Class,
-        promise: Promise,
-        deps: Vec<Dep>,
-    ) {
+    fn promise(&mut self, op: usize, class: Class, promise: Promise, deps: Vec<Dep>) {
+        let source = "";
         self.out.push((
             Promised {
                 op,
@@ -326,114 +462,148 @@ impl Sim {
         ));
     }
 
-    fn change(&mut self, op: usize, c: Change) {
-        self.changes.push((op, c));
+    fn path(&self, ino: InodeId) -> Option<String> {
+        self.fs.path_of(ino).map(str::to_owned)
     }
 
-    fn file_mut(&mut self, ino: usize) -> Option<&mut Vec<u8>> {
-        match &mut self.inodes.get_mut(ino)?.node {
-            Node::File(d) => Some(d),
-            _ => None,
+    /// Size, data and holes of a file: `[start, end)` of it (the whole file for
+    /// `0..u64::MAX`).
+    fn file_range(&mut self, op: usize, ino: InodeId, start: u64, end: u64, class: Class) {
+        let Some(path) = self.path(ino) else { return };
+        let Some(c) = self.fs.file(ino) else { return };
+        let end = end.min(c.size);
+        let name = Dep::Name(path.clone());
+        let mut items: Vec<(Promise, Range<u64>)> = Vec::new();
+        let mut at = start;
+        for (s, bytes) in c.written(start, end) {
+            let e = s + bytes.len() as u64;
+            let (from, to) = (s.max(start), e.min(end));
+            if from > at {
+                items.push((
+                    Promise::FileZeros {
+                        path: path.clone(),
+                        start: at,
+                        end: from,
+                    },
+                    at..from,
+                ));
+            }
+            items.push((
+                Promise::FileData {
+                    path: path.clone(),
+                    offset: from,
+                    bytes: bytes[(from - s) as usize..(to - s) as usize].to_vec(),
+                },
+                from..to,
+            ));
+            at = to;
+        }
+        if end > at {
+            items.push((
+                Promise::FileZeros {
+                    path: path.clone(),
+                    start: at,
+                    end,
+                },
+                at..end,
+            ));
+        }
+        for (p, r) in items {
+            self.promise(
+                op,
+                class,
+                p,
+                vec![Dep::Data(ino, r), Dep::Size(ino), name.clone()],
+            );
         }
     }
 
-    fn write(&mut self, op: usize, ino: usize, offset: u64, bytes: &[u8]) {
-        let Some(d) = self.file_mut(ino) else { return };
-        let end = offset as usize + bytes.len();
-        let grew = end > d.len();
-        if grew {
-            d.resize(end, 0);
-        }
-        d[offset as usize..end].copy_from_slice(bytes);
-        self.change(op, Change::Data(ino, offset..end as u64));
-        if grew {
-            self.change(op, Change::Size(ino));
-        }
-    }
-
-    fn set_len(&mut self, op: usize, ino: usize, len: u64) {
-        let Some(d) = self.file_mut(ino) else { return };
-        let old = d.len() as u64;
-        d.resize(len as usize, 0);
-        if old != len {
-            self.change(op, Change::Data(ino, old.min(len)..old.max(len)));
-            self.change(op, Change::Size(ino));
-        }
-    }
-
-    fn whole_file(
-        &mut self,
-        op: usize,
-        source: &'static str,
-        ino: usize,
-        path: &str,
-        class: Class,
-    ) {
-        let Some(Node::File(d)) = self.inodes.get(ino).map(|i| &i.node) else {
+    fn size(&mut self, op: usize, ino: InodeId) {
+        let Some(path) = self.path(ino) else { return };
+        let Some(size) = self.fs.file(ino).map(|c| c.size) else {
             return;
         };
-        let d = d.clone();
-        let len = d.len() as u64;
-        let name = Dep::Name(path.to_owned());
         self.promise(
             op,
-            source,
-            class,
+            Class::Contract,
             Promise::FileSize {
-                path: path.to_owned(),
-                size: len,
+                path: path.clone(),
+                size,
             },
-            vec![Dep::Size(ino), name.clone()],
+            vec![Dep::Size(ino), Dep::Name(path)],
         );
-        if len > 0 {
-            self.promise(
-                op,
-                source,
-                class,
-                Promise::FileData {
-                    path: path.to_owned(),
-                    offset: 0,
-                    bytes: d,
-                },
-                vec![Dep::Data(ino, 0..len), Dep::Size(ino), name],
-            );
-        }
     }
 
-    fn name_of_created(&mut self, op: usize, source: &'static str, ino: usize, path: &str) {
-        if self.inodes.get(ino).is_some_and(|i| i.created) {
+    fn xattrs(&mut self, op: usize, ino: InodeId) {
+        let Some(path) = self.path(ino) else { return };
+        let set: Vec<(String, Option<String>)> = self.fs.inodes[ino]
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(fsmodel::hex(v))))
+            .chain(
+                self.removed_xattrs
+                    .get(&ino)
+                    .into_iter()
+                    .flatten()
+                    .map(|k| (k.clone(), None)),
+            )
+            .collect();
+        for (name, value) in set {
             self.promise(
                 op,
-                source,
                 Class::Contract,
-                Promise::Exists {
-                    path: path.to_owned(),
+                Promise::Xattr {
+                    path: path.clone(),
+                    name: name.clone(),
+                    value,
                 },
-                vec![Dep::Name(path.to_owned())],
+                vec![Dep::Xattr(ino, name), Dep::Name(path.clone())],
             );
         }
     }
 
-    /// Names (and absences) directly in `dir` become durable.
-    fn dir_durable(&mut self, op: usize, source: &'static str, dir: &str) {
-        let in_dir = |p: &str| parent(p) == dir;
-        let present: Vec<String> = self.names.keys().filter(|p| in_dir(p)).cloned().collect();
-        let absent: Vec<String> = self.removed.iter().filter(|p| in_dir(p)).cloned().collect();
-        for path in present {
+    fn name_of_created(&mut self, op: usize, ino: InodeId) {
+        if self.fs.inodes[ino].created_by.is_none() {
+            return;
+        }
+        for path in self
+            .fs
+            .paths_of(ino)
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+        {
             self.promise(
                 op,
-                source,
                 Class::Contract,
                 Promise::Exists { path: path.clone() },
                 vec![Dep::Name(path)],
             );
         }
-        let mut absent = absent;
-        absent.sort();
+    }
+
+    /// Names (and absences) directly in `dir` become durable.
+    fn dir_durable(&mut self, op: usize, dir: &str) {
+        let in_dir = |p: &str| fsmodel::parent(p) == dir;
+        let present: Vec<String> = self
+            .fs
+            .names
+            .keys()
+            .filter(|p| in_dir(p))
+            .cloned()
+            .collect();
+        let absent: Vec<String> = self.removed.iter().filter(|p| in_dir(p)).cloned().collect();
+        for path in present {
+            self.promise(
+                op,
+                Class::Contract,
+                Promise::Exists { path: path.clone() },
+                vec![Dep::Name(path)],
+            );
+        }
         for path in absent {
             self.promise(
                 op,
-                source,
                 Class::Contract,
                 Promise::Absent { path: path.clone() },
                 vec![Dep::Name(path)],
@@ -441,21 +611,24 @@ impl Sim {
         }
     }
 
-    fn everything_durable(&mut self, op: usize, source: &'static str) {
-        let names: Vec<(String, usize)> = self.names.iter().map(|(p, i)| (p.clone(), *i)).collect();
+    fn everything_durable(&mut self, op: usize) {
+        let names: Vec<(String, InodeId)> =
+            self.fs.names.iter().map(|(p, i)| (p.clone(), *i)).collect();
+        let mut files = BTreeSet::new();
         for (path, ino) in names {
             self.promise(
                 op,
-                source,
                 Class::Contract,
                 Promise::Exists { path: path.clone() },
                 vec![Dep::Name(path.clone())],
             );
-            match self.inodes[ino].node.clone() {
-                Node::File(_) => self.whole_file(op, source, ino, &path, Class::Contract),
-                Node::Symlink(target) => self.promise(
+            match self.fs.inodes[ino].kind.clone() {
+                NodeKind::File if files.insert(ino) => {
+                    self.size(op, ino);
+                    self.file_range(op, ino, 0, u64::MAX, Class::Contract);
+                }
+                NodeKind::Symlink(target) => self.promise(
                     op,
-                    source,
                     Class::Contract,
                     Promise::Symlink {
                         path: path.clone(),
@@ -463,15 +636,15 @@ impl Sim {
                     },
                     vec![Dep::Name(path)],
                 ),
-                Node::Dir | Node::Unknown => {}
+                _ => {}
+            }
+            if self.fs.inodes[ino].kind != NodeKind::Unknown {
+                self.xattrs(op, ino);
             }
         }
-        let mut absent: Vec<String> = self.removed.iter().cloned().collect();
-        absent.sort();
-        for path in absent {
+        for path in self.removed.clone() {
             self.promise(
                 op,
-                source,
                 Class::Contract,
                 Promise::Absent { path: path.clone() },
                 vec![Dep::Name(path)],
@@ -479,194 +652,62 @@ impl Sim {
         }
     }
 
-    fn add_name(&mut self, op: usize, path: &str, ino: usize) {
-        self.names.insert(path.to_owned(), ino);
-        self.removed.remove(path);
-        self.change(op, Change::Name(path.to_owned()));
-    }
-
-    fn remove_name(&mut self, op: usize, path: &str) -> Option<usize> {
-        let ino = self.names.remove(path)?;
-        self.removed.insert(path.to_owned());
-        self.change(op, Change::Name(path.to_owned()));
-        Some(ino)
-    }
-
     /// Apply one op; promises are made only when `promising` (a completed op).
-    fn apply(&mut self, i: usize, op: &Op, promising: bool) {
-        let name = op.name();
+    fn apply(&mut self, i: usize, op: &Op, result: Option<&OpResult>, promising: bool) {
+        if result.is_some_and(|r| !r.ok()) {
+            // A failed op changed nothing and promises nothing.
+            return;
+        }
+        let first = self.out.len();
+        // rename(2) of two names of one inode does nothing: no atomicity to check.
+        let rename_noop = match op {
+            Op::Rename { from, to } => {
+                self.fs.lookup(from).is_none() || self.fs.lookup(from) == self.fs.lookup(to)
+            }
+            _ => false,
+        };
+        // What the op is about, looked up before it changes the model.
+        let store_map = match op {
+            Op::Store { map, .. } => self.fs.maps.get(map).cloned(),
+            _ => None,
+        };
+        let changes = self.fs.apply(i, op, result);
+        for c in &changes {
+            match c {
+                Change::Name(p) => {
+                    if self.fs.names.contains_key(p) {
+                        self.removed.remove(p);
+                    } else {
+                        self.removed.insert(p.clone());
+                    }
+                }
+                Change::Xattr(ino, name) => {
+                    let set = self.removed_xattrs.entry(*ino).or_default();
+                    if self.fs.inodes[*ino].xattrs.contains_key(name) {
+                        set.remove(name);
+                    } else {
+                        set.insert(name.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.changes.extend(changes.into_iter().map(|c| (i, c)));
         match op {
-            Op::Open {
-                path,
-                fd,
-                create,
-                truncate,
-                append,
-                ..
-            } => {
-                let ino = match self.names.get(path) {
-                    Some(&ino) => ino,
-                    None if *create => {
-                        self.inodes.push(Inode {
-                            node: Node::File(Vec::new()),
-                            created: true,
-                        });
-                        let ino = self.inodes.len() - 1;
-                        self.add_name(i, path, ino);
-                        ino
-                    }
-                    None => {
-                        // A file from the base image: content unknown, so it carries no
-                        // data promises, but its name and later writes are tracked.
-                        self.inodes.push(Inode {
-                            node: Node::Unknown,
-                            created: false,
-                        });
-                        let ino = self.inodes.len() - 1;
-                        if path != "." {
-                            self.names.insert(path.clone(), ino);
-                        }
-                        ino
-                    }
-                };
-                if *truncate {
-                    self.set_len(i, ino, 0);
-                }
-                self.fds.insert(
-                    fd.clone(),
-                    Fd {
-                        ino,
-                        path: path.clone(),
-                        pos: 0,
-                        append: *append,
-                    },
-                );
-            }
-            Op::Close { fd } => {
-                self.fds.remove(fd);
-            }
-            Op::Write { fd, data, .. } => {
-                let Some(f) = self.fds.get(fd).cloned() else {
-                    return;
-                };
-                let bytes = data.bytes();
-                let at = if f.append {
-                    match &self.inodes[f.ino].node {
-                        Node::File(d) => d.len() as u64,
-                        _ => f.pos,
-                    }
-                } else {
-                    f.pos
-                };
-                self.write(i, f.ino, at, &bytes);
-                if let Some(f) = self.fds.get_mut(fd) {
-                    f.pos = at + bytes.len() as u64;
-                }
-            }
-            Op::Pwrite {
-                fd, offset, data, ..
-            } => {
-                let Some(f) = self.fds.get(fd).cloned() else {
-                    return;
-                };
-                self.write(i, f.ino, *offset, &data.bytes());
-            }
-            Op::Read { .. } => {}
-            Op::Ftruncate { fd, len } => {
-                let Some(f) = self.fds.get(fd).cloned() else {
-                    return;
-                };
-                self.set_len(i, f.ino, *len);
-            }
-            Op::Fallocate {
-                fd,
-                offset,
-                len,
-                mode,
-            } => {
-                let Some(f) = self.fds.get(fd).cloned() else {
-                    return;
-                };
-                let end = offset + len;
-                let has = |flag| mode.contains(&flag);
-                if has(FallocateFlag::CollapseRange) || has(FallocateFlag::InsertRange) {
-                    // Shifts everything after `offset`: no earlier data promise about
-                    // this file survives, and the content model gives up on it.
-                    self.change(i, Change::Data(f.ino, 0..u64::MAX));
-                    self.change(i, Change::Size(f.ino));
-                    if let Some(inode) = self.inodes.get_mut(f.ino) {
-                        inode.node = Node::Unknown;
-                    }
-                    return;
-                }
-                if has(FallocateFlag::PunchHole) || has(FallocateFlag::ZeroRange) {
-                    if let Some(d) = self.file_mut(f.ino) {
-                        let n = d.len() as u64;
-                        let zero_end = if has(FallocateFlag::KeepSize) {
-                            end.min(n)
-                        } else {
-                            end
-                        };
-                        if zero_end > n {
-                            d.resize(zero_end as usize, 0);
-                        }
-                        for b in &mut d[(*offset).min(zero_end) as usize..zero_end as usize] {
-                            *b = 0;
-                        }
-                        self.change(i, Change::Data(f.ino, *offset..end));
-                        if zero_end > n {
-                            self.change(i, Change::Size(f.ino));
-                        }
-                    }
-                } else if !has(FallocateFlag::KeepSize) {
-                    let n = self.file_mut(f.ino).map(|d| d.len() as u64).unwrap_or(0);
-                    if end > n {
-                        self.set_len(i, f.ino, end);
-                    }
-                }
-            }
-            Op::Mmap {
-                fd,
-                map,
-                offset,
-                kind,
-                ..
-            } => {
-                let Some(f) = self.fds.get(fd).cloned() else {
-                    return;
-                };
-                self.maps.insert(
-                    map.clone(),
-                    Map {
-                        ino: f.ino,
-                        path: f.path,
-                        offset: *offset,
-                        kind: *kind,
-                    },
-                );
-            }
-            Op::Munmap { map } => {
-                self.maps.remove(map);
-            }
             Op::Store {
                 map,
                 offset,
                 data,
                 kind,
             } => {
-                let Some(m) = self.maps.get(map).cloned() else {
-                    return;
-                };
-                let bytes = data.bytes();
+                let Some(m) = store_map else { return };
+                let size = self.fs.file(m.ino).map_or(0, |c| c.size);
                 let file_off = m.offset + offset;
-                // Stores through a mapping never extend the file.
-                let size = self.file_mut(m.ino).map(|d| d.len() as u64).unwrap_or(0);
-                let end = (file_off + bytes.len() as u64).min(size);
+                let end = (file_off + data.len()).min(size);
                 if end <= file_off {
                     return;
                 }
-                let bytes = bytes[..(end - file_off) as usize].to_vec();
-                self.write(i, m.ino, file_off, &bytes);
+                let bytes = data.bytes()[..(end - file_off) as usize].to_vec();
                 let unflushed = if *kind == StoreKind::NonTemporal {
                     Vec::new()
                 } else {
@@ -675,7 +716,6 @@ impl Sim {
                 self.pending.push(PendingStore {
                     map: map.clone(),
                     ino: m.ino,
-                    path: m.path,
                     offset: file_off,
                     bytes,
                     unflushed,
@@ -704,25 +744,9 @@ impl Sim {
                         MapKind::Sync => Class::Contract,
                         MapKind::Shared => Class::UnsafeFlushOnly,
                     };
-                    let end = p.offset + p.bytes.len() as u64;
-                    self.program_flushed.push((
-                        i,
-                        p.ino,
-                        p.path.clone(),
-                        p.offset,
-                        p.bytes.clone(),
-                    ));
-                    self.promise(
-                        i,
-                        name,
-                        class,
-                        Promise::FileData {
-                            path: p.path.clone(),
-                            offset: p.offset,
-                            bytes: p.bytes,
-                        },
-                        vec![Dep::Data(p.ino, p.offset..end), Dep::Name(p.path)],
-                    );
+                    self.program_flushed
+                        .push((i, p.ino, p.offset, p.bytes.clone()));
+                    self.store_promise(i, class, &p);
                 }
             }
             Op::Msync {
@@ -731,162 +755,127 @@ impl Sim {
                 len,
                 mode,
             } => {
-                let Some(m) = self.maps.get(map).cloned() else {
+                let Some(m) = self.fs.maps.get(map).cloned() else {
                     return;
                 };
                 if !promising || *mode == MsyncMode::Async {
                     return;
                 }
-                let Some(d) = self.file_mut(m.ino).cloned() else {
-                    return;
-                };
-                let start = (m.offset + offset).min(d.len() as u64);
+                let start = m.offset + offset;
                 let end = match len {
-                    Some(l) => (m.offset + offset + l).min(d.len() as u64),
-                    None => d.len() as u64,
+                    Some(l) => start + l,
+                    None => m.offset + m.len,
                 };
                 // The synced range is durable, so pending stores in it need no flush.
                 self.pending.retain(|p| {
                     !(p.ino == m.ino && p.offset >= start && p.offset + p.bytes.len() as u64 <= end)
                 });
-                if end > start {
-                    self.promise(
-                        i,
-                        name,
-                        Class::Contract,
-                        Promise::FileData {
-                            path: m.path.clone(),
-                            offset: start,
-                            bytes: d[start as usize..end as usize].to_vec(),
-                        },
-                        vec![Dep::Data(m.ino, start..end), Dep::Name(m.path)],
-                    );
-                }
+                self.file_range(i, m.ino, start, end, Class::Contract);
             }
             Op::Fsync { fd } | Op::Fdatasync { fd } | Op::Fmetadatasync { fd } => {
-                let Some(f) = self.fds.get(fd).cloned() else {
+                let Some(ino) = self.fs.fd_inode(fd) else {
                     return;
                 };
                 if !promising {
                     return;
                 }
-                // A directory made by the workload, or an object from the base image
-                // (an fsync of it is taken as a directory sync: for a file that
-                // lists no names, so it promises nothing wrong).
-                let is_dir = matches!(self.inodes[f.ino].node, Node::Dir | Node::Unknown);
-                if matches!(op, Op::Fsync { .. }) && (is_dir || f.path == ".") {
-                    let dir = if f.path == "." { "" } else { f.path.as_str() };
-                    self.dir_durable(i, name, dir);
-                    return;
-                }
-                match op {
-                    Op::Fsync { .. } => {
-                        self.whole_file(i, name, f.ino, &f.path, Class::Contract);
-                        self.name_of_created(i, name, f.ino, &f.path);
+                match self.fs.inodes[ino].kind {
+                    NodeKind::Dir => {
+                        let dir = self.fs.path_of(ino).unwrap_or("").to_owned();
+                        self.dir_durable(i, &dir);
                     }
-                    Op::Fdatasync { .. } => {
-                        self.whole_file(i, name, f.ino, &f.path, Class::Contract)
-                    }
-                    _ => {
-                        let size = self.file_mut(f.ino).map(|d| d.len() as u64);
-                        if let Some(size) = size {
-                            self.promise(
-                                i,
-                                name,
-                                Class::Contract,
-                                Promise::FileSize {
-                                    path: f.path.clone(),
-                                    size,
-                                },
-                                vec![Dep::Size(f.ino), Dep::Name(f.path.clone())],
-                            );
+                    NodeKind::File => match op {
+                        Op::Fsync { .. } => {
+                            self.size(i, ino);
+                            self.file_range(i, ino, 0, u64::MAX, Class::Contract);
+                            self.xattrs(i, ino);
+                            self.name_of_created(i, ino);
                         }
-                        self.name_of_created(i, name, f.ino, &f.path);
-                        // With the metadata durable, what the program flushed itself is
-                        // now promised by contract.
-                        let flushed: Vec<_> = self
-                            .program_flushed
-                            .iter()
-                            .filter(|p| p.1 == f.ino)
-                            .cloned()
-                            .collect();
-                        for (_, ino, path, offset, bytes) in flushed {
-                            let end = offset + bytes.len() as u64;
-                            self.promise(
-                                i,
-                                name,
-                                Class::Contract,
-                                Promise::FileData {
-                                    path: path.clone(),
-                                    offset,
-                                    bytes,
-                                },
-                                vec![Dep::Data(ino, offset..end), Dep::Name(path)],
-                            );
+                        Op::Fdatasync { .. } => {
+                            self.size(i, ino);
+                            self.file_range(i, ino, 0, u64::MAX, Class::Contract);
                         }
-                    }
+                        _ => self.fmetadatasync(i, ino),
+                    },
+                    _ => {}
                 }
             }
-            Op::Sync | Op::Syncfs { .. } => {
-                if promising {
-                    self.pending.clear();
-                    self.everything_durable(i, name);
-                }
+            Op::Sync | Op::Syncfs { .. } if promising => {
+                self.pending.clear();
+                self.everything_durable(i);
             }
-            Op::Rename { from, to } => {
-                // Atomic from the moment the call starts.
-                self.promise(
-                    i,
-                    name,
-                    Class::Contract,
-                    Promise::RenameAtomic {
-                        from: from.clone(),
-                        to: to.clone(),
+            Op::Rename { from, to } if !rename_noop => {
+                // Atomic from the moment the call starts (made even while in
+                // progress, and never withdrawn by its own changes).
+                let atomic = (
+                    Promised {
+                        op: i,
+                        source: op.name(),
+                        class: Class::Contract,
+                        promise: Promise::RenameAtomic {
+                            from: from.clone(),
+                            to: to.clone(),
+                        },
                     },
                     Vec::new(),
                 );
-                let moved: Vec<(String, usize)> = self
-                    .names
-                    .iter()
-                    .filter(|(p, _)| *p == from || p.starts_with(&format!("{from}/")))
-                    .map(|(p, i)| (p.clone(), *i))
-                    .collect();
-                self.remove_name(i, to);
-                for (p, ino) in moved {
-                    self.remove_name(i, &p);
-                    let new = format!("{to}{}", &p[from.len()..]);
-                    self.add_name(i, &new, ino);
-                }
+                self.out.push(atomic);
             }
-            Op::Link { from, to } => {
-                if let Some(&ino) = self.names.get(from) {
-                    self.add_name(i, to, ino);
-                }
-            }
-            Op::Unlink { path } | Op::Rmdir { path } => {
-                self.remove_name(i, path);
-            }
-            Op::Mkdir { path, .. } => {
-                self.inodes.push(Inode {
-                    node: Node::Dir,
-                    created: true,
-                });
-                let ino = self.inodes.len() - 1;
-                self.add_name(i, path, ino);
-            }
-            Op::Symlink { target, path } => {
-                self.inodes.push(Inode {
-                    node: Node::Symlink(target.clone()),
-                    created: true,
-                });
-                let ino = self.inodes.len() - 1;
-                self.add_name(i, path, ino);
-            }
-            Op::Truncate { .. }
-            | Op::SyncFileRange { .. }
-            | Op::Mkfifo { .. }
-            | Op::Setxattr { .. }
-            | Op::Removexattr { .. } => {}
+            _ => {}
+        }
+        for p in &mut self.out[first..] {
+            p.0.source = op.name();
+        }
+    }
+
+    fn store_promise(&mut self, op: usize, class: Class, p: &PendingStore) {
+        let Some(path) = self.path(p.ino) else { return };
+        let end = p.offset + p.bytes.len() as u64;
+        self.promise(
+            op,
+            class,
+            Promise::FileData {
+                path: path.clone(),
+                offset: p.offset,
+                bytes: p.bytes.clone(),
+            },
+            vec![Dep::Data(p.ino, p.offset..end), Dep::Name(path)],
+        );
+    }
+
+    fn fmetadatasync(&mut self, i: usize, ino: InodeId) {
+        self.size(i, ino);
+        self.name_of_created(i, ino);
+        // With the metadata durable, what the program flushed itself is now promised
+        // by contract.
+        let flushed: Vec<_> = self
+            .program_flushed
+            .iter()
+            .filter(|p| p.1 == ino)
+            .cloned()
+            .collect();
+        for (_, ino, offset, bytes) in flushed {
+            let p = PendingStore {
+                map: String::new(),
+                ino,
+                offset,
+                bytes,
+                unflushed: Vec::new(),
+                kind: MapKind::Sync,
+            };
+            self.store_promise(i, Class::Contract, &p);
+        }
+        // What it stored and did not flush and fence, it believes durable too: only
+        // the program's belief backs that (a later store to the same bytes withdraws
+        // it like any promise).
+        let believed: Vec<PendingStore> = self
+            .pending
+            .iter()
+            .filter(|p| p.ino == ino)
+            .cloned()
+            .collect();
+        for p in believed {
+            self.store_promise(i, Class::UnsafeFlushOnly, &p);
         }
     }
 }
@@ -902,21 +891,20 @@ pub fn promises(
     ops_completed: usize,
     in_progress: Option<usize>,
 ) -> Promises {
-    let failed = |i: usize| {
-        results
-            .and_then(|r| r.iter().find(|r| r.index == i))
-            .is_some_and(|r| !r.ok())
+    let result = |i: usize| {
+        results.and_then(|r| match r.get(i) {
+            Some(x) if x.index == i => Some(x),
+            _ => r.iter().find(|x| x.index == i),
+        })
     };
     let mut sim = Sim::default();
     for (i, op) in ops.iter().enumerate().take(ops_completed) {
-        if !failed(i) {
-            sim.apply(i, op, true);
-        }
+        sim.apply(i, op, result(i), true);
     }
     if let Some(p) = in_progress.filter(|&p| p < ops.len()) {
         // Its changes withdraw promises; of its own promises only rename's atomicity
-        // holds while it runs.
-        sim.apply(p, &ops[p], false);
+        // holds while it runs. A failed op changed nothing, even half way.
+        sim.apply(p, &ops[p], result(p), false);
     }
     let changes = sim.changes;
     let items = sim
@@ -930,6 +918,36 @@ pub fn promises(
         .map(|(p, _)| p)
         .collect();
     Promises { items }
+}
+
+/// The PM ranges of files, from the extents `fmetadatasync` reported: (range in the
+/// PM device file, path, file offset of the range's start). `data_offset` converts
+/// a physical offset on `/dev/pmem0` to one in the PM file (2 MiB for fsdax).
+pub fn extent_owners(
+    ops: &[Op],
+    results: &[OpResult],
+    data_offset: u64,
+) -> Vec<(Range<u64>, String, u64)> {
+    let mut fs = FsModel::new();
+    let mut out = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let r = results.iter().find(|r| r.index == i);
+        if let (Op::Fmetadatasync { fd }, Some(r)) = (op, r) {
+            if let crate::protocol::OpDetail::Extents { extents } = &r.detail {
+                let path = fs
+                    .fd_inode(fd)
+                    .and_then(|ino| fs.path_of(ino))
+                    .unwrap_or("?")
+                    .to_owned();
+                for e in extents {
+                    let s = e.physical + data_offset;
+                    out.push((s..s + e.len, path.clone(), e.logical));
+                }
+            }
+        }
+        fs.apply(i, op, r);
+    }
+    out
 }
 
 /// The kernel's flushes of a file's data lines during an `fmetadatasync` call, to be
@@ -1149,10 +1167,24 @@ mod tests {
             "[[ops]]\nop=\"msync\"\nmap=\"m\"\noffset=4096\nlen=4096\n",
         );
         let p = all(&o);
-        let mut want = vec![0u8; 4096];
-        want[4..7].copy_from_slice(b"xyz");
-        assert!(has(&p, Class::Contract, &data("a", 4096, &want)));
-        assert_eq!(p.items.len(), 1, "{p:?}");
+        let zeros = |start, end| Promise::FileZeros {
+            path: "a".into(),
+            start,
+            end,
+        };
+        // Sparse: the stored bytes, and zeros around them.
+        assert_eq!(
+            p.items
+                .iter()
+                .map(|x| x.promise.clone())
+                .collect::<Vec<_>>(),
+            [
+                zeros(4096, 4100),
+                data("a", 4100, b"xyz"),
+                zeros(4103, 8192)
+            ]
+        );
+        assert!(p.items.iter().all(|x| x.class == Class::Contract));
         let o = mapped(
             "shared",
             "[[ops]]\nop=\"msync\"\nmap=\"m\"\nmode=\"async\"\n",
@@ -1259,7 +1291,7 @@ mod tests {
     fn rename_is_atomic_always_and_durable_after_the_directory_fsync() {
         let o = ops(&format!(
             "{CREATE}[[ops]]\nop=\"fsync\"\nfd=\"a\"\n[[ops]]\nop=\"rename\"\nfrom=\"a\"\nto=\"b\"\n\
-             [[ops]]\nop=\"open\"\npath=\".\"\nfd=\"d\"\n[[ops]]\nop=\"fsync\"\nfd=\"d\"\n"
+             [[ops]]\nop=\"open\"\npath=\".\"\nfd=\"d\"\ndirectory=true\n[[ops]]\nop=\"fsync\"\nfd=\"d\"\n"
         ));
         let atomic = Promise::RenameAtomic {
             from: "a".into(),
@@ -1349,46 +1381,45 @@ mod tests {
             nlink: 1,
             ino: 12,
             blake3: String::new(),
-            blocks: content
-                .chunks(4096)
-                .enumerate()
-                .map(|(i, c)| (i as u64, blake3::hash(c).to_hex().to_string()))
-                .collect(),
+            blocks: crate::protocol::block_hashes(content),
             xattrs: Default::default(),
             target: None,
             error: None,
         };
         let good = entry(5000, &bytes);
         let p = data("a", 0, &bytes);
-        assert_eq!(p.check(std::slice::from_ref(&good)), Check::Holds);
+        assert_eq!(p.check(std::slice::from_ref(&good), &NoBlocks), Kept::Yes);
         let mut bad = bytes.clone();
         bad[4500] ^= 1;
-        assert!(matches!(p.check(&[entry(5000, &bad)]), Check::Violated(_)));
         assert!(matches!(
-            p.check(&[entry(100, &bytes[..100])]),
-            Check::Violated(_)
+            p.check(&[entry(5000, &bad)], &NoBlocks),
+            Kept::No(_)
         ));
-        assert_eq!(p.check(&[]), Check::Unchecked);
+        assert!(matches!(
+            p.check(&[entry(100, &bytes[..100])], &NoBlocks),
+            Kept::No(_)
+        ));
+        assert_eq!(p.check(&[], &NoBlocks), Kept::Unknown);
         // A promise inside one block cannot be checked against block hashes.
         assert_eq!(
-            data("a", 10, b"xy").check(std::slice::from_ref(&good)),
-            Check::Unchecked
+            data("a", 10, b"xy").check(std::slice::from_ref(&good), &NoBlocks),
+            Kept::Unknown
         );
         assert_eq!(
-            Promise::Exists { path: "a".into() }.check(std::slice::from_ref(&good)),
-            Check::Holds
+            Promise::Exists { path: "a".into() }.check(std::slice::from_ref(&good), &NoBlocks),
+            Kept::Yes
         );
         assert!(matches!(
-            Promise::Absent { path: "a".into() }.check(std::slice::from_ref(&good)),
-            Check::Violated(_)
+            Promise::Absent { path: "a".into() }.check(std::slice::from_ref(&good), &NoBlocks),
+            Kept::No(_)
         ));
         assert!(matches!(
             Promise::FileSize {
                 path: "a".into(),
                 size: 1
             }
-            .check(std::slice::from_ref(&good)),
-            Check::Violated(_)
+            .check(std::slice::from_ref(&good), &NoBlocks),
+            Kept::No(_)
         ));
         let mut b = good.clone();
         b.path = "b".into();
@@ -1397,10 +1428,10 @@ mod tests {
             to: "b".into(),
         };
         assert!(matches!(
-            atomic.check(&[good.clone(), b]),
-            Check::Violated(_)
+            atomic.check(&[good.clone(), b], &NoBlocks),
+            Kept::No(_)
         ));
-        assert_eq!(atomic.check(&[good]), Check::Unchecked);
+        assert_eq!(atomic.check(&[good], &NoBlocks), Kept::Unknown);
     }
 
     #[test]

@@ -70,12 +70,7 @@ fn main() -> anyhow::Result<()> {
     let mut records = 0u64;
     for i in 0..RUNS {
         let img = dir.path().join(format!("plain-{i}.img"));
-        let r = rt.block_on(pmcrash::run::run_workload(
-            &f,
-            &workload,
-            "basic.toml",
-            &img,
-        ))?;
+        let r = rt.block_on(pmcrash::run::run_ops(&f, &workload, "basic.toml", &img))?;
         plain.push(Duration::from_millis(r.timings.ops_ms));
         let t = rt.block_on(pmcrash::trace::trace_workload(
             &f,
@@ -125,7 +120,7 @@ fn main() -> anyhow::Result<()> {
     });
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&path)?;
-    pmcrash::image::write_atomic(
+    pmcrash::cache::write_atomic(
         &path.join("platform.json"),
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )?;

@@ -14,7 +14,6 @@ use crate::vm::{PluginSpec, Start, Timeouts, Vm, VmError, VmSpec};
 use crash_models::ops::FsKind;
 use crash_models::protocol::{AgentMsg, HostMsg};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Errors getting a guest.
@@ -36,40 +35,27 @@ pub enum GuestError {
         /// The error.
         source: std::io::Error,
     },
+    /// A background task (making an image) panicked or was cancelled.
+    #[error("a guest task ended abnormally: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The guest booted but something it reported is wrong.
     #[error("{0}")]
     Guest(String),
 }
 
+impl From<crate::cache::FileError> for GuestError {
+    fn from(e: crate::cache::FileError) -> GuestError {
+        GuestError::Io {
+            what: e.what,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> GuestError {
     let path = path.to_path_buf();
     move |source| GuestError::Io { what, path, source }
-}
-
-/// An exclusive lock on a cache entry, so two processes (or two tests) never build the
-/// same template or state at once; released on drop.
-struct CacheLock(File);
-
-impl CacheLock {
-    fn take(path: &Path) -> Result<CacheLock, GuestError> {
-        let f = File::create(path).map_err(io("create lock", path))?;
-        // SAFETY: flock on an open descriptor; blocks until the other holder is done.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(GuestError::Io {
-                what: "lock",
-                path: path.to_path_buf(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(CacheLock(f))
-    }
-}
-
-impl Drop for CacheLock {
-    fn drop(&mut self) {
-        // SAFETY: unlock our own descriptor.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
 }
 
 /// Makes guests of one shape.
@@ -123,8 +109,8 @@ impl GuestFactory {
         })
     }
 
-    fn dir(&self, name: &str) -> Result<PathBuf, GuestError> {
-        let d = self.assets.cache_dir.join(name);
+    fn dir(&self, which: fn(&Path) -> PathBuf) -> Result<PathBuf, GuestError> {
+        let d = which(&self.assets.cache_dir);
         crate::vm::private_dir(&d).map_err(io("create", &d))?;
         Ok(d)
     }
@@ -133,7 +119,7 @@ impl GuestFactory {
     /// guest on a blank NVDIMM and converting its namespace.
     pub async fn template(&self) -> Result<PathBuf, GuestError> {
         image::check_pm_size(self.fs, self.pm_size)?;
-        let dir = self.dir("templates")?;
+        let dir = self.dir(crate::cache::templates_dir)?;
         let path = dir.join(format!(
             "fsdax-{}-{}M.img",
             self.assets.kernel_release,
@@ -142,7 +128,7 @@ impl GuestFactory {
         if image::is_fsdax(&path) {
             return Ok(path);
         }
-        let _lock = CacheLock::take(&path.with_extension("lock"))?;
+        let _lock = crate::cache::Lock::take(&path.with_extension("lock"))?;
         if image::is_fsdax(&path) {
             return Ok(path);
         }
@@ -159,7 +145,7 @@ impl GuestFactory {
                 tmp.display()
             )));
         }
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+        crate::cache::publish(&tmp, &path)?;
         Ok(path)
     }
 
@@ -167,7 +153,7 @@ impl GuestFactory {
     /// first use.
     pub async fn saved_state(&self) -> Result<PathBuf, GuestError> {
         let template = self.template().await?;
-        let dir = self.dir("states")?;
+        let dir = self.dir(crate::cache::vm_states_dir)?;
         let path = dir.join(format!(
             "{}-{}-{}M-smp{}.state",
             self.assets.id,
@@ -178,7 +164,7 @@ impl GuestFactory {
         if path.exists() {
             return Ok(path);
         }
-        let _lock = CacheLock::take(&path.with_extension("lock"))?;
+        let _lock = crate::cache::Lock::take(&path.with_extension("lock"))?;
         if path.exists() {
             return Ok(path);
         }
@@ -203,10 +189,7 @@ impl GuestFactory {
         let tmp = path.with_extension("tmp");
         vm.save_state(&tmp, self.timeouts.save).await?;
         vm.quit().await;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io("fsync", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+        crate::cache::publish(&tmp, &path)?;
         Ok(path)
     }
 
@@ -217,7 +200,7 @@ impl GuestFactory {
         let out = out.to_path_buf();
         tokio::task::spawn_blocking(move || image::make_fs_image(&template, fs, &out))
             .await
-            .map_err(|e| GuestError::Guest(format!("image task failed: {e}")))??;
+            .map_err(GuestError::Task)??;
         Ok(())
     }
 

@@ -8,7 +8,6 @@
 
 use crash_models::ops::FsKind;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,6 +71,16 @@ pub enum ImageError {
     NotATemplate(PathBuf),
 }
 
+impl From<crate::cache::FileError> for ImageError {
+    fn from(e: crate::cache::FileError) -> ImageError {
+        ImageError::Io {
+            what: e.what,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
     let path = path.to_path_buf();
     move |source| ImageError::Io { what, path, source }
@@ -124,23 +133,17 @@ pub fn blank(path: &Path, size: u64) -> Result<(), ImageError> {
 /// whole 4 KiB pages. Falls back to the whole range when the file system cannot say.
 pub fn data_regions(f: &File, from: u64, to: u64) -> Vec<(u64, u64)> {
     const PAGE: u64 = 4096;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(f);
     let mut out = Vec::new();
-    let mut pos = from as i64;
-    while (pos as u64) < to {
-        // SAFETY: lseek on an open descriptor.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // no more data
-            }
-            return vec![(from, to)];
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { to as i64 } else { hole };
-        let s = data as u64 / PAGE * PAGE;
-        let e = (end as u64).div_ceil(PAGE) * PAGE;
+    let mut pos = from;
+    while pos < to {
+        let data = match crate::sys::seek_data(f, pos) {
+            Ok(Some(d)) => d,
+            Ok(None) => break, // no more data
+            Err(_) => return vec![(from, to)],
+        };
+        let end = crate::sys::seek_hole(f, data).unwrap_or(to);
+        let s = data / PAGE * PAGE;
+        let e = end.div_ceil(PAGE) * PAGE;
         out.push((s.max(from), e.min(to)));
         pos = end;
     }
@@ -244,20 +247,7 @@ pub fn make_fs_image(template: &Path, fs: FsKind, out: &Path) -> Result<(), Imag
             f.sync_all().map_err(io("fsync", &tmp))?;
         }
     }
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io("fsync", &tmp))?;
-    std::fs::rename(&tmp, out).map_err(io("rename", out))?;
-    Ok(())
-}
-
-/// Write `bytes` to `path` atomically: temporary file, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    crate::cache::publish(&tmp, out)?;
     Ok(())
 }
 

@@ -5,15 +5,19 @@
 //! the I/O around them.
 #![warn(missing_docs)]
 
-pub mod check;
+pub mod cache;
+pub mod checker;
 pub mod guest;
 pub mod image;
+pub mod interrupt;
 pub mod oracle;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod scratch;
 pub mod setup;
+pub mod sys;
 pub mod trace;
 pub mod vm;
 pub mod workloads;

@@ -1,7 +1,7 @@
 //! The `pmcrash` command line.
 //!
-//! Exit codes: 0 all ok, 1 findings (for `run`: an op failed), 2 usage or
-//! infrastructure error.
+//! Exit codes, decided in [`exit_code`] alone: 0 all ok, 1 findings (for `run
+//! --no-check`: an op failed), 2 usage or infrastructure error, 130 interrupted.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -10,6 +10,7 @@ use crash_models::ops::FsKind;
 use crash_models::points::Policy;
 use crash_models::states::Strategy;
 use pmcrash::guest::GuestFactory;
+use pmcrash::interrupt::Interrupt;
 use pmcrash::oracle::Verdict;
 use pmcrash::pipeline::{self, Pipeline, RunConfig};
 use pmcrash::setup::{self, SetupOptions};
@@ -24,7 +25,8 @@ use std::process::ExitCode;
     about = "Crash-consistency testing for persistent-memory (DAX) file systems and programs",
     long_about = "pmcrash runs workloads of mmap stores, cache-line flushes, fences and syncs in QEMU guests \
                   whose persistent memory is a file-backed NVDIMM, on ext4-DAX and XFS-DAX.\n\n\
-                  Exit codes: 0 all ok, 1 findings, 2 usage or infrastructure error."
+                  Exit codes: 0 all ok, 1 findings, 2 usage or infrastructure error, 130 interrupted \
+                  (Ctrl-C; `run` then writes the report of what was checked, marked incomplete)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -166,45 +168,101 @@ fn setup_options(g: &Global) -> SetupOptions {
     }
 }
 
-/// An error that is the user's or the machine's, not a finding: exit 2.
-fn infra(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
-    ExitCode::from(2)
+/// How a command ended.
+enum Outcome {
+    /// Everything ok: exit 0.
+    Clean,
+    /// Findings (or, for `run --no-check`, failed ops): exit 1.
+    Findings,
+    /// A usage or infrastructure problem that has been printed already: exit 2.
+    Reported,
+    /// A usage or infrastructure error, printed by [`exit_code`]: exit 2.
+    Failed(anyhow::Error),
+    /// Ctrl-C: exit 130 (after the partial report, for `run`).
+    Interrupted,
+}
+
+/// The one place exit codes are decided.
+fn exit_code(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Clean => ExitCode::SUCCESS,
+        Outcome::Findings => ExitCode::from(1),
+        Outcome::Reported => ExitCode::from(2),
+        Outcome::Failed(e) => {
+            eprintln!("error: {}", error_chain(&*e));
+            ExitCode::from(2)
+        }
+        Outcome::Interrupted => ExitCode::from(130),
+    }
+}
+
+/// An error and its causes, `: `-separated; a cause whose text its parent already
+/// shows is not repeated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 fn main() -> ExitCode {
-    // `pmcrash ... | head` should end quietly, not panic on a closed pipe.
-    // SAFETY: restoring the default disposition before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    pmcrash::sys::default_sigpipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
-            return ExitCode::from(code);
+            return exit_code(if e.use_stderr() {
+                Outcome::Reported
+            } else {
+                Outcome::Clean
+            });
         }
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
-        Err(e) => return infra(e.into()),
+        Err(e) => return exit_code(Outcome::Failed(e.into())),
     };
-    rt.block_on(async {
-        // Ctrl-C: end every QEMU we started, then leave with the conventional code.
-        tokio::spawn(async {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                pmcrash::vm::kill_all_guests();
-                eprintln!("interrupted: every guest has been stopped");
-                std::process::exit(130);
+    let interrupt = Interrupt::new();
+    let outcome = rt.block_on(async {
+        // Ctrl-C: a run that can stop cleanly (it armed `interrupt`) finishes the crash
+        // images in progress and writes the report of what was checked; anything else,
+        // or a second Ctrl-C, ends every QEMU we started and leaves at once.
+        let i = interrupt.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
             }
+            if i.is_armed() {
+                i.request();
+                eprintln!(
+                    "interrupted: finishing the crash images being checked, then writing the report of what was checked (Ctrl-C again to stop at once)"
+                );
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+            }
+            pmcrash::vm::kill_all_guests();
+            eprintln!("interrupted: every guest has been stopped");
+            std::process::exit(130);
         });
-        match dispatch(cli).await {
-            Ok(code) => code,
-            Err(e) => infra(e),
-        }
-    })
+        dispatch(cli, interrupt.clone())
+            .await
+            .unwrap_or_else(Outcome::Failed)
+    });
+    if interrupt.is_requested() {
+        pmcrash::vm::kill_all_guests();
+    }
+    exit_code(outcome)
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
     let g = cli.global.clone();
     match cli.command {
         Command::Setup => {
@@ -218,7 +276,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 println!("cache: {}", assets.cache_dir.display());
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Outcome::Clean)
         }
         Command::Doctor => {
             let report = setup::doctor(&setup_options(&g));
@@ -228,21 +286,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{report}");
             }
             Ok(if report.ok() {
-                ExitCode::SUCCESS
+                Outcome::Clean
             } else {
-                ExitCode::from(2)
+                Outcome::Reported
             })
         }
         Command::Run(args) => {
-            let loaded = match workloads::load(&args.workloads) {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(ExitCode::from(2));
-                }
-            };
+            let loaded = workloads::load(&args.workloads)?;
             if args.no_check {
-                return run(&g, args.fs, args.pm_size_mib, args.smp, args.out, loaded).await;
+                return run_ops_only(&g, args.fs, args.pm_size_mib, args.smp, args.out, loaded)
+                    .await;
             }
             let mut cfg = RunConfig {
                 fs: args.fs,
@@ -263,7 +316,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if !args.fail_on.is_empty() {
                 cfg.fail_on = args.fail_on.iter().copied().collect();
             }
-            check_run(&g, cfg, args.smp, loaded, args.junit.as_deref(), false).await
+            crash_test(
+                &g,
+                cfg,
+                args.smp,
+                loaded,
+                args.junit.as_deref(),
+                false,
+                interrupt,
+            )
+            .await
         }
         Command::Demo => {
             let loaded = pipeline::builtin_lsfmm2016();
@@ -273,41 +335,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 points: Policy::Op,
                 ..RunConfig::default()
             };
-            check_run(&g, cfg, 1, loaded, None, true).await
+            crash_test(&g, cfg, 1, loaded, None, true, interrupt).await
         }
         Command::Trace(TraceArgs {
             show: Some(TraceCmd::Show { trace }),
             ..
-        }) => match pmcrash::trace::show(&trace) {
-            Ok(summary) => {
-                if g.json {
-                    println!("{}", serde_json::to_string_pretty(&summary)?);
-                } else {
-                    print!("{summary}");
-                }
-                Ok(ExitCode::SUCCESS)
+        }) => {
+            let summary = pmcrash::trace::show(&trace)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{summary}");
             }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                Ok(ExitCode::from(2))
-            }
-        },
+            Ok(Outcome::Clean)
+        }
         Command::Trace(args) => trace(&g, args).await,
     }
 }
 
-async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<ExitCode> {
+async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<Outcome> {
     let Some(path) = args.workload else {
-        eprintln!("error: name a workload to trace, or `show TRACE` (see `pmcrash trace --help`)");
-        return Ok(ExitCode::from(2));
+        anyhow::bail!("name a workload to trace, or `show TRACE` (see `pmcrash trace --help`)");
     };
-    let loaded = match workloads::load(std::slice::from_ref(&path)) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
+    let loaded = workloads::load(std::slice::from_ref(&path))?;
     let assets = setup::ensure(&setup_options(g))?;
     let mut factory = GuestFactory::new(assets, args.fs);
     if let Some(m) = args.pm_size_mib {
@@ -329,7 +379,7 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<ExitCode> {
     let traced =
         pmcrash::trace::trace_workload(&factory, &loaded[0].workload, &out_dir, &stem).await?;
     bar.finish_and_clear();
-    let summary = pmcrash::trace::show(&traced.trace)?;
+    let summary = pmcrash::trace::summarise(&traced.decoded);
     if g.json {
         println!(
             "{}",
@@ -343,18 +393,20 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<ExitCode> {
         println!("base image: {}", traced.base_image.display());
         println!("final image: {}", traced.final_image.display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Clean)
 }
 
 /// `pmcrash run` with checking, and `pmcrash demo`.
-async fn check_run(
+#[allow(clippy::too_many_arguments)]
+async fn crash_test(
     g: &Global,
     cfg: RunConfig,
     smp: u32,
     loaded: Vec<workloads::Loaded>,
     junit: Option<&std::path::Path>,
     table: bool,
-) -> anyhow::Result<ExitCode> {
+    interrupt: Interrupt,
+) -> anyhow::Result<Outcome> {
     let assets = setup::ensure(&setup_options(g))?;
     let mut factory = GuestFactory::new(assets, cfg.fs);
     if let Some(s) = cfg.pm_size {
@@ -363,12 +415,12 @@ async fn check_run(
     factory.smp = smp;
     let fail_on = cfg.fail_on.clone();
     let mut p = Pipeline::with_factory(factory, cfg)?;
+    p.set_interrupt(interrupt);
     let res = p.run(&loaded, !g.json).await;
     p.shutdown().await;
     let report = res?;
     if let Some(path) = junit {
-        pmcrash::image::write_atomic(path, report.render_junit(&fail_on).as_bytes())
-            .with_context(|| format!("write {}", path.display()))?;
+        pmcrash::cache::write_atomic(path, report.render_junit(&fail_on).as_bytes())?;
     }
     if g.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -392,28 +444,31 @@ async fn check_run(
             print!("{}", report.render_text());
         }
     }
-    Ok(if report.failed() {
-        ExitCode::from(1)
+    Ok(if report.incomplete {
+        Outcome::Interrupted
+    } else if report.failed() {
+        Outcome::Findings
     } else {
-        ExitCode::SUCCESS
+        Outcome::Clean
     })
 }
 
-async fn run(
+/// `pmcrash run --no-check`: the ops and their results, no crash states.
+async fn run_ops_only(
     g: &Global,
     fs: FsKind,
     pm_size_mib: Option<u64>,
     smp: u32,
     out: Option<PathBuf>,
     loaded: Vec<workloads::Loaded>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Outcome> {
     let assets = setup::ensure(&setup_options(g))?;
     let mut factory = GuestFactory::new(assets, fs);
     if let Some(m) = pm_size_mib {
         factory.pm_size = m << 20;
     }
     factory.smp = smp;
-    let tmp = tempfile::tempdir()?;
+    let tmp = pmcrash::scratch::run_dir(pmcrash::scratch::RUN_PREFIX)?;
     let out_dir = out.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     let bar = pmcrash::progress::bar(loaded.len() as u64, !g.json, "workloads");
@@ -424,7 +479,7 @@ async fn run(
     for l in &loaded {
         bar.set_message(l.name.clone());
         let image = out_dir.join(format!("{}.{}.img", l.stem(), fs));
-        let report = pmcrash::run::run_workload(&factory, &l.workload, &l.name, &image)
+        let report = pmcrash::run::run_ops(&factory, &l.workload, &l.name, &image)
             .await
             .with_context(|| format!("running {}", l.name))?;
         failed += report.failed_ops().count();
@@ -456,8 +511,8 @@ async fn run(
         );
     }
     Ok(if failed == 0 {
-        ExitCode::SUCCESS
+        Outcome::Clean
     } else {
-        ExitCode::from(1)
+        Outcome::Findings
     })
 }

@@ -1,90 +1,29 @@
-//! The oracle: verdicts for one recovered crash state.
+//! The oracle: the verdicts of one recovered crash state, decided by one pure
+//! function, [`judge`].
 //!
 //! A recovered state is judged on three things (DESIGN.md, "The oracle"):
 //!
-//! * the recovery itself ([`crate::check::Recovery::corruption`]): the mount works,
-//!   fsck finds nothing, the kernel prints no oops, warning or corruption report;
+//! * the recovery itself ([`corruption`]): the mount works, the tree reads, the
+//!   unmount works, fsck finds nothing, the kernel prints no oops, warning or
+//!   corruption report;
 //! * the promises the ops made before the crash point
-//!   ([`crash_models::promise::promises`]): a broken contract is a durability or
-//!   atomicity violation, a broken flush-only expectation is `unsafe-flush-only`;
-//! * stale data: every byte of a file the workload made must be zero or a byte some
-//!   op wrote at that offset of that file (any version: a crash may leave any mix of
-//!   old and new lines). The dump carries one blake3 per 4 KiB block; a block whose
-//!   hash is a version the workload produced is fine at once, and the bytes of any
-//!   other block are fetched from the recovered image by the checker and judged byte
-//!   by byte. A byte that is neither zero nor ever written there is stale: data from
-//!   another file or from a freed block.
+//!   ([`crash_models::promise::promises`]): a broken promise's verdict is
+//!   [`Verdict::of_broken`] (durability, atomicity, or unsafe-flush-only);
+//! * stale data ([`crash_models::history::History::stale`]): every byte of a file
+//!   the workload made must be zero or a byte some op wrote at that offset of that
+//!   file.
+//!
+//! The checker observes (mounts, dumps, runs fsck, scans the console) and never
+//! judges; the pipeline computes the promises per crash point and never interprets
+//! ops; this module only compares. It does no I/O, so every verdict class is unit
+//! tested without a VM.
 
-use crate::check::{KnownBlocks, Recovery};
-use crash_models::ops::{FallocateFlag, Op};
-use crash_models::promise::{self, Check, Class, Promise, BLOCK_SIZE};
-use crash_models::protocol::{EntryKind, FsEntry, OpResult};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
-use std::sync::Arc;
+use crate::checker::{MountOutcome, Recovery};
+use crash_models::history::History;
+use crash_models::promise::{BlockSource, Kept, Promise, Promises};
+use serde::Serialize;
 
-/// What a crash state earned. Ordered from the worst: a state with several problems
-/// gets the first of them as its verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verdict {
-    /// The mount failed, fsck found problems, or the kernel complained.
-    FsCorruption,
-    /// A file shows bytes never written to it.
-    StaleData,
-    /// A rename was not atomic.
-    AtomicityViolation,
-    /// A contract promise was broken: a file-system bug.
-    DurabilityViolation,
-    /// Data protected only by flushes on a plain shared mapping was lost: the
-    /// program's bug.
-    UnsafeFlushOnly,
-    /// Nothing wrong.
-    Ok,
-}
-
-impl Verdict {
-    /// Every verdict, worst first.
-    pub const ALL: [Verdict; 6] = [
-        Verdict::FsCorruption,
-        Verdict::StaleData,
-        Verdict::AtomicityViolation,
-        Verdict::DurabilityViolation,
-        Verdict::UnsafeFlushOnly,
-        Verdict::Ok,
-    ];
-
-    /// The name used in reports and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Ok => "ok",
-            Verdict::FsCorruption => "fs-corruption",
-            Verdict::DurabilityViolation => "durability-violation",
-            Verdict::AtomicityViolation => "atomicity-violation",
-            Verdict::StaleData => "stale-data",
-            Verdict::UnsafeFlushOnly => "unsafe-flush-only",
-        }
-    }
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Verdict {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Verdict::ALL
-            .into_iter()
-            .find(|v| v.name() == s)
-            .ok_or_else(|| {
-                format!("unknown verdict `{s}`: expected ok, fs-corruption, durability-violation, atomicity-violation, stale-data or unsafe-flush-only")
-            })
-    }
-}
+pub use crash_models::verdict::Verdict;
 
 /// One thing wrong with a recovered state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -113,366 +52,71 @@ pub fn verdict_of(problems: &[Problem]) -> Verdict {
         .unwrap_or(Verdict::Ok)
 }
 
-/// Every content each file of the workload ever had, op by op: what stale-data
-/// checks and byte-level promise checks compare against.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    /// Per inode (in creation order): its distinct contents, or `None` when the
-    /// content is not modelled (a file from the base image, collapse/insert range).
-    inodes: Vec<Option<Vec<Arc<Vec<u8>>>>>,
-    /// Per path: the inodes that ever had that name.
-    names: BTreeMap<String, BTreeSet<usize>>,
-    /// Block bytes by hash, for every block of every version (also zero-padded to a
-    /// full block) and zero blocks of every length that can occur.
-    blocks: HashMap<String, Arc<Vec<u8>>>,
+/// Why a recovery counts as file-system corruption (empty when it does not).
+pub fn corruption(rec: &Recovery) -> Vec<String> {
+    let mut why = Vec::new();
+    match &rec.mount {
+        MountOutcome::Mounted { .. } => {}
+        MountOutcome::Failed { message } => why.push(format!("mount failed: {message}")),
+        MountOutcome::Panicked { during, console } => {
+            let line = console
+                .lines()
+                .find(|l| l.contains("Kernel panic") || l.contains("BUG") || l.contains("Oops"))
+                .unwrap_or("");
+            why.push(format!("kernel panic during {during}: {}", line.trim()))
+        }
+        MountOutcome::Hung { during } => why.push(format!("guest hung during {during}")),
+    }
+    if let Some(e) = &rec.dump_error {
+        why.push(format!("reading the tree failed: {e}"));
+    }
+    if let Some(e) = &rec.unmount_error {
+        why.push(format!("unmount failed: {e}"));
+    }
+    for e in rec.entries.iter().flatten() {
+        if let Some(errno) = e.error {
+            why.push(format!(
+                "{} cannot be read: {}",
+                e.path,
+                std::io::Error::from_raw_os_error(errno)
+            ));
+        }
+    }
+    if let Some(f) = &rec.fsck {
+        if f.problems {
+            why.push(format!(
+                "fsck exit {}: {}",
+                f.code.map_or("signal".into(), |c| c.to_string()),
+                f.output.lines().take(3).collect::<Vec<_>>().join("; ")
+            ));
+        }
+    }
+    for c in &rec.console {
+        why.push(format!("kernel: {}", c.line));
+    }
+    why
 }
 
-fn hex(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
+/// Block bytes for the byte-level checks: the history's versions, then what the
+/// checker read from the recovered image.
+struct Blocks<'a> {
+    history: &'a History,
+    rec: &'a Recovery,
 }
 
-impl History {
-    /// Replay the ops (skipping the ones that failed) and remember every version.
-    pub fn new(ops: &[Op], results: Option<&[OpResult]>) -> History {
-        let failed = |i: usize| {
-            results
-                .and_then(|r| r.iter().find(|r| r.index == i))
-                .is_some_and(|r| !r.ok())
-        };
-        let mut h = History::default();
-        let mut content: Vec<Option<Vec<u8>>> = Vec::new();
-        let mut names: BTreeMap<String, usize> = BTreeMap::new();
-        let mut fds: BTreeMap<String, (usize, u64, bool)> = BTreeMap::new();
-        let mut maps: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-        let put = |c: &mut Option<Vec<u8>>, at: u64, bytes: &[u8]| {
-            if let Some(d) = c {
-                let end = at as usize + bytes.len();
-                if d.len() < end {
-                    d.resize(end, 0);
-                }
-                d[at as usize..end].copy_from_slice(bytes);
-            }
-        };
-        for (i, op) in ops.iter().enumerate() {
-            if failed(i) {
-                continue;
-            }
-            match op {
-                Op::Open {
-                    path,
-                    fd,
-                    create,
-                    truncate,
-                    append,
-                    ..
-                } => {
-                    let ino = match names.get(path) {
-                        Some(&ino) => ino,
-                        None => {
-                            content.push(if *create { Some(Vec::new()) } else { None });
-                            names.insert(path.clone(), content.len() - 1);
-                            content.len() - 1
-                        }
-                    };
-                    if *truncate {
-                        if let Some(d) = &mut content[ino] {
-                            d.clear();
-                        }
-                    }
-                    fds.insert(fd.clone(), (ino, 0, *append));
-                }
-                Op::Close { fd } => {
-                    fds.remove(fd);
-                }
-                Op::Write { fd, data, .. } => {
-                    if let Some((ino, pos, append)) = fds.get(fd).copied() {
-                        let bytes = data.bytes();
-                        let at = if append {
-                            content[ino].as_ref().map_or(pos, |d| d.len() as u64)
-                        } else {
-                            pos
-                        };
-                        put(&mut content[ino], at, &bytes);
-                        fds.insert(fd.clone(), (ino, at + bytes.len() as u64, append));
-                    }
-                }
-                Op::Pwrite {
-                    fd, offset, data, ..
-                } => {
-                    if let Some(&(ino, _, _)) = fds.get(fd) {
-                        put(&mut content[ino], *offset, &data.bytes());
-                    }
-                }
-                Op::Ftruncate { fd, len } => {
-                    if let Some(&(ino, _, _)) = fds.get(fd) {
-                        if let Some(d) = &mut content[ino] {
-                            d.resize(*len as usize, 0);
-                        }
-                    }
-                }
-                Op::Fallocate {
-                    fd,
-                    offset,
-                    len,
-                    mode,
-                } => {
-                    if let Some(&(ino, _, _)) = fds.get(fd) {
-                        let has = |f| mode.contains(&f);
-                        if has(FallocateFlag::CollapseRange) || has(FallocateFlag::InsertRange) {
-                            content[ino] = None;
-                        } else if let Some(d) = &mut content[ino] {
-                            let end = (offset + len) as usize;
-                            let keep = has(FallocateFlag::KeepSize);
-                            if !keep && d.len() < end {
-                                d.resize(end, 0);
-                            }
-                            if has(FallocateFlag::PunchHole) || has(FallocateFlag::ZeroRange) {
-                                let e = end.min(d.len());
-                                let s = (*offset as usize).min(e);
-                                d[s..e].fill(0);
-                            }
-                        }
-                    }
-                }
-                Op::Mmap {
-                    fd, map, offset, ..
-                } => {
-                    if let Some(&(ino, _, _)) = fds.get(fd) {
-                        maps.insert(map.clone(), (ino, *offset));
-                    }
-                }
-                Op::Munmap { map } => {
-                    maps.remove(map);
-                }
-                Op::Store {
-                    map, offset, data, ..
-                } => {
-                    if let Some(&(ino, base)) = maps.get(map) {
-                        if let Some(d) = &mut content[ino] {
-                            let at = (base + offset) as usize;
-                            let bytes = data.bytes();
-                            let end = (at + bytes.len()).min(d.len());
-                            if end > at {
-                                d[at..end].copy_from_slice(&bytes[..end - at]);
-                            }
-                        }
-                    }
-                }
-                Op::Rename { from, to } => {
-                    let moved: Vec<(String, usize)> = names
-                        .iter()
-                        .filter(|(p, _)| *p == from || p.starts_with(&format!("{from}/")))
-                        .map(|(p, i)| (p.clone(), *i))
-                        .collect();
-                    names.remove(to);
-                    for (p, ino) in moved {
-                        names.remove(&p);
-                        names.insert(format!("{to}{}", &p[from.len()..]), ino);
-                    }
-                }
-                Op::Link { from, to } => {
-                    if let Some(&ino) = names.get(from) {
-                        names.insert(to.clone(), ino);
-                    }
-                }
-                Op::Unlink { path } | Op::Rmdir { path } => {
-                    names.remove(path);
-                }
-                Op::Mkdir { path, .. } | Op::Symlink { path, .. } => {
-                    // Not a regular file: no content to model.
-                    content.push(None);
-                    names.insert(path.clone(), content.len() - 1);
-                }
-                _ => {}
-            }
-            h.snapshot(&content, &names);
-        }
-        h.index_blocks();
-        h
-    }
-
-    fn snapshot(&mut self, content: &[Option<Vec<u8>>], names: &BTreeMap<String, usize>) {
-        while self.inodes.len() < content.len() {
-            let i = self.inodes.len();
-            self.inodes.push(content[i].as_ref().map(|_| Vec::new()));
-        }
-        for (i, c) in content.iter().enumerate() {
-            match (c, &mut self.inodes[i]) {
-                (Some(d), Some(versions)) => {
-                    if versions.last().is_none_or(|v| **v != *d) {
-                        versions.push(Arc::new(d.clone()));
-                    }
-                }
-                (None, slot) => *slot = None,
-                (Some(_), None) => {}
-            }
-        }
-        for (p, &ino) in names {
-            self.names.entry(p.clone()).or_default().insert(ino);
-        }
-    }
-
-    fn index_blocks(&mut self) {
-        let bs = BLOCK_SIZE as usize;
-        let mut lens = BTreeSet::from([bs]);
-        let mut blocks = HashMap::new();
-        for versions in self.inodes.iter().flatten() {
-            for v in versions {
-                if v.len() % bs != 0 {
-                    lens.insert(v.len() % bs);
-                }
-                for chunk in v.chunks(bs) {
-                    blocks
-                        .entry(hex(chunk))
-                        .or_insert_with(|| Arc::new(chunk.to_vec()));
-                    if chunk.len() < bs {
-                        let mut full = chunk.to_vec();
-                        full.resize(bs, 0);
-                        blocks.entry(hex(&full)).or_insert_with(|| Arc::new(full));
-                    }
-                }
-            }
-        }
-        for l in lens {
-            let z = vec![0u8; l];
-            blocks.insert(hex(&z), Arc::new(z));
-        }
-        self.blocks = blocks;
-    }
-
-    /// The block hashes the checker need not fetch bytes for.
-    pub fn known_blocks(&self) -> KnownBlocks {
-        KnownBlocks {
-            hashes: self.blocks.keys().cloned().collect(),
-        }
-    }
-
-    /// The versions a path may show (`None` when some inode that had the name is not
-    /// modelled, or the path is not the workload's).
-    fn versions_of(&self, path: &str) -> Option<Vec<Arc<Vec<u8>>>> {
-        let inos = self.names.get(path)?;
-        let mut out = Vec::new();
-        for &i in inos {
-            out.extend(self.inodes.get(i)?.as_ref()?.iter().cloned());
-        }
-        Some(out)
-    }
-
-    /// The bytes of a dumped block: known from the history, or fetched by the checker.
-    fn block_bytes<'a>(&'a self, hash: &str, rec: &'a Recovery) -> Option<&'a [u8]> {
-        self.blocks
-            .get(hash)
-            .map(|b| b.as_slice())
-            .or_else(|| rec.block_bytes.get(hash).map(|b| b.as_slice()))
-    }
-
-    /// The file's bytes in `[start, end)` as dumped, when every block is available.
-    fn read(&self, e: &FsEntry, start: u64, end: u64, rec: &Recovery) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity((end - start) as usize);
-        let mut b = start / BLOCK_SIZE;
-        while b * BLOCK_SIZE < end {
-            let bytes = match e.blocks.get(&b) {
-                Some(h) => self.block_bytes(h, rec)?,
-                // Not listed: the block reads as zeros (a hole or zero data).
-                None if b * BLOCK_SIZE < e.size => {
-                    &crash_models::protocol::ZEROS
-                        [..(e.size - b * BLOCK_SIZE).min(BLOCK_SIZE) as usize]
-                }
-                None => return None,
-            };
-            let bs = b * BLOCK_SIZE;
-            let s = start.max(bs) - bs;
-            let t = (end.min(bs + bytes.len() as u64)).checked_sub(bs)?;
-            if s > t {
-                return None;
-            }
-            out.extend_from_slice(&bytes[s as usize..t as usize]);
-            b += 1;
-        }
-        (out.len() as u64 == end - start).then_some(out)
-    }
-
-    /// Stale data in the dumped files.
-    pub fn stale(&self, entries: &[FsEntry], rec: &Recovery) -> Vec<Problem> {
-        let mut out = Vec::new();
-        for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
-            let Some(versions) = self.versions_of(&e.path) else {
-                continue;
-            };
-            for (&b, h) in &e.blocks {
-                let Some(bytes) = self.block_bytes(h, rec) else {
-                    // Neither known nor found in the image: cannot judge.
-                    continue;
-                };
-                let base = b * BLOCK_SIZE;
-                let bad = bytes.iter().enumerate().find(|(j, &byte)| {
-                    let o = (base + *j as u64) as usize;
-                    byte != 0 && !versions.iter().any(|v| v.get(o) == Some(&byte))
-                });
-                if let Some((j, byte)) = bad {
-                    let whose = self.owner_of(bytes, &e.path);
-                    out.push(Problem {
-                        verdict: Verdict::StaleData,
-                        message: format!(
-                            "{}: block {b} holds bytes never written there (byte {} is {byte:#04x}){}{}",
-                            e.path,
-                            base + j as u64,
-                            whose.map(|w| format!("; they are {w}")).unwrap_or_default(),
-                            rec.block_offsets
-                                .get(h)
-                                .map(|o| format!(" (PM offset {o:#x})"))
-                                .unwrap_or_default()
-                        ),
-                        promised_by: None,
-                        path: Some(e.path.clone()),
-                        file_offset: Some(base + j as u64),
-                    });
-                }
-            }
-        }
-        out
-    }
-
-    /// Which other file's data a block holds, if any.
-    fn owner_of(&self, bytes: &[u8], not: &str) -> Option<String> {
-        let bs = BLOCK_SIZE as usize;
-        for (path, inos) in &self.names {
-            if path == not {
-                continue;
-            }
-            for &i in inos {
-                for v in self
-                    .inodes
-                    .get(i)
-                    .and_then(|v| v.as_ref())
-                    .into_iter()
-                    .flatten()
-                {
-                    for (k, chunk) in v.chunks(bs).enumerate() {
-                        let n = chunk.len().min(bytes.len());
-                        if n >= 8 && chunk[..n] == bytes[..n] {
-                            return Some(format!("{path}'s data (block {k})"));
-                        }
-                    }
-                }
-            }
-        }
-        None
+impl BlockSource for Blocks<'_> {
+    fn block(&self, hash: &str) -> Option<&[u8]> {
+        self.history
+            .block(hash)
+            .or_else(|| self.rec.block_bytes.get(hash).map(|b| b.as_slice()))
     }
 }
 
-/// Judge one recovered state at a crash point where `ops_completed` ops had returned
-/// and `in_progress` was running.
-pub fn judge(
-    ops: &[Op],
-    results: Option<&[OpResult]>,
-    ops_completed: usize,
-    in_progress: Option<usize>,
-    history: &History,
-    rec: &Recovery,
-) -> Vec<Problem> {
-    let mut out: Vec<Problem> = rec
-        .corruption()
+/// Judge one recovered state against the promises in force at its crash point
+/// (`promised`, from [`crash_models::promise::promises`]) and the workload's
+/// content history. Problems come sorted worst first, without duplicates.
+pub fn judge(promised: &Promises, history: &History, rec: &Recovery) -> Vec<Problem> {
+    let mut out: Vec<Problem> = corruption(rec)
         .into_iter()
         .map(|message| Problem {
             verdict: Verdict::FsCorruption,
@@ -485,186 +129,60 @@ pub fn judge(
     let Some(entries) = &rec.entries else {
         return out;
     };
-    out.extend(history.stale(entries, rec));
-    let promised = promise::promises(ops, results, ops_completed, in_progress);
-    for p in &promised.items {
-        let check = match &p.promise {
-            Promise::FileData {
-                path,
-                offset,
-                bytes,
-            } => check_data(history, entries, rec, path, *offset, bytes)
-                .unwrap_or_else(|| p.promise.check(entries)),
-            other => other.check(entries),
-        };
-        let Check::Violated(why) = check else {
-            continue;
-        };
-        let verdict = match (&p.promise, p.class) {
-            (Promise::RenameAtomic { .. }, _) => Verdict::AtomicityViolation,
-            (_, Class::UnsafeFlushOnly) => Verdict::UnsafeFlushOnly,
-            (_, Class::Contract) => Verdict::DurabilityViolation,
-        };
-        let (path, file_offset) = match &p.promise {
-            Promise::FileData { path, offset, .. } => (Some(path.clone()), Some(*offset)),
-            Promise::Exists { path }
-            | Promise::Absent { path }
-            | Promise::FileSize { path, .. }
-            | Promise::Symlink { path, .. } => (Some(path.clone()), None),
-            Promise::RenameAtomic { to, .. } => (Some(to.clone()), None),
-        };
+    let blocks = Blocks { history, rec };
+    for s in history.stale(entries, &blocks) {
         out.push(Problem {
-            verdict,
-            message: format!("{} (promised by op {}, {})", why, p.op, p.source),
-            promised_by: Some(p.op),
-            path,
-            file_offset,
+            verdict: Verdict::StaleData,
+            message: format!(
+                "{}: block {} holds bytes never written there (byte {} is {:#04x}){}{}",
+                s.path,
+                s.block,
+                s.file_offset,
+                s.byte,
+                s.owner
+                    .map(|w| format!("; they are {w}"))
+                    .unwrap_or_default(),
+                rec.block_offsets
+                    .get(&s.hash)
+                    .map(|o| format!(" (PM offset {o:#x})"))
+                    .unwrap_or_default()
+            ),
+            promised_by: None,
+            path: Some(s.path),
+            file_offset: Some(s.file_offset),
         });
     }
-    for (op, path, offset, bytes) in
-        stored_before_fmetadatasync(ops, results, ops_completed, in_progress)
-    {
-        if let Some(Check::Violated(why)) = check_data(history, entries, rec, &path, offset, &bytes)
-        {
-            out.push(Problem {
-                verdict: Verdict::UnsafeFlushOnly,
-                message: format!(
-                    "{why} (stored through a mapping before fmetadatasync, op {op}, which makes only the program's own flushes durable)"
-                ),
-                promised_by: Some(op),
-                path: Some(path),
-                file_offset: Some(offset),
-            });
-        }
+    for p in &promised.items {
+        let Kept::No(why) = p.promise.check(entries, &blocks) else {
+            continue;
+        };
+        let file_offset = match &p.promise {
+            Promise::FileData { offset, .. } => Some(*offset),
+            Promise::FileZeros { start, .. } => Some(*start),
+            _ => None,
+        };
+        out.push(Problem {
+            verdict: Verdict::of_broken(&p.promise, p.class),
+            message: format!("{why} (promised by op {}, {})", p.op, p.source),
+            promised_by: Some(p.op),
+            path: Some(p.promise.path().to_owned()),
+            file_offset,
+        });
     }
     out.sort_by(|a, b| a.verdict.cmp(&b.verdict).then(a.message.cmp(&b.message)));
     out.dedup();
     out
 }
 
-/// What a program that calls `fmetadatasync(f)` believes: every byte it stored into
-/// f's mappings before the call is durable once the call returns. The contract covers
-/// only the lines it flushed itself ([`promise::promises`] checks those); a store it
-/// never flushed is lost in some crash states, and that loss is the program's bug, so
-/// it is reported as `unsafe-flush-only`. Returns (fmetadatasync op, path, file
-/// offset, bytes) for stores not overwritten or truncated by a later op.
-fn stored_before_fmetadatasync(
-    ops: &[Op],
-    results: Option<&[OpResult]>,
-    ops_completed: usize,
-    in_progress: Option<usize>,
-) -> Vec<(usize, String, u64, Vec<u8>)> {
-    let failed = |i: usize| {
-        results
-            .and_then(|r| r.iter().find(|r| r.index == i))
-            .is_some_and(|r| !r.ok())
-    };
-    let upto = in_progress.map_or(ops_completed, |p| p + 1).min(ops.len());
-    let mut fd_path: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut map_of: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
-    // (op, path, offset, bytes)
-    let mut stores: Vec<(usize, &str, u64, Vec<u8>)> = Vec::new();
-    let mut out = Vec::new();
-    for (i, op) in ops.iter().enumerate().take(upto) {
-        if failed(i) {
-            continue;
-        }
-        match op {
-            Op::Open { path, fd, .. } => {
-                fd_path.insert(fd, path);
-            }
-            Op::Mmap {
-                fd, map, offset, ..
-            } => {
-                if let Some(p) = fd_path.get(fd.as_str()) {
-                    map_of.insert(map, (p, *offset));
-                }
-            }
-            Op::Store {
-                map, offset, data, ..
-            } => {
-                if let Some(&(p, base)) = map_of.get(map.as_str()) {
-                    let at = base + offset;
-                    let bytes = data.bytes();
-                    let end = at + bytes.len() as u64;
-                    // A later store to the same bytes replaces the earlier one.
-                    stores.retain(|s| s.1 != p || s.2 + s.3.len() as u64 <= at || end <= s.2);
-                    stores.push((i, p, at, bytes));
-                }
-            }
-            Op::Write { fd, .. }
-            | Op::Pwrite { fd, .. }
-            | Op::Ftruncate { fd, .. }
-            | Op::Fallocate { fd, .. } => {
-                // The file changed under the stores: withdraw them (never a false
-                // report).
-                if let Some(p) = fd_path.get(fd.as_str()) {
-                    stores.retain(|s| s.1 != *p);
-                }
-            }
-            Op::Rename { .. } | Op::Unlink { .. } => stores.clear(),
-            Op::Fmetadatasync { fd } if i < ops_completed => {
-                if let Some(p) = fd_path.get(fd.as_str()) {
-                    for s in stores.iter().filter(|s| s.1 == *p) {
-                        out.push((i, s.1.to_owned(), s.2, s.3.clone()));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    // Withdraw what a store after the fmetadatasync changed.
-    out.retain(|(op, path, at, bytes)| {
-        let end = at + bytes.len() as u64;
-        !stores
-            .iter()
-            .any(|s| s.0 > *op && s.1 == path && s.2 < end && *at < s.2 + s.3.len() as u64)
-    });
-    out
-}
-
-/// A byte-exact check of promised file data (the dump's hashes alone cannot judge
-/// ranges smaller than a block). `None` when the bytes are not available.
-fn check_data(
-    history: &History,
-    entries: &[FsEntry],
-    rec: &Recovery,
-    path: &str,
-    offset: u64,
-    bytes: &[u8],
-) -> Option<Check> {
-    let e = entries.iter().find(|e| e.path == path)?;
-    let end = offset + bytes.len() as u64;
-    if e.size < end {
-        return Some(Check::Violated(format!(
-            "{path} is {} bytes: promised data up to {end} is cut off",
-            e.size
-        )));
-    }
-    let got = history.read(e, offset, end, rec)?;
-    match got.iter().zip(bytes).position(|(a, b)| a != b) {
-        None => Some(Check::Holds),
-        Some(i) => {
-            let zeros = got.iter().all(|b| *b == 0);
-            Some(Check::Violated(format!(
-                "{path}: bytes {}..{end} {} (first difference at {})",
-                offset,
-                if zeros {
-                    "are zeros, not the promised data".to_owned()
-                } else {
-                    "differ from the promised data".to_owned()
-                },
-                offset + i as u64
-            )))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::MountOutcome;
-    use crash_models::ops::Workload;
+    use crate::checker::console::ConsoleIssue;
+    use crate::checker::fsck::FsckOutcome;
+    use crash_models::ops::{seeded_bytes, Op, Workload};
+    use crash_models::promise::promises;
+    use crash_models::protocol::{block_hashes, content_hash, EntryKind, FsEntry};
+    use std::collections::BTreeMap;
 
     fn ops(src: &str) -> Vec<Op> {
         Workload::parse(src, "t.toml").unwrap().ops
@@ -688,6 +206,7 @@ mod tests {
     }
 
     fn file(path: &str, data: &[u8]) -> FsEntry {
+        let blocks = block_hashes(data);
         FsEntry {
             path: path.into(),
             kind: EntryKind::File,
@@ -695,73 +214,287 @@ mod tests {
             mode: 0o644,
             nlink: 1,
             ino: 12,
-            blake3: hex(data),
-            blocks: data
-                .chunks(4096)
-                .enumerate()
-                .map(|(i, c)| (i as u64, hex(c)))
-                .collect(),
-            xattrs: Default::default(),
+            blake3: content_hash(data.len() as u64, &blocks),
+            blocks,
+            xattrs: BTreeMap::new(),
             target: None,
             error: None,
         }
     }
 
-    const W: &str = "[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\ncreate=true\n[[ops]]\nop=\"ftruncate\"\nfd=\"a\"\nlen=4096\n[[ops]]\nop=\"mmap\"\nfd=\"a\"\nmap=\"m\"\nlen=4096\n[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=0\ndata=\"hello\"\n[[ops]]\nop=\"flush\"\nmap=\"m\"\noffset=0\n[[ops]]\nop=\"fence\"\n";
-
-    #[test]
-    fn flush_only_loss_is_its_own_class_and_partial_blocks_are_checked() {
-        let o = ops(W);
-        let h = History::new(&o, None);
-        let lost = rec(vec![file("a", &[0; 4096])]);
-        let p = judge(&o, None, o.len(), None, &h, &lost);
-        assert_eq!(verdict_of(&p), Verdict::UnsafeFlushOnly, "{p:?}");
-        let mut good = vec![0u8; 4096];
-        good[..5].copy_from_slice(b"hello");
-        let kept = rec(vec![file("a", &good)]);
-        assert_eq!(
-            verdict_of(&judge(&o, None, o.len(), None, &h, &kept)),
-            Verdict::Ok
-        );
-        // Before the fence, nothing was promised.
-        assert_eq!(
-            verdict_of(&judge(&o, None, 5, None, &h, &lost)),
-            Verdict::Ok
-        );
-    }
-
-    #[test]
-    fn foreign_bytes_are_stale_and_a_mix_of_versions_is_not() {
-        let src = "[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\ncreate=true\n[[ops]]\nop=\"write\"\nfd=\"a\"\ndata={seed=1,len=8192}\n[[ops]]\nop=\"open\"\npath=\"b\"\nfd=\"b\"\ncreate=true\n[[ops]]\nop=\"write\"\nfd=\"b\"\ndata={seed=2,len=4096}\n";
-        let o = ops(src);
-        let h = History::new(&o, None);
-        let a = crash_models::ops::seeded_bytes(1, 8192);
-        // b's block holds a's second block: unknown hash, bytes fetched by the checker.
-        let foreign = a[4096..].to_vec();
-        let mut r = rec(vec![file("a", &a), file("b", &foreign)]);
-        // a's block is a known hash: its bytes come from the history, not the image.
-        assert!(h.known_blocks().hashes.contains(&hex(&foreign)));
-        r.block_bytes.insert(hex(&foreign), foreign.clone());
-        let p = h.stale(r.entries.as_ref().unwrap(), &r);
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(
-            p[0].message.contains("a's data (block 1)"),
-            "{}",
-            p[0].message
-        );
-        // Half new, half zero (a torn write): not stale.
-        let mut torn = crash_models::ops::seeded_bytes(2, 4096);
-        torn[2048..].fill(0);
-        let mut r = rec(vec![file("b", &torn)]);
-        r.block_bytes.insert(hex(&torn), torn.clone());
-        assert!(h.stale(r.entries.as_ref().unwrap(), &r).is_empty());
-    }
-
-    #[test]
-    fn verdict_names_round_trip() {
-        for v in Verdict::ALL {
-            assert_eq!(v.name().parse::<Verdict>().unwrap(), v);
+    fn dir(path: &str) -> FsEntry {
+        FsEntry {
+            kind: EntryKind::Dir,
+            ..file(path, b"")
         }
-        assert!("bogus".parse::<Verdict>().is_err());
+    }
+
+    /// The verdict of `entries` at the point where `done` ops returned (and
+    /// `running` is in progress).
+    fn verdict(o: &[Op], done: usize, running: Option<usize>, entries: Vec<FsEntry>) -> Verdict {
+        let h = History::new(o, None);
+        let p = promises(o, None, done, running);
+        verdict_of(&judge(&p, &h, &rec(entries)))
+    }
+
+    const OPEN_A: &str = "[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\ncreate=true\n";
+    const MAPPED: &str = "[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\ncreate=true\n[[ops]]\nop=\"ftruncate\"\nfd=\"a\"\nlen=4096\n[[ops]]\nop=\"mmap\"\nfd=\"a\"\nmap=\"m\"\nlen=4096\n";
+
+    fn with_hello(page: usize) -> Vec<u8> {
+        let mut v = vec![0u8; page];
+        v[..5].copy_from_slice(b"hello");
+        v
+    }
+
+    #[test]
+    fn corruption_of_every_kind() {
+        let o = ops(OPEN_A);
+        let h = History::new(&o, None);
+        let p = promises(&o, None, 1, None);
+        let mut r = rec(vec![]);
+        r.mount = MountOutcome::Failed {
+            message: "EUCLEAN".into(),
+        };
+        r.entries = None;
+        let j = judge(&p, &h, &r);
+        assert_eq!(verdict_of(&j), Verdict::FsCorruption);
+        assert!(j[0].message.contains("mount failed: EUCLEAN"), "{j:?}");
+        let mut r = rec(vec![file("a", b"")]);
+        r.fsck = Some(FsckOutcome {
+            command: "e2fsck -fn".into(),
+            code: Some(4),
+            problems: true,
+            output: "Inode 12 has a bad extent".into(),
+        });
+        assert_eq!(verdict_of(&judge(&p, &h, &r)), Verdict::FsCorruption);
+        let mut r = rec(vec![file("a", b"")]);
+        r.console = vec![ConsoleIssue {
+            kind: "ext4-error",
+            line: "EXT4-fs error (device pmem0)".into(),
+        }];
+        assert_eq!(verdict_of(&judge(&p, &h, &r)), Verdict::FsCorruption);
+        let mut bad = file("a", b"");
+        bad.error = Some(5);
+        assert_eq!(verdict(&o, 1, None, vec![bad]), Verdict::FsCorruption);
+        let mut r = rec(vec![]);
+        r.mount = MountOutcome::Hung {
+            during: "mount".into(),
+        };
+        r.entries = None;
+        assert_eq!(verdict_of(&judge(&p, &h, &r)), Verdict::FsCorruption);
+    }
+
+    #[test]
+    fn stale_data_names_whose_data_it_is() {
+        let o = ops("[[ops]]\nop=\"open\"\npath=\"a\"\nfd=\"a\"\ncreate=true\n[[ops]]\nop=\"write\"\nfd=\"a\"\ndata={seed=1,len=8192}\n[[ops]]\nop=\"open\"\npath=\"b\"\nfd=\"b\"\ncreate=true\n[[ops]]\nop=\"write\"\nfd=\"b\"\ndata={seed=2,len=4096}\n");
+        let a = seeded_bytes(1, 8192);
+        let h = History::new(&o, None);
+        let p = promises(&o, None, o.len(), None);
+        let j = judge(&p, &h, &rec(vec![file("a", &a), file("b", &a[4096..])]));
+        assert_eq!(verdict_of(&j), Verdict::StaleData);
+        assert!(j[0].message.contains("a's data (block 1)"), "{j:?}");
+        // A block fetched from the image (unknown to the history) is judged too.
+        let mut junk = vec![0u8; 4096];
+        junk[100] = 7;
+        let mut r = rec(vec![file("a", &a), file("b", &junk)]);
+        r.block_bytes
+            .insert(blake3::hash(&junk).to_hex().to_string(), junk.clone());
+        let j = judge(&p, &h, &r);
+        assert_eq!(verdict_of(&j), Verdict::StaleData);
+        assert_eq!(j[0].file_offset, Some(100));
+    }
+
+    #[test]
+    fn fsync_row_data_size_holes_xattrs_and_created_name() {
+        let o = ops(&format!(
+            "{OPEN_A}[[ops]]\nop=\"pwrite\"\nfd=\"a\"\noffset=8192\ndata=\"hello\"\n\
+             [[ops]]\nop=\"setxattr\"\npath=\"a\"\nname=\"user.k\"\nvalue=\"v\"\n\
+             [[ops]]\nop=\"fsync\"\nfd=\"a\"\n"
+        ));
+        let mut good = vec![0u8; 8197];
+        good[8192..].copy_from_slice(b"hello");
+        let mut with_x = file("a", &good);
+        with_x.xattrs.insert("user.k".into(), "76".into());
+        assert_eq!(verdict(&o, 4, None, vec![with_x.clone()]), Verdict::Ok);
+        // Before the fsync returned: anything goes.
+        assert_eq!(verdict(&o, 3, Some(3), vec![]), Verdict::Ok);
+        // The name, the data, the size, a hole and an xattr each lost.
+        assert_eq!(verdict(&o, 4, None, vec![]), Verdict::DurabilityViolation);
+        let mut lost = good.clone();
+        lost[8193] = 0;
+        let mut e = file("a", &lost);
+        e.xattrs = with_x.xattrs.clone();
+        assert_eq!(verdict(&o, 4, None, vec![e]), Verdict::DurabilityViolation);
+        let mut e = file("a", &good[..8195]);
+        e.xattrs = with_x.xattrs.clone();
+        assert_eq!(verdict(&o, 4, None, vec![e]), Verdict::DurabilityViolation);
+        let mut e = with_x.clone();
+        e.xattrs.clear();
+        assert_eq!(verdict(&o, 4, None, vec![e]), Verdict::DurabilityViolation);
+        // Old bytes in a promised hole: written once by this workload, so not
+        // stale, but the fsync promised zeros there.
+        let o2 = ops(&format!(
+            "{OPEN_A}[[ops]]\nop=\"pwrite\"\nfd=\"a\"\noffset=0\ndata=\"hello\"\n\
+             [[ops]]\nop=\"fallocate\"\nfd=\"a\"\noffset=0\nlen=4096\nmode=[\"punch-hole\",\"keep-size\"]\n\
+             [[ops]]\nop=\"fsync\"\nfd=\"a\"\n"
+        ));
+        assert_eq!(verdict(&o2, 4, None, vec![file("a", &[0; 5])]), Verdict::Ok);
+        let h = History::new(&o2, None);
+        let p = promises(&o2, None, 4, None);
+        let j = judge(&p, &h, &rec(vec![file("a", b"hello")]));
+        assert_eq!(verdict_of(&j), Verdict::DurabilityViolation, "{j:?}");
+        assert!(j[0].message.contains("read as zeros"), "{j:?}");
+    }
+
+    #[test]
+    fn fdatasync_row_and_directory_fsync_row() {
+        let o = ops("[[ops]]\nop=\"mkdir\"\npath=\"d\"\n\
+             [[ops]]\nop=\"open\"\npath=\"d/a\"\nfd=\"a\"\ncreate=true\n\
+             [[ops]]\nop=\"write\"\nfd=\"a\"\ndata=\"hello\"\n\
+             [[ops]]\nop=\"fdatasync\"\nfd=\"a\"\n\
+             [[ops]]\nop=\"link\"\nfrom=\"d/a\"\nto=\"d/b\"\n\
+             [[ops]]\nop=\"open\"\npath=\"d\"\nfd=\"d\"\ndirectory=true\n\
+             [[ops]]\nop=\"fsync\"\nfd=\"d\"\n");
+        // fdatasync: data and size, not the name.
+        assert_eq!(verdict(&o, 4, None, vec![dir("d")]), Verdict::Ok);
+        assert_eq!(
+            verdict(&o, 4, None, vec![dir("d"), file("d/a", b"he")]),
+            Verdict::DurabilityViolation
+        );
+        // The directory's fsync: both names.
+        let both = vec![dir("d"), file("d/a", b"hello"), file("d/b", b"hello")];
+        assert_eq!(verdict(&o, 7, None, both.clone()), Verdict::Ok);
+        assert_eq!(
+            verdict(&o, 7, None, both[..2].to_vec()),
+            Verdict::DurabilityViolation
+        );
+        // An unlink made durable by the directory's fsync.
+        let o = ops(&format!(
+            "{OPEN_A}[[ops]]\nop=\"fsync\"\nfd=\"a\"\n[[ops]]\nop=\"unlink\"\npath=\"a\"\n\
+             [[ops]]\nop=\"open\"\npath=\".\"\nfd=\"r\"\ndirectory=true\n[[ops]]\nop=\"fsync\"\nfd=\"r\"\n"
+        ));
+        assert_eq!(verdict(&o, 5, None, vec![]), Verdict::Ok);
+        assert_eq!(
+            verdict(&o, 5, None, vec![file("a", b"")]),
+            Verdict::DurabilityViolation
+        );
+    }
+
+    #[test]
+    fn rename_row_is_atomic_even_in_progress() {
+        let o = ops(&format!(
+            "{OPEN_A}[[ops]]\nop=\"fsync\"\nfd=\"a\"\n[[ops]]\nop=\"rename\"\nfrom=\"a\"\nto=\"b\"\n"
+        ));
+        let mut b = file("b", b"");
+        b.ino = 12;
+        assert_eq!(
+            verdict(&o, 2, Some(2), vec![file("a", b""), b.clone()]),
+            Verdict::AtomicityViolation
+        );
+        assert_eq!(verdict(&o, 2, Some(2), vec![b]), Verdict::Ok);
+        assert_eq!(verdict(&o, 2, Some(2), vec![file("a", b"")]), Verdict::Ok);
+    }
+
+    #[test]
+    fn flush_rows_map_sync_contract_and_shared_flush_only() {
+        let tail = "[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=0\ndata=\"hello\"\n[[ops]]\nop=\"flush\"\nmap=\"m\"\noffset=0\n[[ops]]\nop=\"fence\"\n";
+        let shared = ops(&format!("{MAPPED}{tail}"));
+        let sync = ops(&format!("{MAPPED}{tail}").replace(
+            "map=\"m\"\nlen=4096\n",
+            "map=\"m\"\nlen=4096\nkind=\"sync\"\n",
+        ));
+        let lost = vec![file("a", &[0; 4096])];
+        let kept = vec![file("a", &with_hello(4096))];
+        assert_eq!(
+            verdict(&shared, 6, None, lost.clone()),
+            Verdict::UnsafeFlushOnly
+        );
+        assert_eq!(verdict(&shared, 6, None, kept.clone()), Verdict::Ok);
+        assert_eq!(verdict(&shared, 5, None, lost.clone()), Verdict::Ok);
+        assert_eq!(verdict(&sync, 6, None, lost), Verdict::DurabilityViolation);
+        assert_eq!(verdict(&sync, 6, None, kept), Verdict::Ok);
+    }
+
+    #[test]
+    fn fmetadatasync_row_unflushed_store_is_the_programs_bug() {
+        let o = ops(&format!(
+            "{MAPPED}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=0\ndata=\"kept\"\n\
+             [[ops]]\nop=\"flush\"\nmap=\"m\"\noffset=0\n[[ops]]\nop=\"fence\"\n\
+             [[ops]]\nop=\"store\"\nmap=\"m\"\noffset=64\ndata=\"lost\"\n\
+             [[ops]]\nop=\"fmetadatasync\"\nfd=\"a\"\n"
+        ));
+        let mut all = vec![0u8; 4096];
+        all[..4].copy_from_slice(b"kept");
+        all[64..68].copy_from_slice(b"lost");
+        assert_eq!(verdict(&o, 8, None, vec![file("a", &all)]), Verdict::Ok);
+        let mut half = all.clone();
+        half[64..68].fill(0);
+        assert_eq!(
+            verdict(&o, 8, None, vec![file("a", &half)]),
+            Verdict::UnsafeFlushOnly
+        );
+        let mut none = half.clone();
+        none[..4].fill(0);
+        assert_eq!(
+            verdict(&o, 8, None, vec![file("a", &none)]),
+            Verdict::DurabilityViolation
+        );
+    }
+
+    #[test]
+    fn msync_and_sync_rows() {
+        let o = ops(&format!(
+            "{MAPPED}[[ops]]\nop=\"store\"\nmap=\"m\"\noffset=0\ndata=\"hello\"\n[[ops]]\nop=\"msync\"\nmap=\"m\"\n"
+        ));
+        assert_eq!(
+            verdict(&o, 5, None, vec![file("a", &with_hello(4096))]),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict(&o, 5, None, vec![file("a", &[0; 4096])]),
+            Verdict::DurabilityViolation
+        );
+        let o = ops(&format!(
+            "{OPEN_A}[[ops]]\nop=\"symlink\"\ntarget=\"a\"\npath=\"l\"\n[[ops]]\nop=\"sync\"\n"
+        ));
+        let mut l = file("l", b"");
+        l.kind = EntryKind::Symlink;
+        l.target = Some("b".into());
+        assert_eq!(
+            verdict(&o, 3, None, vec![file("a", b""), l.clone()]),
+            Verdict::DurabilityViolation
+        );
+        l.target = Some("a".into());
+        assert_eq!(verdict(&o, 3, None, vec![file("a", b""), l]), Verdict::Ok);
+    }
+
+    #[test]
+    fn failing_ops_and_huge_sizes_are_data() {
+        use crash_models::protocol::OpResult;
+        let o = ops(&format!(
+            "{OPEN_A}[[ops]]\nop=\"ftruncate\"\nfd=\"a\"\nlen=1099511627776\n\
+             [[ops]]\nop=\"ftruncate\"\nfd=\"a\"\nlen=4611686018427387904\n[[ops]]\nop=\"fsync\"\nfd=\"a\"\n"
+        ));
+        let r = |index, errno: Option<i32>| OpResult {
+            index,
+            ret: if errno.is_some() { -1 } else { 0 },
+            errno,
+            detail: Default::default(),
+            micros: 0,
+        };
+        let results = [r(0, None), r(1, None), r(2, Some(27)), r(3, None)];
+        let h = History::new(&o, Some(&results));
+        let p = promises(&o, Some(&results), 4, None);
+        let mut e = file("a", b"");
+        e.size = 1 << 40;
+        assert_eq!(
+            verdict_of(&judge(&p, &h, &rec(vec![e.clone()]))),
+            Verdict::Ok
+        );
+        e.size = 1 << 39;
+        assert_eq!(
+            verdict_of(&judge(&p, &h, &rec(vec![e]))),
+            Verdict::DurabilityViolation
+        );
     }
 }

@@ -16,10 +16,11 @@
 //! # Ok(()) }
 //! ```
 
-use crate::check::{CheckError, Checker, CheckerOptions, Progress, Recovery};
+use crate::checker::{Checker, CheckerError, CheckerOptions, KnownBlocks, Progress, Recovery};
 use crate::guest::GuestFactory;
 use crate::image::FSDAX_DATA_OFFSET;
-use crate::oracle::{self, History, Problem, Verdict};
+use crate::interrupt::Interrupt;
+use crate::oracle::{self, Problem, Verdict};
 use crate::report::{
     ConfigReport, DroppedLine, ExpectCheck, Finding, OpLine, PointRef, PointReport, Report,
     Timings, WorkloadReport, WorkloadStats,
@@ -27,6 +28,7 @@ use crate::report::{
 use crate::setup::Assets;
 use crate::workloads::Loaded;
 use crash_models::delta::{CrashImage, ImageBuilder, ImageId};
+use crash_models::history::History;
 use crash_models::model::{Model, ModelConfig, Replayer};
 use crash_models::ops::{FsKind, Op, Workload};
 use crash_models::points::{CrashPoint, CrashPoints, PointConfig, Policy, Reason};
@@ -44,12 +46,13 @@ use std::time::Instant;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// Tracing failed.
-    #[error("tracing {workload}: {message}")]
+    #[error("tracing {workload}: {source}")]
     Trace {
         /// The workload.
         workload: String,
-        /// What went wrong (with its causes).
-        message: String,
+        /// What went wrong.
+        #[source]
+        source: crate::trace::TracingError,
     },
     /// The checker failed.
     #[error("checking {workload}: {source}")]
@@ -57,7 +60,7 @@ pub enum PipelineError {
         /// The workload.
         workload: String,
         /// Why.
-        source: CheckError,
+        source: CheckerError,
     },
     /// The trace is unusable (unresolved flushes, broken markers).
     #[error("the trace of {workload} is unusable: {message}")]
@@ -66,6 +69,12 @@ pub enum PipelineError {
         workload: String,
         /// Why.
         message: String,
+    },
+    /// The run was interrupted before any crash state of this workload was checked.
+    #[error("interrupted while preparing {workload}")]
+    Interrupted {
+        /// The workload.
+        workload: String,
     },
     /// Local I/O.
     #[error("{what}: {source}")]
@@ -178,6 +187,9 @@ pub struct Pipeline {
     cfg: RunConfig,
     checker: Option<Checker>,
     tmp: tempfile::TempDir,
+    interrupt: Interrupt,
+    /// The last workload's check was cut short by the interrupt.
+    cut_short: bool,
 }
 
 impl Pipeline {
@@ -192,19 +204,31 @@ impl Pipeline {
 
     /// A pipeline with a factory set up by the caller (own kernel, sizes, timeouts).
     pub fn with_factory(factory: GuestFactory, cfg: RunConfig) -> Result<Pipeline, PipelineError> {
-        let tmp = tempfile::Builder::new()
-            .prefix("pmcrash-run-")
-            .tempdir()
-            .map_err(|source| PipelineError::Io {
+        let tmp = crate::scratch::run_dir(crate::scratch::RUN_PREFIX).map_err(|source| {
+            PipelineError::Io {
                 what: "create a run directory".into(),
                 source,
-            })?;
+            }
+        })?;
         Ok(Pipeline {
             factory,
             cfg,
             checker: None,
             tmp,
+            interrupt: Interrupt::new(),
+            cut_short: false,
         })
+    }
+
+    /// Stop at this request (Ctrl-C): the crash images being recovered are finished, no
+    /// new work starts, and [`Pipeline::run`] returns the report of what was checked,
+    /// marked incomplete. Arms the request (see [`Interrupt::arm`]).
+    pub fn set_interrupt(&mut self, interrupt: Interrupt) {
+        interrupt.arm();
+        if let Some(c) = &mut self.checker {
+            c.set_interrupt(interrupt.clone());
+        }
+        self.interrupt = interrupt;
     }
 
     /// The configuration.
@@ -233,20 +257,35 @@ impl Pipeline {
     }
 
     /// Run every workload and assemble the report. `progress` shows bars on stderr.
+    /// After an interrupt the report holds the workloads finished and the crash states
+    /// of the interrupted one checked so far, and says it is incomplete.
     pub async fn run(
         &mut self,
         workloads: &[Loaded],
         progress: bool,
     ) -> Result<Report, PipelineError> {
         let mut reports = Vec::new();
+        let mut incomplete = false;
         for l in workloads {
-            reports.push(self.run_workload(&l.name, &l.workload, progress).await?);
+            if self.interrupt.is_requested() {
+                incomplete = true;
+                break;
+            }
+            match self.run_workload(&l.name, &l.workload, progress).await {
+                Ok(r) => reports.push(r),
+                Err(PipelineError::Interrupted { .. }) => {
+                    incomplete = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(Report::new(
-            self.config_report(),
-            &self.cfg.fail_on,
-            reports,
-        ))
+        // A request that came after the last state was checked cut nothing.
+        incomplete |= self.cut_short;
+        self.cut_short = false;
+        let mut report = Report::new(self.config_report(), &self.cfg.fail_on, reports);
+        report.incomplete = incomplete;
+        Ok(report)
     }
 
     /// Trace, enumerate, check and judge one workload.
@@ -286,23 +325,28 @@ impl Pipeline {
                 workers: self.cfg.workers.max(1),
                 ..CheckerOptions::default()
             };
-            self.checker = Some(Checker::new(self.factory.clone(), opts).map_err(|source| {
+            let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {
                 PipelineError::Check {
                     workload: name.into(),
                     source,
                 }
-            })?);
+            })?;
+            checker.set_interrupt(self.interrupt.clone());
+            self.checker = Some(checker);
         }
+        let interrupted = || PipelineError::Interrupted {
+            workload: name.into(),
+        };
         // Make the saved VM state (and the fsdax template) first, alone: the tracer and
         // every checker guest restore it, and they must not all wait on its cache lock
         // at once (the lock is a blocking flock).
-        self.factory
-            .saved_state()
-            .await
-            .map_err(|e| PipelineError::Check {
+        tokio::select! {
+            made = self.factory.saved_state() => made.map_err(|e| PipelineError::Check {
                 workload: name.into(),
-                source: CheckError::Guest(e),
-            })?;
+                source: CheckerError::Guest(e),
+            })?,
+            () = self.interrupt.requested() => return Err(interrupted()),
+        };
         let warm_image = self.tmp.path().join("warm.img");
         let need_warm = !warm_image.exists();
         let factory = self.factory.clone();
@@ -318,15 +362,19 @@ impl Pipeline {
                 factory
                     .make_image(&warm_image)
                     .await
-                    .map_err(CheckError::Guest)?;
+                    .map_err(CheckerError::Guest)?;
                 checker.warm_up(&warm_image).await?;
             }
-            Ok::<_, CheckError>(t.elapsed())
+            Ok::<_, CheckerError>(t.elapsed())
         };
-        let ((traced, trace_time), warm) = tokio::join!(trace_fut, warm_fut);
-        let traced = traced.map_err(|e| PipelineError::Trace {
+        // An interrupt drops both: their guests are killed on drop.
+        let ((traced, trace_time), warm) = tokio::select! {
+            both = async { tokio::join!(trace_fut, warm_fut) } => both,
+            () = self.interrupt.requested() => return Err(interrupted()),
+        };
+        let traced = traced.map_err(|source| PipelineError::Trace {
             workload: name.into(),
-            message: format!("{e:#}"),
+            source,
         })?;
         timings.guest_ready_ms = warm
             .map_err(|source| PipelineError::Check {
@@ -335,10 +383,7 @@ impl Pipeline {
             })?
             .as_millis() as u64;
         timings.trace_ms = trace_time.as_millis() as u64;
-        let trace = crate::trace::read(&traced.trace).map_err(|e| PipelineError::Trace {
-            workload: name.into(),
-            message: format!("{e:#}"),
-        })?;
+        let trace = &traced.decoded;
         if trace.footer.unresolved_flushes > 0 {
             return Err(PipelineError::BadTrace {
                 workload: name.into(),
@@ -348,7 +393,7 @@ impl Pipeline {
                 ),
             });
         }
-        let problems = crate::trace::check_markers(&trace.records);
+        let problems = crate::trace::marker_problems(&trace.records);
         if !problems.is_empty() {
             return Err(PipelineError::BadTrace {
                 workload: name.into(),
@@ -372,12 +417,13 @@ impl Pipeline {
         let b2 = bar.clone();
         let prog: Progress = Arc::new(move |done, _| b2.set_position(done as u64));
         let checker = self.checker.as_mut().expect("checker");
-        let n_images = images.len();
         let outcome = checker
-            .check_all(
+            .recover_all(
                 &traced.base_image,
                 images,
-                history.known_blocks(),
+                KnownBlocks {
+                    hashes: history.known_hashes(),
+                },
                 Some(prog),
             )
             .await
@@ -386,10 +432,17 @@ impl Pipeline {
                 source,
             })?;
         timings.check_ms = t.elapsed().as_millis() as u64;
+        let n_images = outcome.recoveries.len();
         timings.images_per_sec = if timings.check_ms > 0 {
             n_images as f64 * 1000.0 / timings.check_ms as f64
         } else {
             0.0
+        };
+        let points = if outcome.interrupted {
+            self.cut_short = true;
+            checked_points(points, &outcome.recoveries)
+        } else {
+            points
         };
 
         // Judge.
@@ -528,7 +581,7 @@ impl Pipeline {
         history: &History,
     ) -> WorkloadReport {
         let _ = records;
-        let owners = extent_owners(workload, results);
+        let owners = promise::extent_owners(&workload.ops, results, FSDAX_DATA_OFFSET);
         let mut verdicts: BTreeMap<Verdict, u64> = BTreeMap::new();
         let mut findings: Vec<Finding> = Vec::new();
         let mut omitted = 0u64;
@@ -538,22 +591,22 @@ impl Pipeline {
         for pd in points {
             let p = &pd.point;
             let mut cache: HashMap<&str, Vec<Problem>> = HashMap::new();
+            // The promises depend on the crash point only: made once per point.
+            let promised = promise::promises(
+                &workload.ops,
+                Some(results),
+                p.ops_completed as usize,
+                p.op_in_progress.map(|o| o as usize),
+            );
             let mut finding_at: HashMap<&str, usize> = HashMap::new();
             let mut pv: BTreeMap<Verdict, u64> = BTreeMap::new();
             let distinct: BTreeSet<usize> = pd.states.iter().map(|s| s.1).collect();
             for (st, img) in &pd.states {
                 let rec = &recs[*img];
                 recovered.insert(&rec.state_id);
-                let problems = cache.entry(rec.state_id.as_str()).or_insert_with(|| {
-                    oracle::judge(
-                        &workload.ops,
-                        Some(results),
-                        p.ops_completed as usize,
-                        p.op_in_progress.map(|o| o as usize),
-                        history,
-                        rec,
-                    )
-                });
+                let problems = cache
+                    .entry(rec.state_id.as_str())
+                    .or_insert_with(|| oracle::judge(&promised, history, rec));
                 let v = oracle::verdict_of(problems);
                 *pv.entry(v).or_default() += 1;
                 if v == Verdict::Ok {
@@ -703,6 +756,28 @@ impl Pipeline {
     }
 }
 
+/// After an interrupt: the crash points all of whose states' images were recovered,
+/// their image indices renumbered to index `recovered` (the recoveries made, in image
+/// order). Points with a state left unchecked are dropped whole, so every point in the
+/// report was judged completely.
+fn checked_points(points: Vec<PointData>, recovered: &[Recovery]) -> Vec<PointData> {
+    let renumber: HashMap<usize, usize> = recovered
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.index, i))
+        .collect();
+    points
+        .into_iter()
+        .filter_map(|mut pd| {
+            pd.states = std::mem::take(&mut pd.states)
+                .into_iter()
+                .map(|(st, img)| renumber.get(&img).map(|&i| (st, i)))
+                .collect::<Option<Vec<_>>>()?;
+            Some(pd)
+        })
+        .collect()
+}
+
 /// Run workloads in one go: the library entry point.
 pub async fn run(
     assets: Assets,
@@ -770,33 +845,6 @@ fn point_ref(p: &CrashPoint, w: &Workload) -> PointRef {
     }
 }
 
-/// PM ranges of files, from the extents fmetadatasync reported: (range, path, file
-/// offset of the range's start).
-fn extent_owners(w: &Workload, results: &[OpResult]) -> Vec<(Range<u64>, String, u64)> {
-    let mut fd_paths: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut out = Vec::new();
-    for (i, op) in w.ops.iter().enumerate() {
-        match op {
-            Op::Open { path, fd, .. } => {
-                fd_paths.insert(fd, path);
-            }
-            Op::Fmetadatasync { fd } => {
-                if let Some(OpDetail::Extents { extents }) =
-                    results.iter().find(|r| r.index == i).map(|r| &r.detail)
-                {
-                    let path = fd_paths.get(fd.as_str()).copied().unwrap_or("?");
-                    for e in extents {
-                        let s = e.physical + FSDAX_DATA_OFFSET;
-                        out.push((s..s + e.len, path.to_owned(), e.logical));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 fn dropped(
     lines: &[LineInfo],
     st: &CrashState,
@@ -842,25 +890,12 @@ fn dropped(
 }
 
 /// A workload's `[expect]` for `fs`: the verdict classes (sorted), `ok_after_op` and
-/// `lost_after_op`. Keys in `[expect.FS]` override the same keys in `[expect]`.
-///
-/// ```toml
-/// [expect]
-/// verdicts = ["ok", "unsafe-flush-only"]
-/// lost_after_op = 5
-/// [expect.xfs]
-/// verdicts = ["ok"]
-/// ```
+/// `lost_after_op` (see [`crash_models::ops::Expect`]).
 pub fn expected(w: &Workload, fs: FsKind) -> Option<(Vec<Verdict>, Option<usize>, Option<usize>)> {
-    let e = w.expect.as_ref()?;
-    let get = |k: &str| e.get(fs.name()).and_then(|x| x.get(k)).or_else(|| e.get(k));
-    let list = get("verdicts")?.as_array()?;
-    let mut v: Vec<Verdict> = list
-        .iter()
-        .filter_map(|x| x.as_str()?.parse().ok())
-        .collect();
-    v.sort();
-    v.dedup();
-    let num = |k: &str| get(k).and_then(|x| x.as_u64()).map(|n| n as usize);
-    Some((v, num("ok_after_op"), num("lost_after_op")))
+    let e = w.expect.as_ref()?.for_fs(fs)?;
+    Some((
+        e.verdicts.unwrap_or_default(),
+        e.ok_after_op,
+        e.lost_after_op,
+    ))
 }

@@ -273,6 +273,10 @@ pub struct Report {
     pub workloads: Vec<WorkloadReport>,
     /// Totals.
     pub totals: Totals,
+    /// The run was interrupted (Ctrl-C): the report holds the workloads finished and,
+    /// of the one interrupted, the crash points whose states were all checked; later
+    /// workloads are missing.
+    pub incomplete: bool,
 }
 
 impl Report {
@@ -302,7 +306,18 @@ impl Report {
             fail_on: fail_on.iter().copied().collect(),
             workloads,
             totals,
+            incomplete: false,
         }
+    }
+
+    /// The line that says a report is incomplete, `None` for a complete one.
+    pub fn incomplete_line(&self) -> Option<String> {
+        self.incomplete.then(|| {
+            format!(
+                "INCOMPLETE: interrupted; these verdicts cover only the {} crash state(s) of {} workload(s) checked before the interrupt",
+                self.totals.states, self.totals.workloads
+            )
+        })
     }
 
     /// True when some workload fails: exit code 1.
@@ -487,6 +502,9 @@ impl Report {
             counts(&tt.verdicts),
             tt.failing_workloads
         );
+        if let Some(l) = self.incomplete_line() {
+            let _ = writeln!(s, "{l}");
+        }
         s
     }
 
@@ -511,6 +529,9 @@ impl Report {
                     .as_ref()
                     .map_or("-", |e| if e.met { "met" } else { "NOT MET" })
             );
+        }
+        if let Some(l) = self.incomplete_line() {
+            let _ = writeln!(s, "{l}");
         }
         s
     }
@@ -542,6 +563,7 @@ impl Report {
             ("states", self.config.states.clone()),
             ("seed", self.config.seed.to_string()),
             ("kernel", self.config.kernel.clone()),
+            ("incomplete", self.incomplete.to_string()),
         ] {
             let _ = writeln!(s, "      <property name=\"{k}\" value=\"{}\"/>", xml(&v));
         }

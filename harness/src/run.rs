@@ -66,7 +66,7 @@ impl RunReport {
 
 /// Run `workload` on a fresh image at `image`: restore a guest, mount, run, unmount,
 /// power off. The image is left at `image` for inspection.
-pub async fn run_workload(
+pub async fn run_ops(
     factory: &GuestFactory,
     workload: &Workload,
     name: &str,
@@ -115,7 +115,7 @@ pub async fn mount_run_teardown(
     factory.mount(&mut vm).await?;
     timings.mount_ms = t.elapsed().as_millis() as u64;
     let t = Instant::now();
-    let results = run_ops(&mut vm, ops, markers, factory.timeouts.request).await?;
+    let results = run_mounted(&mut vm, ops, markers, factory.timeouts.request).await?;
     timings.ops_ms = t.elapsed().as_millis() as u64;
     let t = Instant::now();
     vm.request(&HostMsg::Unmount, factory.timeouts.request)
@@ -128,7 +128,7 @@ pub async fn mount_run_teardown(
 /// Run `ops` on a guest's mounted file system (with tracer markers when asked) and
 /// return every op's result, in op order; an agent that reports fewer ops, or others,
 /// is an error.
-pub async fn run_ops(
+pub async fn run_mounted(
     vm: &mut Vm,
     ops: &[Op],
     markers: bool,

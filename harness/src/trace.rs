@@ -3,32 +3,76 @@
 //! The tracer plugin ([`TRACER_PLUGIN`]) writes the trace; these functions read it
 //! back. [`show`] groups the records by the agent's op markers; [`replay_onto`] applies
 //! every store to a base image, which must reproduce the final image byte for byte
-//! (the tracer's acceptance test); [`check_markers`] checks the marker discipline.
+//! (the tracer's acceptance test); [`marker_problems`] checks the marker discipline.
 
-use anyhow::{Context, Result};
+use crate::cache::FileError;
+use crate::guest::GuestError;
+use crate::image::ImageError;
 use crash_models::trace::{
     decode, Footer, Header, MarkerKind, Privilege, Record, Trace, TraceError,
 };
 use serde::Serialize;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The tracer plugin, built by `harness/build.rs` next to the guest agent.
 pub const TRACER_PLUGIN: &str = concat!(env!("OUT_DIR"), "/libpmcrash_tracer.so");
 
-/// Read and fully check a trace file. A corrupt or truncated file is a
-/// [`TraceError`] (reachable with `downcast_ref`) naming the byte offset.
-pub fn read(path: &Path) -> Result<Trace> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    decode(&bytes)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("reading trace {}", path.display()))
+/// Why reading or making a trace failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TracingError {
+    /// The trace file could not be read.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The trace file is corrupt or truncated; the source names the byte offset.
+    #[error("reading trace {}: {source}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        #[source]
+        source: TraceError,
+    },
+    /// The traced guest failed.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    /// The run image could not be made or copied.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A file could not be written or published.
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+impl TracingError {
+    /// True when the trace itself is corrupt or truncated.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, TracingError::Corrupt { .. })
+    }
+}
+
+/// Read and fully check a trace file. A corrupt or truncated file is
+/// [`TracingError::Corrupt`], naming the byte offset.
+pub fn read(path: &Path) -> Result<Trace, TracingError> {
+    let bytes = std::fs::read(path).map_err(|source| TracingError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode(&bytes).map_err(|source| TracingError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// True when `err` comes from a corrupt or truncated trace (the CLI exits 2 for it).
-pub fn is_corrupt(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|e| e.downcast_ref::<TraceError>().is_some())
+pub fn is_corrupt(err: &TracingError) -> bool {
+    err.is_corrupt()
 }
 
 /// Counts for one op (or for everything outside any op).
@@ -93,12 +137,12 @@ pub struct TraceSummary {
     pub ops: Vec<OpCounts>,
     /// Everything outside the ops (boot, mount, unmount...).
     pub outside: OpCounts,
-    /// Marker-discipline problems ([`check_markers`]); empty for a good trace.
+    /// Marker-discipline problems ([`marker_problems`]); empty for a good trace.
     pub problems: Vec<String>,
 }
 
 /// Summarise a trace file.
-pub fn show(path: &Path) -> Result<TraceSummary> {
+pub fn show(path: &Path) -> Result<TraceSummary, TracingError> {
     Ok(summarise(&read(path)?))
 }
 
@@ -139,13 +183,13 @@ pub fn summarise(t: &Trace) -> TraceSummary {
         footer: t.footer,
         ops,
         outside,
-        problems: check_markers(&t.records),
+        problems: marker_problems(&t.records),
     }
 }
 
 /// Check the marker discipline: one run, each op's begin and end exactly once, in
 /// index order, begin before end, nothing nested. Returns the problems found.
-pub fn check_markers(records: &[Record]) -> Vec<String> {
+pub fn marker_problems(records: &[Record]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut open: Option<u32> = None;
     let mut next = 0u32;
@@ -364,7 +408,12 @@ mod tests {
             marker(MarkerKind::OpEnd, 0),
             marker(MarkerKind::OpBegin, 1),
         ];
-        assert_eq!(check_markers(&bad).len(), 4, "{:?}", check_markers(&bad));
+        assert_eq!(
+            marker_problems(&bad).len(),
+            4,
+            "{:?}",
+            marker_problems(&bad)
+        );
     }
 
     #[test]
@@ -385,6 +434,9 @@ mod tests {
 pub struct TracedRun {
     /// The trace file.
     pub trace: std::path::PathBuf,
+    /// The trace, decoded and checked once (callers need not read the file again).
+    #[serde(skip)]
+    pub decoded: Trace,
     /// The PM image as it was before the first op (a copy).
     pub base_image: std::path::PathBuf,
     /// The PM image after the last op and the unmount.
@@ -404,7 +456,7 @@ pub async fn trace_workload(
     workload: &crash_models::ops::Workload,
     out_dir: &Path,
     stem: &str,
-) -> Result<TracedRun> {
+) -> Result<TracedRun, TracingError> {
     use std::time::Instant;
     let t0 = Instant::now();
     let mut timings = crate::run::StageTimings::default();
@@ -414,11 +466,14 @@ pub async fn trace_workload(
     let partial = out_dir.join(format!(".{stem}.pmtrace.partial"));
     factory.make_image(&final_image).await?;
     {
-        let base = std::fs::File::create(&base_image)
-            .with_context(|| format!("create {}", base_image.display()))?;
-        base.set_len(factory.pm_size)?;
+        let io = |what: &'static str| {
+            let path = base_image.clone();
+            move |source| FileError { what, path, source }
+        };
+        let base = std::fs::File::create(&base_image).map_err(io("create"))?;
+        base.set_len(factory.pm_size).map_err(io("size"))?;
         crate::image::copy_sparse(&final_image, 0, &base, 0)?;
-        base.sync_all()?;
+        base.sync_all().map_err(io("fsync"))?;
     }
     timings.image_ms = t0.elapsed().as_millis() as u64;
     let hash: String = workload.hash().iter().map(|b| format!("{b:02x}")).collect();
@@ -441,13 +496,12 @@ pub async fn trace_workload(
     timings.guest_ready_ms = t.elapsed().as_millis() as u64;
     let results =
         crate::run::mount_run_teardown(factory, vm, &workload.ops, true, &mut timings).await?;
-    read(&partial).context("the tracer's output")?;
-    std::fs::File::open(&partial)?.sync_all()?;
-    std::fs::rename(&partial, &trace_path)
-        .with_context(|| format!("rename to {}", trace_path.display()))?;
+    let decoded = read(&partial)?;
+    crate::cache::publish(&partial, &trace_path)?;
     timings.total_ms = t0.elapsed().as_millis() as u64;
     Ok(TracedRun {
         trace: trace_path,
+        decoded,
         base_image,
         final_image,
         results,

@@ -108,6 +108,20 @@ fn running(pid: u32) -> bool {
     }
 }
 
+/// Every QEMU in `qemus` has ended (waiting a bounded number of polls for the kernel
+/// to reap them).
+fn assert_all_ended(qemus: &[u32]) {
+    for _ in 0..2_000 {
+        if qemus.iter().all(|p| !running(*p)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for p in qemus {
+        assert!(!running(*p), "QEMU {p} still runs after Ctrl-C");
+    }
+}
+
 /// Ctrl-C while a guest runs ends that guest's QEMU too.
 #[test]
 fn ctrl_c_ends_every_qemu() {
@@ -149,15 +163,86 @@ fn ctrl_c_ends_every_qemu() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for _ in 0..2_000 {
-        if qemus.iter().all(|p| !running(*p)) {
+    assert_all_ended(&qemus);
+}
+
+/// Ctrl-C while crash states are being checked: the run stops taking new images, writes
+/// the report of what it checked (marked incomplete) and exits 130, leaving no QEMU.
+#[test]
+fn ctrl_c_during_checking_writes_the_partial_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // A short workload that finishes, then one with thousands of crash states at fence
+    // points: the interrupt comes once the second one's trace is written, so the first
+    // is checked whole and the second is being enumerated or checked.
+    let first = dir.path().join("a-first.toml");
+    std::fs::write(
+        &first,
+        "[[ops]]\nop = \"open\"\npath = \"f\"\nfd = \"f\"\ncreate = true\n\n[[ops]]\nop = \"pwrite\"\nfd = \"f\"\noffset = 0\ndata = { fill = 1, len = 4096 }\n\n[[ops]]\nop = \"fsync\"\nfd = \"f\"\n",
+    )
+    .unwrap();
+    let second = dir.path().join("b-second.toml");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../corpora/lsfmm2016/03-shared-flush-then-fsync.toml"
+        ),
+        &second,
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let mut child = pmcrash()
+        .args(["run", "--json", "--points", "fence", "--out"])
+        .arg(&out)
+        .arg("--junit")
+        .arg(&junit)
+        .arg(&first)
+        .arg(&second)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let me = child.id();
+    // Wait (bounded by iterations, not time) for the second workload's trace.
+    let trace = out.join("b-second.pmtrace");
+    for _ in 0..120_000 {
+        if trace.exists() || child.try_wait().unwrap().is_some() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    for p in qemus {
-        assert!(!running(p), "QEMU {p} still runs after Ctrl-C");
-    }
+    assert!(
+        trace.exists(),
+        "the second workload was never traced: {:?}",
+        child.wait_with_output()
+    );
+    let qemus = children_named(me, "qemu-system");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(me as i32, libc::SIGINT) };
+    let res = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&res.stdout)
+        .unwrap_or_else(|e| panic!("the partial report is not JSON ({e}): {stderr}"));
+    assert_eq!(report["incomplete"], true, "{report}");
+    let states = report["totals"]["states"].as_u64().unwrap();
+    assert!(states > 0, "no crash state counted: {report}");
+    let workloads = report["workloads"].as_array().unwrap();
+    assert!(!workloads.is_empty() && workloads.len() <= 2, "{report}");
+    assert!(
+        workloads[0]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("a-first.toml"),
+        "{report}"
+    );
+    assert!(workloads[0]["stats"]["states"].as_u64().unwrap() > 0);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<property name=\"incomplete\" value=\"true\"/>"),
+        "{xml}"
+    );
+    assert_all_ended(&qemus);
 }
 
 #[test]

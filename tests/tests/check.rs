@@ -2,11 +2,13 @@
 //! the oracle judges what they left.
 
 use crash_models::delta::CrashImage;
+use crash_models::history::History;
 use crash_models::ops::{FsKind, Workload};
+use crash_models::promise::promises;
 use crash_models::protocol::OpResult;
-use pmcrash::check::{image_from_writes, Checker, CheckerOptions, Progress, Recovery};
+use pmcrash::checker::{Checker, CheckerOptions, KnownBlocks, Progress, Recovery};
 use pmcrash::image::FSDAX_DATA_OFFSET;
-use pmcrash::oracle::{judge, verdict_of, History, Verdict};
+use pmcrash::oracle::{judge, verdict_of, Verdict};
 use pmcrash_e2e::{factory, rt};
 use std::path::Path;
 use std::sync::Arc;
@@ -51,7 +53,7 @@ fn base(rt: &tokio::runtime::Runtime) -> Base {
     let image = dir.path().join("base.img");
     let workload = Workload::parse(BASE, "base.toml").unwrap();
     let report = rt
-        .block_on(pmcrash::run::run_workload(
+        .block_on(pmcrash::run::run_ops(
             &factory(FsKind::Ext4),
             &workload,
             "base.toml",
@@ -86,16 +88,15 @@ fn debugfs_block(image: &Path, request: &str) -> u64 {
 
 fn judge_all(b: &Base, recs: &[Recovery]) -> Vec<(Verdict, Vec<String>)> {
     let history = History::new(&b.workload.ops, Some(&b.results));
+    let promised = promises(
+        &b.workload.ops,
+        Some(&b.results),
+        b.workload.ops.len(),
+        None,
+    );
     recs.iter()
         .map(|r| {
-            let p = judge(
-                &b.workload.ops,
-                Some(&b.results),
-                b.workload.ops.len(),
-                None,
-                &history,
-                r,
-            );
+            let p = judge(&promised, &history, r);
             (verdict_of(&p), p.into_iter().map(|p| p.message).collect())
         })
         .collect()
@@ -119,10 +120,12 @@ fn check(
         .unwrap();
         let p = progress(&checker);
         let out = checker
-            .check_all(
+            .recover_all(
                 &b.image,
                 images.into_iter().map(Arc::new).collect(),
-                history.known_blocks(),
+                KnownBlocks {
+                    hashes: history.known_hashes(),
+                },
                 p,
             )
             .await
@@ -143,13 +146,13 @@ fn corrupt_images_are_fs_corruption_and_foreign_bytes_are_stale_data() {
     let a = crash_models::ops::seeded_bytes(1, 8192);
     let images = vec![
         // The base itself: everything the ops promised is there.
-        image_from_writes(&[]),
+        from_writes(&[]),
         // The primary superblock zeroed: the mount must fail.
-        image_from_writes(&[(FSDAX_DATA_OFFSET + 1024, vec![0; 1024])]),
+        from_writes(&[(FSDAX_DATA_OFFSET + 1024, vec![0; 1024])]),
         // The inode table block holding a's inode (and the root's) zeroed.
-        image_from_writes(&[(dev(a_inode_block), vec![0; 4096])]),
+        from_writes(&[(dev(a_inode_block), vec![0; 4096])]),
         // b's only block holds a's second block: stale data from another file.
-        image_from_writes(&[(dev(b_data_block), a[4096..].to_vec())]),
+        from_writes(&[(dev(b_data_block), a[4096..].to_vec())]),
     ];
     let (recs, _) = check(&rt, &b, images, |_| None);
     let v = judge_all(&b, &recs);
@@ -185,7 +188,10 @@ fn corrupt_images_are_fs_corruption_and_foreign_bytes_are_stale_data() {
         recs[2].fsck.as_ref().unwrap().problems
             || !recs[2].console.is_empty()
             || recs[2].dump_error.is_some()
-            || !matches!(recs[2].mount, pmcrash::check::MountOutcome::Mounted { .. })
+            || !matches!(
+                recs[2].mount,
+                pmcrash::checker::MountOutcome::Mounted { .. }
+            )
     );
 }
 
@@ -193,11 +199,8 @@ fn corrupt_images_are_fs_corruption_and_foreign_bytes_are_stale_data() {
 fn a_checker_guest_killed_mid_check_is_restarted_and_the_run_completes() {
     let rt = rt();
     let b = base(&rt);
-    let mut images: Vec<CrashImage> = (0..7).map(|_| image_from_writes(&[])).collect();
-    images.push(image_from_writes(&[(
-        FSDAX_DATA_OFFSET + 1024,
-        vec![0; 1024],
-    )]));
+    let mut images: Vec<CrashImage> = (0..7).map(|_| from_writes(&[])).collect();
+    images.push(from_writes(&[(FSDAX_DATA_OFFSET + 1024, vec![0; 1024])]));
     let killed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let k = killed.clone();
     let (recs, restarts) = check(&rt, &b, images, move |checker| {
@@ -230,4 +233,9 @@ fn a_checker_guest_killed_mid_check_is_restarted_and_the_run_completes() {
         0,
         "a checker guest outlived the checker"
     );
+}
+
+/// A hand-made image (64-byte lines, as the guests' model).
+fn from_writes(writes: &[(u64, Vec<u8>)]) -> CrashImage {
+    CrashImage::from_writes(writes, crash_models::model::ModelConfig::default())
 }

@@ -41,12 +41,7 @@ fn data_reaches_pm(fs: FsKind) {
     let f = factory(fs);
     let image = dir.path().join("run.img");
     let report = rt
-        .block_on(pmcrash::run::run_workload(
-            &f,
-            &workload,
-            "basic.toml",
-            &image,
-        ))
+        .block_on(pmcrash::run::run_ops(&f, &workload, "basic.toml", &image))
         .expect("run the smoke workload");
     for op in &report.ops {
         assert!(
@@ -115,7 +110,7 @@ fn restored_guest_mounts_the_new_image() {
     let used = dir.path().join("used.img");
     let src = "[[ops]]\nop = \"open\"\npath = \"only-in-used\"\nfd = \"a\"\ncreate = true\n\n[[ops]]\nop = \"write\"\nfd = \"a\"\ndata = \"from the first image\"\n\n[[ops]]\nop = \"fsync\"\nfd = \"a\"\n";
     let w = Workload::parse(src, "used.toml").unwrap();
-    rt.block_on(pmcrash::run::run_workload(&f, &w, "used.toml", &used))
+    rt.block_on(pmcrash::run::run_ops(&f, &w, "used.toml", &used))
         .expect("run");
     let fresh = dir.path().join("fresh.img");
     rt.block_on(f.make_image(&fresh)).expect("make image");

@@ -4,7 +4,7 @@
 use crash_models::ops::{FsKind, Workload};
 use crash_models::protocol::{AgentMsg, HostMsg, OpDetail, OpResult};
 use crash_models::trace::{FenceKind, MarkerKind, Privilege, Record, Trace};
-use pmcrash::trace::{check_markers, first_difference, replay_onto, TRACER_PLUGIN};
+use pmcrash::trace::{first_difference, marker_problems, replay_onto, TRACER_PLUGIN};
 use pmcrash::vm::{PluginSpec, PM_GUEST_PHYS_BASE};
 use pmcrash_e2e::{factory, rt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -182,7 +182,7 @@ fn check_run(fs: FsKind, smp: u32) -> Traced {
     let tr = &t.trace;
     assert_eq!(tr.footer.unresolved_flushes, 0, "{fs}: unresolved flushes");
     assert_eq!(
-        check_markers(&tr.records),
+        marker_problems(&tr.records),
         Vec::<String>::new(),
         "{fs}: markers"
     );

@@ -2,13 +2,14 @@
 //! Read-only: it runs probes (QEMU's `--version`, module resolution) but writes nothing.
 
 use super::host_tools::{self, QemuStatus};
+use super::kernel::{pin_path, DebMeta, KernelPin, KernelSource};
 use super::*;
 use std::fmt;
 
 /// The state of one requirement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum CheckStatus {
+pub enum ProbeStatus {
     /// Present and usable.
     Present,
     /// Missing or unusable: `pmcrash` will not run (or `setup` must run first).
@@ -19,11 +20,11 @@ pub enum CheckStatus {
 
 /// One requirement and its state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Check {
-    /// What is checked, e.g. `qemu`, `initramfs (ext4)`.
+pub struct Probe {
+    /// What is probed, e.g. `qemu`, `initramfs (ext4)`.
     pub name: String,
     /// Its state.
-    pub status: CheckStatus,
+    pub status: ProbeStatus,
     /// What was found (a version, a path, a module order) or what is wrong.
     pub detail: String,
     /// The command that fixes it, when it is missing.
@@ -38,7 +39,7 @@ pub struct DoctorReport {
     /// The cache directory examined.
     pub cache_dir: PathBuf,
     /// Each requirement, in a fixed order.
-    pub checks: Vec<Check>,
+    pub probes: Vec<Probe>,
 }
 
 impl DoctorReport {
@@ -50,12 +51,12 @@ impl DoctorReport {
 
 impl fmt::Display for DoctorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
-        for c in &self.checks {
+        let width = self.probes.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        for c in &self.probes {
             let mark = match c.status {
-                CheckStatus::Present => "ok  ",
-                CheckStatus::Missing => "MISS",
-                CheckStatus::Info => "info",
+                ProbeStatus::Present => "ok  ",
+                ProbeStatus::Missing => "MISS",
+                ProbeStatus::Info => "info",
             };
             writeln!(f, "[{mark}] {:width$}  {}", c.name, c.detail)?;
             if let Some(fix) = &c.fix {
@@ -76,13 +77,13 @@ impl fmt::Display for DoctorReport {
     }
 }
 
-fn check(
+fn probe(
     name: impl Into<String>,
-    status: CheckStatus,
+    status: ProbeStatus,
     detail: impl Into<String>,
     fix: Option<String>,
-) -> Check {
-    Check {
+) -> Probe {
+    Probe {
         name: name.into(),
         status,
         detail: detail.into(),
@@ -91,15 +92,15 @@ fn check(
 }
 
 /// The kernel the options select, found without downloading or building anything.
-fn find_kernel(opts: &SetupOptions, checks: &mut Vec<Check>) -> Option<KernelSource> {
+fn find_kernel(opts: &SetupOptions, probes: &mut Vec<Probe>) -> Option<KernelSource> {
     let setup = Some("pmcrash setup".to_string());
     if let Some(image) = &opts.kernel {
         let (image, modules) = (image.clone(), opts.modules.clone());
         let stamp = FileStamp::of(&image);
         let Some(stamp) = stamp else {
-            checks.push(check(
+            probes.push(probe(
                 "kernel",
-                CheckStatus::Missing,
+                ProbeStatus::Missing,
                 format!("{} not found", image.display()),
                 None,
             ));
@@ -108,9 +109,9 @@ fn find_kernel(opts: &SetupOptions, checks: &mut Vec<Check>) -> Option<KernelSou
         let canon = std::fs::canonicalize(&image).unwrap_or(image.clone());
         let key_text = format!("{}:{}:{}", canon.display(), stamp.size, stamp.mtime_ns);
         let key = blake3::hash(key_text.as_bytes()).to_hex().to_string();
-        checks.push(check(
+        probes.push(probe(
             "kernel",
-            CheckStatus::Present,
+            ProbeStatus::Present,
             format!("{} (your own)", image.display()),
             None,
         ));
@@ -123,9 +124,9 @@ fn find_kernel(opts: &SetupOptions, checks: &mut Vec<Check>) -> Option<KernelSou
         )
         .filter(|r| r.image.is_file());
         let Some(mut record) = record else {
-            checks.push(check(
+            probes.push(probe(
                 "kernel image",
-                CheckStatus::Missing,
+                ProbeStatus::Missing,
                 "not prepared yet",
                 setup,
             ));
@@ -158,22 +159,22 @@ fn find_kernel(opts: &SetupOptions, checks: &mut Vec<Check>) -> Option<KernelSou
     let deb = pin
         .as_ref()
         .and_then(|p| p.deb.clone())
-        .filter(|d| opts.cache_dir.join("debs").join(d).is_file());
+        .filter(|d| crate::cache::debs_dir(&opts.cache_dir).join(d).is_file());
     let Some(deb_name) = deb else {
         let detail = match &pin {
             Some(p) => format!("{} pinned but not downloaded", p.package),
             None => "no linux-image-6.12.*-amd64-unsigned downloaded yet".to_string(),
         };
-        checks.push(check("kernel package", CheckStatus::Missing, detail, setup));
+        probes.push(probe("kernel package", ProbeStatus::Missing, detail, setup));
         return None;
     };
-    checks.push(check(
+    probes.push(probe(
         "kernel package",
-        CheckStatus::Present,
+        ProbeStatus::Present,
         deb_name.clone(),
         None,
     ));
-    let deb = opts.cache_dir.join("debs").join(&deb_name);
+    let deb = crate::cache::debs_dir(&opts.cache_dir).join(&deb_name);
     let stamp = FileStamp::of(&deb)?;
     let hash = match read_json::<DebMeta>(&PathBuf::from(format!("{}.json", deb.display()))) {
         Some(m) if m.stamp == stamp => m.blake3,
@@ -192,9 +193,9 @@ fn find_kernel(opts: &SetupOptions, checks: &mut Vec<Check>) -> Option<KernelSou
     )
     .filter(|r| r.image.is_file());
     let Some(record) = record else {
-        checks.push(check(
+        probes.push(probe(
             "kernel image",
-            CheckStatus::Missing,
+            ProbeStatus::Missing,
             "package not unpacked yet",
             setup,
         ));
@@ -208,9 +209,9 @@ fn find_kernel(opts: &SetupOptions, checks: &mut Vec<Check>) -> Option<KernelSou
     })
 }
 
-/// Runs every check.
+/// Runs every probe.
 pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
-    let mut checks = Vec::new();
+    let mut probes = Vec::new();
     let facts = host_tools::host_facts();
     let qemu_fix = {
         let mut qemu_only = facts.clone();
@@ -224,27 +225,27 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
         })
     };
     match &facts.qemu {
-        QemuStatus::Ok { path, version } => checks.push(check(
+        QemuStatus::Ok { path, version } => probes.push(probe(
             "qemu",
-            CheckStatus::Present,
+            ProbeStatus::Present,
             format!("{version} with TCG plugin support ({})", path.display()),
             None,
         )),
-        QemuStatus::Missing => checks.push(check(
+        QemuStatus::Missing => probes.push(probe(
             "qemu",
-            CheckStatus::Missing,
+            ProbeStatus::Missing,
             "qemu-system-x86_64 not found",
             qemu_fix,
         )),
-        QemuStatus::TooOld { version, .. } => checks.push(check(
+        QemuStatus::TooOld { version, .. } => probes.push(probe(
             "qemu",
-            CheckStatus::Missing,
+            ProbeStatus::Missing,
             format!("{version} is too old (need >= 10.0)"),
             qemu_fix,
         )),
-        QemuStatus::NoPlugins { version, .. } => checks.push(check(
+        QemuStatus::NoPlugins { version, .. } => probes.push(probe(
             "qemu",
-            CheckStatus::Missing,
+            ProbeStatus::Missing,
             format!("{version} lacks TCG plugin support (-plugin)"),
             qemu_fix,
         )),
@@ -261,24 +262,24 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
             .filter(|t| facts.missing_tools.iter().any(|m| m == t))
             .collect();
         if missing.is_empty() {
-            checks.push(check(pkg, CheckStatus::Present, tools.join(", "), None));
+            probes.push(probe(pkg, ProbeStatus::Present, tools.join(", "), None));
         } else {
             let fix = if pkg == "apt" {
                 "not a Debian-like system: install the tools by hand, and pass --kernel".to_string()
             } else {
                 format!("DEBIAN_FRONTEND=noninteractive apt-get install -y {pkg}")
             };
-            checks.push(check(
+            probes.push(probe(
                 pkg,
-                CheckStatus::Missing,
+                ProbeStatus::Missing,
                 format!("missing: {}", missing.join(", ")),
                 Some(fix),
             ));
         }
     }
-    checks.push(check(
+    probes.push(probe(
         "kvm",
-        CheckStatus::Info,
+        ProbeStatus::Info,
         if host_tools::kvm_available() {
             "/dev/kvm creates VMs (not verified to run one; pmcrash traces under TCG regardless)"
         } else {
@@ -288,11 +289,11 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
     ));
 
     let setup = Some("pmcrash setup".to_string());
-    if let Some(source) = find_kernel(opts, &mut checks) {
+    if let Some(source) = find_kernel(opts, &mut probes) {
         let r = &source.record;
-        checks.push(check(
+        probes.push(probe(
             "kernel image",
-            CheckStatus::Present,
+            ProbeStatus::Present,
             format!(
                 "{} {} ({})",
                 r.release,
@@ -309,13 +310,13 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
         for fs in FsKind::ALL {
             let name = format!("modules ({fs})");
             match &tree {
-                None => checks.push(check(
+                None => probes.push(probe(
                     name,
-                    CheckStatus::Info,
+                    ProbeStatus::Info,
                     "no module tree: all must be built in",
                     None,
                 )),
-                Some(Err(e)) => checks.push(check(name, CheckStatus::Missing, e.to_string(), None)),
+                Some(Err(e)) => probes.push(probe(name, ProbeStatus::Missing, e.to_string(), None)),
                 Some(Ok(t)) => match modules::resolve_tree(t, modules::roots(fs)) {
                     Ok(res) => {
                         let mut detail = res
@@ -327,28 +328,29 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
                         if !res.builtin.is_empty() {
                             detail.push_str(&format!("; built in: {}", res.builtin.join(", ")));
                         }
-                        checks.push(check(name, CheckStatus::Present, detail, None));
+                        probes.push(probe(name, ProbeStatus::Present, detail, None));
                     }
-                    Err(e) => checks.push(check(name, CheckStatus::Missing, e.to_string(), None)),
+                    Err(e) => probes.push(probe(name, ProbeStatus::Missing, e.to_string(), None)),
                 },
             }
         }
-        let state: State = read_json(&opts.cache_dir.join("state.json")).unwrap_or_default();
+        let state: State =
+            read_json(&crate::cache::setup_state_path(&opts.cache_dir)).unwrap_or_default();
         let entry = state.entries.get(&state_key(&source.descriptor));
         for fs in FsKind::ALL {
             let path = entry
                 .and_then(|e| e.initramfs.get(&fs))
                 .filter(|p| p.is_file());
             match path {
-                Some(p) => checks.push(check(
+                Some(p) => probes.push(probe(
                     format!("initramfs ({fs})"),
-                    CheckStatus::Present,
+                    ProbeStatus::Present,
                     p.display().to_string(),
                     None,
                 )),
-                None => checks.push(check(
+                None => probes.push(probe(
                     format!("initramfs ({fs})"),
-                    CheckStatus::Missing,
+                    ProbeStatus::Missing,
                     "not built for this agent and kernel",
                     setup.clone(),
                 )),
@@ -356,18 +358,18 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
         }
     } else {
         for fs in FsKind::ALL {
-            checks.push(check(
+            probes.push(probe(
                 format!("initramfs ({fs})"),
-                CheckStatus::Missing,
+                ProbeStatus::Missing,
                 "needs the kernel first",
                 setup.clone(),
             ));
         }
     }
     DoctorReport {
-        ok: checks.iter().all(|c| c.status != CheckStatus::Missing),
+        ok: probes.iter().all(|c| c.status != ProbeStatus::Missing),
         cache_dir: opts.cache_dir.clone(),
-        checks,
+        probes,
     }
 }
 
@@ -380,11 +382,11 @@ mod tests {
         let r = DoctorReport {
             ok: false,
             cache_dir: "/c".into(),
-            checks: vec![
-                check("qemu", CheckStatus::Present, "10.0.2", None),
-                check(
+            probes: vec![
+                probe("qemu", ProbeStatus::Present, "10.0.2", None),
+                probe(
                     "xfsprogs",
-                    CheckStatus::Missing,
+                    ProbeStatus::Missing,
                     "missing: mkfs.xfs",
                     Some("apt-get install -y xfsprogs".into()),
                 ),
@@ -394,7 +396,7 @@ mod tests {
         assert!(text.contains("[MISS] xfsprogs"), "{text}");
         assert!(text.contains("fix: apt-get install -y xfsprogs"), "{text}");
         let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["checks"][1]["status"], "missing");
+        assert_eq!(json["probes"][1]["status"], "missing");
         assert_eq!(json["ok"], false);
     }
 
@@ -407,11 +409,11 @@ mod tests {
         });
         assert!(!r.ok);
         let k = r
-            .checks
+            .probes
             .iter()
             .find(|c| c.name == "kernel package")
             .unwrap();
-        assert_eq!(k.status, CheckStatus::Missing);
+        assert_eq!(k.status, ProbeStatus::Missing);
         assert_eq!(k.fix.as_deref(), Some("pmcrash setup"));
     }
 }

@@ -191,8 +191,7 @@ pub fn host_facts() -> HostFacts {
         os_id,
         codename,
         backports_configured: backports_configured(),
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        root: unsafe { libc::geteuid() } == 0,
+        root: crate::sys::is_root(),
     }
 }
 
@@ -336,7 +335,7 @@ pub fn apply_plan(steps: &[Step], mut progress: impl FnMut(&str)) -> Result<(), 
         progress(&step.to_string());
         match step {
             Step::WriteFile { path, content } => {
-                super::atomic_write(path, content.as_bytes())?;
+                crate::cache::write_atomic(path, content.as_bytes())?;
             }
             Step::Run { argv } => {
                 let mut cmd = Command::new(&argv[0]);
@@ -354,29 +353,11 @@ pub fn apply_plan(steps: &[Step], mut progress: impl FnMut(&str)) -> Result<(), 
 /// Opening /dev/kvm is not enough: without nested virtualisation the device exists but
 /// creating a VM fails, so this asks for the API version and creates (and drops) a VM.
 pub fn kvm_available() -> bool {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
-    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
-    let Ok(dev) = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-    else {
-        return false;
-    };
-    // SAFETY: plain ioctls on a descriptor we own; neither takes a pointer argument.
-    let api = unsafe { libc::ioctl(dev.as_raw_fd(), KVM_GET_API_VERSION, 0) };
-    if api != 12 {
-        return false;
-    }
-    // SAFETY: as above; the returned descriptor, if any, is closed by OwnedFd.
-    let vm = unsafe { libc::ioctl(dev.as_raw_fd(), KVM_CREATE_VM, 0) };
-    if vm < 0 {
-        return false;
-    }
-    // SAFETY: `vm` is a fresh descriptor returned by the kernel and owned by nobody else.
-    drop(unsafe { OwnedFd::from_raw_fd(vm) });
-    true
+        .is_ok_and(|dev| crate::sys::kvm_can_create_vm(&dev))
 }
 
 #[cfg(test)]

@@ -10,22 +10,8 @@
 //! # The cache
 //!
 //! Everything lives under [`SetupOptions::cache_dir`], content-addressed, written
-//! atomically (temporary file in the same directory, fsync, rename), and guarded by an
-//! advisory lock (`.lock`) so concurrent `ensure` calls do not duplicate work:
-//!
-//! ```text
-//! kernel-pin.json                 the Debian kernel package in use (see "Pinning" below)
-//! debs/<package file>.deb         apt-get download output, keyed by file name
-//! debs/<package file>.deb.json    its size, mtime and blake3 (so it is hashed once)
-//! kernels/<deb hash>/tree/        dpkg-deb -x output (boot/, lib/modules/<release>/)
-//! kernels/<deb hash>/vmlinux      the uncompressed kernel with its PVH entry note
-//! kernels/<deb hash>/kernel.json  release, image to boot, image hash
-//! byo/<key>/                      the same for a bring-your-own kernel (key: path, size, mtime)
-//! initramfs/<blake3>.cpio         keyed by the hash of the archive (agent + modules + order)
-//! qemu.json                       the last QEMU probe, keyed by the binary's path/size/mtime
-//! state.json                      finished results, keyed by (agent hash, kernel), with
-//!                                 the size and mtime of every input file
-//! ```
+//! atomically and guarded by an advisory lock so concurrent `ensure` calls do not
+//! duplicate work; the layout is in [`crate::cache`].
 //!
 //! A warm `ensure` reads `state.json`, stats the recorded inputs and outputs, hashes the
 //! embedded agent (a few MB) and returns: no process is run, no module decompressed.
@@ -45,14 +31,14 @@ pub mod kernel;
 pub mod modules;
 
 pub use crash_models::ops::FsKind;
-pub use doctor::{Check, CheckStatus, DoctorReport};
+pub use doctor::{DoctorReport, Probe, ProbeStatus};
+pub use kernel::refresh_kernel;
+use kernel::{byo_kernel, debian_kernel, KernelRecord};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -188,6 +174,9 @@ pub enum SetupError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A cache file could not be written, renamed or locked.
+    #[error(transparent)]
+    File(#[from] crate::cache::FileError),
     /// A file-system error.
     #[error("{}: {source}", path.display())]
     Io {
@@ -222,99 +211,20 @@ impl SetupError {
     }
 }
 
-/// Writes a file atomically: a temporary file in the same directory, fsync, rename, and an
-/// fsync of the directory so the rename itself survives a crash.
-pub(crate) fn atomic_write(path: &Path, data: &[u8]) -> Result<(), SetupError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| SetupError::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| SetupError::io(dir, e))?;
-    tmp.write_all(data)
-        .map_err(|e| SetupError::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| SetupError::io(tmp.path(), e))?;
-    // NamedTempFile creates 0600; assets are meant to be readable (QEMU may run as another
-    // user).
-    set_mode(tmp.path(), 0o644)?;
-    tmp.persist(path)
-        .map_err(|e| SetupError::io(path, e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<(), SetupError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| SetupError::io(path, e))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
+pub(crate) use crate::cache::{read_json, FileStamp};
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SetupError> {
-    let text = serde_json::to_vec_pretty(value).expect("setup records serialize");
-    atomic_write(path, &text)
+    Ok(crate::cache::write_json(path, value)?)
 }
 
-/// A file's identity as far as cache validity goes: path, size, modification time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct FileStamp {
-    path: PathBuf,
-    size: u64,
-    mtime_ns: u128,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        let md = std::fs::metadata(path).ok()?;
-        let mtime_ns = md
-            .modified()
-            .ok()?
-            .duration_since(UNIX_EPOCH)
-            .ok()?
-            .as_nanos();
-        Some(FileStamp {
-            path: path.to_path_buf(),
-            size: md.len(),
-            mtime_ns,
-        })
-    }
-
-    fn still_valid(&self) -> bool {
-        FileStamp::of(&self.path).as_ref() == Some(self)
-    }
-}
-
-/// An exclusive advisory lock on the cache, released on drop.
-struct CacheLock(std::fs::File);
+/// The setup lock of a cache directory, released on drop.
+struct CacheLock(#[allow(dead_code)] crate::cache::Lock);
 
 impl CacheLock {
     fn take(cache: &Path) -> Result<CacheLock, SetupError> {
-        use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(cache).map_err(|e| SetupError::io(cache, e))?;
-        let path = cache.join(".lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| SetupError::io(&path, e))?;
-        // SAFETY: a valid open file descriptor; flock has no memory-safety preconditions.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(SetupError::io(&path, std::io::Error::last_os_error()));
-        }
-        Ok(CacheLock(f))
-    }
-}
-
-impl Drop for CacheLock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        Ok(CacheLock(crate::cache::Lock::take(
+            &crate::cache::setup_lock_path(cache),
+        )?))
     }
 }
 
@@ -369,7 +279,7 @@ struct QemuRecord {
 
 /// Makes sure QEMU and the tools are present, installing them if allowed; returns QEMU.
 fn ensure_host_tools(opts: &SetupOptions, ui: &Ui) -> Result<(PathBuf, String), SetupError> {
-    let record_path = opts.cache_dir.join("qemu.json");
+    let record_path = crate::cache::qemu_record_path(&opts.cache_dir);
     let tools_ok = || {
         host_tools::TOOLS
             .iter()
@@ -441,383 +351,6 @@ fn describe_problems(facts: &host_tools::HostFacts) -> String {
         lines.push(format!("{t} is not installed"));
     }
     lines.join("\n")
-}
-
-// ---------------------------------------------------------------------------------------
-// Kernel
-
-/// The pinned Debian kernel package.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct KernelPin {
-    package: String,
-    /// The downloaded file's name (`<package>_<version>_amd64.deb`), once known.
-    deb: Option<String>,
-    resolved_at_unix: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct DebMeta {
-    stamp: FileStamp,
-    blake3: String,
-}
-
-/// What an extracted or checked kernel looks like (`kernel.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct KernelRecord {
-    release: String,
-    /// The image for `-kernel`.
-    image: PathBuf,
-    /// Whether `image` is the PVH vmlinux (else the bzImage).
-    pvh: bool,
-    /// blake3 of `image`.
-    image_hash: String,
-    /// The module tree, if any.
-    modules_dir: Option<PathBuf>,
-}
-
-/// A kernel ready to use, with the files it was derived from.
-struct KernelSource {
-    record: KernelRecord,
-    /// Identifies the kernel for the state key.
-    descriptor: String,
-    inputs: Vec<FileStamp>,
-}
-
-fn pin_path(cache: &Path) -> PathBuf {
-    cache.join("kernel-pin.json")
-}
-
-/// Drops the pinned Debian kernel package, so that the next [`ensure`] resolves (and
-/// downloads) the newest `linux-image-6.12.*-amd64-unsigned`. Old kernels stay in the cache.
-pub fn refresh_kernel(opts: &SetupOptions) -> Result<(), SetupError> {
-    let _lock = CacheLock::take(&opts.cache_dir)?;
-    match std::fs::remove_file(pin_path(&opts.cache_dir)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SetupError::io(pin_path(&opts.cache_dir), e)),
-    }
-}
-
-fn apt_search() -> Result<Option<String>, SetupError> {
-    let out = host_tools::run_command(Command::new("apt-cache").args([
-        "search",
-        "--names-only",
-        kernel::PACKAGE_PATTERN,
-    ]))?;
-    Ok(kernel::pick_newest(
-        String::from_utf8_lossy(&out.stdout).lines(),
-    ))
-}
-
-fn resolve_package(ui: &Ui) -> Result<String, SetupError> {
-    ui.step("resolving the newest linux-image-6.12 package");
-    if let Some(p) = apt_search()? {
-        return Ok(p);
-    }
-    // A fresh machine has no apt lists yet.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(SetupError::NoKernelPackage);
-    }
-    ui.step("apt-get update");
-    host_tools::run_command(
-        Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    apt_search()?.ok_or(SetupError::NoKernelPackage)
-}
-
-/// `apt-get download`s a package into `debs/`, returning the file name.
-fn download(cache: &Path, package: &str, ui: &Ui) -> Result<String, SetupError> {
-    let debs = cache.join("debs");
-    std::fs::create_dir_all(&debs).map_err(|e| SetupError::io(&debs, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempdir_in(&debs)
-        .map_err(|e| SetupError::io(&debs, e))?;
-    ui.step(format!("downloading {package} (~100 MB)"));
-    // The sandbox user `_apt` cannot write into a root-owned temp dir; apt then downloads
-    // unsandboxed as root with a warning, which is fine here.
-    host_tools::run_command(
-        Command::new("apt-get")
-            .arg("download")
-            .arg(package)
-            .current_dir(tmp.path()),
-    )?;
-    let prefix = format!("{package}_");
-    let name = std::fs::read_dir(tmp.path())
-        .map_err(|e| SetupError::io(tmp.path(), e))?
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .find(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-        .ok_or_else(|| SetupError::CommandFailed {
-            command: format!("apt-get download {package}"),
-            status: "succeeded".into(),
-            output: "but left no .deb file".into(),
-        })?;
-    let from = tmp.path().join(&name);
-    let file = std::fs::File::open(&from).map_err(|e| SetupError::io(&from, e))?;
-    file.sync_all().map_err(|e| SetupError::io(&from, e))?;
-    std::fs::rename(&from, debs.join(&name)).map_err(|e| SetupError::io(debs.join(&name), e))?;
-    ui.done(format!("downloaded {name}"));
-    Ok(name)
-}
-
-/// The blake3 of a downloaded .deb, hashed once and remembered by size and mtime.
-fn deb_hash(deb: &Path) -> Result<(String, FileStamp), SetupError> {
-    let meta_path = PathBuf::from(format!("{}.json", deb.display()));
-    let stamp = FileStamp::of(deb).ok_or_else(|| {
-        SetupError::io(
-            deb,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "downloaded package vanished"),
-        )
-    })?;
-    if let Some(meta) = read_json::<DebMeta>(&meta_path) {
-        if meta.stamp == stamp {
-            return Ok((meta.blake3, stamp));
-        }
-    }
-    let mut h = blake3::Hasher::new();
-    let file = std::fs::File::open(deb).map_err(|e| SetupError::io(deb, e))?;
-    h.update_reader(file).map_err(|e| SetupError::io(deb, e))?;
-    let hash = h.finalize().to_hex().to_string();
-    write_json(
-        &meta_path,
-        &DebMeta {
-            stamp: stamp.clone(),
-            blake3: hash.clone(),
-        },
-    )?;
-    Ok((hash, stamp))
-}
-
-/// Writes the vmlinux extracted from `bz` to `dest` if possible; returns the record.
-fn prepare_image(
-    bz_path: &Path,
-    dest: &Path,
-    release: Option<String>,
-) -> Result<KernelRecord, SetupError> {
-    let bz = std::fs::read(bz_path).map_err(|e| SetupError::io(bz_path, e))?;
-    if kernel::has_pvh_note(&bz) {
-        // Already an uncompressed PVH kernel: use it as it is.
-        let release = release
-            .or_else(|| kernel::vmlinux_release(&bz))
-            .unwrap_or_default();
-        return Ok(KernelRecord {
-            release,
-            image: bz_path.to_path_buf(),
-            pvh: true,
-            image_hash: blake3::hash(&bz).to_hex().to_string(),
-            modules_dir: None,
-        });
-    }
-    if bz.starts_with(b"\x7fELF") {
-        return Err(SetupError::BadKernel {
-            path: bz_path.to_path_buf(),
-            reason: "an ELF kernel without the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY) cannot be booted by QEMU's -kernel; build with CONFIG_PVH=y or pass the bzImage".into(),
-        });
-    }
-    if kernel::bzimage_release(&bz).is_none() && bz.get(0x202..0x206) != Some(b"HdrS") {
-        return Err(SetupError::BadKernel {
-            path: bz_path.to_path_buf(),
-            reason: "neither a bzImage (no HdrS setup header) nor an ELF vmlinux".into(),
-        });
-    }
-    let release = release
-        .or_else(|| kernel::bzimage_release(&bz))
-        .unwrap_or_default();
-    match kernel::extract_vmlinux(&bz) {
-        Some((_, elf)) => {
-            atomic_write(dest, &elf)?;
-            Ok(KernelRecord {
-                release,
-                image: dest.to_path_buf(),
-                pvh: true,
-                image_hash: blake3::hash(&elf).to_hex().to_string(),
-                modules_dir: None,
-            })
-        }
-        // No PVH vmlinux inside: boot the bzImage (slower, but works).
-        None => Ok(KernelRecord {
-            release,
-            image: bz_path.to_path_buf(),
-            pvh: false,
-            image_hash: blake3::hash(&bz).to_hex().to_string(),
-            modules_dir: None,
-        }),
-    }
-}
-
-fn debian_kernel(cache: &Path, ui: &Ui) -> Result<KernelSource, SetupError> {
-    let mut pin = read_json::<KernelPin>(&pin_path(cache));
-    // The pinned, downloaded package if it is still there.
-    let mut deb_name = pin
-        .as_ref()
-        .and_then(|p| p.deb.clone())
-        .filter(|d| cache.join("debs").join(d).is_file());
-    if deb_name.is_none() {
-        let package = match &pin {
-            Some(p) => p.package.clone(),
-            None => resolve_package(ui)?,
-        };
-        let name = match download(cache, &package, ui) {
-            Ok(n) => n,
-            // A pinned version apt no longer offers: resolve afresh.
-            Err(e) if pin.is_some() => {
-                ui.done(format!(
-                    "pinned {package} unavailable ({e}); resolving the newest"
-                ));
-                let package = resolve_package(ui)?;
-                pin = None;
-                download(cache, &package, ui)?
-            }
-            Err(e) => return Err(e),
-        };
-        let package = name.split('_').next().unwrap_or(&name).to_string();
-        let resolved_at_unix = pin.as_ref().map(|p| p.resolved_at_unix).unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        });
-        write_json(
-            &pin_path(cache),
-            &KernelPin {
-                package,
-                deb: Some(name.clone()),
-                resolved_at_unix,
-            },
-        )?;
-        deb_name = Some(name);
-    }
-    let deb_name = deb_name.expect("set above");
-    let deb = cache.join("debs").join(&deb_name);
-    let (hash, deb_stamp) = deb_hash(&deb)?;
-    let kdir = cache.join("kernels").join(&hash[..16]);
-    let record_path = kdir.join("kernel.json");
-    let record = match read_json::<KernelRecord>(&record_path) {
-        Some(r) if r.image.is_file() => r,
-        _ => {
-            let tree = kdir.join("tree");
-            if !tree.join("boot").is_dir() {
-                ui.step(format!("unpacking {deb_name}"));
-                std::fs::create_dir_all(&kdir).map_err(|e| SetupError::io(&kdir, e))?;
-                let tmp = tempfile::Builder::new()
-                    .prefix(".tree-")
-                    .tempdir_in(&kdir)
-                    .map_err(|e| SetupError::io(&kdir, e))?;
-                host_tools::run_command(
-                    Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp.path()),
-                )?;
-                let _ = std::fs::remove_dir_all(&tree);
-                std::fs::rename(tmp.keep(), &tree).map_err(|e| SetupError::io(&tree, e))?;
-            }
-            let boot = tree.join("boot");
-            let vmlinuz = std::fs::read_dir(&boot)
-                .map_err(|e| SetupError::io(&boot, e))?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("vmlinuz-"))
-                })
-                .ok_or_else(|| SetupError::BadKernel {
-                    path: deb.clone(),
-                    reason: "no boot/vmlinuz-* inside".into(),
-                })?;
-            let release = vmlinuz
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("vmlinuz-"))
-                .map(str::to_string);
-            ui.step("extracting the uncompressed kernel (vmlinux)");
-            let mut r = prepare_image(&vmlinuz, &kdir.join("vmlinux"), release)?;
-            r.modules_dir = Some(tree.join("lib/modules").join(&r.release));
-            write_json(&record_path, &r)?;
-            ui.done(format!(
-                "kernel {} ({})",
-                r.release,
-                if r.pvh {
-                    "uncompressed, PVH entry"
-                } else {
-                    "bzImage: no PVH vmlinux found"
-                }
-            ));
-            r
-        }
-    };
-    let descriptor = format!("debian:{deb_name}:{hash}");
-    let mut inputs = vec![deb_stamp];
-    inputs.extend(FileStamp::of(&record.image));
-    Ok(KernelSource {
-        record,
-        descriptor,
-        inputs,
-    })
-}
-
-fn byo_kernel(
-    cache: &Path,
-    image: &Path,
-    modules: Option<&Path>,
-    ui: &Ui,
-) -> Result<KernelSource, SetupError> {
-    let image = std::fs::canonicalize(image).map_err(|e| SetupError::io(image, e))?;
-    let modules = modules
-        .map(|m| std::fs::canonicalize(m).map_err(|e| SetupError::io(m, e)))
-        .transpose()?;
-    if let Some(m) = &modules {
-        if !m.is_dir() {
-            return Err(SetupError::InvalidOptions(format!(
-                "--modules {} is not a directory",
-                m.display()
-            )));
-        }
-    }
-    let stamp = FileStamp::of(&image).ok_or_else(|| {
-        SetupError::io(
-            &image,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "cannot stat"),
-        )
-    })?;
-    let key_text = format!("{}:{}:{}", image.display(), stamp.size, stamp.mtime_ns);
-    let key = blake3::hash(key_text.as_bytes()).to_hex().to_string();
-    let dir = cache.join("byo").join(&key[..16]);
-    let record_path = dir.join("kernel.json");
-    let release_hint = modules
-        .as_ref()
-        .and_then(|m| m.file_name())
-        .and_then(|n| n.to_str())
-        .map(str::to_string);
-    let mut record = match read_json::<KernelRecord>(&record_path) {
-        Some(r) if r.image.is_file() => r,
-        _ => {
-            ui.step(format!("preparing kernel {}", image.display()));
-            let r = prepare_image(&image, &dir.join("vmlinux"), release_hint.clone())?;
-            write_json(&record_path, &r)?;
-            r
-        }
-    };
-    if let Some(hint) = release_hint {
-        record.release = hint;
-    }
-    record.modules_dir = modules.clone();
-    let descriptor = format!(
-        "byo:{key_text}:{}",
-        modules
-            .as_ref()
-            .map(|m| m.display().to_string())
-            .unwrap_or_default()
-    );
-    let mut inputs = vec![stamp];
-    inputs.extend(FileStamp::of(&record.image));
-    Ok(KernelSource {
-        record,
-        descriptor,
-        inputs,
-    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -931,11 +464,9 @@ fn build_initramfs(
         let archive =
             initramfs::build(AGENT_ELF, &resolution.order).map_err(|e| SetupError::io(cache, e))?;
         let hash = blake3::hash(&archive).to_hex().to_string();
-        let path = cache
-            .join("initramfs")
-            .join(format!("{}.cpio", &hash[..32]));
+        let path = crate::cache::initramfs_dir(cache).join(format!("{}.cpio", &hash[..32]));
         if !path.is_file() {
-            atomic_write(&path, &archive)?;
+            crate::cache::write_atomic(&path, &archive)?;
         }
         ui.done(format!(
             "{fs} initramfs: {} modules ({})",
@@ -976,7 +507,7 @@ pub fn ensure(opts: &SetupOptions) -> Result<Assets, SetupError> {
         None => debian_kernel(cache, &ui)?,
     };
     let key = state_key(&source.descriptor);
-    let state_path = cache.join("state.json");
+    let state_path = crate::cache::setup_state_path(cache);
     let mut state: State = read_json(&state_path).unwrap_or_default();
     if let Some(entry) = state.entries.get(&key) {
         if entry.valid() {
@@ -1046,20 +577,6 @@ mod tests {
         // Only inspects the result's shape: the environment is shared by parallel tests.
         let d = SetupOptions::default_cache_dir();
         assert!(d.ends_with("pmcrash") || std::env::var_os("PMCRASH_CACHE").is_some());
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_stamps() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("sub/file");
-        atomic_write(&p, b"one").unwrap();
-        let s1 = FileStamp::of(&p).unwrap();
-        assert!(s1.still_valid());
-        atomic_write(&p, b"three").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"three");
-        assert!(!s1.still_valid());
-        // No temporary files left behind.
-        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
     }
 
     #[test]

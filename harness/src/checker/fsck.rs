@@ -5,7 +5,7 @@
 //! `xfs_repair -n` refuses a dirty log. ext4 is read in place through `?offset=`; XFS
 //! has no offset syntax, so its device area is copied (sparsely) into a temporary file.
 
-use crate::image::FSDAX_DATA_OFFSET;
+use crate::image::{ImageError, FSDAX_DATA_OFFSET};
 use crash_models::ops::FsKind;
 use serde::Serialize;
 use std::path::Path;
@@ -37,7 +37,7 @@ pub enum FsckError {
     },
     /// Copying the device area failed.
     #[error("extracting the XFS device area for xfs_repair: {0}")]
-    Extract(String),
+    Extract(#[source] ImageError),
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -68,7 +68,13 @@ pub fn fsck(fs: FsKind, image: &Path, scratch_dir: &Path) -> Result<FsckOutcome,
             let dev = tempfile::Builder::new()
                 .prefix("xfs-dev-")
                 .tempfile_in(scratch_dir)
-                .map_err(|e| FsckError::Extract(e.to_string()))?;
+                .map_err(|source| {
+                    FsckError::Extract(ImageError::Io {
+                        what: "create a device copy in",
+                        path: scratch_dir.to_path_buf(),
+                        source,
+                    })
+                })?;
             extract_device(image, dev.as_file()).map_err(FsckError::Extract)?;
             run(
                 "xfs_repair",
@@ -105,11 +111,13 @@ fn run(tool: &'static str, cmd: &mut Command, command: String) -> Result<FsckOut
 
 /// Copy the block device area (from [`FSDAX_DATA_OFFSET`] on) of a PM image into
 /// `dst`, keeping holes.
-pub fn extract_device(image: &Path, dst: &std::fs::File) -> Result<(), String> {
-    let len = std::fs::metadata(image)
-        .map_err(|e| format!("stat {}: {e}", image.display()))?
-        .len();
+pub fn extract_device(image: &Path, dst: &std::fs::File) -> Result<(), ImageError> {
+    let io = |what| {
+        let path = image.to_path_buf();
+        move |source| ImageError::Io { what, path, source }
+    };
+    let len = std::fs::metadata(image).map_err(io("stat"))?.len();
     dst.set_len(len.saturating_sub(FSDAX_DATA_OFFSET))
-        .map_err(|e| e.to_string())?;
-    crate::image::copy_sparse(image, FSDAX_DATA_OFFSET, dst, 0).map_err(|e| e.to_string())
+        .map_err(io("size a device copy of"))?;
+    crate::image::copy_sparse(image, FSDAX_DATA_OFFSET, dst, 0)
 }

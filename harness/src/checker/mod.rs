@@ -12,19 +12,19 @@
 //! replaced and the image keeps the verdict it earned; a guest that dies for other
 //! reasons (killed from outside) is replaced and the image is checked again.
 
+mod base;
 pub mod console;
 pub mod fsck;
 
 use crate::guest::{GuestError, GuestFactory};
 use crate::image::{data_regions, FSDAX_DATA_OFFSET};
+use crate::interrupt::Interrupt;
 use crate::vm::{Vm, VmError};
+use base::Base;
 use console::{ConsoleCursor, ConsoleIssue};
-use crash_models::delta::{CrashImage, ImageBuilder};
-use crash_models::model::{ModelConfig, Replayer};
+use crash_models::delta::CrashImage;
 use crash_models::ops::FsKind;
 use crash_models::protocol::{AgentMsg, FsEntry, HostMsg};
-use crash_models::states::CrashState;
-use crash_models::trace::{FenceKind, FlushKind, Privilege, Record};
 use fsck::FsckOutcome;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -39,7 +39,7 @@ const PAGE: usize = 4096;
 
 /// Errors that stop a check (infrastructure, not findings).
 #[derive(Debug, thiserror::Error)]
-pub enum CheckError {
+pub enum CheckerError {
     /// A guest could not be started or kept alive.
     #[error("checker guest: {0}")]
     Guest(#[from] GuestError),
@@ -64,6 +64,9 @@ pub enum CheckError {
         /// The last error.
         last: String,
     },
+    /// A checker task panicked or was cancelled.
+    #[error("a checker task ended abnormally: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The base image does not fit the guests.
     #[error("base image {path} is {len} bytes, the guests' PM is {pm_size}")]
     BaseSize {
@@ -76,9 +79,9 @@ pub enum CheckError {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckError {
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckerError {
     let what = what.into();
-    move |source| CheckError::Io { what, source }
+    move |source| CheckerError::Io { what, source }
 }
 
 /// How the checker runs.
@@ -141,7 +144,7 @@ pub enum MountOutcome {
 /// What the kernel's recovery of one crash image left.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovery {
-    /// Index of the image in the list given to [`Checker::check_all`].
+    /// Index of the image in the list given to [`Checker::recover_all`].
     pub index: usize,
     /// The mount (and whether the guest survived the whole check).
     pub mount: MountOutcome,
@@ -169,53 +172,6 @@ pub struct Recovery {
     pub millis: u64,
 }
 
-impl Recovery {
-    /// Why this recovery counts as file-system corruption (empty when it does not).
-    pub fn corruption(&self) -> Vec<String> {
-        let mut why = Vec::new();
-        match &self.mount {
-            MountOutcome::Mounted { .. } => {}
-            MountOutcome::Failed { message } => why.push(format!("mount failed: {message}")),
-            MountOutcome::Panicked { during, console } => {
-                let line = console
-                    .lines()
-                    .find(|l| l.contains("Kernel panic") || l.contains("BUG") || l.contains("Oops"))
-                    .unwrap_or("");
-                why.push(format!("kernel panic during {during}: {}", line.trim()))
-            }
-            MountOutcome::Hung { during } => why.push(format!("guest hung during {during}")),
-        }
-        if let Some(e) = &self.dump_error {
-            why.push(format!("reading the tree failed: {e}"));
-        }
-        if let Some(e) = &self.unmount_error {
-            why.push(format!("unmount failed: {e}"));
-        }
-        for e in self.entries.iter().flatten() {
-            if let Some(errno) = e.error {
-                why.push(format!(
-                    "{} cannot be read: {}",
-                    e.path,
-                    std::io::Error::from_raw_os_error(errno)
-                ));
-            }
-        }
-        if let Some(f) = &self.fsck {
-            if f.problems {
-                why.push(format!(
-                    "fsck exit {}: {}",
-                    f.code.map_or("signal".into(), |c| c.to_string()),
-                    f.output.lines().take(3).collect::<Vec<_>>().join("; ")
-                ));
-            }
-        }
-        for c in &self.console {
-            why.push(format!("kernel: {}", c.line));
-        }
-        why
-    }
-}
-
 /// Block hashes the caller can already explain (zeros, data the workload wrote); a
 /// dumped block outside this set has its bytes fetched from the recovered image so
 /// the oracle can judge it byte by byte.
@@ -228,159 +184,17 @@ pub struct KnownBlocks {
 /// Progress callback: (images done, images total).
 pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
 
-/// What [`Checker::check_all`] returns.
+/// What [`Checker::recover_all`] returns.
 #[derive(Debug, Clone)]
-pub struct CheckOutcome {
-    /// One recovery per image, in the order given.
+pub struct Recoveries {
+    /// One recovery per image, in the order given; after an interrupt, only the images
+    /// recovered before it, still in order ([`Recovery::index`] says which).
     pub recoveries: Vec<Recovery>,
     /// Guest restarts in total.
     pub restarts: u32,
-}
-
-/// The sparse base image: its non-zero regions (everything else is zero).
-#[derive(Debug)]
-struct Base {
-    len: u64,
-    regions: Vec<(u64, Vec<u8>)>,
-}
-
-impl Base {
-    fn read(path: &Path) -> Result<Base, CheckError> {
-        let f = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
-        let len = f
-            .metadata()
-            .map_err(io_err(format!("stat {}", path.display())))?
-            .len();
-        let mut regions: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut buf = vec![0u8; 1 << 20];
-        for (start, end) in data_regions(&f, 0, len) {
-            let mut off = start;
-            while off < end {
-                let n = ((end - off) as usize).min(buf.len());
-                f.read_exact_at(&mut buf[..n], off)
-                    .map_err(io_err(format!("read {}", path.display())))?;
-                for (i, page) in buf[..n].chunks(PAGE).enumerate() {
-                    if page.iter().all(|b| *b == 0) {
-                        continue;
-                    }
-                    let at = off + (i * PAGE) as u64;
-                    match regions.last_mut() {
-                        Some((o, v)) if *o + v.len() as u64 == at => v.extend_from_slice(page),
-                        _ => regions.push((at, page.to_vec())),
-                    }
-                }
-                off += n as u64;
-            }
-        }
-        Ok(Base { len, regions })
-    }
-
-    /// The base bytes of `[off, off + out.len())`.
-    fn fill(&self, off: u64, out: &mut [u8]) {
-        out.fill(0);
-        let end = off + out.len() as u64;
-        let mut i = self
-            .regions
-            .partition_point(|(o, v)| o + v.len() as u64 <= off);
-        while let Some((o, v)) = self.regions.get(i) {
-            if *o >= end {
-                break;
-            }
-            let s = off.max(*o);
-            let e = end.min(o + v.len() as u64);
-            out[(s - off) as usize..(e - off) as usize]
-                .copy_from_slice(&v[(s - o) as usize..(e - o) as usize]);
-            i += 1;
-        }
-    }
-
-    /// Make `file` (a former copy of some image) hold the base bytes, rewriting only
-    /// the pages that differ. Holes in `file` read as zeros, and the base's non-zero
-    /// pages were all written when the scratch copy was made, so only data regions
-    /// need comparing. Returns the pages rewritten.
-    fn restore(&self, file: &File) -> std::io::Result<u64> {
-        let mut cur = vec![0u8; 1 << 20];
-        let mut want = vec![0u8; 1 << 20];
-        let mut pages = 0;
-        let mut regions = data_regions(file, 0, self.len);
-        // Base pages the scratch file lacks (a fresh file) must be written too.
-        for (o, v) in &self.regions {
-            regions.push((*o, o + v.len() as u64));
-        }
-        regions.sort_unstable();
-        let mut done_to = 0u64;
-        for (start, end) in regions {
-            let start = (start.max(done_to) / PAGE as u64) * PAGE as u64;
-            let start = start.max(done_to);
-            let mut off = start;
-            while off < end {
-                let n = ((end - off) as usize).min(cur.len());
-                file.read_exact_at(&mut cur[..n], off)?;
-                self.fill(off, &mut want[..n]);
-                for (i, (c, w)) in cur[..n]
-                    .chunks(PAGE)
-                    .zip(want[..n].chunks(PAGE))
-                    .enumerate()
-                {
-                    if c != w {
-                        file.write_all_at(w, off + (i * PAGE) as u64)?;
-                        pages += 1;
-                    }
-                }
-                off += n as u64;
-            }
-            done_to = done_to.max(end);
-        }
-        Ok(pages)
-    }
-}
-
-/// Build a crash image from raw writes (PM file offsets), for images made by hand:
-/// corrupt-on-purpose tests, and replaying a saved finding.
-pub fn image_from_writes(writes: &[(u64, Vec<u8>)]) -> CrashImage {
-    let mut r = Replayer::new(ModelConfig::default());
-    let mut lines = BTreeSet::new();
-    for (off, bytes) in writes {
-        for (i, chunk) in bytes.chunks(8).enumerate() {
-            let at = off + (i * 8) as u64;
-            // A store must lie in one 8-byte word for the model; split at words.
-            let mut k = 0;
-            while k < chunk.len() {
-                let a = at + k as u64;
-                let room = (8 - (a % 8)) as usize;
-                let n = room.min(chunk.len() - k);
-                let mut v = [0u8; 8];
-                v[..n].copy_from_slice(&chunk[k..k + n]);
-                r.apply(&Record::Store {
-                    offset: a,
-                    size: n as u8,
-                    value: u64::from_le_bytes(v),
-                    non_temporal: false,
-                    privilege: Privilege::Kernel,
-                    vcpu: 0,
-                    pc: 0,
-                });
-                lines.insert(a / 64);
-                k += n;
-            }
-        }
-    }
-    for l in lines {
-        r.apply(&Record::Flush {
-            offset: l * 64,
-            flush: FlushKind::Clwb,
-            privilege: Privilege::Kernel,
-            vcpu: 0,
-            pc: 0,
-        });
-    }
-    r.apply(&Record::Fence {
-        fence: FenceKind::Sfence,
-        privilege: Privilege::Kernel,
-        vcpu: 0,
-        pc: 0,
-    });
-    ImageBuilder::new(&r).build(&CrashState::default())
+    /// The checker stopped early at an [`Interrupt`] request: some images were not
+    /// recovered.
+    pub interrupted: bool,
 }
 
 /// A worker: one guest and its scratch image.
@@ -393,7 +207,7 @@ struct Worker {
     _dir: tempfile::TempDir,
 }
 
-/// Shared state of one [`Checker::check_all`] call.
+/// Shared state of one [`Checker::recover_all`] call.
 struct Shared {
     factory: GuestFactory,
     opts: CheckerOptions,
@@ -404,6 +218,7 @@ struct Shared {
     total: usize,
     progress: Option<Progress>,
     live: Arc<Mutex<BTreeMap<usize, u32>>>,
+    interrupt: Option<Interrupt>,
 }
 
 /// One long-lived checker guest per worker, for one (kernel, file system).
@@ -413,6 +228,7 @@ pub struct Checker {
     workers: Vec<Worker>,
     live: Arc<Mutex<BTreeMap<usize, u32>>>,
     restarts: u32,
+    interrupt: Option<Interrupt>,
 }
 
 /// Why one attempt at an image ended without a recovery.
@@ -425,12 +241,10 @@ enum Attempt {
 impl Checker {
     /// A checker for `factory`'s kernel and file system. Guests start lazily, on the
     /// first image each worker takes.
-    pub fn new(factory: GuestFactory, opts: CheckerOptions) -> Result<Checker, CheckError> {
+    pub fn new(factory: GuestFactory, opts: CheckerOptions) -> Result<Checker, CheckerError> {
         let mut workers = Vec::new();
         for id in 0..opts.workers.max(1) {
-            let dir = tempfile::Builder::new()
-                .prefix("pmcrash-check-")
-                .tempdir()
+            let dir = crate::scratch::run_dir(crate::scratch::CHECK_PREFIX)
                 .map_err(io_err("create a checker scratch directory"))?;
             let pm = dir.path().join("pm.img");
             let file = File::options()
@@ -457,7 +271,14 @@ impl Checker {
             workers,
             live: Arc::new(Mutex::new(BTreeMap::new())),
             restarts: 0,
+            interrupt: None,
         })
+    }
+
+    /// Stop [`Checker::recover_all`] at this request: the images being recovered are
+    /// finished, no new one is started, and the recoveries so far are returned.
+    pub fn set_interrupt(&mut self, interrupt: Interrupt) {
+        self.interrupt = Some(interrupt);
     }
 
     /// The file system checked.
@@ -478,7 +299,7 @@ impl Checker {
 
     /// Start every worker's guest now (so the time to get guests ready can be told
     /// apart from checking time). Each guest runs on its scratch copy of `base_image`.
-    pub async fn warm_up(&mut self, base_image: &Path) -> Result<(), CheckError> {
+    pub async fn warm_up(&mut self, base_image: &Path) -> Result<(), CheckerError> {
         // The saved state is made once, here, not by every worker at once: its cache
         // lock is a blocking flock that would tie up the runtime's threads.
         self.factory.saved_state().await?;
@@ -498,7 +319,7 @@ impl Checker {
                     w.cursor.skip_to_end(&vm.console());
                     w.vm = Some(vm);
                 }
-                Ok::<Worker, CheckError>(w)
+                Ok::<Worker, CheckerError>(w)
             }));
         }
         let mut first_err = None;
@@ -506,12 +327,7 @@ impl Checker {
             match t.await {
                 Ok(Ok(w)) => self.workers.push(w),
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(e) => {
-                    first_err = first_err.or(Some(CheckError::Io {
-                        what: "checker task".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    }))
-                }
+                Err(e) => first_err = first_err.or(Some(CheckerError::Task(e))),
             }
         }
         match first_err {
@@ -521,17 +337,17 @@ impl Checker {
     }
 
     /// Recover every image (deltas over `base_image`) and report what each left.
-    pub async fn check_all(
+    pub async fn recover_all(
         &mut self,
         base_image: &Path,
         images: Vec<Arc<CrashImage>>,
         known: KnownBlocks,
         progress: Option<Progress>,
-    ) -> Result<CheckOutcome, CheckError> {
+    ) -> Result<Recoveries, CheckerError> {
         self.factory.saved_state().await?;
         let base = Base::read(base_image)?;
         if base.len != self.factory.pm_size {
-            return Err(CheckError::BaseSize {
+            return Err(CheckerError::BaseSize {
                 path: base_image.to_path_buf(),
                 len: base.len,
                 pm_size: self.factory.pm_size,
@@ -548,6 +364,7 @@ impl Checker {
             total,
             progress,
             live: self.live.clone(),
+            interrupt: self.interrupt.clone(),
         });
         let mut tasks = Vec::new();
         let workers = std::mem::take(&mut self.workers);
@@ -579,12 +396,7 @@ impl Checker {
                         Err(e) => first_err = first_err.or(Some(e)),
                     }
                 }
-                Err(e) => {
-                    first_err = first_err.or(Some(CheckError::Io {
-                        what: "checker task".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    }))
-                }
+                Err(e) => first_err = first_err.or(Some(CheckerError::Task(e))),
             }
         }
         self.workers.sort_by_key(|w| w.id);
@@ -592,9 +404,9 @@ impl Checker {
             return Err(e);
         }
         let recoveries: Vec<Recovery> = out.into_iter().flatten().collect();
-        debug_assert_eq!(recoveries.len(), total);
-        Ok(CheckOutcome {
+        Ok(Recoveries {
             restarts: recoveries.iter().map(|r| r.restarts).sum(),
+            interrupted: recoveries.len() < total,
             recoveries,
         })
     }
@@ -612,12 +424,15 @@ impl Checker {
     }
 }
 
-type WorkerResult = Result<(Vec<Recovery>, u32), CheckError>;
+type WorkerResult = Result<(Vec<Recovery>, u32), CheckerError>;
 
 async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
     let mut recs = Vec::new();
     let mut restarts = 0;
     loop {
+        if s.interrupt.as_ref().is_some_and(Interrupt::is_requested) {
+            return (w, Ok((recs, restarts)));
+        }
         let job = s.queue.lock().ok().and_then(|mut q| q.pop_front());
         let Some((index, image)) = job else {
             return (w, Ok((recs, restarts)));
@@ -625,7 +440,7 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
         let mut attempts = 0u32;
         let mut image_restarts = 0u32;
         loop {
-            match check_one(&mut w, &s, index, &image).await {
+            match recover_one(&mut w, &s, index, &image).await {
                 Ok(Attempt::Done(r)) => {
                     let mut r = *r;
                     if w.vm.is_none() {
@@ -644,7 +459,7 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
                     if attempts > s.opts.max_retries {
                         return (
                             w,
-                            Err(CheckError::GaveUp {
+                            Err(CheckerError::GaveUp {
                                 index,
                                 attempts,
                                 last: why,
@@ -681,12 +496,12 @@ fn classify(e: &VmError, during: &str) -> Result<MountOutcome, String> {
     }
 }
 
-async fn check_one(
+async fn recover_one(
     w: &mut Worker,
     s: &Shared,
     index: usize,
     image: &CrashImage,
-) -> Result<Attempt, CheckError> {
+) -> Result<Attempt, CheckerError> {
     let t0 = Instant::now();
     let timeout = s.opts.request_timeout;
     // The scratch file must hold exactly base + delta before the guest looks.
@@ -744,7 +559,7 @@ async fn check_one(
     match mounted {
         Ok((_, AgentMsg::Mounted { dax, .. })) => rec.mount = MountOutcome::Mounted { dax },
         Ok((_, other)) => {
-            return Err(CheckError::Guest(GuestError::Guest(format!(
+            return Err(CheckerError::Guest(GuestError::Guest(format!(
                 "expected mounted, got {other:?}"
             ))))
         }
@@ -838,7 +653,7 @@ fn unknown_blocks(entries: &[FsEntry], known: &KnownBlocks) -> BTreeMap<usize, B
             if known.hashes.contains(h) {
                 continue;
             }
-            let len = (e.size.saturating_sub(i * PAGE as u64)).min(PAGE as u64) as usize;
+            let len = e.size.saturating_sub(i * PAGE as u64).min(PAGE as u64) as usize;
             out.entry(len).or_default().insert(h.clone());
         }
     }
@@ -878,56 +693,4 @@ fn find_blocks(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base_restore_rewrites_only_changed_pages() {
-        let dir = tempfile::tempdir().unwrap();
-        let base_p = dir.path().join("base");
-        let f = File::create(&base_p).unwrap();
-        f.set_len(1 << 20).unwrap();
-        f.write_all_at(&[7u8; 100], 8192).unwrap();
-        drop(f);
-        let base = Base::read(&base_p).unwrap();
-        assert_eq!(base.regions.len(), 1);
-        let scratch = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("s"))
-            .unwrap();
-        scratch.set_len(1 << 20).unwrap();
-        // A fresh scratch file gets the base's page.
-        assert_eq!(base.restore(&scratch).unwrap(), 1);
-        let img = image_from_writes(&[(8192 + 50, vec![1, 2, 3]), (500_000, vec![9; 16])]);
-        img.apply(&scratch).unwrap();
-        scratch.write_all_at(b"guest", 700_000).unwrap();
-        assert_eq!(base.restore(&scratch).unwrap(), 3);
-        let mut got = vec![0u8; 1 << 20];
-        scratch.read_exact_at(&mut got, 0).unwrap();
-        let want = std::fs::read(&base_p).unwrap();
-        assert!(got == want, "scratch differs from the base after restore");
-        assert_eq!(base.restore(&scratch).unwrap(), 0);
-    }
-
-    #[test]
-    fn hand_made_images_hold_their_writes() {
-        let img = image_from_writes(&[
-            (3, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
-            (4096, vec![0; 4096]),
-        ]);
-        let mut buf = vec![0xffu8; 3 * 4096];
-        img.apply_to_slice(&mut buf);
-        assert_eq!(
-            &buf[..14],
-            &[0xff, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xff]
-        );
-        assert!(buf[4096..8192].iter().all(|b| *b == 0));
-        assert_eq!(buf[8192], 0xff);
-    }
 }
