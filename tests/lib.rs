@@ -4,10 +4,16 @@
 //! machine lacks something, [`assets`] fails the test with what to install; nothing is
 //! skipped.
 
-use crash_models::ops::Op;
+use crash_models::ops::{FsKind, Op};
+use crash_models::protocol::{FsEntry, HostMsg, OpResult};
 use pmcrash::guest::GuestFactory;
+use pmcrash::image;
 use pmcrash::setup::{self, Assets, SetupOptions};
+use pmcrash::vm::Vm;
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 
 /// A multi-threaded tokio runtime for one test.
 pub fn rt() -> tokio::runtime::Runtime {
@@ -107,6 +113,101 @@ pub fn expected_contents(ops: &[Op]) -> BTreeMap<String, Vec<u8>> {
         }
     }
     files
+}
+
+/// One guest on one file system, reused across workloads: between two workloads, with
+/// the file system unmounted, the host puts the PM image back to the freshly made one
+/// and the agent drops its caches (as the checker does between crash images), so every
+/// workload starts on an empty file system.
+pub struct ReusedGuest {
+    factory: GuestFactory,
+    vm: Option<Vm>,
+    _dir: tempfile::TempDir,
+    pristine: PathBuf,
+    work: File,
+    used: bool,
+}
+
+impl ReusedGuest {
+    /// Make a fresh image and restore a guest on it.
+    pub async fn start(fs: FsKind) -> ReusedGuest {
+        let factory = factory(fs);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pristine = dir.path().join("pristine.img");
+        factory
+            .make_image(&pristine)
+            .await
+            .expect("make a fresh image");
+        let work_path = dir.path().join("work.img");
+        image::blank(&work_path, factory.pm_size).expect("blank work image");
+        let work = File::options()
+            .read(true)
+            .write(true)
+            .open(&work_path)
+            .expect("open work image");
+        image::copy_sparse(&pristine, 0, &work, 0).expect("copy the fresh image");
+        let vm = factory
+            .start(&work_path, None)
+            .await
+            .expect("restore a guest");
+        ReusedGuest {
+            factory,
+            vm: Some(vm),
+            _dir: dir,
+            pristine,
+            work,
+            used: false,
+        }
+    }
+
+    /// Put the work image back to the fresh file system (the guest has it unmounted).
+    fn reset(&mut self) {
+        let len = self.factory.pm_size as i64;
+        // SAFETY: plain fallocate on a descriptor we own; punching a hole keeps the
+        // size, so QEMU's mapping of the file stays valid and reads zeros there.
+        let rc = unsafe {
+            libc::fallocate(
+                self.work.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                len,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "punch the work image: {}",
+            std::io::Error::last_os_error()
+        );
+        image::copy_sparse(&self.pristine, 0, &self.work, 0).expect("copy the fresh image");
+    }
+
+    /// Mount, run `ops`, dump, unmount: each op's result and the state after them.
+    pub async fn run(&mut self, ops: &[Op]) -> (Vec<OpResult>, Vec<FsEntry>) {
+        if self.used {
+            self.reset();
+        }
+        self.used = true;
+        let t = self.factory.timeouts.request;
+        let vm = self.vm.as_mut().expect("a live guest");
+        vm.request(&HostMsg::Refresh, t).await.expect("refresh");
+        self.factory.mount(vm).await.expect("mount -o dax");
+        let results = pmcrash::run::run_mounted(vm, ops, false, t)
+            .await
+            .expect("run the ops");
+        let entries = pmcrash::run::dump(vm, t).await.expect("dump");
+        vm.request(&HostMsg::Unmount, t).await.expect("unmount");
+        (results, entries)
+    }
+
+    /// Power the guest off.
+    pub async fn end(mut self) {
+        if let Some(vm) = self.vm.take() {
+            vm.shutdown(self.factory.timeouts.shutdown)
+                .await
+                .expect("power off");
+        }
+    }
 }
 
 /// True when a process with this PID exists.

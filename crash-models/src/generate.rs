@@ -37,6 +37,11 @@
 //! - flushes only cache lines it has stored to in that mapping (so the flushed page
 //!   is mapped, which the tracer needs to translate the address).
 //!
+//! Opens mix `create`, `excl`, `truncate` and `append` (an `O_APPEND` write lands at
+//! the end of the file, and on Linux a `pwrite` does too); writes mix sizes from 1
+//! byte to two blocks at odd offsets, with seeded, constant or all-zero bytes (which
+//! the dump leaves out like holes).
+//!
 //! Most ops are drawn to succeed (the generator follows the namespace with a small
 //! model of it), and some are drawn to fail on purpose (an `open` of a missing file,
 //! `rmdir` of a full directory, `removexattr` of a missing name, `link` onto an
@@ -101,6 +106,8 @@ impl Default for GenConfig {
 pub enum OpClass {
     /// `open` of a file.
     Open,
+    /// `open` of a file with `append = true` (drawn as part of [`OpClass::Open`]).
+    OpenAppend,
     /// `open` with `directory = true`.
     OpenDir,
     /// `close`.
@@ -177,8 +184,9 @@ pub enum OpClass {
 
 impl OpClass {
     /// Every class, in declaration order.
-    pub const ALL: [OpClass; 37] = [
+    pub const ALL: [OpClass; 38] = [
         OpClass::Open,
+        OpClass::OpenAppend,
         OpClass::OpenDir,
         OpClass::Close,
         OpClass::Write,
@@ -237,10 +245,17 @@ pub fn classify(ops: &[Op]) -> Vec<OpClass> {
     let mut dir_fds: BTreeMap<&str, bool> = BTreeMap::new();
     ops.iter()
         .map(|op| match op {
-            Op::Open { fd, directory, .. } => {
+            Op::Open {
+                fd,
+                directory,
+                append,
+                ..
+            } => {
                 dir_fds.insert(fd, *directory);
                 if *directory {
                     OpClass::OpenDir
+                } else if *append {
+                    OpClass::OpenAppend
                 } else {
                     OpClass::Open
                 }
@@ -348,6 +363,8 @@ struct Fd {
     kind: FdKind,
     /// Lower bound of the file position.
     pos: u64,
+    /// `O_APPEND`: every write (pwrite too, on Linux) lands at the end of the file.
+    append: bool,
 }
 
 /// What an `open` made, by the generator's belief.
@@ -364,7 +381,11 @@ enum FdKind {
 
 impl Fd {
     fn of(kind: FdKind) -> Fd {
-        Fd { kind, pos: 0 }
+        Fd {
+            kind,
+            pos: 0,
+            append: false,
+        }
     }
 
     fn ino(&self) -> Option<u32> {
@@ -514,6 +535,13 @@ impl<'a> Gen<'a> {
         let s = &mut self.sizes[ino as usize];
         s.lo = s.lo.max(end);
         s.hi = s.hi.max(end);
+    }
+
+    /// `ino` grows by `len` at its end (an `O_APPEND` write).
+    fn append(&mut self, ino: u32, len: u64) {
+        let s = &mut self.sizes[ino as usize];
+        s.lo += len;
+        s.hi = s.hi.saturating_add(len);
     }
 
     /// A truncate whose inode the generator is not sure of: any file may now be as
@@ -677,7 +705,7 @@ impl<'a> Gen<'a> {
 
     fn draw(&mut self, class: OpClass) -> Option<Op> {
         Some(match class {
-            OpClass::Open => self.open_file()?,
+            OpClass::Open | OpClass::OpenAppend => self.open_file()?,
             OpClass::OpenDir => {
                 let fd = self.free_fd()?;
                 let mut pool = vec![".".to_owned()];
@@ -709,8 +737,12 @@ impl<'a> Gen<'a> {
                 let (fd, ino) = self.file_fd();
                 let len = self.data_len();
                 let data = self.data(len);
-                let pos = self.fds[fd].pos;
-                self.extend(ino, pos + len);
+                if self.fds[fd].append {
+                    self.append(ino, len);
+                } else {
+                    let pos = self.fds[fd].pos;
+                    self.extend(ino, pos + len);
+                }
                 if let Some(f) = self.fds.get_mut(fd) {
                     f.pos += len;
                 }
@@ -725,7 +757,11 @@ impl<'a> Gen<'a> {
                 let len = self.data_len();
                 let data = self.data(len);
                 let offset = self.offset();
-                self.extend(ino, offset + len);
+                if self.fds[fd].append {
+                    self.append(ino, len);
+                } else {
+                    self.extend(ino, offset + len);
+                }
                 Op::Pwrite {
                     fd: fd.to_owned(),
                     offset,
@@ -1048,6 +1084,7 @@ impl<'a> Gen<'a> {
         let create = self.chance(0.7);
         let excl = create && self.chance(0.1);
         let truncate = self.chance(0.15);
+        let append = self.chance(0.15);
         // Where the name leads: the symlink's target, when there is a symlink.
         let (at, node) = match self.nodes.get(&path) {
             Some(Node::Symlink(t)) => (t.clone(), self.nodes.get(t.as_str()).cloned()),
@@ -1069,7 +1106,13 @@ impl<'a> Gen<'a> {
             // A directory, a missing file without O_CREAT, O_EXCL on an existing name.
             _ => FdKind::Failed,
         };
-        self.fds.insert(fd, Fd::of(kind));
+        self.fds.insert(
+            fd,
+            Fd {
+                append,
+                ..Fd::of(kind)
+            },
+        );
         // The generator never names the FIFO here, and the symlink never points at it.
         debug_assert!(self.resolve(&path).is_none_or(|(_, n)| n != Node::Fifo));
         Some(Op::Open {
@@ -1078,7 +1121,7 @@ impl<'a> Gen<'a> {
             create,
             truncate,
             excl,
-            append: false,
+            append,
             directory: false,
             mode: 0o644,
         })

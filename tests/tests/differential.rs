@@ -12,109 +12,12 @@
 //!
 //! CI runs 40 workloads per file system; the `#[ignore]`d tests run 300.
 
+use crash_models::fsmodel;
 use crash_models::generate::{random_workload, GenConfig};
 use crash_models::ops::{FsKind, Op};
-use crash_models::protocol::{FsEntry, HostMsg, OpResult};
-use pmcrash::guest::GuestFactory;
-use pmcrash::image;
-use pmcrash::vm::Vm;
-use pmcrash_e2e::{factory, rt};
-use std::fs::File;
+use crash_models::protocol::OpResult;
+use pmcrash_e2e::{rt, ReusedGuest};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-
-use crash_models::fsmodel;
-
-/// One guest on one file system, reused across workloads.
-struct Session {
-    factory: GuestFactory,
-    vm: Option<Vm>,
-    _dir: tempfile::TempDir,
-    pristine: PathBuf,
-    work: File,
-    used: bool,
-}
-
-impl Session {
-    async fn start(fs: FsKind) -> Session {
-        let factory = factory(fs);
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pristine = dir.path().join("pristine.img");
-        factory
-            .make_image(&pristine)
-            .await
-            .expect("make a fresh image");
-        let work_path = dir.path().join("work.img");
-        image::blank(&work_path, factory.pm_size).expect("blank work image");
-        let work = File::options()
-            .read(true)
-            .write(true)
-            .open(&work_path)
-            .expect("open work image");
-        image::copy_sparse(&pristine, 0, &work, 0).expect("copy the fresh image");
-        let vm = factory
-            .start(&work_path, None)
-            .await
-            .expect("restore a guest");
-        Session {
-            factory,
-            vm: Some(vm),
-            _dir: dir,
-            pristine,
-            work,
-            used: false,
-        }
-    }
-
-    /// Put the work image back to the fresh file system (the guest has it unmounted).
-    fn reset(&mut self) {
-        let len = self.factory.pm_size as i64;
-        // SAFETY: plain fallocate on a descriptor we own; punching a hole keeps the
-        // size, so QEMU's mapping of the file stays valid and reads zeros there.
-        let rc = unsafe {
-            libc::fallocate(
-                self.work.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                0,
-                len,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "punch the work image: {}",
-            std::io::Error::last_os_error()
-        );
-        image::copy_sparse(&self.pristine, 0, &self.work, 0).expect("copy the fresh image");
-    }
-
-    /// Mount, run `ops`, dump, unmount: each op's result and the state after them.
-    async fn run(&mut self, ops: &[Op]) -> (Vec<OpResult>, Vec<FsEntry>) {
-        if self.used {
-            self.reset();
-        }
-        self.used = true;
-        let t = self.factory.timeouts.request;
-        let vm = self.vm.as_mut().expect("a live guest");
-        vm.request(&HostMsg::Refresh, t).await.expect("refresh");
-        self.factory.mount(vm).await.expect("mount -o dax");
-        let results = pmcrash::run::run_mounted(vm, ops, false, t)
-            .await
-            .expect("run the ops");
-        let entries = pmcrash::run::dump(vm, t).await.expect("dump");
-        vm.request(&HostMsg::Unmount, t).await.expect("unmount");
-        (results, entries)
-    }
-
-    async fn end(mut self) {
-        if let Some(vm) = self.vm.take() {
-            vm.shutdown(self.factory.timeouts.shutdown)
-                .await
-                .expect("power off");
-        }
-    }
-}
 
 /// The seeds to run: `PMCRASH_DIFF_SEEDS` (`N` or `A..B`) or `default`.
 fn seeds(default: Range<u64>) -> Range<u64> {
@@ -156,7 +59,7 @@ fn differential(fs: FsKind, default_seeds: Range<u64>) {
     let seeds = seeds(default_seeds);
     let rt = rt();
     let (mismatches, ran, failed_ops, files) = rt.block_on(async {
-        let mut s = Session::start(fs).await;
+        let mut s = ReusedGuest::start(fs).await;
         let mut mismatches = Vec::new();
         let (mut ran, mut failed_ops, mut files) = (0, 0, 0);
         for seed in seeds.clone() {
