@@ -251,6 +251,8 @@ pub struct Inode {
     pub xattrs: BTreeMap<String, Vec<u8>>,
     /// The op that created it; `None` for the root and base-image objects.
     pub created_by: Option<usize>,
+    /// The name it was created with (`None` for the root and base-image objects).
+    pub created_as: Option<String>,
 }
 
 impl Inode {
@@ -260,6 +262,7 @@ impl Inode {
             content: Content::default(),
             xattrs: BTreeMap::new(),
             created_by,
+            created_as: None,
         }
     }
 }
@@ -449,7 +452,9 @@ impl FsModel {
     }
 
     fn make(&mut self, op: usize, path: &str, kind: NodeKind, out: &mut Vec<Change>) -> InodeId {
-        self.inodes.push(Inode::new(kind, Some(op)));
+        let mut inode = Inode::new(kind, Some(op));
+        inode.created_as = Some(path.to_owned());
+        self.inodes.push(inode);
         let ino = self.inodes.len() - 1;
         self.names.insert(path.to_owned(), ino);
         out.push(Change::Name(path.to_owned()));

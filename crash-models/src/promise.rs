@@ -562,17 +562,15 @@ impl Sim {
         }
     }
 
+    /// The name a file was created with, while it still has it: Linux file systems
+    /// make it durable with the file's fsync (the commit that makes the inode durable
+    /// holds its directory entry). Links and renames made later are the directory's
+    /// to sync.
     fn name_of_created(&mut self, op: usize, ino: InodeId) {
-        if self.fs.inodes[ino].created_by.is_none() {
+        let Some(path) = self.fs.inodes[ino].created_as.clone() else {
             return;
-        }
-        for path in self
-            .fs
-            .paths_of(ino)
-            .into_iter()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-        {
+        };
+        if self.fs.names.get(&path) == Some(&ino) {
             self.promise(
                 op,
                 Class::Contract,
