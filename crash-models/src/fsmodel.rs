@@ -11,6 +11,7 @@
 //! * an op whose result is a failure changes nothing (the kernel's errno is data,
 //!   not a reason to stop);
 //! * a write that returned fewer bytes than asked wrote only that many;
+//! * `pwrite` on an `O_APPEND` descriptor appends, as Linux does;
 //! * contents are sparse: memory grows with the bytes written and the names made,
 //!   never with file sizes (`ftruncate` to 1 TiB costs nothing);
 //! * every byte range remembers the op that wrote it, so a promise can say which
@@ -556,12 +557,19 @@ impl FsModel {
             Op::Pwrite {
                 fd, offset, data, ..
             } => {
-                let Some(ino) = self.fd_inode(fd) else {
+                let Some(f) = self.fds.get(fd).cloned() else {
                     return out;
                 };
                 let mut bytes = data.bytes();
                 bytes.truncate(Self::written_len(result, bytes.len()));
-                self.write(i, ino, *offset, &bytes, &mut out);
+                // Linux: pwrite on an O_APPEND descriptor appends, whatever the offset
+                // (pwrite(2), BUGS). Found by the differential test.
+                let at = if f.append {
+                    self.file(f.ino).map_or(*offset, |c| c.size)
+                } else {
+                    *offset
+                };
+                self.write(i, f.ino, at, &bytes, &mut out);
             }
             Op::Read { .. } => {}
             Op::Ftruncate { fd, len } => {
