@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 pub const MOUNT_POINT: &str = "/mnt";
 /// The PM block device.
 pub const PMEM_DEV: &str = "/dev/pmem0";
+/// The kernel command-line word of deterministic guests (`pmcrash::vm`).
+const DETERMINISTIC_CMDLINE: &str = "pmcrash.det=1";
+/// The fw_cfg file holding a deterministic guest's script (`pmcrash::vm`).
+const SCRIPT_FW_CFG: &str = "opt/pmcrash/script";
 
 fn main() {
     sys::mount_pseudo_filesystems();
@@ -50,23 +54,29 @@ fn main() {
     let mut executor = exec::Executor::new(MOUNT_POINT);
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    // A deterministic guest (QEMU with -icount) is restored to run a script the host
+    // put in fw_cfg, with no input on the serial port: when its bytes arrived would
+    // depend on host timing. The agent looks for the script on a timer (virtual time:
+    // reproducible), never blocking on the port for long.
+    let deterministic = sys::cmdline_has(DETERMINISTIC_CMDLINE);
+    let mut script_done = false;
     loop {
+        if deterministic && !script_done {
+            if let Some(script) = sys::fw_cfg_file(SCRIPT_FW_CFG) {
+                script_done = true;
+                for line in script.split(|b| *b == b'\n') {
+                    serve_line(&mut channel, &mut executor, line);
+                }
+                continue;
+            }
+            if pending.is_empty() && !sys::wait_readable(&channel, 10) {
+                continue;
+            }
+        }
         // Serve every complete line already buffered, then read more.
         while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=nl).collect();
-            let line = trim_line(&line);
-            if line.is_empty() {
-                continue;
-            }
-            match protocol::decode::<HostMsg>(line) {
-                Ok(msg) => serve(&mut channel, &mut executor, msg),
-                Err(e) => send(
-                    &mut channel,
-                    &AgentMsg::Error {
-                        message: e.to_string(),
-                    },
-                ),
-            }
+            serve_line(&mut channel, &mut executor, &line);
         }
         if pending.len() > MAX_LINE_BYTES {
             pending.clear();
@@ -86,6 +96,23 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+/// Decode one request line and serve it (blank lines are skipped).
+fn serve_line(channel: &mut std::fs::File, executor: &mut exec::Executor, line: &[u8]) {
+    let line = trim_line(line);
+    if line.is_empty() {
+        return;
+    }
+    match protocol::decode::<HostMsg>(line) {
+        Ok(msg) => serve(channel, executor, msg),
+        Err(e) => send(
+            channel,
+            &AgentMsg::Error {
+                message: e.to_string(),
+            },
+        ),
     }
 }
 

@@ -276,6 +276,111 @@ impl fmt::Display for TraceSummary {
     }
 }
 
+/// One ground-truth snapshot of the PM file, taken by the tracer inside the traced run
+/// (`snap=` plugin argument): what PM held, every store persisted, after `applied`
+/// records of the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Records of the trace before the snapshot.
+    pub applied: u64,
+    /// The bytes that changed since the previous snapshot (or the base image).
+    pub ranges: Vec<(u64, Vec<u8>)>,
+}
+
+/// Read a snapshot stream written by the tracer. A stream without its trailer (QEMU
+/// killed, a snapshot failed) is an error.
+pub fn read_snapshots(path: &Path) -> Result<Vec<Snapshot>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_snapshots(&bytes).with_context(|| format!("reading snapshots {}", path.display()))
+}
+
+fn parse_snapshots(bytes: &[u8]) -> Result<Vec<Snapshot>> {
+    const MAGIC: &[u8; 8] = b"PMSNAP01";
+    const END: &[u8; 4] = b"END!";
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> Result<&[u8]> {
+        let s = bytes
+            .get(*pos..*pos + n)
+            .ok_or_else(|| anyhow::anyhow!("truncated at byte {}", *pos))?;
+        *pos += n;
+        Ok(s)
+    };
+    let u64_at = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
+    let u32_at = |s: &[u8]| u32::from_le_bytes(s.try_into().expect("4 bytes"));
+    if take(&mut pos, 8)? != MAGIC {
+        anyhow::bail!("not a snapshot stream (bad magic)");
+    }
+    let mut out = Vec::new();
+    loop {
+        if bytes.len() - pos == 12 && &bytes[pos..pos + 4] == END {
+            let n = u64_at(&bytes[pos + 4..]);
+            if n != out.len() as u64 {
+                anyhow::bail!("trailer says {n} snapshots, found {}", out.len());
+            }
+            return Ok(out);
+        }
+        let applied = u64_at(take(&mut pos, 8)?);
+        let n = u32_at(take(&mut pos, 4)?);
+        let mut ranges = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let off = u64_at(take(&mut pos, 8)?);
+            let len = u32_at(take(&mut pos, 4)?) as usize;
+            ranges.push((off, take(&mut pos, len)?.to_vec()));
+        }
+        out.push(Snapshot { applied, ranges });
+    }
+}
+
+/// Replays snapshots onto a base image: `image()` is the PM file as the tracer saw it
+/// at the last snapshot applied.
+pub struct GroundTruth<'a> {
+    image: Vec<u8>,
+    snaps: &'a [Snapshot],
+    next: usize,
+}
+
+impl<'a> GroundTruth<'a> {
+    /// Start from the base image (the PM file when the tracer started).
+    pub fn new(base: &[u8], snaps: &'a [Snapshot]) -> Self {
+        GroundTruth {
+            image: base.to_vec(),
+            snaps,
+            next: 0,
+        }
+    }
+
+    /// Apply the next snapshot; returns its `applied`, or `None` at the end.
+    pub fn advance(&mut self) -> Option<u64> {
+        let s = self.snaps.get(self.next)?;
+        self.next += 1;
+        for (off, b) in &s.ranges {
+            let o = *off as usize;
+            if self.image.len() < o + b.len() {
+                self.image.resize(o + b.len(), 0);
+            }
+            self.image[o..o + b.len()].copy_from_slice(b);
+        }
+        Some(s.applied)
+    }
+
+    /// The image at the last snapshot applied.
+    pub fn image(&self) -> &[u8] {
+        &self.image
+    }
+
+    /// The PM file at the first snapshot taken at or after `applied` records (the
+    /// snapshots must not have been advanced past it). Returns that snapshot's
+    /// `applied`.
+    pub fn seek(&mut self, applied: u64) -> Option<u64> {
+        loop {
+            let a = self.advance()?;
+            if a >= applied {
+                return Some(a);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +473,27 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_streams_parse_and_replay() {
+        let mut b = b"PMSNAP01".to_vec();
+        for (applied, off, data) in [(5u64, 2u64, &b"ab"[..]), (9, 0, &b"x"[..])] {
+            b.extend(applied.to_le_bytes());
+            b.extend(1u32.to_le_bytes());
+            b.extend(off.to_le_bytes());
+            b.extend((data.len() as u32).to_le_bytes());
+            b.extend(data);
+        }
+        assert!(parse_snapshots(&b).is_err(), "no trailer");
+        b.extend(b"END!");
+        b.extend(2u64.to_le_bytes());
+        let snaps = parse_snapshots(&b).unwrap();
+        assert_eq!(snaps.len(), 2);
+        let mut g = GroundTruth::new(&[0u8; 4], &snaps);
+        assert_eq!(g.seek(6), Some(9));
+        assert_eq!(g.image(), b"x\0ab");
+        assert_eq!(g.advance(), None);
+    }
+
+    #[test]
     fn corrupt_trace_is_recognisable() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.pmt");
@@ -393,6 +519,23 @@ pub struct TracedRun {
     pub results: Vec<crash_models::protocol::OpResult>,
     /// Stage timings.
     pub timings: crate::run::StageTimings,
+    /// Ground-truth snapshots of the PM file ([`read_snapshots`]), when asked for.
+    pub snapshots: Option<std::path::PathBuf>,
+    /// Whether the guest ran deterministically
+    /// ([`crate::guest::GuestFactory::deterministic_traces`]).
+    pub deterministic: bool,
+}
+
+/// Extras for [`trace_workload_with`].
+#[derive(Debug, Clone, Default)]
+pub struct TraceOptions {
+    /// Snapshot the PM file before every fence and marker of the run (the ground truth
+    /// of every fence and op crash point), into `STEM.snapshots`.
+    pub snapshot_fences: bool,
+    /// Also snapshot right after these records (the end of the instruction that made
+    /// record N - 1: the snapshot's `applied` can be larger than N when that
+    /// instruction made several records).
+    pub snapshot_records: Vec<u64>,
 }
 
 /// Run `workload` in a restored guest under the tracer: makes a fresh image, saves a
@@ -405,6 +548,18 @@ pub async fn trace_workload(
     out_dir: &Path,
     stem: &str,
 ) -> Result<TracedRun> {
+    trace_workload_with(factory, workload, out_dir, stem, &TraceOptions::default()).await
+}
+
+/// [`trace_workload`] with ground-truth snapshots.
+pub async fn trace_workload_with(
+    factory: &crate::guest::GuestFactory,
+    workload: &crash_models::ops::Workload,
+    out_dir: &Path,
+    stem: &str,
+    opts: &TraceOptions,
+) -> Result<TracedRun> {
+    use crash_models::protocol::HostMsg;
     use std::time::Instant;
     let t0 = Instant::now();
     let mut timings = crate::run::StageTimings::default();
@@ -422,7 +577,7 @@ pub async fn trace_workload(
     }
     timings.image_ms = t0.elapsed().as_millis() as u64;
     let hash: String = workload.hash().iter().map(|b| format!("{b:02x}")).collect();
-    let plugin = crate::vm::PluginSpec {
+    let mut plugin = crate::vm::PluginSpec {
         path: TRACER_PLUGIN.into(),
         args: vec![
             (
@@ -436,8 +591,50 @@ pub async fn trace_workload(
             ("workload".into(), hash),
         ],
     };
+    let want_snaps = opts.snapshot_fences || !opts.snapshot_records.is_empty();
+    let snap_path = out_dir.join(format!("{stem}.snapshots"));
+    if want_snaps {
+        let records: Vec<String> = opts
+            .snapshot_records
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        plugin.args.extend([
+            ("pm_file".into(), final_image.display().to_string()),
+            ("snap".into(), snap_path.display().to_string()),
+            (
+                "snap_fences".into(),
+                if opts.snapshot_fences { "on" } else { "off" }.into(),
+            ),
+        ]);
+        if !records.is_empty() {
+            plugin.args.push(("snap_records".into(), records.join(":")));
+        }
+    }
     let t = Instant::now();
-    let vm = factory.start(&final_image, Some(plugin)).await?;
+    let deterministic = factory.deterministic_traces;
+    let vm = if deterministic {
+        // The whole run, from the restore on, is the agent's own: no host input whose
+        // timing could move a kernel event.
+        let script = vec![
+            HostMsg::Refresh,
+            HostMsg::Mount {
+                fs: factory.fs,
+                options: vec![],
+            },
+            HostMsg::Run {
+                ops: workload.ops.clone(),
+                markers: true,
+            },
+            HostMsg::Unmount,
+            HostMsg::Poweroff,
+        ];
+        factory
+            .start_scripted(&final_image, Some(plugin), script)
+            .await?
+    } else {
+        factory.start(&final_image, Some(plugin)).await?
+    };
     timings.guest_ready_ms = t.elapsed().as_millis() as u64;
     let results =
         crate::run::mount_run_teardown(factory, vm, &workload.ops, true, &mut timings).await?;
@@ -446,11 +643,19 @@ pub async fn trace_workload(
     std::fs::rename(&partial, &trace_path)
         .with_context(|| format!("rename to {}", trace_path.display()))?;
     timings.total_ms = t0.elapsed().as_millis() as u64;
+    let snapshots = if want_snaps {
+        read_snapshots(&snap_path).context("the tracer's snapshots")?;
+        Some(snap_path)
+    } else {
+        None
+    };
     Ok(TracedRun {
         trace: trace_path,
         base_image,
         final_image,
         results,
         timings,
+        snapshots,
+        deterministic,
     })
 }
