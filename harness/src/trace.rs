@@ -381,6 +381,50 @@ impl<'a> GroundTruth<'a> {
     }
 }
 
+/// The image pmcrash builds for "every line persisted" after `applied` records: the
+/// base image with the durable content and every in-flight line kept whole.
+pub fn all_persisted_at(records: &[Record], line_size: u32, base: &[u8], applied: u64) -> Vec<u8> {
+    use crash_models::delta::ImageBuilder;
+    use crash_models::model::{ModelConfig, Replayer};
+    use crash_models::states::{CrashStates, StateConfig, Strategy};
+    let cfg = ModelConfig::new(Default::default(), line_size).unwrap_or_default();
+    let mut r = Replayer::new(cfg);
+    for rec in &records[..(applied as usize).min(records.len())] {
+        r.apply(rec);
+    }
+    let b = ImageBuilder::new(&r);
+    let all = StateConfig {
+        strategies: vec![Strategy::All],
+        ..StateConfig::default()
+    };
+    let mut img = base.to_vec();
+    if let Some(state) = CrashStates::new(b.in_flight(), &all).next() {
+        b.build(&state).apply_to_slice(&mut img);
+    }
+    img
+}
+
+/// The traced guest's PM file after exactly `applied` records, from its snapshots; an
+/// error names the nearest snapshots when none was taken there.
+pub fn ground_truth_at(base: &[u8], snaps: &[Snapshot], applied: u64) -> Result<Vec<u8>> {
+    let mut g = GroundTruth::new(base, snaps);
+    match g.seek(applied) {
+        Some(a) if a == applied => Ok(g.image().to_vec()),
+        _ => {
+            let at = snaps.partition_point(|s| s.applied < applied);
+            let near: Vec<String> = snaps[at.saturating_sub(2)..(at + 2).min(snaps.len())]
+                .iter()
+                .map(|s| s.applied.to_string())
+                .collect();
+            anyhow::bail!(
+                "no snapshot after {applied} records (snapshots are taken before every fence \
+                 and marker of the run); the nearest: {}",
+                near.join(", ")
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,7 +635,11 @@ pub async fn trace_workload_with(
             ("workload".into(), hash),
         ],
     };
-    let want_snaps = opts.snapshot_fences || !opts.snapshot_records.is_empty();
+    // PMCRASH_SNAPSHOTS=1 turns fence snapshots on for every trace (e.g. inside
+    // `pmcrash run --out DIR`, to keep the ground truth of each finding).
+    let snapshot_fences =
+        opts.snapshot_fences || std::env::var_os("PMCRASH_SNAPSHOTS").is_some_and(|v| v == "1");
+    let want_snaps = snapshot_fences || !opts.snapshot_records.is_empty();
     let snap_path = out_dir.join(format!("{stem}.snapshots"));
     if want_snaps {
         let records: Vec<String> = opts
@@ -604,7 +652,7 @@ pub async fn trace_workload_with(
             ("snap".into(), snap_path.display().to_string()),
             (
                 "snap_fences".into(),
-                if opts.snapshot_fences { "on" } else { "off" }.into(),
+                if snapshot_fences { "on" } else { "off" }.into(),
             ),
         ]);
         if !records.is_empty() {

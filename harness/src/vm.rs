@@ -269,6 +269,8 @@ pub struct Vm {
     /// What is left of the spec's script: requests the agent runs by itself, so
     /// [`Vm::request`] only reads their answers.
     script: std::collections::VecDeque<HostMsg>,
+    /// The guest was started with a script.
+    scripted: bool,
 }
 
 type QmpConn = qapi::futures::QapiStream<
@@ -421,6 +423,7 @@ impl Vm {
             ready: None,
             startup: Duration::ZERO,
             script: spec.script.iter().cloned().collect(),
+            scripted: !spec.script.is_empty(),
         };
         let qmp = vm
             .guard(during, wait, async {
@@ -634,6 +637,10 @@ impl Vm {
     ) -> Result<AgentMsg, VmError> {
         let wait = until.saturating_duration_since(Instant::now());
         let during_owned = during.to_owned();
+        // A scripted guest runs on to power-off without waiting for the host: its
+        // answers may all be in the socket when QEMU has exited, so read until EOF
+        // instead of giving up when QEMU ends.
+        let watch_exit = !self.scripted;
         let reader = &mut self.reader;
         let read = async {
             loop {
@@ -650,7 +657,7 @@ impl Vm {
         };
         let res = tokio::select! {
             r = tokio::time::timeout(wait, read) => r,
-            status = self.child.wait() => {
+            status = self.child.wait(), if watch_exit => {
                 forget_pid(self.pid);
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 return Err(self.died(during, status));
