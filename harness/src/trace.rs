@@ -95,6 +95,20 @@ pub struct TraceSummary {
     pub outside: OpCounts,
     /// Marker-discipline problems ([`check_markers`]); empty for a good trace.
     pub problems: Vec<String>,
+    /// [`record_stream_hash`], hex: equal for two runs that recorded the same events.
+    pub records_blake3: String,
+}
+
+/// blake3 of the record stream (every record's encoding, in order): what two runs of a
+/// workload must share to be the same run. The footer's count of elided idle fences is
+/// left out: it also counts locked instructions while nothing was in flight, e.g. in
+/// the idle loop after the last record.
+pub fn record_stream_hash(records: &[Record]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    for r in records {
+        h.update(&crash_models::trace::encode_record(r));
+    }
+    h.finalize()
 }
 
 /// Summarise a trace file.
@@ -140,6 +154,7 @@ pub fn summarise(t: &Trace) -> TraceSummary {
         ops,
         outside,
         problems: check_markers(&t.records),
+        records_blake3: record_stream_hash(&t.records).to_hex().to_string(),
     }
 }
 
@@ -258,6 +273,7 @@ impl fmt::Display for TraceSummary {
             "{} records: {} stores, {} flushes, {} fences ({} idle fences elided), {} markers; {} unresolved flushes",
             ft.records, ft.stores, ft.flushes, ft.fences, ft.elided_fences, ft.markers, ft.unresolved_flushes
         )?;
+        writeln!(f, "record stream blake3: {}", self.records_blake3)?;
         for o in &self.ops {
             writeln!(f, "op {:>4}: {o}", o.op.unwrap_or(0))?;
         }
