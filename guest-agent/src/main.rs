@@ -64,9 +64,18 @@ fn main() {
         if deterministic && !script_done {
             if let Some(script) = sys::fw_cfg_file(SCRIPT_FW_CFG) {
                 script_done = true;
+                // The answers wait in memory until the script is over (or powers off):
+                // no serial traffic, so no UART interrupts, inside the traced run.
+                let mut answers: Vec<u8> = Vec::new();
+                let poweroff = protocol::encode(&HostMsg::Poweroff);
                 for line in script.split(|b| *b == b'\n') {
-                    serve_line(&mut channel, &mut executor, line);
+                    if trim_line(line) == poweroff.trim_ascii_end() {
+                        let _ = channel.write_all(&std::mem::take(&mut answers));
+                        serve_line(&mut channel, &mut executor, line);
+                    }
+                    serve_line(&mut answers, &mut executor, line);
                 }
+                let _ = channel.write_all(&answers);
                 continue;
             }
             if pending.is_empty() && !sys::wait_readable(&channel, 10) {
@@ -100,7 +109,7 @@ fn main() {
 }
 
 /// Decode one request line and serve it (blank lines are skipped).
-fn serve_line(channel: &mut std::fs::File, executor: &mut exec::Executor, line: &[u8]) {
+fn serve_line(channel: &mut impl Write, executor: &mut exec::Executor, line: &[u8]) {
     let line = trim_line(line);
     if line.is_empty() {
         return;
@@ -133,14 +142,14 @@ fn trim_line(line: &[u8]) -> &[u8] {
     }
 }
 
-fn send(channel: &mut std::fs::File, msg: &AgentMsg) {
+fn send(channel: &mut impl Write, msg: &AgentMsg) {
     let bytes = protocol::encode(msg);
     if let Err(e) = channel.write_all(&bytes) {
         sys::log(&format!("pmcrash-agent: channel write failed: {e}"));
     }
 }
 
-fn serve(channel: &mut std::fs::File, executor: &mut exec::Executor, msg: HostMsg) {
+fn serve(channel: &mut impl Write, executor: &mut exec::Executor, msg: HostMsg) {
     let reply = match msg {
         HostMsg::Ping => AgentMsg::Pong,
         HostMsg::ConvertFsdax => result(sys::convert_to_fsdax()),
