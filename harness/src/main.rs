@@ -154,6 +154,10 @@ struct TraceArgs {
     /// NAME.snapshots: the ground truth `trace image --ground-truth` reads
     #[arg(long)]
     snapshots: bool,
+    /// Also snapshot the PM file right after these records (comma-separated; at the
+    /// end of the instruction that made record N - 1), into NAME.snapshots
+    #[arg(long, value_delimiter = ',', value_name = "N")]
+    snapshot_at: Vec<u64>,
 }
 
 #[derive(Subcommand)]
@@ -405,7 +409,7 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<ExitCode> {
     bar.set_message(format!("{} on {}-DAX", path.display(), args.fs));
     let opts = pmcrash::trace::TraceOptions {
         snapshot_fences: args.snapshots,
-        ..Default::default()
+        snapshot_records: args.snapshot_at.clone(),
     };
     let traced =
         pmcrash::trace::trace_workload_with(&factory, &loaded[0].workload, &out_dir, &stem, &opts)

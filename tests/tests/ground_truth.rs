@@ -274,3 +274,25 @@ fn deterministic_traces_are_identical() {
         assert!(ta.records.len() > 1000, "{name}: a real trace");
     }
 }
+
+/// Debugging aid: mount a PM image in a fresh guest and print what the kernel says:
+/// `IMG=pm.img cargo test -p pmcrash-e2e --test ground_truth -- --ignored mount_an_image`.
+#[test]
+#[ignore]
+fn mount_an_image() {
+    let img = std::path::PathBuf::from(std::env::var("IMG").expect("IMG=path"));
+    let fs: FsKind = std::env::var("FS")
+        .unwrap_or_else(|_| "ext4".into())
+        .parse()
+        .expect("FS");
+    let f = factory(fs);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("pm.img");
+    std::fs::copy(&img, &copy).unwrap();
+    rt().block_on(async {
+        let mut vm = f.start(&copy, None).await.expect("guest");
+        let r = f.mount(&mut vm).await;
+        eprintln!("mount: {r:?}");
+        eprintln!("{}", vm.console_tail(12));
+    });
+}
