@@ -72,10 +72,12 @@ fn main() {
                     if trim_line(line) == poweroff.trim_ascii_end() {
                         let _ = channel.write_all(&std::mem::take(&mut answers));
                         serve_line(&mut channel, &mut executor, line);
+                        continue;
                     }
                     serve_line(&mut answers, &mut executor, line);
                 }
                 let _ = channel.write_all(&answers);
+                channel.drain();
                 continue;
             }
             if pending.is_empty() && !sys::wait_readable(&channel, 10) {
@@ -108,8 +110,22 @@ fn main() {
     }
 }
 
+/// Where answers go: the serial port, or memory while a script runs.
+trait Answers: Write {
+    /// Wait until everything written has left the device.
+    fn drain(&mut self) {}
+}
+
+impl Answers for std::fs::File {
+    fn drain(&mut self) {
+        let _ = rustix::termios::tcdrain(&*self);
+    }
+}
+
+impl Answers for Vec<u8> {}
+
 /// Decode one request line and serve it (blank lines are skipped).
-fn serve_line(channel: &mut impl Write, executor: &mut exec::Executor, line: &[u8]) {
+fn serve_line(channel: &mut impl Answers, executor: &mut exec::Executor, line: &[u8]) {
     let line = trim_line(line);
     if line.is_empty() {
         return;
@@ -142,14 +158,14 @@ fn trim_line(line: &[u8]) -> &[u8] {
     }
 }
 
-fn send(channel: &mut impl Write, msg: &AgentMsg) {
+fn send(channel: &mut impl Answers, msg: &AgentMsg) {
     let bytes = protocol::encode(msg);
     if let Err(e) = channel.write_all(&bytes) {
         sys::log(&format!("pmcrash-agent: channel write failed: {e}"));
     }
 }
 
-fn serve(channel: &mut impl Write, executor: &mut exec::Executor, msg: HostMsg) {
+fn serve(channel: &mut impl Answers, executor: &mut exec::Executor, msg: HostMsg) {
     let reply = match msg {
         HostMsg::Ping => AgentMsg::Pong,
         HostMsg::ConvertFsdax => result(sys::convert_to_fsdax()),
@@ -180,7 +196,10 @@ fn serve(channel: &mut impl Write, executor: &mut exec::Executor, msg: HostMsg) 
         HostMsg::Poweroff => {
             send(channel, &AgentMsg::Done);
             let _ = channel.flush();
-            // Give the UART a moment to drain the reply before the machine stops.
+            // Every answer must leave the UART before the machine stops: the host
+            // side may be slow to read (QEMU then holds the UART back), and a
+            // deterministic guest's sleep takes no host time at all.
+            channel.drain();
             std::thread::sleep(Duration::from_millis(20));
             sys::power_off();
         }

@@ -409,9 +409,11 @@ pub fn all_persisted_at(records: &[Record], line_size: u32, base: &[u8], applied
         r.apply(rec);
     }
     let b = ImageBuilder::new(&r);
+    // Every line, however many are in flight (the default caps the lines considered).
     let all = StateConfig {
         strategies: vec![Strategy::All],
-        ..StateConfig::default()
+        max_states: 1,
+        max_lines: usize::MAX,
     };
     let mut img = base.to_vec();
     if let Some(state) = CrashStates::new(b.in_flight(), &all).next() {
