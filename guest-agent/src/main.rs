@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 pub const MOUNT_POINT: &str = "/mnt";
 /// The PM block device.
 pub const PMEM_DEV: &str = "/dev/pmem0";
+/// The kernel command-line word of deterministic guests (`pmcrash::vm`).
+const DETERMINISTIC_CMDLINE: &str = "pmcrash.det=1";
+/// The fw_cfg file holding a deterministic guest's script (`pmcrash::vm`).
+const SCRIPT_FW_CFG: &str = "opt/pmcrash/script";
 
 fn main() {
     sys::mount_pseudo_filesystems();
@@ -50,23 +54,40 @@ fn main() {
     let mut executor = exec::Executor::new(MOUNT_POINT);
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    // A deterministic guest (QEMU with -icount) is restored to run a script the host
+    // put in fw_cfg, with no input on the serial port: when its bytes arrived would
+    // depend on host timing. The agent looks for the script on a timer (virtual time:
+    // reproducible), never blocking on the port for long.
+    let deterministic = sys::cmdline_has(DETERMINISTIC_CMDLINE);
+    let mut script_done = false;
     loop {
+        if deterministic && !script_done {
+            if let Some(script) = sys::fw_cfg_file(SCRIPT_FW_CFG) {
+                script_done = true;
+                // The answers wait in memory until the script is over (or powers off):
+                // no serial traffic, so no UART interrupts, inside the traced run.
+                let mut answers: Vec<u8> = Vec::new();
+                let poweroff = protocol::encode(&HostMsg::Poweroff);
+                for line in script.split(|b| *b == b'\n') {
+                    if trim_line(line) == poweroff.trim_ascii_end() {
+                        let _ = channel.write_all(&std::mem::take(&mut answers));
+                        serve_line(&mut channel, &mut executor, line);
+                        continue;
+                    }
+                    serve_line(&mut answers, &mut executor, line);
+                }
+                let _ = channel.write_all(&answers);
+                channel.drain();
+                continue;
+            }
+            if pending.is_empty() && !sys::wait_readable(&channel, 10) {
+                continue;
+            }
+        }
         // Serve every complete line already buffered, then read more.
         while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=nl).collect();
-            let line = trim_line(&line);
-            if line.is_empty() {
-                continue;
-            }
-            match protocol::decode::<HostMsg>(line) {
-                Ok(msg) => serve(&mut channel, &mut executor, msg),
-                Err(e) => send(
-                    &mut channel,
-                    &AgentMsg::Error {
-                        message: e.to_string(),
-                    },
-                ),
-            }
+            serve_line(&mut channel, &mut executor, &line);
         }
         if pending.len() > MAX_LINE_BYTES {
             pending.clear();
@@ -89,6 +110,37 @@ fn main() {
     }
 }
 
+/// Where answers go: the serial port, or memory while a script runs.
+trait Answers: Write {
+    /// Wait until everything written has left the device.
+    fn drain(&mut self) {}
+}
+
+impl Answers for std::fs::File {
+    fn drain(&mut self) {
+        let _ = rustix::termios::tcdrain(&*self);
+    }
+}
+
+impl Answers for Vec<u8> {}
+
+/// Decode one request line and serve it (blank lines are skipped).
+fn serve_line(channel: &mut impl Answers, executor: &mut exec::Executor, line: &[u8]) {
+    let line = trim_line(line);
+    if line.is_empty() {
+        return;
+    }
+    match protocol::decode::<HostMsg>(line) {
+        Ok(msg) => serve(channel, executor, msg),
+        Err(e) => send(
+            channel,
+            &AgentMsg::Error {
+                message: e.to_string(),
+            },
+        ),
+    }
+}
+
 fn trim_line(line: &[u8]) -> &[u8] {
     let mut l = line;
     while let Some((last, rest)) = l.split_last() {
@@ -106,14 +158,14 @@ fn trim_line(line: &[u8]) -> &[u8] {
     }
 }
 
-fn send(channel: &mut std::fs::File, msg: &AgentMsg) {
+fn send(channel: &mut impl Answers, msg: &AgentMsg) {
     let bytes = protocol::encode(msg);
     if let Err(e) = channel.write_all(&bytes) {
         sys::log(&format!("pmcrash-agent: channel write failed: {e}"));
     }
 }
 
-fn serve(channel: &mut std::fs::File, executor: &mut exec::Executor, msg: HostMsg) {
+fn serve(channel: &mut impl Answers, executor: &mut exec::Executor, msg: HostMsg) {
     let reply = match msg {
         HostMsg::Ping => AgentMsg::Pong,
         HostMsg::ConvertFsdax => result(sys::convert_to_fsdax()),
@@ -144,7 +196,10 @@ fn serve(channel: &mut std::fs::File, executor: &mut exec::Executor, msg: HostMs
         HostMsg::Poweroff => {
             send(channel, &AgentMsg::Done);
             let _ = channel.flush();
-            // Give the UART a moment to drain the reply before the machine stops.
+            // Every answer must leave the UART before the machine stops: the host
+            // side may be slow to read (QEMU then holds the UART back), and a
+            // deterministic guest's sleep takes no host time at all.
+            channel.drain();
             std::thread::sleep(Duration::from_millis(20));
             sys::power_off();
         }

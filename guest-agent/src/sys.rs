@@ -336,3 +336,79 @@ pub unsafe fn store_cached(dst: *mut u8, bytes: &[u8]) {
         }
     }
 }
+
+/// True when the kernel command line holds `word` (the harness marks deterministic
+/// guests this way).
+pub fn cmdline_has(word: &str) -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == word))
+        .unwrap_or(false)
+}
+
+/// Wait until `file` has input or `millis` pass; true when it has input.
+pub fn wait_readable(file: &File, millis: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, millis) };
+    n > 0
+}
+
+/// QEMU's fw_cfg I/O ports: selector (16-bit) and data (8-bit).
+const FW_CFG_SELECT: u16 = 0x510;
+const FW_CFG_DATA: u16 = 0x511;
+/// The file directory's selector.
+const FW_CFG_FILE_DIR: u16 = 0x19;
+
+fn fw_cfg_select(key: u16) {
+    // SAFETY: port I/O on the fw_cfg ports, made accessible by ioperm.
+    unsafe {
+        std::arch::asm!("out dx, ax", in("dx") FW_CFG_SELECT, in("ax") key, options(nostack, preserves_flags))
+    };
+}
+
+fn fw_cfg_read(buf: &mut [u8]) {
+    for b in buf {
+        let v: u8;
+        // SAFETY: as above.
+        unsafe {
+            std::arch::asm!("in al, dx", in("dx") FW_CFG_DATA, out("al") v, options(nostack, preserves_flags))
+        };
+        *b = v;
+    }
+}
+
+/// The contents of the fw_cfg file `name` (`-fw_cfg name=...,file=...` on QEMU's
+/// command line), read through the legacy I/O ports: synchronous and part of the
+/// guest's instruction stream, so reading it is as deterministic as the guest.
+pub fn fw_cfg_file(name: &str) -> Option<Vec<u8>> {
+    // SAFETY: ioperm as PID 1 (CAP_SYS_RAWIO) for the two fw_cfg ports.
+    if unsafe { libc::ioperm(FW_CFG_SELECT as _, 2, 1) } != 0 {
+        return None;
+    }
+    fw_cfg_select(FW_CFG_FILE_DIR);
+    let mut n = [0u8; 4];
+    fw_cfg_read(&mut n);
+    let count = u32::from_be_bytes(n);
+    let mut entry = [0u8; 64];
+    let mut found = None;
+    for _ in 0..count.min(4096) {
+        fw_cfg_read(&mut entry);
+        let size = u32::from_be_bytes(entry[0..4].try_into().expect("4 bytes"));
+        let select = u16::from_be_bytes(entry[4..6].try_into().expect("2 bytes"));
+        let raw = &entry[8..64];
+        let len = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+        if &raw[..len] == name.as_bytes() {
+            found = Some((select, size));
+            break;
+        }
+    }
+    let (select, size) = found?;
+    fw_cfg_select(select);
+    let mut data = vec![0u8; size as usize];
+    fw_cfg_read(&mut data);
+    Some(data)
+}

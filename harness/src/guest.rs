@@ -71,6 +71,11 @@ pub struct GuestFactory {
     pub smp: u32,
     /// Waits.
     pub timeouts: Timeouts,
+    /// Trace in a deterministic guest (`-icount`, restored from a saved state made in
+    /// the same mode, the whole run scripted so no host input reaches it): the same
+    /// workload gives the same trace, record for record. Other guests (checkers,
+    /// `run --no-check`) are not affected.
+    pub deterministic_traces: bool,
 }
 
 impl GuestFactory {
@@ -82,6 +87,7 @@ impl GuestFactory {
             pm_size: image::default_pm_size(fs),
             smp: 1,
             timeouts: Timeouts::default(),
+            deterministic_traces: true,
         }
     }
 
@@ -97,6 +103,15 @@ impl GuestFactory {
 
     /// The VM spec for a PM image.
     pub fn spec(&self, pm_image: &Path, plugin: Option<PluginSpec>) -> Result<VmSpec, GuestError> {
+        self.spec_in(pm_image, plugin, false)
+    }
+
+    fn spec_in(
+        &self,
+        pm_image: &Path,
+        plugin: Option<PluginSpec>,
+        deterministic: bool,
+    ) -> Result<VmSpec, GuestError> {
         Ok(VmSpec {
             qemu: self.assets.qemu.clone(),
             kernel: self.assets.kernel.clone(),
@@ -106,6 +121,8 @@ impl GuestFactory {
             smp: self.smp,
             plugin,
             extra_cmdline: vec![],
+            deterministic,
+            script: vec![],
         })
     }
 
@@ -152,14 +169,21 @@ impl GuestFactory {
     /// The saved state every guest of this shape is restored from; booted and saved on
     /// first use.
     pub async fn saved_state(&self) -> Result<PathBuf, GuestError> {
+        self.saved_state_in(false).await
+    }
+
+    /// The saved state of deterministic guests (booted with `-icount`: a state saved
+    /// without it does not restore with it, and the agent must know the mode).
+    pub async fn saved_state_in(&self, deterministic: bool) -> Result<PathBuf, GuestError> {
         let template = self.template().await?;
         let dir = self.dir(crate::cache::vm_states_dir)?;
         let path = dir.join(format!(
-            "{}-{}-{}M-smp{}.state",
+            "{}-{}-{}M-smp{}{}.state",
             self.assets.id,
             self.fs,
             self.pm_size >> 20,
-            self.smp
+            self.smp,
+            if deterministic { "-icount" } else { "" }
         ));
         if path.exists() {
             return Ok(path);
@@ -182,7 +206,7 @@ impl GuestFactory {
                 .map_err(io("open", &pm))?,
             0,
         )?;
-        let spec = self.spec(&pm, None)?;
+        let spec = self.spec_in(&pm, None, deterministic)?;
         let mut vm = Vm::start(&spec, Start::Cold, &self.timeouts).await?;
         let tmp = path.with_extension("tmp");
         vm.save_state(&tmp, self.timeouts.save).await?;
@@ -211,6 +235,29 @@ impl GuestFactory {
     ) -> Result<Vm, GuestError> {
         let state = self.saved_state().await?;
         let spec = self.spec(pm_image, plugin)?;
+        let mut vm = Vm::start(&spec, Start::Restore(state), &self.timeouts).await?;
+        vm.request(&HostMsg::Refresh, self.timeouts.request).await?;
+        Ok(vm)
+    }
+
+    /// A deterministic guest on `pm_image` that runs `script` by itself from the
+    /// instant it is restored, with no host input: the requests made with
+    /// [`Vm::request`] must be the script's, in order, and only read the answers. The
+    /// script must begin with [`HostMsg::Refresh`] (this sends it).
+    pub async fn start_scripted(
+        &self,
+        pm_image: &Path,
+        plugin: Option<PluginSpec>,
+        script: Vec<HostMsg>,
+    ) -> Result<Vm, GuestError> {
+        if script.first() != Some(&HostMsg::Refresh) {
+            return Err(GuestError::Guest(
+                "a guest script must begin with refresh".into(),
+            ));
+        }
+        let state = self.saved_state_in(true).await?;
+        let mut spec = self.spec_in(pm_image, plugin, true)?;
+        spec.script = script;
         let mut vm = Vm::start(&spec, Start::Restore(state), &self.timeouts).await?;
         vm.request(&HostMsg::Refresh, self.timeouts.request).await?;
         Ok(vm)

@@ -122,6 +122,11 @@ struct RunArgs {
     /// Only run the ops and print their results (no tracing, no crash states)
     #[arg(long)]
     no_check: bool,
+    /// Trace in a plain TCG guest instead of a deterministic one (-icount, whole run
+    /// scripted): faster to start the first time, but kernel events then follow host
+    /// timing, so crash points (and --crash-at) differ between runs
+    #[arg(long)]
+    no_deterministic: bool,
 }
 
 #[derive(Args)]
@@ -144,6 +149,17 @@ struct TraceArgs {
     /// vCPUs (more than one runs TCG single-threaded: one total order)
     #[arg(long, default_value_t = 1)]
     smp: u32,
+    /// Trace in a plain TCG guest instead of a deterministic one (see `run --help`)
+    #[arg(long)]
+    no_deterministic: bool,
+    /// Also snapshot the PM file before every fence and marker of the run, into
+    /// NAME.snapshots: the ground truth `trace image --ground-truth` reads
+    #[arg(long)]
+    snapshots: bool,
+    /// Also snapshot the PM file right after these records (comma-separated; at the
+    /// end of the instruction that made record N - 1), into NAME.snapshots
+    #[arg(long, value_delimiter = ',', value_name = "N")]
+    snapshot_at: Vec<u64>,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +168,22 @@ enum TraceCmd {
     Show {
         /// The .pmtrace file
         trace: PathBuf,
+    },
+    /// Write the PM image after N records with every store persisted: as pmcrash builds
+    /// it from the trace, or (--ground-truth) as the traced guest really had it
+    Image {
+        /// The .pmtrace file (NAME.base.img, NAME.snapshots are read beside it)
+        trace: PathBuf,
+        /// Records applied (a crash point's record)
+        #[arg(long)]
+        at: u64,
+        /// The image to write
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// The traced guest's PM file from NAME.snapshots (`trace --snapshots`, or
+        /// PMCRASH_SNAPSHOTS=1) instead of the image built from the trace
+        #[arg(long)]
+        ground_truth: bool,
     },
 }
 
@@ -320,6 +352,7 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                 &g,
                 cfg,
                 args.smp,
+                !args.no_deterministic,
                 loaded,
                 args.junit.as_deref(),
                 false,
@@ -335,7 +368,7 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                 points: Policy::Op,
                 ..RunConfig::default()
             };
-            crash_test(&g, cfg, 1, loaded, None, true, interrupt).await
+            crash_test(&g, cfg, 1, true, loaded, None, true, interrupt).await
         }
         Command::Trace(TraceArgs {
             show: Some(TraceCmd::Show { trace }),
@@ -349,8 +382,44 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Clean)
         }
+        Command::Trace(TraceArgs {
+            show:
+                Some(TraceCmd::Image {
+                    trace,
+                    at,
+                    output,
+                    ground_truth,
+                }),
+            ..
+        }) => {
+            trace_image(&trace, at, &output, ground_truth)?;
+            Ok(Outcome::Clean)
+        }
         Command::Trace(args) => trace(&g, args).await,
     }
+}
+
+/// `pmcrash trace image`.
+fn trace_image(
+    trace: &std::path::Path,
+    at: u64,
+    output: &std::path::Path,
+    ground_truth: bool,
+) -> anyhow::Result<()> {
+    let sibling = |ext: &str| trace.with_extension(ext);
+    let t = pmcrash::trace::read(trace)?;
+    let base_path = sibling("base.img");
+    let base = std::fs::read(&base_path)
+        .with_context(|| format!("reading the base image {}", base_path.display()))?;
+    let img = if ground_truth {
+        let snaps = pmcrash::trace::read_snapshots(&sibling("snapshots"))?;
+        pmcrash::trace::ground_truth_at(&base, &snaps, at)?
+    } else {
+        pmcrash::trace::all_persisted_at(&t.records, t.header.line_size, &base, at)
+    };
+    pmcrash::cache::write_atomic(output, &img)
+        .with_context(|| format!("write {}", output.display()))?;
+    Ok(())
 }
 
 async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<Outcome> {
@@ -364,6 +433,7 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<Outcome> {
         factory.pm_size = m << 20;
     }
     factory.smp = args.smp;
+    factory.deterministic_traces = !args.no_deterministic;
     let out_dir = match args.output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -376,8 +446,13 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<Outcome> {
         .unwrap_or_else(|| "run".into());
     let bar = pmcrash::progress::bar(1, !g.json, "trace");
     bar.set_message(format!("{} on {}-DAX", path.display(), args.fs));
+    let opts = pmcrash::trace::TraceOptions {
+        snapshot_fences: args.snapshots,
+        snapshot_records: args.snapshot_at.clone(),
+    };
     let traced =
-        pmcrash::trace::trace_workload(&factory, &loaded[0].workload, &out_dir, &stem).await?;
+        pmcrash::trace::trace_workload_with(&factory, &loaded[0].workload, &out_dir, &stem, &opts)
+            .await?;
     bar.finish_and_clear();
     let summary = pmcrash::trace::summarise(&traced.decoded);
     if g.json {
@@ -402,6 +477,7 @@ async fn crash_test(
     g: &Global,
     cfg: RunConfig,
     smp: u32,
+    deterministic: bool,
     loaded: Vec<workloads::Loaded>,
     junit: Option<&std::path::Path>,
     table: bool,
@@ -413,6 +489,7 @@ async fn crash_test(
         factory.pm_size = s;
     }
     factory.smp = smp;
+    factory.deterministic_traces = deterministic;
     let fail_on = cfg.fail_on.clone();
     let mut p = Pipeline::with_factory(factory, cfg)?;
     p.set_interrupt(interrupt);

@@ -76,6 +76,21 @@ pub enum PipelineError {
         /// The workload.
         workload: String,
     },
+    /// `--crash-at` names a record that is no crash point of the workload.
+    #[error(
+        "--crash-at {record} is no crash point of {workload} with these settings (and the \
+         trace is exactly reproducible only in deterministic mode); the nearest crash points: \
+         {}",
+        nearest.join(", ")
+    )]
+    NoCrashPoint {
+        /// The workload.
+        workload: String,
+        /// The record asked for.
+        record: u64,
+        /// The nearest crash points, described (`5167 (op 8 fmetadatasync)`).
+        nearest: Vec<String>,
+    },
     /// Local I/O.
     #[error("{what}: {source}")]
     Io {
@@ -405,8 +420,15 @@ impl Pipeline {
         // Enumerate.
         let t = Instant::now();
         bar.set_message("enumerating crash states");
-        let (points, images) =
+        let (points, images, passed) =
             self.enumerate(workload, &results, &trace.records, trace.header.line_size);
+        if let (Some(record), true) = (self.cfg.crash_at, points.is_empty()) {
+            return Err(PipelineError::NoCrashPoint {
+                workload: name.into(),
+                record,
+                nearest: nearest_points(workload, &passed, record),
+            });
+        }
         timings.enumerate_ms = t.elapsed().as_millis() as u64;
 
         // Check every distinct image.
@@ -483,14 +505,16 @@ impl Pipeline {
         Ok(report)
     }
 
-    /// Crash points, their states, and the distinct images.
+    /// Crash points, their states, and the distinct images; with `crash_at`, also the
+    /// points passed over (to say which are nearest when none matches).
+    #[allow(clippy::type_complexity)]
     fn enumerate(
         &self,
         workload: &Workload,
         results: &[OpResult],
         records: &[Record],
         line_size: u32,
-    ) -> (Vec<PointData>, Vec<Arc<CrashImage>>) {
+    ) -> (Vec<PointData>, Vec<Arc<CrashImage>>, Vec<CrashPoint>) {
         let cfg = ModelConfig::new(self.cfg.model, line_size).unwrap_or_default();
         let mut replayer = Replayer::new(cfg);
         // fmetadatasync: the kernel's own flushes of the file's data lines do not count.
@@ -518,8 +542,10 @@ impl Pipeline {
         let mut ids: HashMap<ImageId, usize> = HashMap::new();
         let mut images: Vec<Arc<CrashImage>> = Vec::new();
         let mut out = Vec::new();
+        let mut passed = Vec::new();
         while let Some(p) = points.next() {
             if self.cfg.crash_at.is_some_and(|c| c != p.applied) {
+                passed.push(p);
                 continue;
             }
             if self.cfg.max_points.is_some_and(|m| out.len() >= m) {
@@ -563,9 +589,32 @@ impl Pipeline {
                 capped,
             });
         }
-        (out, images)
+        (out, images, passed)
     }
+}
 
+/// The crash points nearest to `record` (up to three on each side), described.
+fn nearest_points(workload: &Workload, all: &[CrashPoint], record: u64) -> Vec<String> {
+    let at = all.partition_point(|p| p.applied < record);
+    let mut out: Vec<String> = all[at.saturating_sub(3)..(at + 3).min(all.len())]
+        .iter()
+        .map(|p| {
+            match p
+                .op()
+                .and_then(|o| workload.ops.get(o as usize).map(|w| (o, w)))
+            {
+                Some((o, w)) => format!("{} (op {o} {})", p.applied, w.name()),
+                None => p.applied.to_string(),
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        out.push("none: the workload has no crash point".into());
+    }
+    out
+}
+
+impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     fn judge(
         &self,

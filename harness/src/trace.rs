@@ -48,6 +48,26 @@ pub enum TracingError {
     /// A file could not be written or published.
     #[error(transparent)]
     File(#[from] FileError),
+    /// The tracer's snapshot stream is unusable.
+    #[error("snapshots {}: {message}", path.display())]
+    Snapshots {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// No ground-truth snapshot was taken at the record asked for.
+    #[error(
+        "no snapshot after {applied} records (snapshots are taken before every fence and \
+         marker of the run); the nearest: {}",
+        nearest.join(", ")
+    )]
+    NoSnapshot {
+        /// The record asked for.
+        applied: u64,
+        /// The nearest snapshots' records.
+        nearest: Vec<String>,
+    },
 }
 
 impl TracingError {
@@ -139,6 +159,20 @@ pub struct TraceSummary {
     pub outside: OpCounts,
     /// Marker-discipline problems ([`marker_problems`]); empty for a good trace.
     pub problems: Vec<String>,
+    /// [`record_stream_hash`], hex: equal for two runs that recorded the same events.
+    pub records_blake3: String,
+}
+
+/// blake3 of the record stream (every record's encoding, in order): what two runs of a
+/// workload must share to be the same run. The footer's count of elided idle fences is
+/// left out: it also counts locked instructions while nothing was in flight, e.g. in
+/// the idle loop after the last record.
+pub fn record_stream_hash(records: &[Record]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    for r in records {
+        h.update(&crash_models::trace::encode_record(r));
+    }
+    h.finalize()
 }
 
 /// Summarise a trace file.
@@ -184,6 +218,7 @@ pub fn summarise(t: &Trace) -> TraceSummary {
         ops,
         outside,
         problems: marker_problems(&t.records),
+        records_blake3: record_stream_hash(&t.records).to_hex().to_string(),
     }
 }
 
@@ -302,6 +337,7 @@ impl fmt::Display for TraceSummary {
             "{} records: {} stores, {} flushes, {} fences ({} idle fences elided), {} markers; {} unresolved flushes",
             ft.records, ft.stores, ft.flushes, ft.fences, ft.elided_fences, ft.markers, ft.unresolved_flushes
         )?;
+        writeln!(f, "record stream blake3: {}", self.records_blake3)?;
         for o in &self.ops {
             writeln!(f, "op {:>4}: {o}", o.op.unwrap_or(0))?;
         }
@@ -317,6 +353,166 @@ impl fmt::Display for TraceSummary {
             )?;
         }
         Ok(())
+    }
+}
+
+/// One ground-truth snapshot of the PM file, taken by the tracer inside the traced run
+/// (`snap=` plugin argument): what PM held, every store persisted, after `applied`
+/// records of the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Records of the trace before the snapshot.
+    pub applied: u64,
+    /// The bytes that changed since the previous snapshot (or the base image).
+    pub ranges: Vec<(u64, Vec<u8>)>,
+}
+
+/// Read a snapshot stream written by the tracer. A stream without its trailer (QEMU
+/// killed, a snapshot failed) is an error.
+pub fn read_snapshots(path: &Path) -> Result<Vec<Snapshot>, TracingError> {
+    let bytes = std::fs::read(path).map_err(|source| TracingError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_snapshots(&bytes).map_err(|message| TracingError::Snapshots {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+fn parse_snapshots(bytes: &[u8]) -> Result<Vec<Snapshot>, String> {
+    const MAGIC: &[u8; 8] = b"PMSNAP01";
+    const END: &[u8; 4] = b"END!";
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
+        let s = bytes
+            .get(*pos..pos.saturating_add(n))
+            .ok_or_else(|| format!("truncated at byte {}", *pos))?;
+        *pos += n;
+        Ok(s)
+    };
+    let u64_at = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
+    let u32_at = |s: &[u8]| u32::from_le_bytes(s.try_into().expect("4 bytes"));
+    if take(&mut pos, 8)? != MAGIC {
+        return Err("not a snapshot stream (bad magic)".into());
+    }
+    let mut out = Vec::new();
+    loop {
+        if bytes.len() - pos == 12 && &bytes[pos..pos + 4] == END {
+            let n = u64_at(&bytes[pos + 4..]);
+            if n != out.len() as u64 {
+                return Err(format!("trailer says {n} snapshots, found {}", out.len()));
+            }
+            return Ok(out);
+        }
+        let applied = u64_at(take(&mut pos, 8)?);
+        let n = u32_at(take(&mut pos, 4)?);
+        let mut ranges = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let off = u64_at(take(&mut pos, 8)?);
+            let len = u32_at(take(&mut pos, 4)?) as usize;
+            ranges.push((off, take(&mut pos, len)?.to_vec()));
+        }
+        out.push(Snapshot { applied, ranges });
+    }
+}
+
+/// Replays snapshots onto a base image: `image()` is the PM file as the tracer saw it
+/// at the last snapshot applied.
+pub struct GroundTruth<'a> {
+    image: Vec<u8>,
+    snaps: &'a [Snapshot],
+    next: usize,
+}
+
+impl<'a> GroundTruth<'a> {
+    /// Start from the base image (the PM file when the tracer started).
+    pub fn new(base: &[u8], snaps: &'a [Snapshot]) -> Self {
+        GroundTruth {
+            image: base.to_vec(),
+            snaps,
+            next: 0,
+        }
+    }
+
+    /// Apply the next snapshot; returns its `applied`, or `None` at the end.
+    pub fn advance(&mut self) -> Option<u64> {
+        let s = self.snaps.get(self.next)?;
+        self.next += 1;
+        for (off, b) in &s.ranges {
+            let o = *off as usize;
+            if self.image.len() < o + b.len() {
+                self.image.resize(o + b.len(), 0);
+            }
+            self.image[o..o + b.len()].copy_from_slice(b);
+        }
+        Some(s.applied)
+    }
+
+    /// The image at the last snapshot applied.
+    pub fn image(&self) -> &[u8] {
+        &self.image
+    }
+
+    /// The PM file at the first snapshot taken at or after `applied` records (the
+    /// snapshots must not have been advanced past it). Returns that snapshot's
+    /// `applied`.
+    pub fn seek(&mut self, applied: u64) -> Option<u64> {
+        loop {
+            let a = self.advance()?;
+            if a >= applied {
+                return Some(a);
+            }
+        }
+    }
+}
+
+/// The image pmcrash builds for "every line persisted" after `applied` records: the
+/// base image with the durable content and every in-flight line kept whole.
+pub fn all_persisted_at(records: &[Record], line_size: u32, base: &[u8], applied: u64) -> Vec<u8> {
+    use crash_models::delta::ImageBuilder;
+    use crash_models::model::{ModelConfig, Replayer};
+    use crash_models::states::{CrashStates, StateConfig, Strategy};
+    let cfg = ModelConfig::new(Default::default(), line_size).unwrap_or_default();
+    let mut r = Replayer::new(cfg);
+    for rec in &records[..(applied as usize).min(records.len())] {
+        r.apply(rec);
+    }
+    let b = ImageBuilder::new(&r);
+    // Every line, however many are in flight (the default caps the lines considered).
+    let all = StateConfig {
+        strategies: vec![Strategy::All],
+        max_states: 1,
+        max_lines: usize::MAX,
+    };
+    let mut img = base.to_vec();
+    if let Some(state) = CrashStates::new(b.in_flight(), &all).next() {
+        b.build(&state).apply_to_slice(&mut img);
+    }
+    img
+}
+
+/// The traced guest's PM file after exactly `applied` records, from its snapshots; an
+/// error names the nearest snapshots when none was taken there.
+pub fn ground_truth_at(
+    base: &[u8],
+    snaps: &[Snapshot],
+    applied: u64,
+) -> Result<Vec<u8>, TracingError> {
+    let mut g = GroundTruth::new(base, snaps);
+    match g.seek(applied) {
+        Some(a) if a == applied => Ok(g.image().to_vec()),
+        _ => {
+            let at = snaps.partition_point(|s| s.applied < applied);
+            let near: Vec<String> = snaps[at.saturating_sub(2)..(at + 2).min(snaps.len())]
+                .iter()
+                .map(|s| s.applied.to_string())
+                .collect();
+            Err(TracingError::NoSnapshot {
+                applied,
+                nearest: near,
+            })
+        }
     }
 }
 
@@ -417,6 +613,27 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_streams_parse_and_replay() {
+        let mut b = b"PMSNAP01".to_vec();
+        for (applied, off, data) in [(5u64, 2u64, &b"ab"[..]), (9, 0, &b"x"[..])] {
+            b.extend(applied.to_le_bytes());
+            b.extend(1u32.to_le_bytes());
+            b.extend(off.to_le_bytes());
+            b.extend((data.len() as u32).to_le_bytes());
+            b.extend(data);
+        }
+        assert!(parse_snapshots(&b).is_err(), "no trailer");
+        b.extend(b"END!");
+        b.extend(2u64.to_le_bytes());
+        let snaps = parse_snapshots(&b).unwrap();
+        assert_eq!(snaps.len(), 2);
+        let mut g = GroundTruth::new(&[0u8; 4], &snaps);
+        assert_eq!(g.seek(6), Some(9));
+        assert_eq!(g.image(), b"x\0ab");
+        assert_eq!(g.advance(), None);
+    }
+
+    #[test]
     fn corrupt_trace_is_recognisable() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.pmt");
@@ -445,6 +662,23 @@ pub struct TracedRun {
     pub results: Vec<crash_models::protocol::OpResult>,
     /// Stage timings.
     pub timings: crate::run::StageTimings,
+    /// Ground-truth snapshots of the PM file ([`read_snapshots`]), when asked for.
+    pub snapshots: Option<std::path::PathBuf>,
+    /// Whether the guest ran deterministically
+    /// ([`crate::guest::GuestFactory::deterministic_traces`]).
+    pub deterministic: bool,
+}
+
+/// Extras for [`trace_workload_with`].
+#[derive(Debug, Clone, Default)]
+pub struct TraceOptions {
+    /// Snapshot the PM file before every fence and marker of the run (the ground truth
+    /// of every fence and op crash point), into `STEM.snapshots`.
+    pub snapshot_fences: bool,
+    /// Also snapshot right after these records (the end of the instruction that made
+    /// record N - 1: the snapshot's `applied` can be larger than N when that
+    /// instruction made several records).
+    pub snapshot_records: Vec<u64>,
 }
 
 /// Run `workload` in a restored guest under the tracer: makes a fresh image, saves a
@@ -457,6 +691,18 @@ pub async fn trace_workload(
     out_dir: &Path,
     stem: &str,
 ) -> Result<TracedRun, TracingError> {
+    trace_workload_with(factory, workload, out_dir, stem, &TraceOptions::default()).await
+}
+
+/// [`trace_workload`] with ground-truth snapshots.
+pub async fn trace_workload_with(
+    factory: &crate::guest::GuestFactory,
+    workload: &crash_models::ops::Workload,
+    out_dir: &Path,
+    stem: &str,
+    opts: &TraceOptions,
+) -> Result<TracedRun, TracingError> {
+    use crash_models::protocol::HostMsg;
     use std::time::Instant;
     let t0 = Instant::now();
     let mut timings = crate::run::StageTimings::default();
@@ -477,7 +723,7 @@ pub async fn trace_workload(
     }
     timings.image_ms = t0.elapsed().as_millis() as u64;
     let hash: String = workload.hash().iter().map(|b| format!("{b:02x}")).collect();
-    let plugin = crate::vm::PluginSpec {
+    let mut plugin = crate::vm::PluginSpec {
         path: TRACER_PLUGIN.into(),
         args: vec![
             (
@@ -491,14 +737,66 @@ pub async fn trace_workload(
             ("workload".into(), hash),
         ],
     };
+    // PMCRASH_SNAPSHOTS=1 turns fence snapshots on for every trace (e.g. inside
+    // `pmcrash run --out DIR`, to keep the ground truth of each finding).
+    let snapshot_fences =
+        opts.snapshot_fences || std::env::var_os("PMCRASH_SNAPSHOTS").is_some_and(|v| v == "1");
+    let want_snaps = snapshot_fences || !opts.snapshot_records.is_empty();
+    let snap_path = out_dir.join(format!("{stem}.snapshots"));
+    if want_snaps {
+        let records: Vec<String> = opts
+            .snapshot_records
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        plugin.args.extend([
+            ("pm_file".into(), final_image.display().to_string()),
+            ("snap".into(), snap_path.display().to_string()),
+            (
+                "snap_fences".into(),
+                if snapshot_fences { "on" } else { "off" }.into(),
+            ),
+        ]);
+        if !records.is_empty() {
+            plugin.args.push(("snap_records".into(), records.join(":")));
+        }
+    }
     let t = Instant::now();
-    let vm = factory.start(&final_image, Some(plugin)).await?;
+    let deterministic = factory.deterministic_traces;
+    let vm = if deterministic {
+        // The whole run, from the restore on, is the agent's own: no host input whose
+        // timing could move a kernel event.
+        let script = vec![
+            HostMsg::Refresh,
+            HostMsg::Mount {
+                fs: factory.fs,
+                options: vec![],
+            },
+            HostMsg::Run {
+                ops: workload.ops.clone(),
+                markers: true,
+            },
+            HostMsg::Unmount,
+            HostMsg::Poweroff,
+        ];
+        factory
+            .start_scripted(&final_image, Some(plugin), script)
+            .await?
+    } else {
+        factory.start(&final_image, Some(plugin)).await?
+    };
     timings.guest_ready_ms = t.elapsed().as_millis() as u64;
     let results =
         crate::run::mount_run_teardown(factory, vm, &workload.ops, true, &mut timings).await?;
     let decoded = read(&partial)?;
     crate::cache::publish(&partial, &trace_path)?;
     timings.total_ms = t0.elapsed().as_millis() as u64;
+    let snapshots = if want_snaps {
+        read_snapshots(&snap_path)?;
+        Some(snap_path)
+    } else {
+        None
+    };
     Ok(TracedRun {
         trace: trace_path,
         decoded,
@@ -506,5 +804,7 @@ pub async fn trace_workload(
         final_image,
         results,
         timings,
+        snapshots,
+        deterministic,
     })
 }

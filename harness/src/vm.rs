@@ -51,7 +51,27 @@ pub struct VmSpec {
     pub plugin: Option<PluginSpec>,
     /// Extra kernel command-line words.
     pub extra_cmdline: Vec<String>,
+    /// Reproducible execution: `-icount` (virtual time counts instructions, idle time
+    /// jumps to the next timer), a seeded guest RNG and a virtual-time RTC, with the
+    /// agent told so on the kernel command line. A saved state fits only a QEMU of the
+    /// same mode.
+    pub deterministic: bool,
+    /// Requests the agent runs by itself after a restore, with no host input (read
+    /// from `fw_cfg`; see [`Vm::request`]). Needs `deterministic`.
+    pub script: Vec<HostMsg>,
 }
+
+/// `-icount` for [`VmSpec::deterministic`]: one instruction is one nanosecond of
+/// virtual time (a fixed shift: `auto` adapts to host speed, which is not
+/// reproducible), and an idle guest does not wait for the host's clock.
+pub const ICOUNT: &str = "shift=0,sleep=off";
+
+/// The kernel command-line word that tells the agent it runs deterministically (it
+/// then waits for a script instead of blocking on the serial port).
+pub const DETERMINISTIC_CMDLINE: &str = "pmcrash.det=1";
+
+/// The `fw_cfg` file holding a [`VmSpec::script`], one request per line.
+pub const SCRIPT_FW_CFG: &str = "opt/pmcrash/script";
 
 /// How to start.
 #[derive(Debug, Clone)]
@@ -191,10 +211,10 @@ fn machine_args(spec: &VmSpec) -> Vec<String> {
     // Room for RAM and the NVDIMM, in whole GiB, plus a spare GiB.
     let maxmem_mib = (GUEST_RAM_MIB + spec.pm_size.div_ceil(1 << 20)).div_ceil(1024) * 1024 + 1024;
     let mut accel = "tcg".to_owned();
-    if spec.smp > 1 {
+    if spec.smp > 1 && !spec.deterministic {
         accel.push_str(",thread=single");
     }
-    vec![
+    let mut args: Vec<String> = vec![
         "-M".into(),
         "pc,nvdimm=on".into(),
         "-accel".into(),
@@ -218,7 +238,20 @@ fn machine_args(spec: &VmSpec) -> Vec<String> {
         "-no-reboot".into(),
         "-nic".into(),
         "none".into(),
-    ]
+    ];
+    if spec.deterministic {
+        // -icount runs the vCPUs round-robin in one thread (no MTTCG), so the order
+        // of events depends on instructions executed only.
+        args.extend([
+            "-icount".into(),
+            ICOUNT.into(),
+            "-rtc".into(),
+            "base=2025-01-01T00:00:00,clock=vm".into(),
+            "-seed".into(),
+            "1".into(),
+        ]);
+    }
+    args
 }
 
 /// A running guest.
@@ -233,6 +266,11 @@ pub struct Vm {
     pub ready: Option<AgentMsg>,
     /// Time from spawn to a guest that answers.
     pub startup: Duration,
+    /// What is left of the spec's script: requests the agent runs by itself, so
+    /// [`Vm::request`] only reads their answers.
+    script: std::collections::VecDeque<HostMsg>,
+    /// The guest was started with a script.
+    scripted: bool,
 }
 
 type QmpConn = qapi::futures::QapiStream<
@@ -275,6 +313,9 @@ impl Vm {
             "mitigations=off".into(),
         ];
         cmdline.extend(spec.extra_cmdline.iter().cloned());
+        if spec.deterministic {
+            cmdline.push(DETERMINISTIC_CMDLINE.into());
+        }
         args.extend([
             "-kernel".into(),
             spec.kernel.display().to_string(),
@@ -305,6 +346,18 @@ impl Vm {
         }
         if matches!(start, Start::Restore(_)) {
             args.extend(["-incoming".into(), "defer".into()]);
+        }
+        if !spec.script.is_empty() {
+            let path = dir.path().join("script.jsonl");
+            let mut text = Vec::new();
+            for m in &spec.script {
+                text.extend(protocol::encode(m));
+            }
+            std::fs::write(&path, text).map_err(io_err("write the agent's script"))?;
+            args.extend([
+                "-fw_cfg".into(),
+                format!("name={SCRIPT_FW_CFG},file={}", path.display()),
+            ]);
         }
         let mut cmd = tokio::process::Command::new(&spec.qemu);
         cmd.args(&args)
@@ -369,6 +422,8 @@ impl Vm {
             writer: w,
             ready: None,
             startup: Duration::ZERO,
+            script: spec.script.iter().cloned().collect(),
+            scripted: !spec.script.is_empty(),
         };
         let qmp = vm
             .guard(during, wait, async {
@@ -423,6 +478,12 @@ impl Vm {
                 .await?;
                 vm.wait_migration("restore", until).await?;
                 vm.qmp_exec("cont", qmp::cont {}).await?;
+                // A scripted guest gets no input at all: its first answer (to the
+                // script's first request) proves the channel.
+                if !vm.script.is_empty() {
+                    vm.startup = t0.elapsed();
+                    return Ok(vm);
+                }
                 // Anything the guest wrote before the snapshot and the host never read
                 // is gone with the old socket; a ping proves the channel is live.
                 let left = until.saturating_duration_since(Instant::now());
@@ -576,6 +637,10 @@ impl Vm {
     ) -> Result<AgentMsg, VmError> {
         let wait = until.saturating_duration_since(Instant::now());
         let during_owned = during.to_owned();
+        // A scripted guest runs on to power-off without waiting for the host: its
+        // answers may all be in the socket when QEMU has exited, so read until EOF
+        // instead of giving up when QEMU ends.
+        let watch_exit = !self.scripted;
         let reader = &mut self.reader;
         let read = async {
             loop {
@@ -592,7 +657,7 @@ impl Vm {
         };
         let res = tokio::select! {
             r = tokio::time::timeout(wait, read) => r,
-            status = self.child.wait() => {
+            status = self.child.wait(), if watch_exit => {
                 forget_pid(self.pid);
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 return Err(self.died(during, status));
@@ -642,17 +707,35 @@ impl Vm {
     /// Send one request and return the agent's messages: the progress ones (e.g. one
     /// `op-done` per op) and the terminal one. An `error` answer becomes
     /// [`VmError::Agent`].
+    ///
+    /// When the guest runs a script ([`VmSpec::script`]) whose next request is `msg`,
+    /// nothing is sent: the agent runs it by itself and this only reads the answers.
+    /// Any other request while a script runs is an error (host input would make the
+    /// run depend on host timing).
     pub async fn request(
         &mut self,
         msg: &HostMsg,
         timeout: Duration,
     ) -> Result<(Vec<AgentMsg>, AgentMsg), VmError> {
         let during = msg.name().to_owned();
-        let line = protocol::encode(msg);
-        self.writer
-            .write_all(&line)
-            .await
-            .map_err(io_err(format!("send {during} to the agent")))?;
+        if let Some(next) = self.script.front() {
+            if next != msg {
+                return Err(VmError::Protocol {
+                    during,
+                    message: format!(
+                        "the guest runs a script whose next request is {}",
+                        next.name()
+                    ),
+                });
+            }
+            self.script.pop_front();
+        } else {
+            let line = protocol::encode(msg);
+            self.writer
+                .write_all(&line)
+                .await
+                .map_err(io_err(format!("send {during} to the agent")))?;
+        }
         let mut partial = Vec::new();
         let last = self
             .recv_collect(&during, Instant::now() + timeout, &mut partial)
@@ -691,8 +774,12 @@ impl Vm {
     /// Power the guest off through the agent and wait for QEMU to exit; kill it if it
     /// does not.
     pub async fn shutdown(mut self, timeout: Duration) -> Result<(), VmError> {
-        let line = protocol::encode(&HostMsg::Poweroff);
-        let _ = self.writer.write_all(&line).await;
+        if self.script.front() == Some(&HostMsg::Poweroff) {
+            self.script.pop_front();
+        } else {
+            let line = protocol::encode(&HostMsg::Poweroff);
+            let _ = self.writer.write_all(&line).await;
+        }
         let res = tokio::time::timeout(timeout, self.child.wait()).await;
         forget_pid(self.pid);
         match res {

@@ -15,6 +15,7 @@ fn every_command_has_help() {
         vec!["run", "--help"],
         vec!["demo", "--help"],
         vec!["trace", "--help"],
+        vec!["trace", "image", "--help"],
     ] {
         let out = pmcrash().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
@@ -259,4 +260,67 @@ fn corrupt_trace_exits_2_naming_the_offset() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.pmtrace"), "{err}");
     assert!(err.contains("byte"), "the error names the offset: {err}");
+}
+
+/// `--crash-at` with a record that is no crash point is an error (exit 2) that names
+/// the nearest crash points, not a silent empty run. Boots real guests.
+#[test]
+fn crash_at_no_crash_point_exits_2_with_the_nearest() {
+    let w = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../corpora/regressions/create-fsync.toml"
+    );
+    // Record 1 is inside the run's preamble: never a crash point.
+    let out = pmcrash()
+        .args([
+            "run",
+            w,
+            "--fs",
+            "ext4",
+            "--states",
+            "all",
+            "--crash-at",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--crash-at 1 is no crash point"), "{err}");
+    assert!(err.contains("nearest crash points"), "{err}");
+    assert!(
+        err.contains("(op 0 open)") || err.contains("(op 1 fsync)"),
+        "{err}"
+    );
+    // And a real one from that list runs that one point.
+    let nearest: u64 = err
+        .split("nearest crash points: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no point number in: {err}"));
+    let out = pmcrash()
+        .args([
+            "run",
+            w,
+            "--fs",
+            "ext4",
+            "--states",
+            "all",
+            "--json",
+            "--crash-at",
+        ])
+        .arg(nearest.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = report["workloads"][0]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "{report}");
+    assert_eq!(points[0]["record"].as_u64(), Some(nearest));
 }

@@ -442,3 +442,71 @@ fn corrupt_and_truncated_traces_are_errors() {
         assert!(format!("{e:#}").contains("byte"), "{name}: {e:#}");
     }
 }
+
+/// Debugging aid: `A=x.pmtrace B=y.pmtrace cargo test -- --ignored diff_two_traces`.
+#[test]
+#[ignore]
+fn diff_two_traces() {
+    let a = pmcrash::trace::read(Path::new(&std::env::var("A").unwrap())).unwrap();
+    let b = pmcrash::trace::read(Path::new(&std::env::var("B").unwrap())).unwrap();
+    let first = a.records.iter().zip(&b.records).position(|(x, y)| x != y);
+    let Some(i) = first else {
+        eprintln!(
+            "identical over {} records",
+            a.records.len().min(b.records.len())
+        );
+        return;
+    };
+    eprintln!("first difference at record {i}");
+    for (name, t) in [("A", &a), ("B", &b)] {
+        for (j, r) in t.records[i.saturating_sub(12)..(i + 6).min(t.records.len())]
+            .iter()
+            .enumerate()
+        {
+            eprintln!("{name} {}: {r:x?}", i.saturating_sub(12) + j);
+        }
+    }
+}
+
+/// Debugging aid: `A=x.pmtrace FROM=n TO=m cargo test -- --ignored dump_records`.
+#[test]
+#[ignore]
+fn dump_records() {
+    let a = pmcrash::trace::read(Path::new(&std::env::var("A").unwrap())).unwrap();
+    let num = |k: &str| std::env::var(k).unwrap().parse::<usize>().unwrap();
+    for i in num("FROM")..num("TO").min(a.records.len()) {
+        eprintln!("{i}: {:x?}", a.records[i]);
+    }
+}
+
+/// Deterministic tracing (the default) of every kind of PM traffic: two runs give the
+/// same record stream, kernel events and values included.
+#[test]
+fn deterministic_traces_of_every_kind_of_traffic_are_identical() {
+    let workload = Workload::parse(WORKLOAD, "tracer.toml").unwrap();
+    let f = factory(FsKind::Ext4);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let hashes: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|stem| {
+            let t = rt
+                .block_on(pmcrash::trace::trace_workload(
+                    &f,
+                    &workload,
+                    dir.path(),
+                    stem,
+                ))
+                .expect("trace");
+            assert!(t.deterministic);
+            let trace = pmcrash::trace::read(&t.trace).unwrap();
+            (pmcrash::trace::record_stream_hash(&trace.records), t.trace)
+        })
+        .collect();
+    assert!(
+        hashes[0].0 == hashes[1].0,
+        "two deterministic traces differ (A={} B={} cargo test -- --ignored diff_two_traces)",
+        hashes[0].1.display(),
+        hashes[1].1.display()
+    );
+}

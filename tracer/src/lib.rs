@@ -5,10 +5,12 @@
 //! Load it with
 //! `-plugin libpmcrash_tracer.so,pm_base=0x100000000,pm_size=64M,out=trace.pmt`
 //! (optional: `kernel=`, `qemu=`, `workload=<64 hex digits>`, `direct_map=0x...`,
-//! `verbose=on`). Pass `-accel tcg,thread=single` with `-smp N` so the trace has one
+//! `verbose=on`; ground-truth snapshots of the PM file: `pm_file=PATH,snap=OUT`, with
+//! `snap_fences=off` and `snap_records=N:M:...`, see [`snap`]). Pass `-accel tcg,thread=single` with `-smp N` so the trace has one
 //! total order.
 #![warn(missing_docs)]
 
+pub mod snap;
 pub mod x86;
 
 // The QEMU glue references symbols only QEMU provides, so unit-test binaries leave it

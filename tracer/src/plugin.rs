@@ -46,6 +46,14 @@ struct Config {
     header: Header,
     direct_map: u64,
     verbose: bool,
+    /// Ground-truth snapshots of the PM file (see [`crate::snap`]): (PM backing file,
+    /// output file).
+    snap: Option<(String, String)>,
+    /// Snapshot before every recorded fence and marker from the run-begin marker on.
+    snap_fences: bool,
+    /// Snapshot right after these records (the end of the callback that pushed
+    /// record N - 1), sorted.
+    snap_records: Vec<u64>,
 }
 
 fn parse_u64(key: &str, v: &str) -> Result<u64, String> {
@@ -74,6 +82,10 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
     let mut workload_hash = [0u8; 32];
     let mut direct_map = DEFAULT_DIRECT_MAP;
     let mut verbose = false;
+    let mut pm_file = None;
+    let mut snap_out = None;
+    let mut snap_fences = true;
+    let mut snap_records = Vec::new();
     for a in &args.raw {
         let (k, v) = a
             .split_once('=')
@@ -86,6 +98,15 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
             "qemu" => qemu = v.to_string(),
             "direct_map" => direct_map = parse_u64(k, v)?,
             "verbose" => verbose = matches!(v, "on" | "true" | "yes" | "1"),
+            "pm_file" => pm_file = Some(v.to_string()),
+            "snap" => snap_out = Some(v.to_string()),
+            "snap_fences" => snap_fences = matches!(v, "on" | "true" | "yes" | "1"),
+            // Colon-separated: QEMU splits plugin arguments at commas.
+            "snap_records" => {
+                for n in v.split(':').filter(|n| !n.is_empty()) {
+                    snap_records.push(parse_u64(k, n)?);
+                }
+            }
             "workload" => {
                 if v.len() != 64 {
                     return Err("pmcrash-tracer: workload= wants 64 hex digits".into());
@@ -101,6 +122,13 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
     let (Some(pm_base), Some(pm_size), Some(out)) = (pm_base, pm_size, out) else {
         return Err("pmcrash-tracer: pm_base=, pm_size= and out= are required".into());
     };
+    let snap = match (pm_file, snap_out) {
+        (Some(p), Some(o)) => Some((p, o)),
+        (None, None) => None,
+        _ => return Err("pmcrash-tracer: snap= and pm_file= go together".into()),
+    };
+    snap_records.sort_unstable();
+    snap_records.dedup();
     Ok(Config {
         pm_base,
         pm_size,
@@ -116,6 +144,9 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
         },
         direct_map,
         verbose,
+        snap,
+        snap_fences,
+        snap_records,
     })
 }
 
@@ -176,6 +207,16 @@ struct Runtime {
     /// the page tables.
     learned: HashMap<u64, u64>,
     warned: u32,
+    /// Records pushed so far (the index of the next record).
+    pushed: u64,
+    /// After the run-begin marker.
+    in_run: bool,
+    snap: Option<crate::snap::Snapshots>,
+    snap_fences: bool,
+    /// Explicit snapshot records still to come, in reverse order (next one last).
+    snap_records: Vec<u64>,
+    /// A wanted record was pushed: snapshot at the end of this callback.
+    snap_due: bool,
 }
 
 fn privilege(pc: u64) -> Privilege {
@@ -200,6 +241,11 @@ impl Runtime {
 
     fn push(&mut self, r: Record) {
         self.buf.push(r);
+        self.pushed += 1;
+        while self.snap_records.last().is_some_and(|&n| n <= self.pushed) {
+            self.snap_records.pop();
+            self.snap_due = true;
+        }
         if self.buf.len() >= BATCH {
             self.send();
         }
@@ -215,6 +261,32 @@ impl Runtime {
                 eprintln!("pmcrash-tracer: the trace writer died; the trace is incomplete");
                 self.tx = None;
             }
+        }
+    }
+
+    /// Snapshot the PM file now, labelled with the records pushed so far.
+    fn snapshot(&mut self) {
+        let applied = self.pushed;
+        let Some(s) = self.snap.as_mut() else { return };
+        if let Err(e) = s.take(applied) {
+            // No trailer will be written: readers see the stream as incomplete.
+            self.snap = None;
+            self.warn(|| format!("snapshot at record {applied} failed: {e}; no more snapshots"));
+        }
+    }
+
+    /// The end of a callback: take the snapshot an explicit record asked for.
+    fn end_of_callback(&mut self) {
+        if self.snap_due {
+            self.snap_due = false;
+            self.snapshot();
+        }
+    }
+
+    /// Before a fence or marker record is pushed.
+    fn snapshot_before_event(&mut self) {
+        if self.in_run && self.snap_fences {
+            self.snapshot();
         }
     }
 
@@ -238,6 +310,7 @@ impl Runtime {
         }
         self.vcpu(vcpu).dirty = false;
         self.dirty = false;
+        self.snapshot_before_event();
         self.push(Record::Fence {
             fence,
             privilege: privilege(pc),
@@ -468,6 +541,7 @@ unsafe extern "C" fn on_store(
                 }
             }
         }
+        rt.end_of_callback();
     });
 }
 
@@ -484,6 +558,7 @@ unsafe extern "C" fn on_exec(vcpu: c_uint, udata: *mut c_void) {
             Class::Flush(k, m) => flush(rt, vcpu, d.pc, k, m),
             Class::NonTemporalStore | Class::Other => {}
         }
+        rt.end_of_callback();
     });
 }
 
@@ -503,13 +578,21 @@ fn cpuid(rt: &mut Runtime, vcpu: u32, pc: u64) {
     let rsi = rt.read_reg(regs.gpr[6]).unwrap_or(0);
     let rdi = rt.read_reg(regs.gpr[7]).unwrap_or(0);
     match marker::Kind::from_u32(ecx) {
-        Some(kind) => rt.push(Record::Marker {
-            marker: kind,
-            op: edx,
-            a: rsi,
-            b: rdi,
-            vcpu: vcpu as u16,
-        }),
+        Some(kind) => {
+            rt.snapshot_before_event();
+            rt.push(Record::Marker {
+                marker: kind,
+                op: edx,
+                a: rsi,
+                b: rdi,
+                vcpu: vcpu as u16,
+            });
+            // Crash points run from the run's beginning to the end of the trace
+            // (the unmount after the last op belongs to it).
+            if kind == marker::Kind::RunBegin {
+                rt.in_run = true;
+            }
+        }
         None => rt.warn(|| format!("marker cpuid with unknown kind {ecx} at {pc:#x}")),
     }
 }
@@ -678,6 +761,14 @@ unsafe extern "C" fn on_exit(_id: sys::qemu_plugin_id_t, _udata: *mut c_void) {
                 elided: rt.elided,
             });
         }
+        if let Some(s) = rt.snap.take() {
+            let taken = s.taken;
+            if let Err(e) = s.finish() {
+                eprintln!("pmcrash-tracer: finishing the snapshots failed: {e}");
+            } else if CONFIG.get().is_some_and(|c| c.verbose) {
+                eprintln!("pmcrash-tracer: {taken} snapshots");
+            }
+        }
         (
             rt.writer.take(),
             (rt.unresolved, rt.elided, rt.split_lost, rt.direct_map),
@@ -756,6 +847,19 @@ impl Register for Tracer {
             .name("pmcrash-trace-writer".into())
             .spawn(move || writer(rx, file, header))?;
         let direct_map = cfg.direct_map;
+        let snap = match &cfg.snap {
+            Some((pm, out)) => match crate::snap::Snapshots::open(pm, out, cfg.pm_size) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("pmcrash-tracer: cannot start snapshots of {pm} into {out}: {e}");
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
+        let snap_fences = cfg.snap_fences;
+        let mut snap_records = cfg.snap_records.clone();
+        snap_records.reverse();
         let _ = CONFIG.set(cfg);
         let _ = RUNTIME.set(Mutex::new(Runtime {
             buf: Vec::with_capacity(BATCH),
@@ -774,6 +878,12 @@ impl Register for Tracer {
             direct_map_learned: false,
             learned: HashMap::new(),
             warned: 0,
+            pushed: 0,
+            in_run: false,
+            snap,
+            snap_fences,
+            snap_records,
+            snap_due: false,
         }));
         // SAFETY: registering callbacks with the id QEMU gave us.
         unsafe {
