@@ -195,8 +195,7 @@ static LIVE_QEMUS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 pub fn kill_all_guests() {
     let pids = LIVE_QEMUS.lock().map(|s| s.clone()).unwrap_or_default();
     for pid in pids {
-        // SAFETY: kill(2) on a PID we spawned.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        crate::sys::kill_process(pid);
     }
 }
 
@@ -368,13 +367,7 @@ impl Vm {
                     .map_err(io_err("create qemu.stderr"))?,
             ))
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::sys::kill_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|source| VmError::Spawn {
             qemu: spec.qemu.clone(),
             source,
@@ -827,9 +820,7 @@ impl Drop for Vm {
         let _ = self.child.start_kill();
         // Reap synchronously so no zombie or live QEMU outlives the value.
         if let Ok(None) = self.child.try_wait() {
-            let mut status = 0;
-            // SAFETY: waitpid on our own child.
-            unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
+            crate::sys::reap(self.pid);
         }
         forget_pid(self.pid);
     }
