@@ -562,17 +562,15 @@ impl Sim {
         }
     }
 
+    /// The name a file was created with, while it still has it: Linux file systems
+    /// make it durable with the file's fsync (the commit that makes the inode durable
+    /// holds its directory entry). Links and renames made later are the directory's
+    /// to sync.
     fn name_of_created(&mut self, op: usize, ino: InodeId) {
-        if self.fs.inodes[ino].created_by.is_none() {
+        let Some(path) = self.fs.inodes[ino].created_as.clone() else {
             return;
-        }
-        for path in self
-            .fs
-            .paths_of(ino)
-            .into_iter()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-        {
+        };
+        if self.fs.names.get(&path) == Some(&ino) {
             self.promise(
                 op,
                 Class::Contract,
@@ -979,6 +977,34 @@ pub fn kernel_flushes_to_ignore(
         })
         .map(|i| i as u64)
         .collect()
+}
+
+/// Every record of a trace that the model must ignore for `fmetadatasync`: the
+/// kernel's flushes of the file's data lines during each such call
+/// ([`kernel_flushes_to_ignore`]), found from the extents the agent reported.
+pub fn fmetadatasync_flushes_to_ignore(
+    ops: &[Op],
+    results: &[OpResult],
+    records: &[Record],
+    data_offset: u64,
+) -> Vec<u64> {
+    let ranges = op_record_ranges(records);
+    let mut out = Vec::new();
+    for r in results {
+        if let (Some(Op::Fmetadatasync { .. }), crate::protocol::OpDetail::Extents { extents }) =
+            (ops.get(r.index), &r.detail)
+        {
+            if let Some(Some(range)) = ranges.get(r.index) {
+                out.extend(kernel_flushes_to_ignore(
+                    records,
+                    range.clone(),
+                    extents,
+                    data_offset,
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Where each op's records lie, from its begin and end markers (`None` for an op

@@ -21,6 +21,11 @@ const CACHE_LINE: u64 = 64;
 struct Mapping {
     addr: *mut u8,
     len: u64,
+    /// File offset of the mapping's start.
+    offset: u64,
+    /// The mapped file (a duplicate descriptor, so `close` of the workload's
+    /// descriptor leaves it), to see its size before touching a page.
+    file: std::fs::File,
 }
 
 /// The agent's state across `run` requests: descriptors and mappings by name.
@@ -135,6 +140,17 @@ impl Executor {
         let m = self.maps.get(name).ok_or(libc::EINVAL)?;
         if offset.checked_add(len).is_none_or(|end| end > m.len) {
             return Err(libc::EINVAL);
+        }
+        // A page wholly past the end of the file raises SIGBUS on any access (a
+        // store, and a flush too), which would kill PID 1: refuse it with EFAULT.
+        let size = m
+            .file
+            .metadata()
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?
+            .len();
+        let last_page = (m.offset + offset + len.max(1) - 1) / 4096;
+        if last_page >= size.div_ceil(4096) {
+            return Err(libc::EFAULT);
         }
         // SAFETY: in bounds of the mapping.
         Ok(unsafe { m.addr.add(offset as usize) })
@@ -286,11 +302,23 @@ impl Executor {
                 if addr == libc::MAP_FAILED {
                     return Err(errno());
                 }
+                // SAFETY: `fd` is a live descriptor of this executor; the duplicate is
+                // owned by the mapping from here on.
+                let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                if dup < 0 {
+                    let e = errno();
+                    // SAFETY: the mapping just made, with its length.
+                    unsafe { libc::munmap(addr, *len as usize) };
+                    return Err(e);
+                }
                 self.maps.insert(
                     map.clone(),
                     Mapping {
                         addr: addr.cast(),
                         len: *len,
+                        offset: *offset,
+                        // SAFETY: a fresh descriptor nobody else owns.
+                        file: unsafe { std::fs::File::from_raw_fd(dup) },
                     },
                 );
                 Ok((
@@ -944,6 +972,26 @@ fd = "f"
             "MAP_SYNC on a non-DAX file must fail: {:?}",
             results[2]
         );
+    }
+
+    #[test]
+    fn a_store_or_flush_past_the_end_of_the_file_is_efault_not_sigbus() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = run(
+            dir.path(),
+            "[[ops]]\nop=\"open\"\npath=\"f\"\nfd=\"f\"\ncreate=true\n\
+             [[ops]]\nop=\"ftruncate\"\nfd=\"f\"\nlen=5000\n\
+             [[ops]]\nop=\"mmap\"\nfd=\"f\"\nmap=\"m\"\nlen=12288\n\
+             [[ops]]\nop=\"store\"\nmap=\"m\"\noffset=8000\ndata=\"in the last page\"\n\
+             [[ops]]\nop=\"store\"\nmap=\"m\"\noffset=8192\ndata=\"past it\"\n\
+             [[ops]]\nop=\"flush\"\nmap=\"m\"\noffset=8192\n\
+             [[ops]]\nop=\"close\"\nfd=\"f\"\n\
+             [[ops]]\nop=\"store\"\nmap=\"m\"\noffset=0\ndata=\"after close\"\n",
+        );
+        assert!(results[3].ok(), "{:?}", results[3]);
+        assert_eq!(results[4].errno, Some(libc::EFAULT));
+        assert_eq!(results[5].errno, Some(libc::EFAULT));
+        assert!(results[7].ok(), "the mapping outlives the descriptor");
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
             &format!("traced-{i}"),
         ))?;
         traced.push(Duration::from_millis(t.timings.ops_ms));
-        records = pmcrash::trace::read(&t.trace)?.records.len() as u64;
+        records = t.decoded.records.len() as u64;
     }
     let (plain, traced) = (median(plain), median(traced));
     println!(

@@ -17,6 +17,7 @@
 //! templates/fsdax-<release>-<size>M.img   the fsdax-converted blank NVDIMM (guest.rs)
 //! states/<assets id>-<fs>-<size>M-smp<n>.state   saved VM states (guest.rs)
 //! templates/*.lock, states/*.lock held while that entry is made
+//! states/pmcrash-boot-*/        where a saved state is booted (removed after; see `scratch`)
 //! ```
 //!
 //! Every file is published atomically ([`write_atomic`], [`publish`]): written beside its

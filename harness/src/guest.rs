@@ -169,9 +169,7 @@ impl GuestFactory {
             return Ok(path);
         }
         // Boot on a throwaway copy: the snapshot must not depend on any run image.
-        let scratch = tempfile::Builder::new()
-            .prefix("pmcrash-boot-")
-            .tempdir_in(&dir)
+        let scratch = crate::scratch::run_dir_in(&dir, crate::scratch::BOOT_PREFIX)
             .map_err(io("create", &dir))?;
         let pm = scratch.path().join("pm.img");
         image::blank(&pm, self.pm_size)?;

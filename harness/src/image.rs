@@ -2,7 +2,7 @@
 //!
 //! A label-less QEMU NVDIMM comes up in raw mode, which has no DAX. The fsdax
 //! conversion (done once per kernel and size, in a guest: see
-//! [`crate::guest::fsdax_template`]) writes an `NVDIMM_PFN_INFO` block at 4 KiB and
+//! [`crate::guest::GuestFactory::template`]) writes an `NVDIMM_PFN_INFO` block at 4 KiB and
 //! moves the usable device to [`FSDAX_DATA_OFFSET`]. Every run image is a sparse copy
 //! of that template with a file system made on the host at that offset.
 

@@ -30,10 +30,10 @@ use crate::workloads::Loaded;
 use crash_models::delta::{CrashImage, ImageBuilder, ImageId};
 use crash_models::history::History;
 use crash_models::model::{Model, ModelConfig, Replayer};
-use crash_models::ops::{FsKind, Op, Workload};
+use crash_models::ops::{FsKind, Workload};
 use crash_models::points::{CrashPoint, CrashPoints, PointConfig, Policy, Reason};
 use crash_models::promise;
-use crash_models::protocol::{OpDetail, OpResult};
+use crash_models::protocol::OpResult;
 use crash_models::states::{CrashState, CrashStates, StateConfig, Strategy};
 use crash_models::trace::{Privilege, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -438,11 +438,17 @@ impl Pipeline {
         } else {
             0.0
         };
-        let points = if outcome.interrupted {
+        let (points, n_images) = if outcome.interrupted {
             self.cut_short = true;
-            checked_points(points, &outcome.recoveries)
+            let kept = checked_points(points, &outcome.recoveries);
+            // The report counts the images of the points it judges.
+            let used: BTreeSet<usize> = kept
+                .iter()
+                .flat_map(|p| p.states.iter().map(|s| s.1))
+                .collect();
+            (kept, used.len())
         } else {
-            points
+            (points, n_images)
         };
 
         // Judge.
@@ -488,21 +494,12 @@ impl Pipeline {
         let cfg = ModelConfig::new(self.cfg.model, line_size).unwrap_or_default();
         let mut replayer = Replayer::new(cfg);
         // fmetadatasync: the kernel's own flushes of the file's data lines do not count.
-        let ranges = promise::op_record_ranges(records);
-        for r in results {
-            if let (Some(Op::Fmetadatasync { .. }), OpDetail::Extents { extents }) =
-                (workload.ops.get(r.index), &r.detail)
-            {
-                if let Some(Some(range)) = ranges.get(r.index) {
-                    replayer.ignore_flushes(promise::kernel_flushes_to_ignore(
-                        records,
-                        range.clone(),
-                        extents,
-                        FSDAX_DATA_OFFSET,
-                    ));
-                }
-            }
-        }
+        replayer.ignore_flushes(promise::fmetadatasync_flushes_to_ignore(
+            &workload.ops,
+            results,
+            records,
+            FSDAX_DATA_OFFSET,
+        ));
         let n = workload.ops.len() as u32;
         let mut points = CrashPoints::new(
             records.iter().copied(),

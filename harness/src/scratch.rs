@@ -2,7 +2,8 @@
 //! that could not clean up themselves.
 //!
 //! A run keeps its traces and images in `pmcrash-run-*` and each checker guest its PM
-//! copy in `pmcrash-check-*` (tens of MB each). They are removed on drop, but a run
+//! copy in `pmcrash-check-*` (tens of MB each); a saved VM state is booted in the
+//! cache's `states/pmcrash-boot-*`. They are removed on drop, but a run
 //! killed with `kill -9` (or by the OOM killer) leaves them behind. So each directory
 //! holds an [`OWNER_FILE`] naming the process that made it (PID and start time, which
 //! tells a live owner from a later process that got the same PID), and making a new one
@@ -18,8 +19,10 @@ use tempfile::TempDir;
 pub const RUN_PREFIX: &str = "pmcrash-run-";
 /// Prefix of a checker worker's scratch directory.
 pub const CHECK_PREFIX: &str = "pmcrash-check-";
+/// Prefix of the directory a saved VM state is booted in (in the cache's `states/`).
+pub const BOOT_PREFIX: &str = "pmcrash-boot-";
 /// The prefixes [`sweep`] cleans.
-pub const PREFIXES: [&str; 2] = [RUN_PREFIX, CHECK_PREFIX];
+pub const PREFIXES: [&str; 3] = [RUN_PREFIX, CHECK_PREFIX, BOOT_PREFIX];
 /// The file in each scratch directory that names its owner: `PID START_TIME\n`.
 pub const OWNER_FILE: &str = "owner";
 /// A directory without an owner file (made by an older pmcrash, or caught between
@@ -29,15 +32,19 @@ pub const UNOWNED_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// Make a scratch directory `PREFIX*` in the temporary directory, owned by this
 /// process, after removing abandoned ones ([`sweep`], best effort).
 pub fn run_dir(prefix: &str) -> io::Result<TempDir> {
-    let tmp = std::env::temp_dir();
-    let _ = sweep(&tmp);
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(&tmp)?;
+    run_dir_in(&std::env::temp_dir(), prefix)
+}
+
+/// [`run_dir`] in `parent` instead of the temporary directory.
+pub fn run_dir_in(parent: &Path, prefix: &str) -> io::Result<TempDir> {
+    let _ = sweep(parent);
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
     std::fs::write(dir.path().join(OWNER_FILE), owner_line(std::process::id()))?;
     Ok(dir)
 }
 
-/// Remove every `pmcrash-run-*` / `pmcrash-check-*` directory in `tmp` whose owner is
-/// gone; returns the directories removed.
+/// Remove every [`PREFIXES`] directory in `tmp` whose owner is gone; returns the
+/// directories removed.
 pub fn sweep(tmp: &Path) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for e in std::fs::read_dir(tmp)?.flatten() {
@@ -122,6 +129,7 @@ mod tests {
         child.wait().unwrap();
         let gone = mk("pmcrash-run-gone", Some(format!("{dead} 1\n")));
         let gone_check = mk("pmcrash-check-gone", Some(format!("{dead}\n")));
+        let gone_boot = mk("pmcrash-boot-gone", Some(format!("{dead} 7\n")));
         let mine = mk("pmcrash-run-mine", Some(owner_line(std::process::id())));
         // Our PID, but another start time: a process that reused the PID.
         let reused = mk(
@@ -132,14 +140,15 @@ mod tests {
         let other = mk("something-else", Some(format!("{dead} 1\n")));
 
         let removed = sweep(tmp.path()).unwrap();
-        assert!(!gone.exists() && !gone_check.exists() && !reused.exists());
+        assert!(!gone.exists() && !gone_check.exists() && !gone_boot.exists());
+        assert!(!reused.exists());
         assert!(mine.exists(), "a live owner's directory was removed");
         assert!(
             fresh_unowned.exists(),
             "a fresh directory without owner was removed"
         );
         assert!(other.exists(), "a directory of another program was removed");
-        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert_eq!(removed.len(), 4, "{removed:?}");
     }
 
     #[test]

@@ -310,7 +310,7 @@ pub(super) fn pin_path(cache: &Path) -> PathBuf {
     crate::cache::kernel_pin_path(cache)
 }
 
-/// Drops the pinned Debian kernel package, so that the next [`ensure`] resolves (and
+/// Drops the pinned Debian kernel package, so that the next [`ensure`](super::ensure) resolves (and
 /// downloads) the newest `linux-image-6.12.*-amd64-unsigned`. Old kernels stay in the cache.
 pub fn refresh_kernel(opts: &SetupOptions) -> Result<(), SetupError> {
     let _lock = CacheLock::take(&opts.cache_dir)?;
