@@ -10,14 +10,48 @@
 //! the agent drops its caches (as the checker does between crash images), so every
 //! workload starts on an empty file system. A leftover would show as a mismatch.
 //!
+//! Every successful `read` of a workload is also checked against the model's contents
+//! at that point, so states in the middle of a workload are compared too.
+//!
 //! CI runs 40 workloads per file system; the `#[ignore]`d tests run 300.
 
 use crash_models::fsmodel;
 use crash_models::generate::{random_workload, GenConfig};
 use crash_models::ops::{FsKind, Op};
-use crash_models::protocol::OpResult;
+use crash_models::protocol::{OpDetail, OpResult};
 use pmcrash_e2e::{rt, ReusedGuest};
 use std::ops::Range;
+
+/// Every successful `read` against the model's contents just before it: the kernel
+/// reports the bytes' count and blake3, the model replays the ops before the read.
+/// This checks states in the middle of a workload, which the final dump cannot see.
+fn reads_differ(ops: &[Op], results: &[OpResult]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, (op, r)) in ops.iter().zip(results).enumerate() {
+        let (Op::Read { fd, offset, len }, OpDetail::Read { len: got, blake3 }) = (op, &r.detail)
+        else {
+            continue;
+        };
+        let model = fsmodel::FsModel::replay(&ops[..i], Some(&results[..i]));
+        let Some(content) = model.fd_inode(fd).and_then(|ino| model.file(ino)) else {
+            out.push(format!(
+                "op {i}: read {got} bytes from `{fd}`, which the model has no file for"
+            ));
+            continue;
+        };
+        let want = content.read(*offset, offset.saturating_add(*len));
+        let want_hash = ::blake3::hash(&want).to_hex().to_string();
+        if (want.len() as u64, &want_hash) != (*got, blake3) {
+            out.push(format!(
+                "op {i}: read {got} bytes (blake3 {}..), predicted {} bytes (blake3 {}..)",
+                &blake3[..12],
+                want.len(),
+                &want_hash[..12]
+            ));
+        }
+    }
+    out
+}
 
 /// The seeds to run: `PMCRASH_DIFF_SEEDS` (`N` or `A..B`) or `default`.
 fn seeds(default: Range<u64>) -> Range<u64> {
@@ -69,7 +103,11 @@ fn differential(fs: FsKind, default_seeds: Range<u64>) {
                 fsmodel::FsModel::replay(&w.ops, Some(&results)).entries()
             });
             let diff = match model {
-                Ok(predicted) => fsmodel::compare(&predicted, &dumped),
+                Ok(predicted) => {
+                    let mut d = fsmodel::compare(&predicted, &dumped);
+                    d.extend(reads_differ(&w.ops, &results));
+                    d
+                }
                 Err(e) => vec![format!(
                     "the model panicked: {}",
                     e.downcast_ref::<String>()
