@@ -1,0 +1,104 @@
+//! The kernel's configuration is checked before any boot: Debian's kernel passes, and
+//! a copy of it with `CONFIG_FS_DAX` and `CONFIG_BLK_DEV_PMEM` turned off makes `setup`,
+//! `doctor` and `run` exit 2 naming both options, with the value each needs.
+
+use pmcrash::setup::kconfig::{self, KernelConfig};
+use pmcrash::setup::{self, SetupOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn pmcrash() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pmcrash"))
+}
+
+/// The unpacked Debian kernel package (provisioned on demand): `(boot, modules)`.
+fn debian_kernel() -> (PathBuf, PathBuf) {
+    let opts = SetupOptions::default();
+    let assets = setup::ensure(&opts).unwrap_or_else(|e| {
+        panic!("the guest platform is not provisioned: {e}\n(run `cargo run -- setup` as root)")
+    });
+    let tree = assets.kernel.parent().unwrap().join("tree");
+    (
+        tree.join("boot"),
+        tree.join("lib/modules").join(&assets.kernel_release),
+    )
+}
+
+fn file_starting(dir: &Path, prefix: &str) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}* in {}", dir.display()))
+}
+
+#[test]
+fn debian_kernel_config_passes() {
+    let (boot, _) = debian_kernel();
+    let config = file_starting(&boot, "config-");
+    let cfg = KernelConfig::read(&config).unwrap();
+    // As a bzImage and as the PVH vmlinux extracted from it.
+    assert_eq!(kconfig::check(&cfg, false), vec![]);
+    assert_eq!(kconfig::check(&cfg, true), vec![]);
+    assert_eq!(
+        kconfig::find_config(&file_starting(&boot, "vmlinuz-")),
+        Some(config)
+    );
+}
+
+#[test]
+fn missing_fs_dax_and_pmem_exit_2_naming_both() {
+    let (boot, modules) = debian_kernel();
+    let dir = tempfile::tempdir().unwrap();
+    let vmlinuz = file_starting(&boot, "vmlinuz-");
+    let image = dir.path().join(vmlinuz.file_name().unwrap());
+    std::fs::copy(&vmlinuz, &image).unwrap();
+    let config = file_starting(&boot, "config-");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\nCONFIG_FS_DAX=y\n") && text.contains("\nCONFIG_BLK_DEV_PMEM=m\n"));
+    let broken = text
+        .replace("\nCONFIG_FS_DAX=y\n", "\n# CONFIG_FS_DAX is not set\n")
+        .replace(
+            "\nCONFIG_BLK_DEV_PMEM=m\n",
+            "\n# CONFIG_BLK_DEV_PMEM is not set\n",
+        );
+    std::fs::write(dir.path().join(config.file_name().unwrap()), broken).unwrap();
+    let cache = dir.path().join("cache");
+    for cmd in [vec!["setup"], vec!["doctor"], vec!["run", "--points", "op"]] {
+        let mut c = pmcrash();
+        c.args(&cmd);
+        if cmd[0] == "run" {
+            c.arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../corpora/smoke/basic.toml"
+            ));
+        }
+        let out = c
+            .arg("--no-install")
+            .arg("--cache")
+            .arg(&cache)
+            .arg("--kernel")
+            .arg(&image)
+            .arg("--modules")
+            .arg(&modules)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {text}");
+        assert!(
+            text.contains("CONFIG_FS_DAX is not set, needs =y"),
+            "{cmd:?}: {text}"
+        );
+        assert!(
+            text.contains("CONFIG_BLK_DEV_PMEM is not set, needs =y or =m"),
+            "{cmd:?}: {text}"
+        );
+    }
+    // Nothing was booted: no saved VM state or template was made.
+    assert!(!cache.join("states").exists() && !cache.join("templates").exists());
+}
