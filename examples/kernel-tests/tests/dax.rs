@@ -20,32 +20,25 @@ fn check(workload: &str, fs: FsKind) {
     insta::assert_json_snapshot!(format!("{workload}-{fs}"), report.summary());
 }
 
-#[test]
-fn append_fsync_ext4() {
-    check("append-fsync", FsKind::Ext4);
+/// One test per file system for a workload: `append_fsync::ext4`, `append_fsync::xfs`.
+macro_rules! workload {
+    ($name:ident, $file:literal) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn ext4() {
+                check($file, FsKind::Ext4);
+            }
+
+            #[test]
+            fn xfs() {
+                check($file, FsKind::Xfs);
+            }
+        }
+    };
 }
 
-#[test]
-fn append_fsync_xfs() {
-    check("append-fsync", FsKind::Xfs);
-}
-
-#[test]
-fn map_sync_store_ext4() {
-    check("map-sync-store", FsKind::Ext4);
-}
-
-#[test]
-fn map_sync_store_xfs() {
-    check("map-sync-store", FsKind::Xfs);
-}
-
-#[test]
-fn rename_replace_ext4() {
-    check("rename-replace", FsKind::Ext4);
-}
-
-#[test]
-fn rename_replace_xfs() {
-    check("rename-replace", FsKind::Xfs);
-}
+workload!(append_fsync, "append-fsync");
+workload!(map_sync_store, "map-sync-store");
+workload!(rename_replace, "rename-replace");
