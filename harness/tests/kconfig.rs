@@ -102,3 +102,67 @@ fn missing_fs_dax_and_pmem_exit_2_naming_both() {
     // Nothing was booted: no saved VM state or template was made.
     assert!(!cache.join("states").exists() && !cache.join("templates").exists());
 }
+
+/// A kernel build tree as `make` and `make modules_install INSTALL_MOD_PATH=<tree>`
+/// leave it, made of Debian's package: `--kernel-tree` finds the bzImage, the
+/// `.config` and the modules; a tree without a `.config` is refused before anything.
+#[test]
+fn kernel_tree_is_found_and_checked() {
+    let (boot, modules) = debian_kernel();
+    let release = modules.file_name().unwrap().to_owned();
+    let tree = tempfile::tempdir().unwrap();
+    let t = tree.path();
+    std::fs::create_dir_all(t.join("arch/x86/boot")).unwrap();
+    std::fs::create_dir_all(t.join("include/config")).unwrap();
+    std::fs::create_dir_all(t.join("lib/modules")).unwrap();
+    std::fs::copy(
+        file_starting(&boot, "vmlinuz-"),
+        t.join("arch/x86/boot/bzImage"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&modules, t.join("lib/modules").join(&release)).unwrap();
+    std::fs::write(
+        t.join("include/config/kernel.release"),
+        format!("{}\n", release.to_string_lossy()),
+    )
+    .unwrap();
+    let doctor = |cache: &Path| {
+        pmcrash()
+            .args(["doctor", "--no-install", "--cache"])
+            .arg(cache)
+            .arg("--kernel-tree")
+            .arg(t)
+            .output()
+            .unwrap()
+    };
+    let cache = t.join("cache");
+    let out = doctor(&cache);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no .config: configure and build the kernel first"),
+        "{err}"
+    );
+
+    std::fs::copy(file_starting(&boot, "config-"), t.join(".config")).unwrap();
+    let opts = SetupOptions {
+        cache_dir: cache.clone(),
+        ..SetupOptions::default()
+    }
+    .with_kernel_tree(t)
+    .unwrap();
+    assert_eq!(
+        opts.kernel.as_deref(),
+        Some(&*t.join("arch/x86/boot/bzImage"))
+    );
+    assert_eq!(
+        opts.modules.as_deref(),
+        Some(&*t.join("lib/modules").join(&release))
+    );
+    let assets = setup::ensure(&opts).unwrap();
+    assert_eq!(assets.kernel_release, release.to_string_lossy());
+    let out = doctor(&cache);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("[ok  ] kernel config"), "{text}");
+}
