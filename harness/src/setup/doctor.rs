@@ -211,19 +211,19 @@ fn find_kernel(opts: &SetupOptions, probes: &mut Vec<Probe>) -> Option<KernelSou
 }
 
 /// The kernel configuration probe: the options the guest needs that are missing.
-fn config_probe(config: Option<PathBuf>, vmlinux: bool) -> Probe {
+fn config_probe(config: Option<PathBuf>, boot: kconfig::Boot) -> Probe {
     let Some(c) = config.filter(|c| c.is_file()) else {
         return probe(
             "kernel config",
             ProbeStatus::Info,
-            "no .config or config-<release> beside the image: options not checked",
+            "no .config or config-<release> beside the image: not checked here (setup also reads a CONFIG_IKCONFIG configuration inside a vmlinux)",
             None,
         );
     };
     match kconfig::KernelConfig::read(&c) {
         Err(e) => probe("kernel config", ProbeStatus::Missing, e.to_string(), None),
         Ok(cfg) => {
-            let unmet = kconfig::check(&cfg, vmlinux);
+            let unmet = kconfig::check(&cfg, boot);
             if unmet.is_empty() {
                 probe(
                     "kernel config",
@@ -340,8 +340,11 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
         (None, None) => None,
     };
     if opts.kernel.is_some() || source.is_some() {
-        let vmlinux = opts.kernel.as_deref().is_some_and(kconfig::is_elf);
-        probes.push(config_probe(config, vmlinux));
+        let boot = kconfig::Boot {
+            vmlinux: opts.kernel.as_deref().is_some_and(kconfig::is_elf),
+            modules: opts.modules.is_some() || (opts.kernel.is_none() && source.is_some()),
+        };
+        probes.push(config_probe(config, boot));
     }
     if let Some(source) = source {
         let r = &source.record;

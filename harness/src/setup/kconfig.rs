@@ -19,7 +19,7 @@
 //! ```
 //! use pmcrash::setup::kconfig::{check, KernelConfig};
 //! let cfg = KernelConfig::parse("CONFIG_FS_DAX=y\n# CONFIG_BLK_DEV_PMEM is not set\n");
-//! let unmet = check(&cfg, false);
+//! let unmet = check(&cfg, pmcrash::setup::kconfig::Boot::BZIMAGE_WITH_MODULES);
 //! assert!(unmet.iter().any(|u| u.option == "CONFIG_BLK_DEV_PMEM" && u.have.is_none()));
 //! assert!(!unmet.iter().any(|u| u.option == "CONFIG_FS_DAX"));
 //! ```
@@ -272,26 +272,67 @@ impl fmt::Display for Unmet {
     }
 }
 
-/// Every requirement `cfg` fails, in [`requirements`]' order. `vmlinux`: the image QEMU
-/// gets is an ELF vmlinux (then `CONFIG_PVH=y` is needed).
-pub fn check(cfg: &KernelConfig, vmlinux: bool) -> Vec<Unmet> {
-    requirements(vmlinux)
+/// How the guest boots the kernel, which changes what its configuration needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Boot {
+    /// QEMU gets an ELF vmlinux (then `CONFIG_PVH=y` is needed; a bzImage boots
+    /// without it).
+    pub vmlinux: bool,
+    /// A module directory comes with the kernel (without one, everything the guest
+    /// needs must be built in: `=y`).
+    pub modules: bool,
+}
+
+impl Boot {
+    /// A bzImage with its modules: Debian's package, or a tree after `make`.
+    ///
+    /// ```
+    /// let b = pmcrash::setup::kconfig::Boot::BZIMAGE_WITH_MODULES;
+    /// assert!(!b.vmlinux && b.modules);
+    /// ```
+    pub const BZIMAGE_WITH_MODULES: Boot = Boot {
+        vmlinux: false,
+        modules: true,
+    };
+}
+
+/// Every requirement `cfg` fails, in [`requirements`]' order.
+///
+/// ```
+/// use pmcrash::setup::kconfig::{check, Boot, KernelConfig};
+/// let cfg = KernelConfig::parse("CONFIG_EXT4_FS=m\n");
+/// let with = check(&cfg, Boot { vmlinux: false, modules: true });
+/// assert!(!with.iter().any(|u| u.option == "CONFIG_EXT4_FS"));
+/// // Without a module directory, ext4 must be built in.
+/// let without = check(&cfg, Boot { vmlinux: false, modules: false });
+/// assert!(without.iter().any(|u| u.option == "CONFIG_EXT4_FS"));
+/// ```
+pub fn check(cfg: &KernelConfig, boot: Boot) -> Vec<Unmet> {
+    requirements(boot.vmlinux)
         .into_iter()
-        .filter(|r| {
+        .filter_map(|r| {
+            let need = match r.need {
+                Need::Enabled if !boot.modules => Need::Builtin,
+                n => n,
+            };
             let v = cfg.get(r.option);
-            !match r.need {
+            let met = match need {
                 Need::Builtin => v == Some("y"),
                 Need::Enabled => matches!(v, Some("y" | "m")),
                 Need::AtLeast(n) => v
                     .and_then(|v| v.parse::<u64>().ok())
                     .is_some_and(|x| x >= n),
-            }
-        })
-        .map(|r| Unmet {
-            option: r.option.to_owned(),
-            have: cfg.get(r.option).map(str::to_owned),
-            need: r.need,
-            why: r.why.to_owned(),
+            };
+            (!met).then(|| Unmet {
+                option: r.option.to_owned(),
+                have: v.map(str::to_owned),
+                need,
+                why: if need == r.need {
+                    r.why.to_owned()
+                } else {
+                    format!("{}; no module directory was given, so built in", r.why)
+                },
+            })
         })
         .collect()
 }
@@ -320,9 +361,33 @@ pub fn find_config(image: &Path) -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// The configuration a kernel built with `CONFIG_IKCONFIG` carries inside itself
+/// (gzipped between the markers `IKCFG_ST` and `IKCFG_ED`), found in an uncompressed
+/// vmlinux: the fallback when no `.config` is beside the image.
+///
+/// ```
+/// use std::io::Write;
+/// let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+/// gz.write_all(b"CONFIG_FS_DAX=y\n").unwrap();
+/// let mut image = b"\x7fELF...IKCFG_ST".to_vec();
+/// image.extend(gz.finish().unwrap());
+/// image.extend(b"IKCFG_ED...");
+/// let c = pmcrash::setup::kconfig::embedded_config(&image).unwrap();
+/// assert_eq!(c.get("CONFIG_FS_DAX"), Some("y"));
+/// ```
+pub fn embedded_config(image: &[u8]) -> Option<KernelConfig> {
+    use std::io::Read;
+    let start = image.windows(8).position(|w| w == b"IKCFG_ST")? + 8;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&image[start..])
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(KernelConfig::parse(&text))
+}
+
 /// Checks the configuration at `config` and fails with every unmet option.
-pub fn ensure_config(config: &Path, vmlinux: bool) -> Result<(), SetupError> {
-    let unmet = check(&KernelConfig::read(config)?, vmlinux);
+pub fn ensure_config(config: &Path, boot: Boot) -> Result<(), SetupError> {
+    let unmet = check(&KernelConfig::read(config)?, boot);
     if unmet.is_empty() {
         Ok(())
     } else {
@@ -356,6 +421,11 @@ pub fn render(unmet: &[Unmet]) -> String {
 mod tests {
     use super::*;
 
+    const VMLINUX: Boot = Boot {
+        vmlinux: true,
+        modules: true,
+    };
+
     fn all_set() -> String {
         let mut s = String::new();
         for r in requirements(true) {
@@ -369,7 +439,7 @@ mod tests {
 
     #[test]
     fn complete_config_passes() {
-        assert!(check(&KernelConfig::parse(&all_set()), true).is_empty());
+        assert!(check(&KernelConfig::parse(&all_set()), VMLINUX).is_empty());
     }
 
     #[test]
@@ -383,7 +453,7 @@ mod tests {
                 "CONFIG_SERIAL_8250_RUNTIME_UARTS=1",
             )
             .replace("CONFIG_PVH=y\n", "");
-        let unmet = check(&KernelConfig::parse(&text), true);
+        let unmet = check(&KernelConfig::parse(&text), VMLINUX);
         let lines: Vec<String> = unmet.iter().map(|u| u.to_string()).collect();
         assert_eq!(lines.len(), 5, "{lines:#?}");
         assert!(lines
@@ -400,7 +470,27 @@ mod tests {
             .any(|l| l.starts_with("CONFIG_SERIAL_8250_RUNTIME_UARTS is 1, needs >= 2")));
         assert!(lines.iter().any(|l| l.starts_with("CONFIG_PVH is not set")));
         // A bzImage does not need PVH.
-        assert_eq!(check(&KernelConfig::parse(&text), false).len(), 4);
+        assert_eq!(
+            check(&KernelConfig::parse(&text), Boot::BZIMAGE_WITH_MODULES).len(),
+            4
+        );
+        // Without modules every =m is named too.
+        let m = all_set().replace("CONFIG_XFS_FS=y", "CONFIG_XFS_FS=m");
+        let unmet = check(
+            &KernelConfig::parse(&m),
+            Boot {
+                vmlinux: true,
+                modules: false,
+            },
+        );
+        assert_eq!(unmet.len(), 1);
+        assert!(
+            unmet[0]
+                .to_string()
+                .starts_with("CONFIG_XFS_FS is m, needs =y"),
+            "{}",
+            unmet[0]
+        );
     }
 
     #[test]

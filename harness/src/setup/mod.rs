@@ -349,14 +349,40 @@ fn config_of(opts: &SetupOptions, record: &KernelRecord) -> Option<PathBuf> {
     }
 }
 
+/// How the kernel `opts` select boots: an ELF image given by the user needs PVH; a
+/// kernel without a module directory needs everything built in.
+fn boot_of(opts: &SetupOptions, record: &KernelRecord) -> kconfig::Boot {
+    kconfig::Boot {
+        vmlinux: opts.kernel.as_deref().is_some_and(kconfig::is_elf),
+        modules: match &opts.kernel {
+            Some(_) => opts.modules.is_some(),
+            None => record.modules_dir.is_some(),
+        },
+    }
+}
+
 /// Checks the selected kernel's configuration (before any boot). `Ok(None)`: no
 /// configuration was found, so nothing could be checked.
 fn check_config(opts: &SetupOptions, record: &KernelRecord) -> Result<Option<PathBuf>, SetupError> {
     let Some(config) = config_of(opts, record).filter(|c| c.is_file()) else {
-        return Ok(None);
+        // A kernel built with CONFIG_IKCONFIG carries its configuration.
+        let embedded = kconfig::is_elf(&record.image)
+            .then(|| std::fs::read(&record.image).ok())
+            .flatten()
+            .and_then(|image| kconfig::embedded_config(&image));
+        let Some(cfg) = embedded else {
+            return Ok(None);
+        };
+        let unmet = kconfig::check(&cfg, boot_of(opts, record));
+        if unmet.is_empty() {
+            return Ok(Some(record.image.clone()));
+        }
+        return Err(SetupError::KernelConfig {
+            config: record.image.clone(),
+            unmet,
+        });
     };
-    let vmlinux = opts.kernel.as_deref().is_some_and(kconfig::is_elf);
-    kconfig::ensure_config(&config, vmlinux)?;
+    kconfig::ensure_config(&config, boot_of(opts, record))?;
     Ok(Some(config))
 }
 
