@@ -184,3 +184,42 @@ fn kernel_tree_is_found_and_checked() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("[ok  ] kernel config"), "{text}");
 }
+
+/// A tree without `modules_install`: the modules come straight from the tree's `.ko`
+/// files (and its `modules.builtin`). Made of the modules Debian's guests load, the
+/// assets are exactly Debian's: the same vmlinux, the same initramfs files.
+#[test]
+fn kernel_tree_modules_straight_from_the_tree() {
+    use pmcrash::setup::modules::{resolve_tree, roots, ModuleTree};
+    let (boot, modules) = debian_kernel();
+    let debian = setup::ensure(&SetupOptions::default()).unwrap();
+    let tree = tempfile::tempdir().unwrap();
+    let t = tree.path();
+    std::fs::create_dir_all(t.join("arch/x86/boot")).unwrap();
+    std::fs::copy(
+        file_starting(&boot, "vmlinuz-"),
+        t.join("arch/x86/boot/bzImage"),
+    )
+    .unwrap();
+    std::fs::copy(file_starting(&boot, "config-"), t.join(".config")).unwrap();
+    std::fs::copy(modules.join("modules.builtin"), t.join("modules.builtin")).unwrap();
+    let full = ModuleTree::scan(&modules).unwrap();
+    for fs in pmcrash::setup::FsKind::ALL {
+        for m in resolve_tree(&full, roots(fs)).unwrap().order {
+            let from = &full.files[&m.name];
+            let rel = from.strip_prefix(&modules).unwrap();
+            std::fs::create_dir_all(t.join(rel).parent().unwrap()).unwrap();
+            std::fs::copy(from, t.join(rel)).unwrap();
+        }
+    }
+    let opts = SetupOptions {
+        cache_dir: t.join("cache"),
+        ..SetupOptions::default()
+    }
+    .with_kernel_tree(t)
+    .unwrap();
+    assert_eq!(opts.modules.as_deref(), Some(t));
+    let assets = setup::ensure(&opts).unwrap();
+    assert_eq!(assets.kernel_release, debian.kernel_release);
+    assert_eq!(assets.id, debian.id);
+}
