@@ -18,6 +18,7 @@ pub mod run;
 pub mod scratch;
 pub mod setup;
 pub mod sys;
+pub mod testing;
 pub mod trace;
 pub mod vm;
 pub mod workloads;

@@ -46,6 +46,11 @@ struct Global {
     /// The lib/modules/<release> directory that goes with --kernel
     #[arg(long, global = true, requires = "kernel")]
     modules: Option<PathBuf>,
+    /// A kernel build tree: its bzImage (or vmlinux), .config and modules (installed
+    /// under DIR/lib/modules by `make modules_install INSTALL_MOD_PATH=DIR`, or the
+    /// tree's .ko files)
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "kernel")]
+    kernel_tree: Option<PathBuf>,
     /// Never install host packages; print the commands instead
     #[arg(long, global = true)]
     no_install: bool,
@@ -187,8 +192,8 @@ enum TraceCmd {
     },
 }
 
-fn setup_options(g: &Global) -> SetupOptions {
-    SetupOptions {
+fn setup_options(g: &Global) -> anyhow::Result<SetupOptions> {
+    let opts = SetupOptions {
         cache_dir: g
             .cache
             .clone()
@@ -197,7 +202,11 @@ fn setup_options(g: &Global) -> SetupOptions {
         modules: g.modules.clone(),
         install: !g.no_install,
         progress: !g.json,
-    }
+    };
+    Ok(match &g.kernel_tree {
+        Some(dir) => opts.with_kernel_tree(dir)?,
+        None => opts,
+    })
 }
 
 /// How a command ended.
@@ -298,7 +307,7 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
     let g = cli.global.clone();
     match cli.command {
         Command::Setup => {
-            let assets = setup::ensure(&setup_options(&g))?;
+            let assets = setup::ensure(&setup_options(&g)?)?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&assets)?);
             } else {
@@ -311,7 +320,7 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
             Ok(Outcome::Clean)
         }
         Command::Doctor => {
-            let report = setup::doctor(&setup_options(&g));
+            let report = setup::doctor(&setup_options(&g)?);
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -427,7 +436,7 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<Outcome> {
         anyhow::bail!("name a workload to trace, or `show TRACE` (see `pmcrash trace --help`)");
     };
     let loaded = workloads::load(std::slice::from_ref(&path))?;
-    let assets = setup::ensure(&setup_options(g))?;
+    let assets = setup::ensure(&setup_options(g)?)?;
     let mut factory = GuestFactory::new(assets, args.fs);
     if let Some(m) = args.pm_size_mib {
         factory.pm_size = m << 20;
@@ -483,7 +492,7 @@ async fn crash_test(
     table: bool,
     interrupt: Interrupt,
 ) -> anyhow::Result<Outcome> {
-    let assets = setup::ensure(&setup_options(g))?;
+    let assets = setup::ensure(&setup_options(g)?)?;
     let mut factory = GuestFactory::new(assets, cfg.fs);
     if let Some(s) = cfg.pm_size {
         factory.pm_size = s;
@@ -539,7 +548,7 @@ async fn run_ops_only(
     out: Option<PathBuf>,
     loaded: Vec<workloads::Loaded>,
 ) -> anyhow::Result<Outcome> {
-    let assets = setup::ensure(&setup_options(g))?;
+    let assets = setup::ensure(&setup_options(g)?)?;
     let mut factory = GuestFactory::new(assets, fs);
     if let Some(m) = pm_size_mib {
         factory.pm_size = m << 20;

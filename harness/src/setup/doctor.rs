@@ -135,6 +135,7 @@ fn find_kernel(opts: &SetupOptions, probes: &mut Vec<Probe>) -> Option<KernelSou
         let modules = modules.map(|m| std::fs::canonicalize(&m).unwrap_or(m));
         if let Some(hint) = modules
             .as_ref()
+            .filter(|m| m.parent().and_then(|p| p.file_name()) == Some("modules".as_ref()))
             .and_then(|m| m.file_name())
             .and_then(|n| n.to_str())
         {
@@ -207,6 +208,49 @@ fn find_kernel(opts: &SetupOptions, probes: &mut Vec<Probe>) -> Option<KernelSou
         descriptor,
         inputs: Vec::new(),
     })
+}
+
+/// The kernel configuration probe: the options the guest needs that are missing.
+fn config_probe(config: Option<PathBuf>, boot: kconfig::Boot) -> Probe {
+    let Some(c) = config.filter(|c| c.is_file()) else {
+        return probe(
+            "kernel config",
+            ProbeStatus::Info,
+            "no .config or config-<release> beside the image: not checked here (setup also reads a CONFIG_IKCONFIG configuration inside a vmlinux)",
+            None,
+        );
+    };
+    match kconfig::KernelConfig::read(&c) {
+        Err(e) => probe("kernel config", ProbeStatus::Missing, e.to_string(), None),
+        Ok(cfg) => {
+            let unmet = kconfig::check(&cfg, boot);
+            if unmet.is_empty() {
+                probe(
+                    "kernel config",
+                    ProbeStatus::Present,
+                    format!("every option the guest needs is set ({})", c.display()),
+                    None,
+                )
+            } else {
+                probe(
+                    "kernel config",
+                    ProbeStatus::Missing,
+                    format!(
+                        "{}: {} option(s) missing or wrong",
+                        c.display(),
+                        unmet.len()
+                    ),
+                    Some(
+                        unmet
+                            .iter()
+                            .map(|u| u.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    ),
+                )
+            }
+        }
+    }
 }
 
 /// Runs every probe.
@@ -289,7 +333,20 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
     ));
 
     let setup = Some("pmcrash setup".to_string());
-    if let Some(source) = find_kernel(opts, &mut probes) {
+    let source = find_kernel(opts, &mut probes);
+    let config = match (&opts.kernel, &source) {
+        (Some(k), _) => kconfig::find_config(k),
+        (None, Some(s)) => config_of(opts, &s.record),
+        (None, None) => None,
+    };
+    if opts.kernel.is_some() || source.is_some() {
+        let boot = kconfig::Boot {
+            vmlinux: opts.kernel.as_deref().is_some_and(kconfig::is_elf),
+            modules: opts.modules.is_some() || (opts.kernel.is_none() && source.is_some()),
+        };
+        probes.push(config_probe(config, boot));
+    }
+    if let Some(source) = source {
         let r = &source.record;
         probes.push(probe(
             "kernel image",

@@ -600,8 +600,10 @@ pub(super) fn byo_kernel(
     let key = blake3::hash(key_text.as_bytes()).to_hex().to_string();
     let dir = crate::cache::byo_dir(cache).join(&key[..16]);
     let record_path = dir.join("kernel.json");
+    // `lib/modules/<release>` names the release; a build tree's own directory does not.
     let release_hint = modules
         .as_ref()
+        .filter(|m| m.parent().and_then(|p| p.file_name()) == Some("modules".as_ref()))
         .and_then(|m| m.file_name())
         .and_then(|n| n.to_str())
         .map(str::to_string);

@@ -27,6 +27,7 @@
 mod doctor;
 pub mod host_tools;
 pub mod initramfs;
+pub mod kconfig;
 pub mod kernel;
 pub mod modules;
 
@@ -64,6 +65,24 @@ pub struct SetupOptions {
 }
 
 impl SetupOptions {
+    /// Use a kernel build tree: its `arch/x86/boot/bzImage` (or, without one, its
+    /// `vmlinux`), its `.config` (checked before any boot), and its modules: those
+    /// `make modules_install INSTALL_MOD_PATH=DIR` put in `DIR/lib/modules/<release>`,
+    /// else the tree's own `.ko` files (with its `modules.builtin`).
+    ///
+    /// ```no_run
+    /// use pmcrash::setup::SetupOptions;
+    /// let opts = SetupOptions::default().with_kernel_tree("/src/linux".as_ref())?;
+    /// assert!(opts.kernel.is_some());
+    /// # Ok::<(), pmcrash::setup::SetupError>(())
+    /// ```
+    pub fn with_kernel_tree(mut self, dir: &Path) -> Result<SetupOptions, SetupError> {
+        let (kernel, modules) = kernel_tree_files(dir)?;
+        self.kernel = Some(kernel);
+        self.modules = modules;
+        Ok(self)
+    }
+
     /// `$PMCRASH_CACHE`, else `$XDG_CACHE_HOME/pmcrash`, else `~/.cache/pmcrash`.
     pub fn default_cache_dir() -> PathBuf {
         if let Some(d) = std::env::var_os("PMCRASH_CACHE").filter(|d| !d.is_empty()) {
@@ -189,6 +208,22 @@ pub enum SetupError {
     /// The options contradict each other.
     #[error("invalid setup options: {0}")]
     InvalidOptions(String),
+    /// The kernel's configuration lacks what the guest needs (found before any boot).
+    #[error("the kernel's configuration ({}) lacks what the pmcrash guest needs:\n{}\nset these (e.g. `scripts/config --enable FS_DAX` in the tree, then `make olddefconfig`), rebuild the kernel and its modules, and run again", config.display(), kconfig::render(unmet))]
+    KernelConfig {
+        /// The `.config` read.
+        config: PathBuf,
+        /// Every option missing or wrong, with the value it needs.
+        unmet: Vec<kconfig::Unmet>,
+    },
+    /// A kernel build tree lacks a file pmcrash needs.
+    #[error("kernel tree {}: {reason}", dir.display())]
+    KernelTree {
+        /// The tree.
+        dir: PathBuf,
+        /// What is missing, and what to do.
+        reason: String,
+    },
 }
 
 impl SetupError {
@@ -205,7 +240,9 @@ impl SetupError {
         match self {
             SetupError::HostTools { .. }
             | SetupError::StillMissing { .. }
-            | SetupError::InvalidOptions(_) => 2,
+            | SetupError::InvalidOptions(_)
+            | SetupError::KernelConfig { .. }
+            | SetupError::KernelTree { .. } => 2,
             _ => 1,
         }
     }
@@ -261,6 +298,92 @@ impl Drop for Ui {
     fn drop(&mut self) {
         self.0.finish_and_clear();
     }
+}
+
+/// The image and module directory of a kernel build tree (see
+/// [`SetupOptions::with_kernel_tree`]).
+fn kernel_tree_files(dir: &Path) -> Result<(PathBuf, Option<PathBuf>), SetupError> {
+    let bad = |reason: String| SetupError::KernelTree {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    if !dir.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    if !dir.join(".config").is_file() {
+        return Err(bad(
+            "no .config: configure and build the kernel first (`make olddefconfig && make`)".into(),
+        ));
+    }
+    let image = [dir.join("arch/x86/boot/bzImage"), dir.join("vmlinux")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            bad("neither arch/x86/boot/bzImage nor vmlinux: build the kernel first (`make -j$(nproc)`)".into())
+        })?;
+    let release = std::fs::read_to_string(dir.join("include/config/kernel.release"))
+        .ok()
+        .map(|r| r.trim().to_owned());
+    let installed = release
+        .as_ref()
+        .map(|r| dir.join("lib/modules").join(r))
+        .filter(|p| p.is_dir());
+    let modules = match installed {
+        Some(m) => Some(m),
+        // Straight from the tree: its .ko files and modules.builtin.
+        None if dir.join("modules.builtin").is_file() => Some(dir.to_path_buf()),
+        None => None,
+    };
+    Ok((image, modules))
+}
+
+/// The `.config` of the kernel `opts` select, if one can be found.
+fn config_of(opts: &SetupOptions, record: &KernelRecord) -> Option<PathBuf> {
+    match &opts.kernel {
+        Some(k) => kconfig::find_config(k),
+        // Debian's package: `boot/config-<release>` in the unpacked tree.
+        None => record.image.parent().map(|d| {
+            d.join("tree/boot")
+                .join(format!("config-{}", record.release))
+        }),
+    }
+}
+
+/// How the kernel `opts` select boots: an ELF image given by the user needs PVH; a
+/// kernel without a module directory needs everything built in.
+fn boot_of(opts: &SetupOptions, record: &KernelRecord) -> kconfig::Boot {
+    kconfig::Boot {
+        vmlinux: opts.kernel.as_deref().is_some_and(kconfig::is_elf),
+        modules: match &opts.kernel {
+            Some(_) => opts.modules.is_some(),
+            None => record.modules_dir.is_some(),
+        },
+    }
+}
+
+/// Checks the selected kernel's configuration (before any boot). `Ok(None)`: no
+/// configuration was found, so nothing could be checked.
+fn check_config(opts: &SetupOptions, record: &KernelRecord) -> Result<Option<PathBuf>, SetupError> {
+    let Some(config) = config_of(opts, record).filter(|c| c.is_file()) else {
+        // A kernel built with CONFIG_IKCONFIG carries its configuration.
+        let embedded = kconfig::is_elf(&record.image)
+            .then(|| std::fs::read(&record.image).ok())
+            .flatten()
+            .and_then(|image| kconfig::embedded_config(&image));
+        let Some(cfg) = embedded else {
+            return Ok(None);
+        };
+        let unmet = kconfig::check(&cfg, boot_of(opts, record));
+        if unmet.is_empty() {
+            return Ok(Some(record.image.clone()));
+        }
+        return Err(SetupError::KernelConfig {
+            config: record.image.clone(),
+            unmet,
+        });
+    };
+    kconfig::ensure_config(&config, boot_of(opts, record))?;
+    Ok(Some(config))
 }
 
 fn agent_hash() -> &'static blake3::Hash {
@@ -506,6 +629,10 @@ pub fn ensure(opts: &SetupOptions) -> Result<Assets, SetupError> {
         Some(k) => byo_kernel(cache, k, opts.modules.as_deref(), &ui)?,
         None => debian_kernel(cache, &ui)?,
     };
+    // Before any boot: a kernel without what the guest needs fails here, by name.
+    if check_config(opts, &source.record)?.is_none() {
+        ui.done("no kernel .config found beside the image: its options were not checked");
+    }
     let key = state_key(&source.descriptor);
     let state_path = crate::cache::setup_state_path(cache);
     let mut state: State = read_json(&state_path).unwrap_or_default();
