@@ -262,17 +262,8 @@ mod tests {
 
     fn file(path: &str, data: &[u8]) -> FsEntry {
         FsEntry {
-            path: path.into(),
-            kind: EntryKind::File,
-            size: data.len() as u64,
-            mode: 0o644,
-            nlink: 1,
             ino: 12,
-            blake3: String::new(),
-            blocks: crate::protocol::block_hashes(data),
-            xattrs: Default::default(),
-            target: None,
-            error: None,
+            ..FsEntry::file(path, data)
         }
     }
 

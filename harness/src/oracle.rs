@@ -181,7 +181,7 @@ mod tests {
     use crate::checker::fsck::FsckOutcome;
     use crash_models::ops::{seeded_bytes, Op, Workload};
     use crash_models::promise::promises;
-    use crash_models::protocol::{block_hashes, content_hash, EntryKind, FsEntry};
+    use crash_models::protocol::{EntryKind, FsEntry};
     use std::collections::BTreeMap;
 
     fn ops(src: &str) -> Vec<Op> {
@@ -206,19 +206,9 @@ mod tests {
     }
 
     fn file(path: &str, data: &[u8]) -> FsEntry {
-        let blocks = block_hashes(data);
         FsEntry {
-            path: path.into(),
-            kind: EntryKind::File,
-            size: data.len() as u64,
-            mode: 0o644,
-            nlink: 1,
             ino: 12,
-            blake3: content_hash(data.len() as u64, &blocks),
-            blocks,
-            xattrs: BTreeMap::new(),
-            target: None,
-            error: None,
+            ..FsEntry::file(path, data)
         }
     }
 
