@@ -138,6 +138,7 @@ fn check(
 
 #[test]
 fn corrupt_images_are_fs_corruption_and_foreign_bytes_are_stale_data() {
+    let _serial = one_at_a_time();
     let rt = rt();
     let b = base(&rt);
     let a_inode_block = debugfs_block(&b.image, "imap /a");
@@ -195,8 +196,17 @@ fn corrupt_images_are_fs_corruption_and_foreign_bytes_are_stale_data() {
     );
 }
 
+/// The tests of this file run one at a time: the last one counts every QEMU of the
+/// process, and must not see the other test's guests.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn a_checker_guest_killed_mid_check_is_restarted_and_the_run_completes() {
+    let _serial = one_at_a_time();
     let rt = rt();
     let b = base(&rt);
     let mut images: Vec<CrashImage> = (0..7).map(|_| from_writes(&[])).collect();
