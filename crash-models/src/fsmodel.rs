@@ -216,7 +216,6 @@ impl Content {
                 }
             }
         }
-        out.dedup();
         out
     }
 
@@ -344,13 +343,9 @@ pub fn is_under(path: &str, dir: &str) -> bool {
         || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
-/// Whether an op failed according to its result (no result: it is taken to have
-/// succeeded, which is what a model-only replay wants).
-pub fn failed(results: Option<&[OpResult]>, index: usize) -> bool {
-    result_of(results, index).is_some_and(|r| !r.ok())
-}
-
-fn result_of(results: Option<&[OpResult]>, index: usize) -> Option<&OpResult> {
+/// The result of op `index` among the agent's results (`None`: no results, a
+/// model-only replay, which takes every op to have succeeded).
+pub fn result_of(results: Option<&[OpResult]>, index: usize) -> Option<&OpResult> {
     let r = results?;
     // Results come in op order; fall back to a search if one is missing.
     match r.get(index) {

@@ -44,8 +44,7 @@ impl History {
         let mut h = History::default();
         let mut fs = FsModel::new();
         for (i, op) in ops.iter().enumerate() {
-            let r = results.and_then(|r| r.iter().find(|x| x.index == i));
-            let changes = fs.apply(i, op, r);
+            let changes = fs.apply(i, op, crate::fsmodel::result_of(results, i));
             let mut touched: BTreeSet<(InodeId, u64)> = BTreeSet::new();
             for c in &changes {
                 match c {
@@ -202,13 +201,16 @@ impl History {
     }
 
     /// Which other file's data a block holds, if any (at least 8 bytes in common at
-    /// the start of one of its blocks).
+    /// the start of one of its blocks). The first match in path and block order, so
+    /// the message is the same on every run.
     fn owner_of(&self, bytes: &[u8], not: &str) -> Option<String> {
+        let mut pieces: Vec<(&(InodeId, u64), &Vec<Piece>)> = self.pieces.iter().collect();
+        pieces.sort_by_key(|(k, _)| **k);
         for (path, inos) in &self.names {
             if path == not {
                 continue;
             }
-            for ((ino, b), list) in &self.pieces {
+            for ((ino, b), list) in pieces.iter().copied() {
                 if !inos.contains(ino) {
                     continue;
                 }

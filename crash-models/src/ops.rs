@@ -660,6 +660,9 @@ pub struct Workload {
 /// [expect.xfs]
 /// verdicts = ["ok"]
 /// ```
+///
+/// The common keys repeat [`Expectation`]'s rather than flatten it: serde's `flatten`
+/// cannot be combined with `deny_unknown_fields` and loses the error positions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {

@@ -32,9 +32,6 @@ use crate::trace::{MarkerKind, Privilege, Record};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
-/// Size of the blocks [`FsEntry::blocks`] hashes.
-pub const BLOCK_SIZE: u64 = DUMP_BLOCK;
-
 /// A fact about the recovered file system.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -173,35 +170,6 @@ impl BlockSource for NoBlocks {
     }
 }
 
-/// The bytes `[start, end)` of a dumped file, when every block's bytes are known
-/// (a block the dump does not list reads as zeros).
-pub fn read_dumped(e: &FsEntry, start: u64, end: u64, blocks: &dyn BlockSource) -> Option<Vec<u8>> {
-    let end = end.min(e.size);
-    if start >= end {
-        return Some(Vec::new());
-    }
-    let mut out = Vec::with_capacity((end - start) as usize);
-    let mut b = start / BLOCK_SIZE;
-    while b * BLOCK_SIZE < end {
-        let bs = b * BLOCK_SIZE;
-        let be = (bs + BLOCK_SIZE).min(e.size);
-        let s = start.max(bs);
-        let t = end.min(be);
-        match e.blocks.get(&b) {
-            None => out.resize(out.len() + (t - s) as usize, 0),
-            Some(h) => {
-                let bytes = blocks.block(h)?;
-                if (bytes.len() as u64) < t - bs {
-                    return None;
-                }
-                out.extend_from_slice(&bytes[(s - bs) as usize..(t - bs) as usize]);
-            }
-        }
-        b += 1;
-    }
-    Some(out)
-}
-
 fn first_difference(path: &str, start: u64, got: &[u8], want: Option<&[u8]>) -> Option<String> {
     let i = match want {
         Some(w) => got.iter().zip(w).position(|(a, b)| a != b)?,
@@ -316,16 +284,16 @@ fn check_range(
     // differ: a huge promised hole costs what the dump lists in it.
     let listed: BTreeSet<u64> = e
         .blocks
-        .range(start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE))
+        .range(start / DUMP_BLOCK..end.div_ceil(DUMP_BLOCK))
         .map(|(b, _)| *b)
         .collect();
     let wanted: Box<dyn Iterator<Item = u64>> = match want {
-        Some(_) => Box::new(start / BLOCK_SIZE..end.div_ceil(BLOCK_SIZE)),
+        Some(_) => Box::new(start / DUMP_BLOCK..end.div_ceil(DUMP_BLOCK)),
         None => Box::new(listed.iter().copied()),
     };
     for b in wanted {
-        let bs = b * BLOCK_SIZE;
-        let be = (bs + BLOCK_SIZE).min(e.size);
+        let bs = b * DUMP_BLOCK;
+        let be = (bs + DUMP_BLOCK).min(e.size);
         let s = start.max(bs);
         let t = end.min(be);
         if s >= t {
@@ -889,12 +857,7 @@ pub fn promises(
     ops_completed: usize,
     in_progress: Option<usize>,
 ) -> Promises {
-    let result = |i: usize| {
-        results.and_then(|r| match r.get(i) {
-            Some(x) if x.index == i => Some(x),
-            _ => r.iter().find(|x| x.index == i),
-        })
-    };
+    let result = |i: usize| fsmodel::result_of(results, i);
     let mut sim = Sim::default();
     for (i, op) in ops.iter().enumerate().take(ops_completed) {
         sim.apply(i, op, result(i), true);
@@ -929,7 +892,7 @@ pub fn extent_owners(
     let mut fs = FsModel::new();
     let mut out = Vec::new();
     for (i, op) in ops.iter().enumerate() {
-        let r = results.iter().find(|r| r.index == i);
+        let r = fsmodel::result_of(Some(results), i);
         if let (Op::Fmetadatasync { fd }, Some(r)) = (op, r) {
             if let crate::protocol::OpDetail::Extents { extents } = &r.detail {
                 let path = fs

@@ -766,7 +766,7 @@ impl Pipeline {
                 .iter()
                 .enumerate()
                 .map(|(i, op)| {
-                    let r = results.iter().find(|r| r.index == i);
+                    let r = crash_models::fsmodel::result_of(Some(results), i);
                     OpLine {
                         index: i,
                         op: op.name().to_owned(),

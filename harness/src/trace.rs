@@ -90,11 +90,6 @@ pub fn read(path: &Path) -> Result<Trace, TracingError> {
     })
 }
 
-/// True when `err` comes from a corrupt or truncated trace (the CLI exits 2 for it).
-pub fn is_corrupt(err: &TracingError) -> bool {
-    err.is_corrupt()
-}
-
 /// Counts for one op (or for everything outside any op).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OpCounts {
@@ -641,7 +636,7 @@ mod tests {
         bytes.truncate(bytes.len() - 3);
         std::fs::write(&p, &bytes).unwrap();
         let e = show(&p).unwrap_err();
-        assert!(is_corrupt(&e));
+        assert!(e.is_corrupt());
         assert!(format!("{e:#}").contains("byte"), "{e:#}");
     }
 }

@@ -438,7 +438,7 @@ fn corrupt_and_truncated_traces_are_errors() {
         let p = dir.path().join(name);
         std::fs::write(&p, data).unwrap();
         let e = pmcrash::trace::show(Path::new(&p)).unwrap_err();
-        assert!(pmcrash::trace::is_corrupt(&e), "{name}: {e:#}");
+        assert!(e.is_corrupt(), "{name}: {e:#}");
         assert!(format!("{e:#}").contains("byte"), "{name}: {e:#}");
     }
 }
