@@ -200,6 +200,7 @@ mod tests {
             block_bytes: BTreeMap::new(),
             block_offsets: BTreeMap::new(),
             state_id: String::new(),
+            read_set: None,
             restarts: 0,
             millis: 0,
         }

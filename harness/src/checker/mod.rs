@@ -166,6 +166,10 @@ pub struct Recovery {
     pub block_offsets: BTreeMap<String, u64>,
     /// Identity of the recovered state (blake3 of the dump), for deduplication.
     pub state_id: String,
+    /// The PM lines the check read (mount, dump, unmount, fsck), when the guest
+    /// recorded them: the key of read-set pruning (`crash_models::readset`).
+    #[serde(skip)]
+    pub read_set: Option<Arc<crash_models::readset::ReadSet>>,
     /// Guest restarts this image cost.
     pub restarts: u32,
     /// Time the check took.
@@ -542,6 +546,7 @@ async fn recover_one(
         block_bytes: BTreeMap::new(),
         block_offsets: BTreeMap::new(),
         state_id: String::new(),
+        read_set: None,
         restarts: 0,
         millis: 0,
     };
