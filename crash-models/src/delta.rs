@@ -14,6 +14,13 @@
 //! apart without building their images: only new images need [`ImageBuilder::build`].
 //! [`CrashImage::switch`] then rewrites only the bytes two images differ in.
 //!
+//! A [`PointSnapshot`] is a crash point owned: its durable lines (shared, behind an
+//! `Arc`, by the points around it while they do not change) and its in-flight lines.
+//! An image is a snapshot plus a [`CrashState`]; its bytes are materialised only when
+//! it is written into a checker's file, so a run holds a window of points, not every
+//! image. [`PointSnapshot::changes`] gives an image's line hashes as changes to the
+//! durable ones, which is what read-set pruning ([`crate::prune`]) compares.
+//!
 //! The only I/O here is writing ranges into a file the caller opened
 //! ([`CrashImage::apply`], [`CrashImage::undo`]).
 
@@ -312,20 +319,13 @@ impl Emitter {
     }
 }
 
-/// Builds the crash images of one crash point (borrowing the replayer there).
-#[derive(Debug)]
-pub struct ImageBuilder<'r> {
-    replayer: &'r Replayer,
-    line_size: usize,
-    shift: u32,
-    durable_lines: Vec<u64>,
-    in_flight: Vec<InFlightLine<'r>>,
-    /// Per durable line, its hash (aligned with `durable_lines`).
-    durable_hashes: Vec<[u64; 4]>,
-    durable_sum: [u64; 4],
-}
+/// A line hash: blake3 of (line number, byte mask, masked bytes), as four words
+/// (summed lane-wise into an [`ImageId`] or a pruning signature).
+pub type LineHash = [u64; 4];
 
-fn line_hash(line: u64, bytes: &[u8], mask: &[u64]) -> [u64; 4] {
+/// The hash of line `line` holding `bytes` where `mask` is set (the base image's
+/// bytes elsewhere): the unit [`ImageId`]s and pruning signatures are sums of.
+pub fn hash_line(line: u64, bytes: &[u8], mask: &[u64]) -> LineHash {
     let mut h = blake3::Hasher::new();
     h.update(&line.to_le_bytes());
     let mut masked = [0u8; 64];
@@ -342,49 +342,199 @@ fn line_hash(line: u64, bytes: &[u8], mask: &[u64]) -> [u64; 4] {
     std::array::from_fn(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
 }
 
-fn add(a: &mut [u64; 4], b: &[u64; 4]) {
+/// `a += b`, lane-wise wrapping.
+pub fn add(a: &mut LineHash, b: &LineHash) {
     for i in 0..4 {
         a[i] = a[i].wrapping_add(b[i]);
     }
 }
 
-fn sub(a: &mut [u64; 4], b: &[u64; 4]) {
+/// `a -= b`, lane-wise wrapping.
+pub fn sub(a: &mut LineHash, b: &LineHash) {
     for i in 0..4 {
         a[i] = a[i].wrapping_sub(b[i]);
     }
 }
 
-impl<'r> ImageBuilder<'r> {
-    /// Capture the crash point the replayer is at.
-    pub fn new(replayer: &'r Replayer) -> Self {
-        let cfg = replayer.config();
-        let durable_lines = replayer.durable().sorted_lines();
-        let durable_hashes: Vec<[u64; 4]> = durable_lines
-            .iter()
-            .map(|&l| {
-                let (b, m) = replayer.durable().line(l).expect("listed line");
-                line_hash(l, b, m)
-            })
-            .collect();
-        let mut durable_sum = [0u64; 4];
-        for h in &durable_hashes {
-            add(&mut durable_sum, h);
+/// The durable content at a crash point, owned: the lines holding durable bytes with
+/// their masks and hashes, and prefix sums of the hashes so the sum over any range
+/// of lines costs two binary searches. Crash points with the same durable content
+/// share one (behind an `Arc`).
+#[derive(Debug)]
+pub struct DurableSnapshot {
+    version: u64,
+    line_size: usize,
+    mask_words: usize,
+    /// Sorted line numbers.
+    lines: Vec<u64>,
+    bytes: Vec<u8>,
+    masks: Vec<u64>,
+    hashes: Vec<LineHash>,
+    /// `prefix[i]` is the sum of `hashes[..i]`.
+    prefix: Vec<LineHash>,
+}
+
+impl DurableSnapshot {
+    fn new(replayer: &Replayer) -> DurableSnapshot {
+        let d = replayer.durable();
+        let line_size = replayer.config().line_size as usize;
+        let mask_words = line_size.div_ceil(64);
+        let lines = d.sorted_lines();
+        let mut bytes = Vec::with_capacity(lines.len() * line_size);
+        let mut masks = Vec::with_capacity(lines.len() * mask_words);
+        let mut hashes = Vec::with_capacity(lines.len());
+        let mut prefix = Vec::with_capacity(lines.len() + 1);
+        let mut sum = [0u64; 4];
+        prefix.push(sum);
+        for &l in &lines {
+            let (b, m) = d.line(l).expect("listed line");
+            bytes.extend_from_slice(b);
+            masks.extend_from_slice(m);
+            let h = hash_line(l, b, m);
+            add(&mut sum, &h);
+            hashes.push(h);
+            prefix.push(sum);
         }
-        ImageBuilder {
-            replayer,
-            line_size: cfg.line_size as usize,
-            shift: cfg.line_shift(),
-            durable_lines,
-            in_flight: replayer.in_flight(),
-            durable_hashes,
-            durable_sum,
+        DurableSnapshot {
+            version: d.version(),
+            line_size,
+            mask_words,
+            lines,
+            bytes,
+            masks,
+            hashes,
+            prefix,
         }
     }
 
-    /// The identity of a state's image, without building it: cost in proportion to
-    /// the lines the state keeps.
-    pub fn id(&self, state: &CrashState) -> ImageId {
-        let mut sum = self.durable_sum;
+    fn index(&self, line: u64) -> Option<usize> {
+        self.lines.binary_search(&line).ok()
+    }
+
+    fn line(&self, i: usize) -> (&[u8], &[u64]) {
+        (
+            &self.bytes[i * self.line_size..(i + 1) * self.line_size],
+            &self.masks[i * self.mask_words..(i + 1) * self.mask_words],
+        )
+    }
+
+    /// The sum of the hashes of the durable lines numbered in `lines`.
+    pub fn sum_in(&self, lines: std::ops::Range<u64>) -> LineHash {
+        let a = self.lines.partition_point(|&l| l < lines.start);
+        let b = self.lines.partition_point(|&l| l < lines.end).max(a);
+        let mut s = self.prefix[b];
+        sub(&mut s, &self.prefix[a]);
+        s
+    }
+
+    /// Lines holding durable bytes.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// True when nothing is durable.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Bytes of memory it holds (roughly).
+    pub fn memory(&self) -> usize {
+        self.lines.len() * (8 + self.line_size + self.mask_words * 8 + 64)
+    }
+}
+
+/// An in-flight line, owned (see [`InFlightLine`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedLine {
+    /// Offset of the line's first byte in the PM device.
+    pub line_offset: u64,
+    /// The queued pieces, oldest first.
+    pub stores: Vec<crate::model::Piece>,
+    /// How many of `stores` a flush has covered.
+    pub flushed_prefix_len: usize,
+}
+
+/// One crash point, owned: its durable content (shared with the points around it
+/// while it does not change) and its in-flight lines. A crash image is the snapshot
+/// plus a [`CrashState`] (a choice of per-line prefixes): [`PointSnapshot::id`] tells
+/// images apart without building them, [`PointSnapshot::build`] materialises one,
+/// and the snapshot can outlive the replayer's advance (images are checked later,
+/// by other tasks).
+#[derive(Debug, Clone)]
+pub struct PointSnapshot {
+    shift: u32,
+    line_size: usize,
+    durable: std::sync::Arc<DurableSnapshot>,
+    in_flight: Vec<OwnedLine>,
+}
+
+impl PointSnapshot {
+    /// Capture the crash point the replayer is at. `prev` (the snapshot of an earlier
+    /// point of the same replay) lends its durable content when it has not changed.
+    pub fn new(replayer: &Replayer, prev: Option<&PointSnapshot>) -> PointSnapshot {
+        let cfg = replayer.config();
+        let durable = match prev {
+            Some(p)
+                if p.durable.version == replayer.durable().version()
+                    && p.line_size == cfg.line_size as usize =>
+            {
+                p.durable.clone()
+            }
+            _ => std::sync::Arc::new(DurableSnapshot::new(replayer)),
+        };
+        PointSnapshot {
+            shift: cfg.line_shift(),
+            line_size: cfg.line_size as usize,
+            durable,
+            in_flight: replayer
+                .in_flight()
+                .iter()
+                .map(|l| OwnedLine {
+                    line_offset: l.line_offset,
+                    stores: l.stores.to_vec(),
+                    flushed_prefix_len: l.flushed_prefix_len,
+                })
+                .collect(),
+        }
+    }
+
+    /// The in-flight lines, sorted by offset (feed them to
+    /// [`crate::states::CrashStates::new`]).
+    pub fn in_flight(&self) -> Vec<InFlightLine<'_>> {
+        self.in_flight
+            .iter()
+            .map(|l| InFlightLine {
+                line_offset: l.line_offset,
+                stores: &l.stores,
+                flushed_prefix_len: l.flushed_prefix_len,
+            })
+            .collect()
+    }
+
+    /// The durable content.
+    pub fn durable(&self) -> &std::sync::Arc<DurableSnapshot> {
+        &self.durable
+    }
+
+    /// The line size in bytes.
+    pub fn line_size(&self) -> u32 {
+        self.line_size as u32
+    }
+
+    /// Bytes of memory the in-flight lines hold (the durable part is
+    /// [`DurableSnapshot::memory`], possibly shared).
+    pub fn in_flight_memory(&self) -> usize {
+        self.in_flight
+            .iter()
+            .map(|l| 48 + l.stores.len() * std::mem::size_of::<crate::model::Piece>())
+            .sum()
+    }
+
+    /// What a state changes against the durable content, line by line: (line
+    /// number, its hash in the image minus its durable hash), sorted by line. The
+    /// image's hash sum over any set of lines is the durable sum there plus these.
+    pub fn changes(&self, state: &CrashState) -> Vec<(u64, LineHash)> {
+        let mut out = Vec::with_capacity(state.kept.len());
         let mut buf = vec![0u8; self.line_size];
         let mut mask = vec![0u64; self.line_size.div_ceil(64)];
         for &(off, k) in &state.kept {
@@ -395,11 +545,23 @@ impl<'r> ImageBuilder<'r> {
                 continue;
             }
             let line = off >> self.shift;
-            if let Ok(i) = self.durable_lines.binary_search(&line) {
-                sub(&mut sum, &self.durable_hashes[i]);
+            let durable = self.durable.index(line);
+            self.overlay(durable, line, pieces, &mut buf, &mut mask);
+            let mut d = hash_line(line, &buf, &mask);
+            if let Some(i) = durable {
+                sub(&mut d, &self.durable.hashes[i]);
             }
-            self.overlay(line, pieces, &mut buf, &mut mask);
-            add(&mut sum, &line_hash(line, &buf, &mask));
+            out.push((line, d));
+        }
+        out
+    }
+
+    /// The identity of a state's image, without building it: cost in proportion to
+    /// the lines the state keeps.
+    pub fn id(&self, state: &CrashState) -> ImageId {
+        let mut sum = self.durable.prefix[self.durable.lines.len()];
+        for (_, d) in self.changes(state) {
+            add(&mut sum, &d);
         }
         let mut id = [0u8; 32];
         for (i, v) in sum.iter().enumerate() {
@@ -408,19 +570,27 @@ impl<'r> ImageBuilder<'r> {
         ImageId(id)
     }
 
-    fn kept_pieces(&self, line_offset: u64, k: u32) -> Option<&'r [crate::model::Piece]> {
+    fn kept_pieces(&self, line_offset: u64, k: u32) -> Option<&[crate::model::Piece]> {
         let i = self
             .in_flight
             .binary_search_by_key(&line_offset, |l| l.line_offset)
             .ok()?;
-        let stores = self.in_flight[i].stores;
+        let stores = &self.in_flight[i].stores;
         Some(&stores[..(k as usize).min(stores.len())])
     }
 
-    /// The line's durable content with `pieces` written over it.
-    fn overlay(&self, line: u64, pieces: &[crate::model::Piece], buf: &mut [u8], mask: &mut [u64]) {
-        match self.replayer.durable().line(line) {
-            Some((b, m)) => {
+    /// The line's durable content (slot `durable`) with `pieces` written over it.
+    fn overlay(
+        &self,
+        durable: Option<usize>,
+        line: u64,
+        pieces: &[crate::model::Piece],
+        buf: &mut [u8],
+        mask: &mut [u64],
+    ) {
+        match durable {
+            Some(i) => {
+                let (b, m) = self.durable.line(i);
                 buf.copy_from_slice(b);
                 mask.copy_from_slice(m);
             }
@@ -438,39 +608,36 @@ impl<'r> ImageBuilder<'r> {
         }
     }
 
-    /// The in-flight lines at this point, sorted by offset (feed them to
-    /// [`crate::states::CrashStates::new`]).
-    pub fn in_flight(&self) -> &[InFlightLine<'r>] {
-        &self.in_flight
-    }
-
     /// The image of one state. Lines of the state that are not in flight are ignored.
     pub fn build(&self, state: &CrashState) -> CrashImage {
         let mut out = Emitter {
             ranges: Vec::new(),
             data: Vec::new(),
         };
-        let mask_words = self.line_size.div_ceil(64);
         let mut buf = vec![0u8; self.line_size];
-        let mut mask = vec![0u64; mask_words];
-        let durable = self.replayer.durable();
+        let mut mask = vec![0u64; self.line_size.div_ceil(64)];
+        let d = &self.durable;
         // Merge the sorted durable lines with the sorted kept lines.
         let mut kept = state
             .kept
             .iter()
             .filter_map(|&(off, k)| Some((off >> self.shift, self.kept_pieces(off, k)?)))
             .peekable();
-        let mut dl = self.durable_lines.iter().copied().peekable();
+        let mut dl = d.lines.iter().copied().enumerate().peekable();
         loop {
             let line = match (dl.peek(), kept.peek()) {
                 (None, None) => break,
-                (Some(&d), None) => d,
+                (Some(&(_, l)), None) => l,
                 (None, Some(&(k, _))) => k,
-                (Some(&d), Some(&(k, _))) => d.min(k),
+                (Some(&(_, l)), Some(&(k, _))) => l.min(k),
             };
-            if dl.peek() == Some(&line) {
-                dl.next();
-            }
+            let slot = match dl.peek() {
+                Some(&(i, l)) if l == line => {
+                    dl.next();
+                    Some(i)
+                }
+                _ => None,
+            };
             let pieces = match kept.peek() {
                 Some(&(k, p)) if k == line => {
                     kept.next();
@@ -480,15 +647,56 @@ impl<'r> ImageBuilder<'r> {
             };
             let line_offset = line << self.shift;
             if pieces.is_empty() {
-                if let Some((b, m)) = durable.line(line) {
+                if let Some(i) = slot {
+                    let (b, m) = d.line(i);
                     out.emit_line(line_offset, b, m);
                 }
                 continue;
             }
-            self.overlay(line, pieces, &mut buf, &mut mask);
+            self.overlay(slot, line, pieces, &mut buf, &mut mask);
             out.emit_line(line_offset, &buf, &mask);
         }
         out.finish(self.id(state))
+    }
+}
+
+/// Builds the crash images of one crash point (a [`PointSnapshot`] with the
+/// in-flight lines borrowed from the replayer, for [`crate::states::CrashStates`]).
+#[derive(Debug)]
+pub struct ImageBuilder<'r> {
+    snap: PointSnapshot,
+    in_flight: Vec<InFlightLine<'r>>,
+}
+
+impl<'r> ImageBuilder<'r> {
+    /// Capture the crash point the replayer is at.
+    pub fn new(replayer: &'r Replayer) -> Self {
+        ImageBuilder {
+            snap: PointSnapshot::new(replayer, None),
+            in_flight: replayer.in_flight(),
+        }
+    }
+
+    /// The identity of a state's image, without building it: cost in proportion to
+    /// the lines the state keeps.
+    pub fn id(&self, state: &CrashState) -> ImageId {
+        self.snap.id(state)
+    }
+
+    /// The in-flight lines at this point, sorted by offset (feed them to
+    /// [`crate::states::CrashStates::new`]).
+    pub fn in_flight(&self) -> &[InFlightLine<'r>] {
+        &self.in_flight
+    }
+
+    /// The image of one state. Lines of the state that are not in flight are ignored.
+    pub fn build(&self, state: &CrashState) -> CrashImage {
+        self.snap.build(state)
+    }
+
+    /// The owned snapshot behind it.
+    pub fn snapshot(&self) -> &PointSnapshot {
+        &self.snap
     }
 }
 

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod points;
 pub mod promise;
 pub mod protocol;
+pub mod prune;
 pub mod readset;
 pub mod states;
 pub mod trace;

@@ -331,6 +331,8 @@ pub struct Durable {
     durable_lines: usize,
     /// The last line looked up and its slot (slots are never removed).
     last: (u64, u32),
+    /// Bumped at every write of durable bytes (see [`Durable::version`]).
+    version: u64,
 }
 
 impl Durable {
@@ -344,6 +346,7 @@ impl Durable {
             masks: Vec::new(),
             durable_lines: 0,
             last: (NO_LINE, 0),
+            version: 0,
         }
     }
 
@@ -398,6 +401,7 @@ impl Durable {
         if masks.iter().all(|&m| m == 0) {
             self.durable_lines += 1;
         }
+        self.version += 1;
         for p in pieces {
             let off = (p.offset as usize) & (ls - 1);
             // A piece lies within one 8-byte word, so within the line and within one
@@ -417,6 +421,13 @@ impl Durable {
         self.masks[s * self.mask_words..(s + 1) * self.mask_words]
             .iter()
             .any(|&m| m != 0)
+    }
+
+    /// A counter that changes whenever durable bytes are written: two crash points
+    /// of one replay with the same version have the same durable content (owned
+    /// snapshots of it are shared between them, see `delta::PointSnapshot`).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Number of lines holding durable bytes.

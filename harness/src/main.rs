@@ -132,6 +132,15 @@ struct RunArgs {
     /// timing, so crash points (and --crash-at) differ between runs
     #[arg(long)]
     no_deterministic: bool,
+    /// Check every distinct crash image in a guest: no read-set pruning (by default an
+    /// image equal to a checked one on every PM line that check read takes its
+    /// recovery)
+    #[arg(long)]
+    no_prune: bool,
+    /// Memory budget, in MiB, of the crash points waiting to be checked (images are
+    /// made lazily and streamed to the checkers; over the budget, enumeration waits)
+    #[arg(long, default_value_t = pmcrash::memory::DEFAULT_BUDGET_MIB, value_parser = clap::value_parser!(u64).range(1..))]
+    memory_mib: u64,
 }
 
 #[derive(Args)]
@@ -349,6 +358,8 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                 crash_at: args.crash_at,
                 pm_size: args.pm_size_mib.map(|m| m << 20),
                 out_dir: args.out.clone(),
+                prune: !args.no_prune,
+                memory_mib: args.memory_mib,
                 ..RunConfig::default()
             };
             if let Some(w) = args.workers {

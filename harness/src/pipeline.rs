@@ -16,18 +16,19 @@
 //! # Ok(()) }
 //! ```
 
-use crate::checker::{Checker, CheckerError, CheckerOptions, KnownBlocks, Progress, Recovery};
+use crate::checker::{Checker, CheckerError, CheckerOptions, KnownBlocks};
 use crate::guest::GuestFactory;
 use crate::image::FSDAX_DATA_OFFSET;
 use crate::interrupt::Interrupt;
 use crate::oracle::{self, Problem, Verdict};
 use crate::report::{
-    ConfigReport, DroppedLine, ExpectCheck, Finding, OpLine, PointRef, PointReport, Report,
-    Timings, WorkloadReport, WorkloadStats,
+    ConfigReport, DroppedLine, ExpectCheck, Finding, OpLine, PointRef, PointReport, PrunedImage,
+    Report, Timings, WorkloadReport, WorkloadStats,
 };
+use crate::schedule::{Fate, PointWork, Scheduler};
 use crate::setup::Assets;
 use crate::workloads::Loaded;
-use crash_models::delta::{CrashImage, ImageBuilder, ImageId};
+use crash_models::delta::PointSnapshot;
 use crash_models::history::History;
 use crash_models::model::{Model, ModelConfig, Replayer};
 use crash_models::ops::{FsKind, Workload};
@@ -41,6 +42,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::mpsc;
 
 /// Errors that stop a run (infrastructure or usage: exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,15 @@ pub struct RunConfig {
     pub max_findings: usize,
     /// Keep traces and images here (default: a temporary directory).
     pub out_dir: Option<PathBuf>,
+    /// Read-set pruning: an image equal to a checked one on every line that check
+    /// read takes its recovery without a guest run (`--no-prune` turns it off).
+    pub prune: bool,
+    /// The memory budget of the crash points waiting to be checked, in MiB: over it,
+    /// no new point is made until one is judged.
+    pub memory_mib: u64,
+    /// List every crash state's verdict in the point reports (to compare runs state
+    /// by state, e.g. pruned against `--no-prune`).
+    pub state_verdicts: bool,
 }
 
 impl Default for RunConfig {
@@ -152,6 +163,9 @@ impl Default for RunConfig {
                 .collect(),
             max_findings: 50,
             out_dir: None,
+            prune: true,
+            memory_mib: crate::memory::DEFAULT_BUDGET_MIB,
+            state_verdicts: false,
         }
     }
 }
@@ -187,13 +201,8 @@ struct LineInfo {
     user: bool,
 }
 
-struct PointData {
-    point: CrashPoint,
-    lines: Vec<LineInfo>,
-    /// (state, index of its image).
-    states: Vec<(CrashState, usize)>,
-    capped: bool,
-}
+/// A crash point being checked (see [`crate::schedule`]).
+type PointData = PointWork<LineInfo>;
 
 /// A run: one file system, one configuration, any number of workloads, with the
 /// checker guests kept between workloads.
@@ -417,78 +426,107 @@ impl Pipeline {
         }
         let results = traced.results.clone();
 
-        // Enumerate.
+        // Enumerate lazily, check as images are made, judge each point once all its
+        // images are recovered.
         let t = Instant::now();
-        bar.set_message("enumerating crash states");
-        let (points, images, passed) =
-            self.enumerate(workload, &results, &trace.records, trace.header.line_size);
-        if let (Some(record), true) = (self.cfg.crash_at, points.is_empty()) {
-            return Err(PipelineError::NoCrashPoint {
-                workload: name.into(),
-                record,
-                nearest: nearest_points(workload, &passed, record),
-            });
-        }
-        timings.enumerate_ms = t.elapsed().as_millis() as u64;
-
-        // Check every distinct image.
-        let t = Instant::now();
+        bar.set_message("checking crash images");
+        bar.set_length(0);
         let history = History::new(&workload.ops, Some(&results));
-        bar.set_length(images.len() as u64);
-        bar.set_message("recovering crash images");
-        let b2 = bar.clone();
-        let prog: Progress = Arc::new(move |done, _| b2.set_position(done as u64));
-        let checker = self.checker.as_mut().expect("checker");
-        let outcome = checker
-            .recover_all(
-                &traced.base_image,
-                images,
-                KnownBlocks {
-                    hashes: history.known_hashes(),
-                },
-                Some(prog),
-            )
-            .await
-            .map_err(|source| PipelineError::Check {
-                workload: name.into(),
-                source,
-            })?;
-        timings.check_ms = t.elapsed().as_millis() as u64;
-        let n_images = outcome.recoveries.len();
-        timings.images_per_sec = if timings.check_ms > 0 {
-            n_images as f64 * 1000.0 / timings.check_ms as f64
-        } else {
-            0.0
+        let known = KnownBlocks {
+            hashes: history.known_hashes(),
         };
-        let (points, n_images) = if outcome.interrupted {
-            self.cut_short = true;
-            let kept = checked_points(points, &outcome.recoveries);
-            // The report counts the images of the points it judges.
-            let used: BTreeSet<usize> = kept
-                .iter()
-                .flat_map(|p| p.states.iter().map(|s| s.1))
-                .collect();
-            (kept, used.len())
-        } else {
-            (points, n_images)
-        };
-
-        // Judge.
-        let t = Instant::now();
-        bar.set_message("judging");
-        let mut report = self.judge(
-            name,
+        let mut producer = Producer::new(
+            &self.cfg,
             workload,
             &results,
             &trace.records,
-            &points,
-            &outcome.recoveries,
-            &history,
+            trace.header.line_size,
         );
+        let mut sched: Scheduler<LineInfo> =
+            Scheduler::new(self.cfg.prune, self.cfg.memory_mib.saturating_mul(1 << 20));
+        let mut judge = Judge::new(&self.cfg, name, workload, &results, &history);
+        let (job_tx, job_rx) = mpsc::channel(1);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let mut checker = self.checker.take().expect("checker");
+        let interrupt = self.interrupt.clone();
+        let mut enumerate = std::time::Duration::ZERO;
+        let mut judging = std::time::Duration::ZERO;
+        let mut stopped = false;
+        let drive = async {
+            let mut job_tx = Some(job_tx);
+            loop {
+                while !stopped && !producer.done && sched.wants_point() {
+                    let t = Instant::now();
+                    if let Some(p) = producer.next_point() {
+                        sched.add_point(p.point, p.lines, p.snap, p.states, p.capped);
+                    }
+                    enumerate += t.elapsed();
+                    bar.set_length(sched.images() as u64);
+                    tokio::task::yield_now().await;
+                }
+                let t = Instant::now();
+                while let Some(pd) = sched.pop_judgeable() {
+                    judge.point(&pd, &sched);
+                }
+                judging += t.elapsed();
+                bar.set_position(sched.resolved() as u64);
+                let has_work = !stopped && sched.has_work();
+                if !has_work && sched.in_flight() == 0 && (stopped || producer.done) {
+                    break;
+                }
+                tokio::select! {
+                    permit = async { job_tx.as_ref().expect("sender").reserve().await }, if has_work => {
+                        let Ok(permit) = permit else { break };
+                        if let Some(job) = sched.next_job() {
+                            permit.send(job);
+                        }
+                    }
+                    rec = done_rx.recv() => match rec {
+                        Some(r) => sched.done(r),
+                        // Every worker ended: an error, returned by the checker.
+                        None => break,
+                    },
+                    () = interrupt.requested(), if !stopped => {
+                        stopped = true;
+                        sched.stop();
+                    }
+                }
+            }
+            // Closing the queue ends the workers.
+            drop(job_tx.take());
+        };
+        let (checked, ()) = tokio::join!(
+            checker.recover_stream(&traced.base_image, known, job_rx, done_tx),
+            drive
+        );
+        self.checker = Some(checker);
+        checked.map_err(|source| PipelineError::Check {
+            workload: name.into(),
+            source,
+        })?;
+        if let (Some(record), 0) = (self.cfg.crash_at, producer.made) {
+            return Err(PipelineError::NoCrashPoint {
+                workload: name.into(),
+                record,
+                nearest: nearest_points(workload, &producer.passed, record),
+            });
+        }
+        self.cut_short |= stopped;
+        let stage = t.elapsed();
+        timings.enumerate_ms = enumerate.as_millis() as u64;
+        timings.oracle_ms = judging.as_millis() as u64;
+        timings.check_ms = stage.saturating_sub(enumerate + judging).as_millis() as u64;
+        timings.images_per_sec = if timings.check_ms > 0 {
+            sched.checked as f64 * 1000.0 / timings.check_ms as f64
+        } else {
+            0.0
+        };
+        let mut report = judge.finish();
         report.stats.records = trace.records.len() as u64;
-        report.stats.distinct_images = n_images;
-        report.stats.guest_restarts = outcome.restarts;
-        timings.oracle_ms = t.elapsed().as_millis() as u64;
+        report.stats.checked_images = sched.checked;
+        report.stats.pruned_images = sched.pruned;
+        report.stats.prune_read_sets = sched.read_sets();
+        report.stats.peak_rss_bytes = crate::memory::peak_rss_bytes();
         timings.total_ms = t0.elapsed().as_millis() as u64;
         report.timings = timings;
         let costs = promise::op_costs(&trace.records, trace.header.line_size);
@@ -504,19 +542,45 @@ impl Pipeline {
         }
         Ok(report)
     }
+}
 
-    /// Crash points, their states, and the distinct images; with `crash_at`, also the
-    /// points passed over (to say which are nearest when none matches).
-    #[allow(clippy::type_complexity)]
-    fn enumerate(
-        &self,
+/// A crash point made by the [`Producer`].
+struct MadePoint {
+    point: CrashPoint,
+    lines: Vec<LineInfo>,
+    snap: Arc<PointSnapshot>,
+    states: Vec<CrashState>,
+    capped: bool,
+}
+
+/// Crash points, their states and snapshots, made one at a time as the trace is
+/// replayed; with `crash_at`, also the points passed over (to say which are nearest
+/// when none matches).
+struct Producer<'a> {
+    points: CrashPoints<std::iter::Copied<std::slice::Iter<'a, Record>>>,
+    records: &'a [Record],
+    state_cfg: StateConfig,
+    crash_at: Option<u64>,
+    max_points: Option<usize>,
+    prev: Option<Arc<PointSnapshot>>,
+    /// Points made.
+    made: usize,
+    /// Points passed over (`crash_at`).
+    passed: Vec<CrashPoint>,
+    /// No point is left.
+    done: bool,
+}
+
+impl<'a> Producer<'a> {
+    fn new(
+        cfg: &RunConfig,
         workload: &Workload,
         results: &[OpResult],
-        records: &[Record],
+        records: &'a [Record],
         line_size: u32,
-    ) -> (Vec<PointData>, Vec<Arc<CrashImage>>, Vec<CrashPoint>) {
-        let cfg = ModelConfig::new(self.cfg.model, line_size).unwrap_or_default();
-        let mut replayer = Replayer::new(cfg);
+    ) -> Producer<'a> {
+        let mcfg = ModelConfig::new(cfg.model, line_size).unwrap_or_default();
+        let mut replayer = Replayer::new(mcfg);
         // fmetadatasync: the kernel's own flushes of the file's data lines do not count.
         replayer.ignore_flushes(promise::fmetadatasync_flushes_to_ignore(
             &workload.ops,
@@ -525,71 +589,83 @@ impl Pipeline {
             FSDAX_DATA_OFFSET,
         ));
         let n = workload.ops.len() as u32;
-        let mut points = CrashPoints::new(
+        let points = CrashPoints::new(
             records.iter().copied(),
             replayer,
             PointConfig {
-                policy: self.cfg.points.clone(),
+                policy: cfg.points.clone(),
                 ops: Some(0..n),
                 end_of_trace: true,
             },
         );
-        let state_cfg = StateConfig {
-            strategies: vec![self.cfg.strategy()],
-            max_states: self.cfg.max_states,
-            ..StateConfig::default()
-        };
-        let mut ids: HashMap<ImageId, usize> = HashMap::new();
-        let mut images: Vec<Arc<CrashImage>> = Vec::new();
-        let mut out = Vec::new();
-        let mut passed = Vec::new();
-        while let Some(p) = points.next() {
-            if self.cfg.crash_at.is_some_and(|c| c != p.applied) {
-                passed.push(p);
-                continue;
-            }
-            if self.cfg.max_points.is_some_and(|m| out.len() >= m) {
-                break;
-            }
-            let b = ImageBuilder::new(points.replayer());
-            let lines: Vec<LineInfo> = b
-                .in_flight()
-                .iter()
-                .map(|l| LineInfo {
-                    offset: l.line_offset,
-                    queued: l.stores.len() as u32,
-                    last_record: l.stores.last().map_or(0, |s| s.record),
-                    first_unflushed_record: l.stores.get(l.flushed_prefix_len).map(|s| s.record),
-                    user: l.stores.iter().any(|s| {
-                        matches!(
-                            records.get(s.record as usize),
-                            Some(Record::Store {
-                                privilege: Privilege::User,
-                                ..
-                            })
-                        )
-                    }),
-                })
-                .collect();
-            let mut states = CrashStates::new(b.in_flight(), &state_cfg);
-            let mut list = Vec::new();
-            for st in states.by_ref() {
-                let id = b.id(&st);
-                let idx = *ids.entry(id).or_insert_with(|| {
-                    images.push(Arc::new(b.build(&st)));
-                    images.len() - 1
-                });
-                list.push((st, idx));
-            }
-            let capped = states.truncation().truncated();
-            out.push(PointData {
-                point: p,
-                lines,
-                states: list,
-                capped,
-            });
+        Producer {
+            points,
+            records,
+            state_cfg: StateConfig {
+                strategies: vec![cfg.strategy()],
+                max_states: cfg.max_states,
+                ..StateConfig::default()
+            },
+            crash_at: cfg.crash_at,
+            max_points: cfg.max_points,
+            prev: None,
+            made: 0,
+            passed: Vec::new(),
+            done: false,
         }
-        (out, images, passed)
+    }
+
+    /// The next crash point, or `None` (and `done`) when no point is left.
+    fn next_point(&mut self) -> Option<MadePoint> {
+        if self.max_points.is_some_and(|m| self.made >= m) {
+            self.done = true;
+            return None;
+        }
+        let Some(p) = self.points.by_ref().find(|p| {
+            let skip = self.crash_at.is_some_and(|c| c != p.applied);
+            if skip {
+                self.passed.push(*p);
+            }
+            !skip
+        }) else {
+            self.done = true;
+            return None;
+        };
+        let snap = PointSnapshot::new(self.points.replayer(), self.prev.as_deref());
+        let in_flight = snap.in_flight();
+        let records = self.records;
+        let lines: Vec<LineInfo> = in_flight
+            .iter()
+            .map(|l| LineInfo {
+                offset: l.line_offset,
+                queued: l.stores.len() as u32,
+                last_record: l.stores.last().map_or(0, |s| s.record),
+                first_unflushed_record: l.stores.get(l.flushed_prefix_len).map(|s| s.record),
+                user: l.stores.iter().any(|s| {
+                    matches!(
+                        records.get(s.record as usize),
+                        Some(Record::Store {
+                            privilege: Privilege::User,
+                            ..
+                        })
+                    )
+                }),
+            })
+            .collect();
+        let mut states = CrashStates::new(&in_flight, &self.state_cfg);
+        let list: Vec<CrashState> = states.by_ref().collect();
+        let capped = states.truncation().truncated();
+        drop(in_flight);
+        let snap = Arc::new(snap);
+        self.prev = Some(snap.clone());
+        self.made += 1;
+        Some(MadePoint {
+            point: p,
+            lines,
+            snap,
+            states: list,
+            capped,
+        })
     }
 }
 
@@ -614,27 +690,57 @@ fn nearest_points(workload: &Workload, all: &[CrashPoint], record: u64) -> Vec<S
     out
 }
 
-impl Pipeline {
-    #[allow(clippy::too_many_arguments)]
-    fn judge(
-        &self,
-        name: &str,
-        workload: &Workload,
-        results: &[OpResult],
-        records: &[Record],
-        points: &[PointData],
-        recs: &[Recovery],
-        history: &History,
-    ) -> WorkloadReport {
-        let _ = records;
-        let owners = promise::extent_owners(&workload.ops, results, FSDAX_DATA_OFFSET);
-        let mut verdicts: BTreeMap<Verdict, u64> = BTreeMap::new();
-        let mut findings: Vec<Finding> = Vec::new();
-        let mut omitted = 0u64;
-        let mut point_reports = Vec::new();
-        let mut recovered: BTreeSet<&str> = BTreeSet::new();
-        let mut stats = WorkloadStats::default();
-        for pd in points {
+/// Judging, one crash point at a time as the points' images are recovered: each
+/// state against its own point's promises.
+struct Judge<'a> {
+    cfg: &'a RunConfig,
+    name: &'a str,
+    workload: &'a Workload,
+    results: &'a [OpResult],
+    history: &'a History,
+    owners: Vec<(Range<u64>, String, u64)>,
+    verdicts: BTreeMap<Verdict, u64>,
+    findings: Vec<Finding>,
+    omitted: u64,
+    point_reports: Vec<PointReport>,
+    recovered: BTreeSet<String>,
+    images: BTreeSet<usize>,
+    stats: WorkloadStats,
+}
+
+impl<'a> Judge<'a> {
+    fn new(
+        cfg: &'a RunConfig,
+        name: &'a str,
+        workload: &'a Workload,
+        results: &'a [OpResult],
+        history: &'a History,
+    ) -> Judge<'a> {
+        Judge {
+            cfg,
+            name,
+            workload,
+            results,
+            history,
+            owners: promise::extent_owners(&workload.ops, results, FSDAX_DATA_OFFSET),
+            verdicts: BTreeMap::new(),
+            findings: Vec::new(),
+            omitted: 0,
+            point_reports: Vec::new(),
+            recovered: BTreeSet::new(),
+            images: BTreeSet::new(),
+            stats: WorkloadStats::default(),
+        }
+    }
+
+    /// Judge every state of a point whose images all have a recovery.
+    fn point(&mut self, pd: &PointData, sched: &Scheduler<LineInfo>) {
+        let (name, workload, results, history) =
+            (self.name, self.workload, self.results, self.history);
+        let owners = &self.owners;
+        let findings = &mut self.findings;
+        let omitted = &mut self.omitted;
+        {
             let p = &pd.point;
             let mut cache: HashMap<&str, Vec<Problem>> = HashMap::new();
             // The promises depend on the crash point only: made once per point.
@@ -647,14 +753,20 @@ impl Pipeline {
             let mut finding_at: HashMap<&str, usize> = HashMap::new();
             let mut pv: BTreeMap<Verdict, u64> = BTreeMap::new();
             let distinct: BTreeSet<usize> = pd.states.iter().map(|s| s.1).collect();
+            let mut state_verdicts = Vec::new();
             for (st, img) in &pd.states {
-                let rec = &recs[*img];
-                recovered.insert(&rec.state_id);
+                let rec = sched.recovery(*img);
+                if !self.recovered.contains(&rec.state_id) {
+                    self.recovered.insert(rec.state_id.clone());
+                }
                 let problems = cache
                     .entry(rec.state_id.as_str())
                     .or_insert_with(|| oracle::judge(&promised, history, rec));
                 let v = oracle::verdict_of(problems);
                 *pv.entry(v).or_default() += 1;
+                if self.cfg.state_verdicts {
+                    state_verdicts.push(v);
+                }
                 if v == Verdict::Ok {
                     continue;
                 }
@@ -665,7 +777,7 @@ impl Pipeline {
                     continue;
                 }
                 if findings.len() >= self.cfg.max_findings {
-                    omitted += 1;
+                    *omitted += 1;
                     continue;
                 }
                 finding_at.insert(rec.state_id.as_str(), findings.len());
@@ -673,23 +785,34 @@ impl Pipeline {
                     verdict: v,
                     point: point_ref(p, workload),
                     problems: problems.clone(),
-                    dropped_lines: dropped(&pd.lines, st, &owners),
+                    dropped_lines: dropped(&pd.lines, st, owners),
                     kept_lines: pd
                         .lines
                         .iter()
                         .filter(|l| st.kept_of(l.offset) >= l.queued)
                         .count(),
                     same_state: 0,
-                    reproduce: self.reproduce(name, p.applied),
+                    reproduce: reproduce(self.cfg, name, p.applied),
                 });
             }
             for (v, n) in &pv {
-                *verdicts.entry(*v).or_default() += n;
+                *self.verdicts.entry(*v).or_default() += n;
             }
-            stats.states += pd.states.len();
-            stats.capped_points += pd.capped as usize;
+            self.stats.states += pd.states.len();
+            self.stats.capped_points += pd.capped as usize;
+            let mut equal_to = Vec::new();
+            for &i in &distinct {
+                if let Fate::Pruned(c, at) = sched.fate(i) {
+                    equal_to.push(PrunedImage {
+                        image: i,
+                        equal_to: c,
+                        equal_to_point: at,
+                    });
+                }
+            }
+            self.images.extend(distinct.iter().copied());
             let op = p.op();
-            point_reports.push(PointReport {
+            self.point_reports.push(PointReport {
                 record: p.applied,
                 ops_completed: p.ops_completed,
                 op,
@@ -700,11 +823,34 @@ impl Pipeline {
                 in_flight_lines: pd.lines.len(),
                 states: pd.states.len(),
                 distinct_images: distinct.len(),
+                checked_images: distinct.len() - equal_to.len(),
+                pruned_images: equal_to.len(),
+                equal_to,
                 verdicts: pv,
+                state_verdicts,
             });
         }
-        stats.crash_points = points.len();
+    }
+
+    /// The workload's report (without timings and trace-wide counts).
+    fn finish(self) -> WorkloadReport {
+        let Judge {
+            cfg,
+            name,
+            workload,
+            results,
+            verdicts,
+            findings,
+            omitted,
+            point_reports,
+            recovered,
+            images,
+            mut stats,
+            ..
+        } = self;
+        stats.crash_points = point_reports.len();
         stats.recovered_states = recovered.len();
+        stats.distinct_images = images.len();
         let seen: Vec<Verdict> = verdicts
             .iter()
             .filter(|(_, n)| **n > 0)
@@ -712,8 +858,8 @@ impl Pipeline {
             .collect();
         // A workload's [expect] is about all its crash points: a run limited to one
         // (`--crash-at`, a reproducer) or to the first few cannot meet or miss it.
-        let partial = self.cfg.crash_at.is_some() || self.cfg.max_points.is_some();
-        let expect = expected(workload, self.cfg.fs).filter(|_| !partial).map(
+        let partial = cfg.crash_at.is_some() || cfg.max_points.is_some();
+        let expect = expected(workload, cfg.fs).filter(|_| !partial).map(
             |(expected, ok_after_op, lost_after_op)| {
                 let mut unmet = Vec::new();
                 if expected != seen {
@@ -760,7 +906,7 @@ impl Pipeline {
         WorkloadReport {
             name: name.to_owned(),
             description: workload.description.clone(),
-            fs: self.cfg.fs,
+            fs: cfg.fs,
             ops: workload
                 .ops
                 .iter()
@@ -786,46 +932,27 @@ impl Pipeline {
             timings: Timings::default(),
         }
     }
+}
 
-    fn reproduce(&self, name: &str, record: u64) -> String {
-        format!(
-            "pmcrash run {name} --fs {} --model {} --points {} --states {} --seed {} --crash-at {record}",
-            self.cfg.fs,
-            self.cfg.model,
-            self.cfg.points,
-            self.cfg.strategy(),
-            self.cfg.effective_seed()
-        )
-    }
+/// The command line that checks one crash point again.
+fn reproduce(cfg: &RunConfig, name: &str, record: u64) -> String {
+    format!(
+        "pmcrash run {name} --fs {} --model {} --points {} --states {} --seed {} --crash-at {record}",
+        cfg.fs,
+        cfg.model,
+        cfg.points,
+        cfg.strategy(),
+        cfg.effective_seed()
+    )
+}
 
+impl Pipeline {
     /// Power off the checker guests.
     pub async fn shutdown(mut self) {
         if let Some(c) = self.checker.take() {
             c.shutdown().await;
         }
     }
-}
-
-/// After an interrupt: the crash points all of whose states' images were recovered,
-/// their image indices renumbered to index `recovered` (the recoveries made, in image
-/// order). Points with a state left unchecked are dropped whole, so every point in the
-/// report was judged completely.
-fn checked_points(points: Vec<PointData>, recovered: &[Recovery]) -> Vec<PointData> {
-    let renumber: HashMap<usize, usize> = recovered
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.index, i))
-        .collect();
-    points
-        .into_iter()
-        .filter_map(|mut pd| {
-            pd.states = std::mem::take(&mut pd.states)
-                .into_iter()
-                .map(|(st, img)| renumber.get(&img).map(|&i| (st, i)))
-                .collect::<Option<Vec<_>>>()?;
-            Some(pd)
-        })
-        .collect()
 }
 
 /// Run workloads in one go: the library entry point.

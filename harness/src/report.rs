@@ -72,8 +72,32 @@ pub struct PointReport {
     pub states: usize,
     /// Distinct images among them.
     pub distinct_images: usize,
+    /// Of those, the images a checker guest recovered.
+    pub checked_images: usize,
+    /// Of those, the images that took the recovery of an image they equal on every
+    /// line its check read (read-set pruning), without a guest run.
+    pub pruned_images: usize,
+    /// Each pruned image and the checked image it was found equal to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub equal_to: Vec<PrunedImage>,
     /// Crash states per verdict.
     pub verdicts: BTreeMap<Verdict, u64>,
+    /// Every crash state's verdict, in state order (only when the run asked for
+    /// them: `RunConfig::state_verdicts`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub state_verdicts: Vec<Verdict>,
+}
+
+/// A crash image that took another's recovery (read-set pruning). Images are numbered
+/// per workload in the order they were first made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrunedImage {
+    /// The pruned image.
+    pub image: usize,
+    /// The checked image it equals on every line that image's check read.
+    pub equal_to: usize,
+    /// The crash point (record) the checked image was first made at.
+    pub equal_to_point: u64,
 }
 
 /// A line lost in a crash state.
@@ -165,6 +189,15 @@ pub struct WorkloadStats {
     pub capped_points: usize,
     /// Checker guest restarts.
     pub guest_restarts: u32,
+    /// Distinct images a checker guest recovered.
+    pub checked_images: usize,
+    /// Distinct images that took an equal image's recovery (read-set pruning).
+    pub pruned_images: usize,
+    /// Distinct read sets among the checked images kept for pruning.
+    pub prune_read_sets: usize,
+    /// Peak resident memory of the harness (VmHWM) when the workload was done, in
+    /// bytes (the process's peak so far: it includes earlier workloads).
+    pub peak_rss_bytes: u64,
 }
 
 /// Wall-clock time per stage, in milliseconds.
@@ -182,7 +215,7 @@ pub struct Timings {
     pub oracle_ms: u64,
     /// Everything.
     pub total_ms: u64,
-    /// Distinct images recovered per second.
+    /// Images a checker guest recovered, per second of checking.
     pub images_per_sec: f64,
 }
 
@@ -252,6 +285,12 @@ pub struct Totals {
     pub states: usize,
     /// Distinct images.
     pub distinct_images: usize,
+    /// Distinct images a checker guest recovered.
+    pub checked_images: usize,
+    /// Distinct images that took an equal image's recovery (read-set pruning).
+    pub pruned_images: usize,
+    /// Peak resident memory of the harness (VmHWM) over the run, in bytes.
+    pub peak_rss_bytes: u64,
     /// Crash states per verdict.
     pub verdicts: BTreeMap<Verdict, u64>,
     /// Workloads that fail (see [`WorkloadReport::fails`]).
@@ -294,6 +333,9 @@ impl Report {
             totals.crash_points += w.stats.crash_points;
             totals.states += w.stats.states;
             totals.distinct_images += w.stats.distinct_images;
+            totals.checked_images += w.stats.checked_images;
+            totals.pruned_images += w.stats.pruned_images;
+            totals.peak_rss_bytes = totals.peak_rss_bytes.max(w.stats.peak_rss_bytes);
             for (v, n) in &w.verdicts {
                 *totals.verdicts.entry(*v).or_default() += n;
             }
@@ -398,6 +440,13 @@ impl Report {
             );
             let _ = writeln!(
                 s,
+                "  images: {} checked, {} pruned (equal on what a check read); peak memory {} MiB",
+                st.checked_images,
+                st.pruned_images,
+                st.peak_rss_bytes >> 20
+            );
+            let _ = writeln!(
+                s,
                 "  time: guest ready {} ms, trace {} ms, enumerate {} ms, check {} ms ({:.1} images/s), oracle {} ms, total {} ms",
                 t.guest_ready_ms, t.trace_ms, t.enumerate_ms, t.check_ms, t.images_per_sec, t.oracle_ms, t.total_ms
             );
@@ -494,13 +543,16 @@ impl Report {
         let tt = &self.totals;
         let _ = writeln!(
             s,
-            "\n{} workload(s), {} crash points, {} states, {} distinct images: {}; {} workload(s) failing",
+            "\n{} workload(s), {} crash points, {} states, {} distinct images ({} checked, {} pruned): {}; {} workload(s) failing; peak memory {} MiB",
             tt.workloads,
             tt.crash_points,
             tt.states,
             tt.distinct_images,
+            tt.checked_images,
+            tt.pruned_images,
             counts(&tt.verdicts),
-            tt.failing_workloads
+            tt.failing_workloads,
+            tt.peak_rss_bytes >> 20
         );
         if let Some(l) = self.incomplete_line() {
             let _ = writeln!(s, "{l}");

@@ -13,7 +13,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test    provision the machine (pmcrash setup), then run every test of the workspace
-  bench   criterion benches of the pure crates and stage timings of the VM pipeline
+  bench   criterion benches of the pure crates, stage timings of the VM pipeline,
+          read-set pruning against --no-prune and peak memory (issues 9, 15)
   lint    cargo fmt --check and cargo clippy --all-targets -- -D warnings
 ";
 
@@ -82,18 +83,26 @@ fn bench(extra: &[String]) -> Result<()> {
         "criterion benches (crash-models)",
         cargo().args(["bench", "-p", "crash-models"]).args(extra),
     )?;
+    run("VM pipeline stage timings", &mut example("platform_bench"))?;
     run(
-        "VM pipeline stage timings",
-        cargo().args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "pmcrash",
-            "--example",
-            "platform_bench",
-        ]),
+        "read-set pruning and streaming (issues 9 and 15): pruned vs --no-prune, peak memory",
+        &mut example("prune_bench"),
     )
+}
+
+/// `cargo run --release` of one of pmcrash's examples.
+fn example(name: &str) -> Command {
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "pmcrash",
+        "--example",
+        name,
+    ]);
+    c
 }
 
 fn lint() -> Result<()> {

@@ -22,17 +22,19 @@ use crate::interrupt::Interrupt;
 use crate::vm::{Vm, VmError};
 use base::Base;
 use console::{ConsoleCursor, ConsoleIssue};
-use crash_models::delta::CrashImage;
+use crash_models::delta::{CrashImage, PointSnapshot};
 use crash_models::ops::FsKind;
 use crash_models::protocol::{AgentMsg, FsEntry, HostMsg};
+use crash_models::states::CrashState;
 use fsck::FsckOutcome;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// Page size the restore step compares and rewrites in.
 const PAGE: usize = 4096;
@@ -211,16 +213,38 @@ struct Worker {
     _dir: tempfile::TempDir,
 }
 
-/// Shared state of one [`Checker::recover_all`] call.
+/// A crash image to check: built already, or a crash state of a crash point whose
+/// bytes are materialised only when a worker writes them into its scratch file (and
+/// dropped once the image is checked).
+#[derive(Debug, Clone)]
+pub enum ImageJob {
+    /// The image's bytes.
+    Built(Arc<CrashImage>),
+    /// A crash point and one of its states.
+    State(Arc<PointSnapshot>, CrashState),
+}
+
+impl ImageJob {
+    /// The image's bytes.
+    pub fn materialise(&self) -> Arc<CrashImage> {
+        match self {
+            ImageJob::Built(i) => i.clone(),
+            ImageJob::State(p, st) => Arc::new(p.build(st)),
+        }
+    }
+}
+
+/// Shared state of one [`Checker::recover_stream`] call.
 struct Shared {
     factory: GuestFactory,
     opts: CheckerOptions,
     base: Base,
     known: KnownBlocks,
-    queue: Mutex<VecDeque<(usize, Arc<CrashImage>)>>,
-    done: Mutex<usize>,
-    total: usize,
-    progress: Option<Progress>,
+    /// The images to check, as the caller makes them; a worker takes the next one
+    /// when it is free, so the caller decides late (pruning) and memory stays bounded.
+    queue: tokio::sync::Mutex<mpsc::Receiver<(usize, ImageJob)>>,
+    /// Where each recovery goes as soon as it is made.
+    done: mpsc::UnboundedSender<Recovery>,
     live: Arc<Mutex<BTreeMap<usize, u32>>>,
     interrupt: Option<Interrupt>,
 }
@@ -348,6 +372,48 @@ impl Checker {
         known: KnownBlocks,
         progress: Option<Progress>,
     ) -> Result<Recoveries, CheckerError> {
+        let total = images.len();
+        let (tx, rx) = mpsc::channel(total.max(1));
+        for (i, img) in images.into_iter().enumerate() {
+            tx.try_send((i, ImageJob::Built(img)))
+                .expect("the channel holds every image");
+        }
+        drop(tx);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Recovery>();
+        let collect = async {
+            let mut out: Vec<Option<Recovery>> = vec![None; total];
+            let mut n = 0;
+            while let Some(r) = done_rx.recv().await {
+                n += 1;
+                if let Some(p) = &progress {
+                    p(n, total);
+                }
+                let i = r.index;
+                out[i] = Some(r);
+            }
+            out
+        };
+        let (res, out) = tokio::join!(self.recover_stream(base_image, known, rx, done_tx), collect);
+        res?;
+        let recoveries: Vec<Recovery> = out.into_iter().flatten().collect();
+        Ok(Recoveries {
+            restarts: recoveries.iter().map(|r| r.restarts).sum(),
+            interrupted: recoveries.len() < total,
+            recoveries,
+        })
+    }
+
+    /// Recover the images `jobs` yields (indices chosen by the caller, deltas over
+    /// `base_image`), as they come, sending each recovery to `done` as soon as it is
+    /// made. Returns when `jobs` is closed and empty, at an [`Interrupt`] request
+    /// (the images being recovered are finished), or at the first error.
+    pub async fn recover_stream(
+        &mut self,
+        base_image: &Path,
+        known: KnownBlocks,
+        jobs: mpsc::Receiver<(usize, ImageJob)>,
+        done: mpsc::UnboundedSender<Recovery>,
+    ) -> Result<(), CheckerError> {
         self.factory.saved_state().await?;
         let base = Base::read(base_image)?;
         if base.len != self.factory.pm_size {
@@ -357,46 +423,29 @@ impl Checker {
                 pm_size: self.factory.pm_size,
             });
         }
-        let total = images.len();
         let shared = Arc::new(Shared {
             factory: self.factory.clone(),
             opts: self.opts.clone(),
             base,
             known,
-            queue: Mutex::new(images.into_iter().enumerate().collect()),
-            done: Mutex::new(0),
-            total,
-            progress,
+            queue: tokio::sync::Mutex::new(jobs),
+            done,
             live: self.live.clone(),
             interrupt: self.interrupt.clone(),
         });
         let mut tasks = Vec::new();
-        let workers = std::mem::take(&mut self.workers);
-        let n = workers.len().min(total.max(1));
-        let mut idle = Vec::new();
-        for (i, w) in workers.into_iter().enumerate() {
-            if i >= n {
-                idle.push(w);
-                continue;
-            }
+        for w in std::mem::take(&mut self.workers) {
             let s = shared.clone();
             tasks.push(tokio::spawn(async move { run_worker(w, s).await }));
         }
-        self.workers = idle;
-        let mut out: Vec<Option<Recovery>> = vec![None; total];
+        drop(shared);
         let mut first_err = None;
         for t in tasks {
             match t.await {
                 Ok((w, res)) => {
                     self.workers.push(w);
                     match res {
-                        Ok((recs, restarts)) => {
-                            self.restarts += restarts;
-                            for r in recs {
-                                let i = r.index;
-                                out[i] = Some(r);
-                            }
-                        }
+                        Ok(restarts) => self.restarts += restarts,
                         Err(e) => first_err = first_err.or(Some(e)),
                     }
                 }
@@ -404,15 +453,10 @@ impl Checker {
             }
         }
         self.workers.sort_by_key(|w| w.id);
-        if let Some(e) = first_err {
-            return Err(e);
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        let recoveries: Vec<Recovery> = out.into_iter().flatten().collect();
-        Ok(Recoveries {
-            restarts: recoveries.iter().map(|r| r.restarts).sum(),
-            interrupted: recoveries.len() < total,
-            recoveries,
-        })
     }
 
     /// Power every guest off.
@@ -428,19 +472,21 @@ impl Checker {
     }
 }
 
-type WorkerResult = Result<(Vec<Recovery>, u32), CheckerError>;
+type WorkerResult = Result<u32, CheckerError>;
 
 async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
-    let mut recs = Vec::new();
     let mut restarts = 0;
     loop {
         if s.interrupt.as_ref().is_some_and(Interrupt::is_requested) {
-            return (w, Ok((recs, restarts)));
+            return (w, Ok(restarts));
         }
-        let job = s.queue.lock().ok().and_then(|mut q| q.pop_front());
-        let Some((index, image)) = job else {
-            return (w, Ok((recs, restarts)));
+        let job = s.queue.lock().await.recv().await;
+        let Some((index, job)) = job else {
+            return (w, Ok(restarts));
         };
+        // The bytes live only while this image is checked.
+        let image = job.materialise();
+        drop(job);
         let mut attempts = 0u32;
         let mut image_restarts = 0u32;
         loop {
@@ -454,7 +500,8 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
                     }
                     r.restarts = image_restarts;
                     restarts += image_restarts;
-                    recs.push(r);
+                    // The caller may have stopped listening (an error elsewhere).
+                    let _ = s.done.send(r);
                     break;
                 }
                 Ok(Attempt::Retry(why)) => {
@@ -473,14 +520,6 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
                 }
                 Err(e) => return (w, Err(e)),
             }
-        }
-        let done = {
-            let mut d = s.done.lock().expect("progress counter");
-            *d += 1;
-            *d
-        };
-        if let Some(p) = &s.progress {
-            p(done, s.total);
         }
     }
 }

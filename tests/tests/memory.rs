@@ -1,0 +1,116 @@
+//! Bounded memory (issue 15): a generated workload with 128 stores to one mapping at
+//! op points on XFS (every store an op, so hundreds of crash points, each with the
+//! log's in-flight lines) completes with the harness's peak resident memory under
+//! 1 GiB, and a tiny memory budget (64 MiB) gives the same verdict for every crash
+//! state as the default budget, only with fewer points in flight.
+
+use crash_models::ops::{FsKind, Workload};
+use crash_models::points::Policy;
+use crash_models::states::Strategy;
+use pmcrash::pipeline::{Pipeline, RunConfig};
+use pmcrash::report::WorkloadReport;
+use pmcrash::workloads::Loaded;
+use pmcrash_e2e::{factory, rt};
+use std::fmt::Write as _;
+
+/// Stores to the mapping (one op each).
+const STORES: usize = 128;
+
+/// write 32 KiB, fallocate, mmap 8 KiB, `STORES` stores of 64 bytes, msync.
+fn workload() -> Loaded {
+    let mut s = String::from(
+        "description = \"128 stores of 64 bytes to one mapping (issue 15)\"\n\n\
+         [[ops]]\nop = \"open\"\npath = \"a.dat\"\nfd = \"f\"\ncreate = true\n\n\
+         [[ops]]\nop = \"write\"\nfd = \"f\"\ndata = { seed = 15, len = 32768 }\n\n\
+         [[ops]]\nop = \"fallocate\"\nfd = \"f\"\noffset = 0\nlen = 65536\n\n\
+         [[ops]]\nop = \"mmap\"\nfd = \"f\"\nmap = \"m\"\nlen = 8192\n",
+    );
+    for i in 0..STORES {
+        let _ = write!(
+            s,
+            "\n[[ops]]\nop = \"store\"\nmap = \"m\"\noffset = {}\ndata = {{ seed = {i}, len = 64 }}\n",
+            i * 64
+        );
+    }
+    s.push_str("\n[[ops]]\nop = \"msync\"\nmap = \"m\"\n");
+    Loaded {
+        name: "generated/stores-128.toml".into(),
+        workload: Workload::parse(&s, "stores-128.toml").expect("the generated workload parses"),
+    }
+}
+
+fn run(memory_mib: u64) -> WorkloadReport {
+    rt().block_on(async {
+        let cfg = RunConfig {
+            fs: FsKind::Xfs,
+            points: Policy::Op,
+            states: Strategy::EachLine,
+            // The first states of each point (none, all, then lines one by one): the
+            // point count, not the states per point, is what memory grew with.
+            max_states: 8,
+            workers: 2,
+            memory_mib,
+            state_verdicts: true,
+            ..RunConfig::default()
+        };
+        let mut p = Pipeline::with_factory(factory(FsKind::Xfs), cfg).expect("pipeline");
+        let r = p.run(&[workload()], false).await;
+        p.shutdown().await;
+        let mut r = r.expect("the workload runs");
+        assert!(!r.incomplete);
+        r.workloads.remove(0)
+    })
+}
+
+/// Peak resident memory of this process (the harness runs in it), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("VmHWM in /proc/self/status")
+        * 1024
+}
+
+#[test]
+fn many_stores_on_xfs_stay_within_memory_and_a_tiny_budget_changes_no_verdict() {
+    let full = run(pmcrash::memory::DEFAULT_BUDGET_MIB);
+    let peak = peak_rss();
+    assert!(
+        full.stats.crash_points > STORES,
+        "{} crash points",
+        full.stats.crash_points
+    );
+    assert!(
+        peak < 1 << 30,
+        "peak resident memory {} MiB ({} crash points, {} distinct images)",
+        peak >> 20,
+        full.stats.crash_points,
+        full.stats.distinct_images
+    );
+    assert!(full.stats.peak_rss_bytes > 0 && full.stats.peak_rss_bytes <= peak);
+    let tiny = run(64);
+    let by_state = |w: &WorkloadReport| {
+        w.points
+            .iter()
+            .map(|p| (p.record, p.state_verdicts.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        by_state(&tiny),
+        by_state(&full),
+        "a 64 MiB budget changed verdicts"
+    );
+    eprintln!(
+        "{} crash points, {} states, {} distinct images ({} checked), peak {} MiB; default budget {} ms, 64 MiB {} ms",
+        full.stats.crash_points,
+        full.stats.states,
+        full.stats.distinct_images,
+        full.stats.checked_images,
+        peak >> 20,
+        full.timings.total_ms,
+        tiny.timings.total_ms
+    );
+}
