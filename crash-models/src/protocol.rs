@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 /// Bumped whenever a message changes shape; the agent reports its version in
 /// [`AgentMsg::Ready`] and the harness refuses a mismatch (a stale initramfs).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Longest line either side sends or accepts, newline excluded.
 pub const MAX_LINE_BYTES: usize = 4 << 20;
@@ -59,6 +59,28 @@ pub enum HostMsg {
     /// Power the guest off (the agent syncs nothing: the harness decides what is
     /// durable).
     Poweroff,
+    /// A check of one crash image begins: the agent executes the
+    /// [`marker::check::BEGIN`] marker with `id`, and a tracer in read-recording mode
+    /// starts recording the PM lines the guest loads. Answered with [`AgentMsg::Done`].
+    CheckBegin {
+        /// The check's id (echoed in the read-set file).
+        id: u64,
+    },
+    /// The check ends: the agent executes [`marker::check::END`] with `id`; the tracer
+    /// writes the check's read set before the marker instruction completes, so the file
+    /// is whole when [`AgentMsg::Done`] arrives.
+    CheckEnd {
+        /// The id given to [`HostMsg::CheckBegin`].
+        id: u64,
+    },
+    /// Check the unmounted `/dev/pmem0` read-only in the guest (`e2fsck -fn`,
+    /// `xfs_repair -n`); answered with [`AgentMsg::Fsck`].
+    Fsck {
+        /// The file system.
+        fs: FsKind,
+        /// Longest the checker may run before it is killed, in milliseconds.
+        timeout_ms: u64,
+    },
     /// For the harness's own tests: make the kernel panic.
     TestPanic,
     /// For the harness's own tests: stop answering, as a hung guest would.
@@ -78,6 +100,9 @@ impl HostMsg {
             HostMsg::Dump => "dump",
             HostMsg::Unmount => "unmount",
             HostMsg::Poweroff => "poweroff",
+            HostMsg::CheckBegin { .. } => "check-begin",
+            HostMsg::CheckEnd { .. } => "check-end",
+            HostMsg::Fsck { .. } => "fsck",
             HostMsg::TestPanic => "test-panic",
             HostMsg::TestHang => "test-hang",
         }
@@ -386,6 +411,17 @@ pub enum AgentMsg {
         /// Every object under the mount point.
         entries: Vec<FsEntry>,
     },
+    /// The result of [`HostMsg::Fsck`].
+    Fsck {
+        /// The command line that ran.
+        command: String,
+        /// Its exit code; `None` when it was killed (by a signal, or at the timeout).
+        code: Option<i32>,
+        /// It ran past the timeout and was killed.
+        timed_out: bool,
+        /// Its standard output and error, interleaved (at most 64 KiB, the end kept).
+        output: String,
+    },
     /// A request failed; `message` says why and what to do.
     Error {
         /// What went wrong.
@@ -428,6 +464,16 @@ pub mod marker {
         RunBegin = 3,
         /// A run of ops ended.
         RunEnd = 4,
+    }
+
+    /// Markers of a checker guest, bracketing the check of one crash image (`rsi` = the
+    /// check id). They are not [`Kind`]s: traces never hold them; a tracer in
+    /// read-recording mode acts on them.
+    pub mod check {
+        /// The check begins: record PM loads from here.
+        pub const BEGIN: u32 = 0x100;
+        /// The check ends: write the read set now.
+        pub const END: u32 = 0x101;
     }
 
     impl Kind {

@@ -9,6 +9,160 @@
 
 use std::ops::Range;
 
+/// The first bytes of a read-set file.
+pub const MAGIC: &[u8; 4] = b"PMRS";
+/// The file format's version.
+pub const VERSION: u8 = 1;
+
+/// What the tracer writes at the end of one check (`reads=` mode): which check it was,
+/// whether every load could be placed, and the lines read.
+///
+/// The file format (little-endian): [`MAGIC`], [`VERSION`] (1 byte), the line size (u32),
+/// the check id (u64), the count of loads that could not be placed on a PM line (u64,
+/// e.g. a load crossing into a page whose physical address is unknown), the number of
+/// ranges (u64), then per range two LEB128 numbers: the gap in lines since the end of
+/// the previous range (from line 0 for the first) and the range's length in lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadSetFile {
+    /// The id the agent gave the check (its begin and end markers carry it).
+    pub check: u64,
+    /// Loads that could not be placed: a read set with any is incomplete and must not
+    /// be used to prune.
+    pub unresolved: u64,
+    /// The lines read.
+    pub reads: ReadSet,
+}
+
+/// Why a read-set file could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadSetError {
+    /// The file does not start with [`MAGIC`] and [`VERSION`].
+    #[error("not a pmcrash read-set file of version {VERSION} (bad magic or version)")]
+    BadMagic,
+    /// The file ends inside a field.
+    #[error("read-set file truncated at byte {0}")]
+    Truncated(usize),
+    /// The line size is not a power of two of at least 1.
+    #[error("read-set line size {0} is not a power of two")]
+    BadLineSize(u32),
+    /// A range is empty, touches the previous one, or ends past 2^64 bytes.
+    #[error("read-set range {index} is empty, adjacent to the previous one or out of bounds")]
+    BadRange {
+        /// The range's index.
+        index: u64,
+    },
+    /// A LEB128 number is longer than 64 bits or not in its shortest form.
+    #[error("malformed LEB128 number at byte {0} of the read-set file")]
+    BadNumber(usize),
+    /// Bytes follow the last range.
+    #[error("{0} bytes after the last read-set range")]
+    Trailing(usize),
+}
+
+impl ReadSetFile {
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let r = &self.reads;
+        let mut out = Vec::with_capacity(29 + 4 * r.ranges.len());
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&r.line_size.to_le_bytes());
+        out.extend_from_slice(&self.check.to_le_bytes());
+        out.extend_from_slice(&self.unresolved.to_le_bytes());
+        out.extend_from_slice(&(r.ranges.len() as u64).to_le_bytes());
+        let ls = u64::from(r.line_size.max(1));
+        let mut prev = 0u64;
+        for range in &r.ranges {
+            let (start, end) = (range.start / ls, range.end.div_ceil(ls));
+            leb128(&mut out, start - prev);
+            leb128(&mut out, end - start);
+            prev = end;
+        }
+        out
+    }
+
+    /// Decode a file; every malformed input is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<ReadSetFile, ReadSetError> {
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], ReadSetError> {
+            let s = bytes
+                .get(at..at + n)
+                .ok_or(ReadSetError::Truncated(bytes.len()))?;
+            at += n;
+            Ok(s)
+        };
+        if take(4)? != MAGIC || take(1)? != [VERSION] {
+            return Err(ReadSetError::BadMagic);
+        }
+        let u32_le = |s: &[u8]| u32::from_le_bytes(s.try_into().expect("4 bytes"));
+        let u64_le = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
+        let line_size = u32_le(take(4)?);
+        if !line_size.is_power_of_two() {
+            return Err(ReadSetError::BadLineSize(line_size));
+        }
+        let check = u64_le(take(8)?);
+        let unresolved = u64_le(take(8)?);
+        let count = u64_le(take(8)?);
+        let ls = u64::from(line_size);
+        let mut ranges = Vec::new();
+        let mut prev = 0u64;
+        for index in 0..count {
+            let bad = ReadSetError::BadRange { index };
+            let gap = read_leb128(bytes, &mut at)?;
+            let len = read_leb128(bytes, &mut at)?;
+            if len == 0 || (index > 0 && gap == 0) {
+                return Err(bad);
+            }
+            let start = prev.checked_add(gap).ok_or(bad.clone())?;
+            let end = start.checked_add(len).ok_or(bad.clone())?;
+            let (bs, be) = (
+                start.checked_mul(ls).ok_or(bad.clone())?,
+                end.checked_mul(ls).ok_or(bad)?,
+            );
+            ranges.push(bs..be);
+            prev = end;
+        }
+        if at != bytes.len() {
+            return Err(ReadSetError::Trailing(bytes.len() - at));
+        }
+        Ok(ReadSetFile {
+            check,
+            unresolved,
+            reads: ReadSet { line_size, ranges },
+        })
+    }
+}
+
+fn leb128(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn read_leb128(bytes: &[u8], at: &mut usize) -> Result<u64, ReadSetError> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*at).ok_or(ReadSetError::Truncated(bytes.len()))?;
+        *at += 1;
+        let bits = u64::from(b & 0x7f);
+        // Past 64 bits, or a redundant zero byte: not the one canonical encoding.
+        if (shift == 63 && bits > 1) || (shift > 0 && b == 0) {
+            return Err(ReadSetError::BadNumber(*at - 1));
+        }
+        v |= bits << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(ReadSetError::BadNumber(*at))
+}
+
 /// The lines one check read, as sorted, disjoint, non-adjacent half-open ranges of
 /// byte offsets into the PM file, each starting and ending on a line boundary.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
@@ -78,6 +232,11 @@ impl ReadSet {
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
+
+    /// Number of lines read.
+    pub fn lines(&self) -> u64 {
+        self.bytes() / u64::from(self.line_size.max(1))
+    }
 }
 
 #[cfg(test)]
@@ -91,5 +250,103 @@ mod tests {
         assert!(r.contains(64) && r.contains(255) && !r.contains(256) && !r.contains(63));
         assert!(r.intersects(250..300) && !r.intersects(256..640) && r.intersects(600..641));
         assert_eq!(r.bytes(), 256);
+        assert_eq!(r.lines(), 4);
+    }
+
+    #[test]
+    fn file_layout_is_as_documented() {
+        let f = ReadSetFile {
+            check: 7,
+            unresolved: 0,
+            reads: ReadSet::from_lines(64, [2, 3, 200]),
+        };
+        let b = f.encode();
+        assert_eq!(&b[..5], b"PMRS\x01");
+        assert_eq!(&b[5..9], &64u32.to_le_bytes());
+        assert_eq!(&b[9..17], &7u64.to_le_bytes());
+        assert_eq!(&b[25..33], &2u64.to_le_bytes());
+        // Gap 2, length 2; gap 200 - 4 = 196 (two LEB128 bytes), length 1.
+        assert_eq!(&b[33..], &[2, 2, 0xc4, 0x01, 1]);
+        assert_eq!(ReadSetFile::decode(&b), Ok(f));
+    }
+
+    #[test]
+    fn malformed_files_are_errors() {
+        let good = ReadSetFile {
+            check: 1,
+            unresolved: 3,
+            reads: ReadSet::from_lines(64, [0, 5]),
+        }
+        .encode();
+        assert_eq!(ReadSetFile::decode(b"PMRX"), Err(ReadSetError::BadMagic));
+        assert!(matches!(
+            ReadSetFile::decode(&good[..good.len() - 1]),
+            Err(ReadSetError::Truncated(_))
+        ));
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(
+            ReadSetFile::decode(&trailing),
+            Err(ReadSetError::Trailing(1))
+        );
+        let mut bad_ls = good.clone();
+        bad_ls[5..9].copy_from_slice(&48u32.to_le_bytes());
+        assert_eq!(
+            ReadSetFile::decode(&bad_ls),
+            Err(ReadSetError::BadLineSize(48))
+        );
+        // A second range adjacent to the first (gap 0) is not canonical.
+        let mut adjacent = good.clone();
+        let n = adjacent.len();
+        adjacent[n - 2] = 0;
+        assert_eq!(
+            ReadSetFile::decode(&adjacent),
+            Err(ReadSetError::BadRange { index: 1 })
+        );
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// The reference: a read set is the set of lines, nothing else.
+        fn lines_of(r: &ReadSet) -> std::collections::BTreeSet<u64> {
+            let ls = u64::from(r.line_size());
+            r.ranges()
+                .iter()
+                .flat_map(|x| (x.start / ls)..(x.end / ls))
+                .collect()
+        }
+
+        proptest! {
+            #[test]
+            fn file_round_trip(
+                shift in 0u32..13,
+                lines in proptest::collection::vec(
+                    prop_oneof![0u64..4096, any::<u64>().prop_map(|l| l >> 13)], 0..200),
+                check in any::<u64>(),
+                unresolved in any::<u64>(),
+            ) {
+                let f = ReadSetFile {
+                    check,
+                    unresolved,
+                    reads: ReadSet::from_lines(1 << shift, lines.iter().copied()),
+                };
+                let back = ReadSetFile::decode(&f.encode()).unwrap();
+                prop_assert_eq!(&back, &f);
+                let want: std::collections::BTreeSet<u64> = lines.iter().copied().collect();
+                prop_assert_eq!(lines_of(&back.reads), want);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+                let mut b = b"PMRS\x01".to_vec();
+                b.extend(bytes);
+                if let Ok(f) = ReadSetFile::decode(&b) {
+                    // Whatever decodes, encodes back to the same bytes (one canonical form).
+                    prop_assert_eq!(f.encode(), b);
+                }
+            }
+        }
     }
 }

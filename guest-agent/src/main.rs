@@ -10,6 +10,7 @@
 //! guest does is in this binary, so a trace contains only the workload and the kernel.
 
 mod exec;
+mod fsck;
 mod sys;
 
 use crash_models::protocol::{self, AgentMsg, HostMsg, MAX_LINE_BYTES, PROTOCOL_VERSION};
@@ -202,6 +203,17 @@ fn serve(channel: &mut impl Answers, executor: &mut exec::Executor, msg: HostMsg
             channel.drain();
             std::thread::sleep(Duration::from_millis(20));
             sys::power_off();
+        }
+        HostMsg::CheckBegin { id } => {
+            sys::marker(protocol::marker::check::BEGIN, 0, id, 0);
+            AgentMsg::Done
+        }
+        HostMsg::CheckEnd { id } => {
+            sys::marker(protocol::marker::check::END, 0, id, 0);
+            AgentMsg::Done
+        }
+        HostMsg::Fsck { fs, timeout_ms } => {
+            fsck::run(fs, PMEM_DEV, Duration::from_millis(timeout_ms))
         }
         HostMsg::TestPanic => {
             sys::trigger_panic();

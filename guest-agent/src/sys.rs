@@ -163,10 +163,17 @@ pub fn refresh_block_device(dev: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Mount with `-o dax` and report whether the mount really uses DAX.
+/// Mount with `-o dax` and report whether the mount really uses DAX. `noatime` in
+/// `extra` is the VFS flag (`MS_NOATIME`), the rest goes to the file system.
 pub fn mount_dax(dev: &str, target: &str, fstype: &str, extra: &[String]) -> Result<bool, String> {
     let mut opts = vec!["dax".to_owned()];
-    opts.extend(extra.iter().cloned());
+    let mut flags: libc::c_ulong = 0;
+    for o in extra {
+        match o.as_str() {
+            "noatime" => flags |= libc::MS_NOATIME,
+            _ => opts.push(o.clone()),
+        }
+    }
     let data = cstr(&opts.join(","));
     let (s, t, f) = (cstr(dev), cstr(target), cstr(fstype));
     // SAFETY: valid strings.
@@ -175,14 +182,19 @@ pub fn mount_dax(dev: &str, target: &str, fstype: &str, extra: &[String]) -> Res
             s.as_ptr(),
             t.as_ptr(),
             f.as_ptr(),
-            0,
+            flags,
             data.as_ptr() as *const libc::c_void,
         )
     };
     if rc != 0 {
         return Err(errno_msg(&format!(
-            "mount -t {fstype} -o {} {dev} {target}",
-            opts.join(",")
+            "mount -t {fstype} -o {}{} {dev} {target}",
+            opts.join(","),
+            if flags & libc::MS_NOATIME != 0 {
+                ",noatime"
+            } else {
+                ""
+            }
         )));
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -347,6 +347,8 @@ impl Pipeline {
         if self.checker.is_none() {
             let opts = CheckerOptions {
                 workers: self.cfg.workers.max(1),
+                // Read sets are only for pruning.
+                record_reads: self.cfg.prune,
                 ..CheckerOptions::default()
             };
             let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {

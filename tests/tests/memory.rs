@@ -47,7 +47,7 @@ fn run(memory_mib: u64) -> WorkloadReport {
             states: Strategy::EachLine,
             // The first states of each point (none, all, then lines one by one): the
             // point count, not the states per point, is what memory grew with.
-            max_states: 8,
+            max_states: 4,
             workers: 2,
             memory_mib,
             state_verdicts: true,

@@ -8,8 +8,15 @@
 //! `verbose=on`; ground-truth snapshots of the PM file: `pm_file=PATH,snap=OUT`, with
 //! `snap_fences=off` and `snap_records=N:M:...`, see [`snap`]). Pass `-accel tcg,thread=single` with `-smp N` so the trace has one
 //! total order.
+//!
+//! Read-recording mode, for checker guests: `reads=PATH` instead of `out=` records no
+//! stores, only which PM lines the guest loads between the agent's check markers
+//! (`crash_models::protocol::marker::check`), and writes each check's read set to PATH
+//! (a `crash_models::readset::ReadSetFile`, replaced at every check's end) before the
+//! end marker completes. See [`reads`].
 #![warn(missing_docs)]
 
+pub mod reads;
 pub mod snap;
 pub mod x86;
 

@@ -6,6 +6,7 @@
 //! MTTCG it still keeps the trace consistent, but the order across vCPUs is then only
 //! the order callbacks happened to take the lock).
 
+use crate::reads::ReadRecorder;
 use crate::x86::{classify, Class, MemOperand, Segment};
 use crash_models::protocol::marker;
 use crash_models::trace::{
@@ -18,6 +19,7 @@ use qemu_plugin_sys as sys;
 use std::collections::HashMap;
 use std::ffi::{c_uint, c_void, CStr};
 use std::io::BufWriter;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -42,7 +44,10 @@ const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 struct Config {
     pm_base: u64,
     pm_size: u64,
+    /// The trace file (trace mode).
     out: String,
+    /// The read-set file (read-recording mode, see [`crate::reads`]).
+    reads: Option<String>,
     header: Header,
     direct_map: u64,
     verbose: bool,
@@ -86,6 +91,7 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
     let mut snap_out = None;
     let mut snap_fences = true;
     let mut snap_records = Vec::new();
+    let mut reads = None;
     for a in &args.raw {
         let (k, v) = a
             .split_once('=')
@@ -94,6 +100,7 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
             "pm_base" => pm_base = Some(parse_u64(k, v)?),
             "pm_size" => pm_size = Some(parse_u64(k, v)?),
             "out" => out = Some(v.to_string()),
+            "reads" => reads = Some(v.to_string()),
             "kernel" => kernel = v.to_string(),
             "qemu" => qemu = v.to_string(),
             "direct_map" => direct_map = parse_u64(k, v)?,
@@ -119,9 +126,21 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
             _ => return Err(format!("pmcrash-tracer: unknown argument `{k}`")),
         }
     }
-    let (Some(pm_base), Some(pm_size), Some(out)) = (pm_base, pm_size, out) else {
-        return Err("pmcrash-tracer: pm_base=, pm_size= and out= are required".into());
+    let (Some(pm_base), Some(pm_size)) = (pm_base, pm_size) else {
+        return Err("pmcrash-tracer: pm_base= and pm_size= are required".into());
     };
+    let out = match (out, &reads) {
+        (Some(o), None) => o,
+        (None, Some(_)) => String::new(),
+        _ => {
+            return Err(
+                "pmcrash-tracer: give exactly one of out= (a trace) and reads= (read sets)".into(),
+            )
+        }
+    };
+    if reads.is_some() && (pm_file.is_some() || snap_out.is_some()) {
+        return Err("pmcrash-tracer: snapshots need a trace (out=), not reads=".into());
+    }
     let snap = match (pm_file, snap_out) {
         (Some(p), Some(o)) => Some((p, o)),
         (None, None) => None,
@@ -133,6 +152,7 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
         pm_base,
         pm_size,
         out,
+        reads,
         header: Header {
             pm_base,
             pm_size,
@@ -152,6 +172,8 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 static RUNTIME: OnceLock<Mutex<Runtime>> = OnceLock::new();
+/// Read-recording mode: a check is open (checked before anything else on every load).
+static RECORDING: AtomicBool = AtomicBool::new(false);
 
 /// Messages to the writer thread.
 enum Msg {
@@ -217,6 +239,8 @@ struct Runtime {
     snap_records: Vec<u64>,
     /// A wanted record was pushed: snapshot at the end of this callback.
     snap_due: bool,
+    /// Read-recording mode: the lines of the open check.
+    reads: Option<ReadRecorder>,
 }
 
 fn privilege(pc: u64) -> Privilege {
@@ -567,6 +591,12 @@ fn cpuid(rt: &mut Runtime, vcpu: u32, pc: u64) {
         return;
     };
     let eax = rt.read_reg(regs.gpr[0]).unwrap_or(0) as u32;
+    if rt.reads.is_some() {
+        if eax == marker::LEAF {
+            check_marker(rt, &regs);
+        }
+        return;
+    }
     if eax != marker::LEAF {
         rt.fence(vcpu, FenceKind::Serializing, pc);
         return;
@@ -595,6 +625,83 @@ fn cpuid(rt: &mut Runtime, vcpu: u32, pc: u64) {
         }
         None => rt.warn(|| format!("marker cpuid with unknown kind {ecx} at {pc:#x}")),
     }
+}
+
+/// A marker in read-recording mode: a check begins or ends (others are ignored).
+fn check_marker(rt: &mut Runtime, regs: &Regs) {
+    let ecx = rt.read_reg(regs.gpr[1]).unwrap_or(0) as u32;
+    let id = rt.read_reg(regs.gpr[6]).unwrap_or(0);
+    let Some(r) = rt.reads.as_mut() else { return };
+    let file = match ecx {
+        marker::check::BEGIN => {
+            r.begin(id);
+            RECORDING.store(true, Ordering::SeqCst);
+            return;
+        }
+        marker::check::END => {
+            RECORDING.store(false, Ordering::SeqCst);
+            r.end(id)
+        }
+        _ => return,
+    };
+    let Some(path) = CONFIG.get().and_then(|c| c.reads.as_deref()) else {
+        return;
+    };
+    // Whole before the marker instruction completes: the agent answers the host only
+    // after it, and the host reads the file then.
+    let tmp = format!("{path}.tmp");
+    let written = std::fs::write(&tmp, file.encode()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        rt.warn(|| format!("cannot write the read set to {path}: {e}"));
+    }
+}
+
+/// Read-recording mode: every load of the guest (a memory callback on every
+/// instruction, so the first test must be cheap).
+unsafe extern "C" fn on_load(
+    _vcpu: c_uint,
+    info: sys::qemu_plugin_meminfo_t,
+    vaddr: u64,
+    _udata: *mut c_void,
+) {
+    if !RECORDING.load(Ordering::Relaxed) {
+        return;
+    }
+    let Some(cfg) = CONFIG.get() else { return };
+    // SAFETY: called by QEMU inside a memory callback with a valid meminfo.
+    let (pa, size) = unsafe {
+        let hw = sys::qemu_plugin_get_hwaddr(info, vaddr);
+        if hw.is_null() {
+            return;
+        }
+        (
+            sys::qemu_plugin_hwaddr_phys_addr(hw),
+            1u64 << sys::qemu_plugin_mem_size_shift(info),
+        )
+    };
+    let off = pa.wrapping_sub(cfg.pm_base);
+    let page_left = 0x1000 - (pa & 0xfff);
+    if off >= cfg.pm_size && size <= page_left {
+        return;
+    }
+    with_rt(|rt| {
+        let direct = vaddr.wrapping_sub(pa) == rt.direct_map;
+        let Some(r) = rt.reads.as_mut() else { return };
+        if size <= page_left {
+            r.record(off, size);
+        } else if direct {
+            // The kernel's direct map is physically contiguous.
+            r.record(off, page_left);
+            r.record(off.wrapping_add(page_left), size - page_left);
+        } else if off < cfg.pm_size {
+            // A PM page mapped elsewhere, and the next page's address is unknown.
+            r.record(off, page_left);
+            r.unresolved();
+        }
+        // Otherwise the first page is not PM and the mapping is not the direct map: in
+        // a checker guest PM is mapped only there (docs/pruning.md), so the next page
+        // is not PM either.
+    });
 }
 
 fn flush(rt: &mut Runtime, vcpu: u32, pc: u64, kind: FlushKind, m: MemOperand) {
@@ -656,10 +763,27 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
         };
         let code = &bytes[..len.min(16)];
         let class = classify(code, pc);
-        let wants_store_cb = matches!(
-            class,
-            Class::Other | Class::NonTemporalStore | Class::Locked
-        );
+        let read_mode = CONFIG.get().is_some_and(|c| c.reads.is_some());
+        if read_mode {
+            // SAFETY: registering on a valid insn during translation.
+            unsafe {
+                sys::qemu_plugin_register_vcpu_mem_cb(
+                    insn,
+                    Some(on_load),
+                    sys::qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                    sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_R,
+                    std::ptr::null_mut(),
+                );
+            }
+            if class != Class::Cpuid {
+                continue;
+            }
+        }
+        let wants_store_cb = !read_mode
+            && matches!(
+                class,
+                Class::Other | Class::NonTemporalStore | Class::Locked
+            );
         if wants_store_cb {
             // SAFETY: registering on a valid insn during translation.
             unsafe {
@@ -673,6 +797,9 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
             }
         }
         if matches!(class, Class::Other | Class::NonTemporalStore) {
+            continue;
+        }
+        if read_mode && class != Class::Cpuid {
             continue;
         }
         let Some(id) = with_rt(|rt| {
@@ -834,18 +961,24 @@ impl Register for Tracer {
                 return Err(std::io::Error::other(e).into());
             }
         };
-        let file = match std::fs::File::create(&cfg.out) {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("pmcrash-tracer: cannot create {}: {e}", cfg.out);
-                return Err(e.into());
-            }
+        let (tx, w, reads) = if cfg.reads.is_some() {
+            let line = cfg.header.line_size;
+            (None, None, Some(ReadRecorder::new(cfg.pm_size, line)))
+        } else {
+            let file = match std::fs::File::create(&cfg.out) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("pmcrash-tracer: cannot create {}: {e}", cfg.out);
+                    return Err(e.into());
+                }
+            };
+            let (tx, rx) = sync_channel(CHANNEL_BATCHES);
+            let header = cfg.header.clone();
+            let w = std::thread::Builder::new()
+                .name("pmcrash-trace-writer".into())
+                .spawn(move || writer(rx, file, header))?;
+            (Some(tx), Some(w), None)
         };
-        let (tx, rx) = sync_channel(CHANNEL_BATCHES);
-        let header = cfg.header.clone();
-        let w = std::thread::Builder::new()
-            .name("pmcrash-trace-writer".into())
-            .spawn(move || writer(rx, file, header))?;
         let direct_map = cfg.direct_map;
         let snap = match &cfg.snap {
             Some((pm, out)) => match crate::snap::Snapshots::open(pm, out, cfg.pm_size) {
@@ -863,8 +996,8 @@ impl Register for Tracer {
         let _ = CONFIG.set(cfg);
         let _ = RUNTIME.set(Mutex::new(Runtime {
             buf: Vec::with_capacity(BATCH),
-            tx: Some(tx),
-            writer: Some(w),
+            tx,
+            writer: w,
             vcpus: Vec::new(),
             insns: Vec::new(),
             insn_ids: HashMap::new(),
@@ -884,6 +1017,7 @@ impl Register for Tracer {
             snap_fences,
             snap_records,
             snap_due: false,
+            reads,
         }));
         // SAFETY: registering callbacks with the id QEMU gave us.
         unsafe {

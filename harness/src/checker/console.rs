@@ -10,8 +10,23 @@ use serde::Serialize;
 pub struct ConsoleIssue {
     /// What matched (`oops`, `warning`, `ext4-error`, `xfs-corruption`, ...).
     pub kind: &'static str,
-    /// The line, trimmed.
+    /// The line, trimmed, without the kernel's `[ seconds.micros]` timestamp: the same
+    /// recovery prints the same issue lines whenever it runs.
     pub line: String,
+}
+
+/// `line` without a leading printk timestamp (`[   12.345678] `).
+pub fn strip_timestamp(line: &str) -> &str {
+    let t = line.trim_start();
+    if let Some(rest) = t.strip_prefix('[') {
+        if let Some(end) = rest.find(']') {
+            let stamp = rest[..end].trim();
+            if !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                return rest[end + 1..].trim_start();
+            }
+        }
+    }
+    t
 }
 
 /// Patterns that mean the kernel saw something wrong, with the kind reported.
@@ -56,7 +71,7 @@ pub fn scan(text: &str) -> Vec<ConsoleIssue> {
         if let Some((_, kind)) = PATTERNS.iter().find(|(p, _)| line.contains(p)) {
             out.push(ConsoleIssue {
                 kind,
-                line: line.trim().chars().take(300).collect(),
+                line: strip_timestamp(line).trim().chars().take(300).collect(),
             });
         }
     }
@@ -104,7 +119,22 @@ mod tests {
         let issues = scan(text);
         let kinds: Vec<&str> = issues.iter().map(|i| i.kind).collect();
         assert_eq!(kinds, ["ext4-error", "xfs-corruption", "warning"]);
-        assert!(issues[0].line.contains("deleted inode"));
+        assert!(issues[0]
+            .line
+            .starts_with("EXT4-fs error (device pmem0): ext4_lookup"));
+        assert_eq!(
+            issues[2].line,
+            "WARNING: CPU: 0 PID: 1 at fs/ext4/inode.c:123"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_stripped_and_nothing_else() {
+        assert_eq!(strip_timestamp("[   12.345678] JBD2: x"), "JBD2: x");
+        assert_eq!(strip_timestamp("[12.3] a [1.0] b"), "a [1.0] b");
+        assert_eq!(strip_timestamp("[pmem0] x"), "[pmem0] x");
+        assert_eq!(strip_timestamp("[] x"), "[] x");
+        assert_eq!(strip_timestamp("no stamp"), "no stamp");
     }
 
     #[test]

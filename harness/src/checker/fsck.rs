@@ -1,9 +1,13 @@
-//! Host-side file-system checkers: `e2fsck -fn` and `xfs_repair -n`.
+//! File-system checkers: `e2fsck -fn` and `xfs_repair -n`, after the guest's own
+//! recovery (mount + unmount), so the journal or log is already replayed (`xfs_repair
+//! -n` refuses a dirty log).
 //!
-//! They run after the guest's own recovery (mount + unmount), so the journal or log is
-//! already replayed: e2fsprogs 1.47 cannot replay a journal through `IMG?offset=`, and
-//! `xfs_repair -n` refuses a dirty log. ext4 is read in place through `?offset=`; XFS
-//! has no offset syntax, so its device area is copied (sparsely) into a temporary file.
+//! They run in the checker guest, on the unmounted `/dev/pmem0`, inside the check the
+//! tracer records: what fsck reads is then in the read set ([`from_guest`] turns the
+//! agent's answer into an [`FsckOutcome`]). [`fsck`] runs them on the host instead, for
+//! a guest that died before its fsck: ext4 is read in place through `?offset=` (which
+//! e2fsprogs 1.47 cannot use to replay a journal); XFS has no offset syntax, so its
+//! device area is copied (sparsely) into a temporary file.
 
 use crate::image::{ImageError, FSDAX_DATA_OFFSET};
 use crash_models::ops::FsKind;
@@ -35,6 +39,10 @@ pub enum FsckError {
         /// Why.
         source: std::io::Error,
     },
+    /// The guest could not run fsck (e.g. an initramfs from before fsck moved into the
+    /// guest).
+    #[error("fsck in the checker guest: {0}")]
+    Guest(String),
     /// Copying the device area failed.
     #[error("extracting the XFS device area for xfs_repair: {0}")]
     Extract(#[source] ImageError),
@@ -45,8 +53,8 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Check the file system in the PM image at `image` (a whole NVDIMM backing file).
-/// `scratch_dir` holds temporary copies.
+/// Check the file system in the PM image at `image` (a whole NVDIMM backing file) on
+/// the host. `scratch_dir` holds temporary copies.
 pub fn fsck(fs: FsKind, image: &Path, scratch_dir: &Path) -> Result<FsckOutcome, FsckError> {
     match fs {
         FsKind::Ext4 => {
@@ -87,6 +95,26 @@ pub fn fsck(fs: FsKind, image: &Path, scratch_dir: &Path) -> Result<FsckOutcome,
                 ),
             )
         }
+    }
+}
+
+/// The outcome of fsck run by the guest agent (`HostMsg::Fsck`): the same meaning as
+/// on the host, any exit code but 0 (or none: killed) is problems.
+pub fn from_guest(
+    command: String,
+    code: Option<i32>,
+    timed_out: bool,
+    output: &str,
+) -> FsckOutcome {
+    let mut output = tail(output, 12);
+    if timed_out {
+        output.push_str("\n(killed at the timeout)");
+    }
+    FsckOutcome {
+        command: format!("{command} (in the checker guest)"),
+        code,
+        problems: code != Some(0),
+        output,
     }
 }
 

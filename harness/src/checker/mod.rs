@@ -7,8 +7,11 @@
 //! image or its recovery changed: journal replay writes to PM too, so the whole data
 //! part of the file is compared, not just the last delta) and writes the image's delta;
 //! the guest forgets its caches (`refresh`), mounts (the kernel's own journal or log
-//! recovery), dumps the tree with per-block hashes, and unmounts; the host runs fsck
-//! and reads what the kernel printed meanwhile. A guest that panics or hangs is
+//! recovery), dumps the tree with per-block hashes, unmounts and runs fsck on the
+//! device (`e2fsck -fn`, `xfs_repair -n`, from the initramfs); the host reads what the
+//! kernel printed meanwhile. The check runs between the agent's check markers, and the
+//! tracer plugin, loaded in read-recording mode, writes the PM lines the check loaded
+//! ([`Recovery::read_set`]; why that decides the recovery: `docs/pruning.md`). A guest that panics or hangs is
 //! replaced and the image keeps the verdict it earned; a guest that dies for other
 //! reasons (killed from outside) is replaced and the image is checked again.
 
@@ -19,6 +22,7 @@ pub mod fsck;
 use crate::guest::{GuestError, GuestFactory};
 use crate::image::{data_regions, FSDAX_DATA_OFFSET};
 use crate::interrupt::Interrupt;
+use crate::vm::PluginSpec;
 use crate::vm::{Vm, VmError};
 use base::Base;
 use console::{ConsoleCursor, ConsoleIssue};
@@ -26,6 +30,7 @@ use crash_models::delta::{CrashImage, PointSnapshot};
 use crash_models::ops::FsKind;
 use crash_models::protocol::{AgentMsg, FsEntry, HostMsg};
 use crash_models::states::CrashState;
+use crash_models::readset::{ReadSet, ReadSetFile};
 use fsck::FsckOutcome;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,8 +102,12 @@ pub struct CheckerOptions {
     /// Restarts allowed per image when the guest dies for reasons that are not the
     /// image's (e.g. killed from outside).
     pub max_retries: u32,
-    /// Run fsck on the host after each recovery.
+    /// Run fsck after each recovery, in the checker guest, inside the recorded check
+    /// (on the host only when the guest died during the check).
     pub fsck: bool,
+    /// Load the tracer in read-recording mode and fill [`Recovery::read_set`] (the key
+    /// of pruning; off for `--no-prune`, or to measure its cost).
+    pub record_reads: bool,
 }
 
 impl Default for CheckerOptions {
@@ -111,6 +120,7 @@ impl Default for CheckerOptions {
             request_timeout: Duration::from_secs(90),
             max_retries: 3,
             fsck: true,
+            record_reads: true,
         }
     }
 }
@@ -210,6 +220,10 @@ struct Worker {
     file: File,
     vm: Option<Vm>,
     cursor: ConsoleCursor,
+    /// Where the guest's tracer writes each check's read set.
+    reads: PathBuf,
+    /// Checks begun on this worker (for check ids).
+    checks: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -286,10 +300,12 @@ impl Checker {
                 .map_err(io_err(format!("size {}", pm.display())))?;
             workers.push(Worker {
                 id,
+                reads: dir.path().join("reads.pmrs"),
                 pm,
                 file,
                 vm: None,
                 cursor: ConsoleCursor::default(),
+                checks: 0,
                 _dir: dir,
             });
         }
@@ -337,15 +353,11 @@ impl Checker {
             let f = self.factory.clone();
             let live = self.live.clone();
             let restore = base.restore(&w.file);
+            let record = self.opts.record_reads;
             tasks.push(tokio::spawn(async move {
                 restore.map_err(io_err("write the base image into the scratch copy"))?;
                 if w.vm.is_none() {
-                    let vm = f.start(&w.pm, None).await?;
-                    if let Ok(mut l) = live.lock() {
-                        l.insert(w.id, vm.pid());
-                    }
-                    w.cursor.skip_to_end(&vm.console());
-                    w.vm = Some(vm);
+                    start_guest(&mut w, &f, record, &live).await?;
                 }
                 Ok::<Worker, CheckerError>(w)
             }));
@@ -539,6 +551,50 @@ fn classify(e: &VmError, during: &str) -> Result<MountOutcome, String> {
     }
 }
 
+/// The tracer in read-recording mode, writing each check's read set to `reads`.
+fn reads_plugin(factory: &GuestFactory, reads: &Path) -> PluginSpec {
+    PluginSpec {
+        path: crate::trace::TRACER_PLUGIN.into(),
+        args: vec![
+            (
+                "pm_base".into(),
+                format!("{:#x}", crate::vm::PM_GUEST_PHYS_BASE),
+            ),
+            ("pm_size".into(), factory.pm_size.to_string()),
+            ("reads".into(), reads.display().to_string()),
+        ],
+    }
+}
+
+/// Start a worker's guest (restored, caches dropped), with the tracer in
+/// read-recording mode when `record_reads`.
+async fn start_guest(
+    w: &mut Worker,
+    factory: &GuestFactory,
+    record_reads: bool,
+    live: &Mutex<BTreeMap<usize, u32>>,
+) -> Result<(), GuestError> {
+    let plugin = record_reads.then(|| reads_plugin(factory, &w.reads));
+    let vm = factory.start(&w.pm, plugin).await?;
+    if let Ok(mut l) = live.lock() {
+        l.insert(w.id, vm.pid());
+    }
+    w.cursor.skip_to_end(&vm.console());
+    w.vm = Some(vm);
+    Ok(())
+}
+
+/// The read set the tracer wrote for check `id`: `None` when the file is missing or
+/// malformed, belongs to another check, or is incomplete (a load it could not place).
+fn read_set_of(path: &Path, id: u64) -> Option<Arc<ReadSet>> {
+    let file = ReadSetFile::decode(&std::fs::read(path).ok()?).ok()?;
+    (file.check == id && file.unresolved == 0).then(|| Arc::new(file.reads))
+}
+
+/// How much longer than fsck's own timeout (enforced by the agent) the host waits for
+/// its answer.
+const FSCK_GRACE: Duration = Duration::from_secs(30);
+
 async fn recover_one(
     w: &mut Worker,
     s: &Shared,
@@ -547,6 +603,7 @@ async fn recover_one(
 ) -> Result<Attempt, CheckerError> {
     let t0 = Instant::now();
     let timeout = s.opts.request_timeout;
+    let record = s.opts.record_reads;
     // The scratch file must hold exactly base + delta before the guest looks.
     s.base
         .restore(&w.file)
@@ -555,20 +612,25 @@ async fn recover_one(
         "write the crash image into {}",
         w.pm.display()
     )))?;
-    if w.vm.is_none() {
-        let vm = match s.factory.start(&w.pm, None).await {
-            Ok(vm) => vm,
-            // Start includes a refresh of the new image: nothing of it is read yet,
-            // so a failure here is the platform's.
-            Err(e) => return Ok(Attempt::Retry(format!("starting a guest: {e}"))),
-        };
-        if let Ok(mut l) = s.live.lock() {
-            l.insert(w.id, vm.pid());
+    let fresh = w.vm.is_none();
+    if fresh {
+        // Start includes a refresh of the new image: nothing of it is read yet, so a
+        // failure here is the platform's.
+        if let Err(e) = start_guest(w, &s.factory, record, &s.live).await {
+            return Ok(Attempt::Retry(format!("starting a guest: {e}")));
         }
-        w.cursor.skip_to_end(&vm.console());
-        w.vm = Some(vm);
-    } else {
-        let vm = w.vm.as_mut().expect("guest");
+    }
+    w.checks += 1;
+    let id = ((w.id as u64) << 48) | w.checks;
+    let vm = w.vm.as_mut().expect("guest");
+    if record {
+        let _ = std::fs::remove_file(&w.reads);
+        if let Err(e) = vm.request(&HostMsg::CheckBegin { id }, timeout).await {
+            w.vm = None;
+            return Ok(Attempt::Retry(format!("check-begin: {e}")));
+        }
+    }
+    if !fresh {
         if let Err(e) = vm.request(&HostMsg::Refresh, timeout).await {
             w.vm = None;
             return Ok(Attempt::Retry(format!("refresh: {e}")));
@@ -589,12 +651,13 @@ async fn recover_one(
         restarts: 0,
         millis: 0,
     };
-    let vm = w.vm.as_mut().expect("guest");
     let mounted = vm
         .request(
             &HostMsg::Mount {
                 fs: s.factory.fs,
-                options: vec![],
+                // Reading files in the dump must not dirty inodes (atime): nothing a
+                // timer could write back mid-check (docs/pruning.md).
+                options: vec!["noatime".into()],
             },
             timeout,
         )
@@ -656,6 +719,57 @@ async fn recover_one(
             }
         }
     }
+    // fsck in the guest, on the unmounted device, inside the recorded check.
+    if s.opts.fsck && !dead {
+        let req = HostMsg::Fsck {
+            fs: s.factory.fs,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match vm.request(&req, timeout + FSCK_GRACE).await {
+            Ok((
+                _,
+                AgentMsg::Fsck {
+                    command,
+                    code,
+                    timed_out,
+                    output,
+                },
+            )) => rec.fsck = Some(fsck::from_guest(command, code, timed_out, &output)),
+            Ok((_, other)) => {
+                return Err(CheckerError::Guest(GuestError::Guest(format!(
+                    "expected fsck, got {other:?}"
+                ))))
+            }
+            Err(VmError::Agent { message, .. }) => {
+                return Err(CheckerError::Fsck(fsck::FsckError::Guest(message)))
+            }
+            Err(e) => match classify(&e, "fsck") {
+                Ok(m) => {
+                    rec.mount = m;
+                    dead = true;
+                }
+                Err(why) => {
+                    w.vm = None;
+                    return Ok(Attempt::Retry(format!("fsck: {why}")));
+                }
+            },
+        }
+    }
+    if record && !dead {
+        match vm.request(&HostMsg::CheckEnd { id }, timeout).await {
+            Ok(_) => rec.read_set = read_set_of(&w.reads, id),
+            Err(e) => match classify(&e, "check-end") {
+                Ok(m) => {
+                    rec.mount = m;
+                    dead = true;
+                }
+                Err(why) => {
+                    w.vm = None;
+                    return Ok(Attempt::Retry(format!("check-end: {why}")));
+                }
+            },
+        }
+    }
     let text = vm.console();
     rec.console = console::scan(w.cursor.take(&text));
     if dead {
@@ -666,7 +780,8 @@ async fn recover_one(
             l.remove(&w.id);
         }
     }
-    if s.opts.fsck {
+    if s.opts.fsck && rec.fsck.is_none() {
+        // The guest died before fsck: check what it left from the host.
         let dir = w._dir.path().to_path_buf();
         rec.fsck = Some(fsck::fsck(s.factory.fs, &w.pm, &dir)?);
     }

@@ -1,10 +1,13 @@
 //! The initramfs: a newc cpio archive with the agent as `/init`, the modules one file
-//! system needs, and their load order. No shell, no busybox: the agent does everything.
+//! system needs, their load order, and that file system's checker with what it needs to
+//! run ([`super::fsck_tools`]). No shell, no busybox: the agent does everything else.
 //!
 //! The archive is deterministic (inode numbers in order, mtime 0, uid/gid 0), so the same
 //! inputs give the same bytes and the same content hash.
 
+use super::fsck_tools::GuestFile;
 use super::modules::ResolvedModule;
+use std::collections::BTreeSet;
 use std::io::Cursor;
 
 const S_IFDIR: u32 = 0o040000;
@@ -25,7 +28,14 @@ pub fn load_order_text(modules: &[ResolvedModule]) -> String {
 /// stdout and stderr *before* running `/init`, when devtmpfs is not mounted yet (the kernel
 /// auto-mounts devtmpfs only for a disk root, not for an initramfs): without it the agent
 /// would start with no standard streams.
-pub fn build(agent: &[u8], modules: &[ResolvedModule]) -> std::io::Result<Vec<u8>> {
+///
+/// `extra` files go in under their paths, after a directory entry for each parent the
+/// archive does not have yet (the kernel's unpacker makes no missing parents).
+pub fn build(
+    agent: &[u8],
+    modules: &[ResolvedModule],
+    extra: &[GuestFile],
+) -> std::io::Result<Vec<u8>> {
     let order = load_order_text(modules);
     let mut entries: Vec<(cpio::NewcBuilder, Cursor<&[u8]>)> = Vec::new();
     let dir = |name: &str| {
@@ -34,7 +44,9 @@ pub fn build(agent: &[u8], modules: &[ResolvedModule]) -> std::io::Result<Vec<u8
             Cursor::new(&[][..]),
         )
     };
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
     for d in ["dev", "proc", "sys", "mnt", "tmp", "modules"] {
+        dirs.insert(d.into());
         entries.push(dir(d));
     }
     entries.push((
@@ -58,6 +70,19 @@ pub fn build(agent: &[u8], modules: &[ResolvedModule]) -> std::io::Result<Vec<u8
         cpio::NewcBuilder::new(LOAD_ORDER).mode(S_IFREG | 0o644),
         Cursor::new(order.as_bytes()),
     ));
+    for f in extra {
+        let parts: Vec<&str> = f.path.split('/').collect();
+        for i in 1..parts.len() {
+            let parent = parts[..i].join("/");
+            if dirs.insert(parent.clone()) {
+                entries.push(dir(&parent));
+            }
+        }
+        entries.push((
+            cpio::NewcBuilder::new(&f.path).mode(S_IFREG | (f.mode & 0o7777)),
+            Cursor::new(&f.data[..]),
+        ));
+    }
     // `write_cpio` numbers inodes from 0; the kernel treats inode numbers only as hard-link
     // keys (nlink > 1), so that is fine.
     cpio::write_cpio(entries.into_iter(), Vec::new())
@@ -106,8 +131,20 @@ mod tests {
             },
         ];
         let agent = b"\x7fELF fake agent";
-        let a = build(agent, &mods).unwrap();
-        assert_eq!(a, build(agent, &mods).unwrap(), "deterministic");
+        let extra = vec![
+            GuestFile {
+                path: "usr/sbin/xfs_repair".into(),
+                data: b"bin".to_vec(),
+                mode: 0o755,
+            },
+            GuestFile {
+                path: "usr/lib/x/libz.so".into(),
+                data: b"lib".to_vec(),
+                mode: 0o644,
+            },
+        ];
+        let a = build(agent, &mods, &extra).unwrap();
+        assert_eq!(a, build(agent, &mods, &extra).unwrap(), "deterministic");
         let entries = read_back(&a);
         let find = |n: &str| {
             entries
@@ -122,6 +159,21 @@ mod tests {
         assert_eq!(find("modules/libnvdimm.ko").3, [1, 2, 3]);
         assert_eq!(find(LOAD_ORDER).3, b"libnvdimm.ko\nnd_pmem.ko\n");
         for d in ["dev", "proc", "sys", "mnt", "tmp"] {
+            assert_eq!(find(d).1 & 0o170000, S_IFDIR);
+        }
+        assert_eq!(find("usr/sbin/xfs_repair").3, b"bin");
+        assert_eq!(find("usr/lib/x/libz.so").1, S_IFREG | 0o644);
+        // Every parent comes before its children, once.
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        for d in ["usr", "usr/sbin", "usr/lib", "usr/lib/x"] {
+            let at = names.iter().position(|n| *n == d).unwrap();
+            assert_eq!(names.iter().filter(|n| **n == d).count(), 1);
+            assert!(
+                at < names
+                    .iter()
+                    .position(|n| *n == "usr/lib/x/libz.so")
+                    .unwrap()
+            );
             assert_eq!(find(d).1 & 0o170000, S_IFDIR);
         }
         let console = find("dev/console");

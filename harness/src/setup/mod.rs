@@ -25,6 +25,7 @@
 //! operation on a warm cache must work; both argue against a time-to-live.
 
 mod doctor;
+pub mod fsck_tools;
 pub mod host_tools;
 pub mod initramfs;
 pub mod kconfig;
@@ -191,6 +192,14 @@ pub enum SetupError {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// A file-system checker for the guests is unusable.
+    #[error("{}: {reason}", path.display())]
+    FsckTool {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, and what to do.
         reason: String,
     },
     /// A cache file could not be written, renamed or locked.
@@ -500,6 +509,8 @@ const MAX_STATE_ENTRIES: usize = 16;
 
 fn state_key(kernel_descriptor: &str) -> String {
     let mut h = blake3::Hasher::new();
+    // Bumped when what goes into an initramfs besides the agent and modules changes.
+    h.update(b"initramfs-with-fsck-1\0");
     h.update(agent_hash().as_bytes());
     h.update(kernel_descriptor.as_bytes());
     h.finalize().to_hex()[..32].to_string()
@@ -572,6 +583,12 @@ fn build_initramfs(
     let mut hashes = BTreeMap::new();
     let mut inputs = Vec::new();
     for fs in FsKind::ALL {
+        ui.step(format!("collecting the {fs} checker for the guest"));
+        let tools = match fs {
+            FsKind::Ext4 => fsck_tools::e2fsck(cache, ui)?,
+            FsKind::Xfs => fsck_tools::xfs_repair()?,
+        };
+        inputs.extend(tools.inputs);
         ui.step(format!("building the {fs} initramfs"));
         let resolution = match &tree {
             Some(t) => {
@@ -584,8 +601,8 @@ fn build_initramfs(
             // A kernel without a module tree must have everything built in.
             None => modules::Resolution::default(),
         };
-        let archive =
-            initramfs::build(AGENT_ELF, &resolution.order).map_err(|e| SetupError::io(cache, e))?;
+        let archive = initramfs::build(AGENT_ELF, &resolution.order, &tools.files)
+            .map_err(|e| SetupError::io(cache, e))?;
         let hash = blake3::hash(&archive).to_hex().to_string();
         let path = crate::cache::initramfs_dir(cache).join(format!("{}.cpio", &hash[..32]));
         if !path.is_file() {
