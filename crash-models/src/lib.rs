@@ -19,5 +19,6 @@ pub mod promise;
 pub mod protocol;
 pub mod readset;
 pub mod states;
+pub mod torn;
 pub mod trace;
 pub mod verdict;

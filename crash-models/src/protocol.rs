@@ -59,6 +59,10 @@ pub enum HostMsg {
     /// Power the guest off (the agent syncs nothing: the harness decides what is
     /// durable).
     Poweroff,
+    /// Send the kernel's text symbols (`/proc/kallsyms`, code only, modules included)
+    /// as [`AgentMsg::Kallsyms`] parts, then [`AgentMsg::Done`]: the harness names
+    /// the function behind each traced program counter with them.
+    Kallsyms,
     /// For the harness's own tests: make the kernel panic.
     TestPanic,
     /// For the harness's own tests: stop answering, as a hung guest would.
@@ -78,6 +82,7 @@ impl HostMsg {
             HostMsg::Dump => "dump",
             HostMsg::Unmount => "unmount",
             HostMsg::Poweroff => "poweroff",
+            HostMsg::Kallsyms => "kallsyms",
             HostMsg::TestPanic => "test-panic",
             HostMsg::TestHang => "test-hang",
         }
@@ -391,6 +396,11 @@ pub enum AgentMsg {
         /// What went wrong.
         message: String,
     },
+    /// Part of the answer to [`HostMsg::Kallsyms`]: whole `/proc/kallsyms` lines.
+    Kallsyms {
+        /// The lines, newline-terminated.
+        text: String,
+    },
     /// Informational text (shown with `--verbose`).
     Log {
         /// The text.
@@ -401,7 +411,10 @@ pub enum AgentMsg {
 impl AgentMsg {
     /// True when this message ends the answer to a request.
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, AgentMsg::OpDone(_) | AgentMsg::Log { .. })
+        !matches!(
+            self,
+            AgentMsg::OpDone(_) | AgentMsg::Log { .. } | AgentMsg::Kallsyms { .. }
+        )
     }
 }
 

@@ -10,6 +10,7 @@
 //! guest does is in this binary, so a trace contains only the workload and the kernel.
 
 mod exec;
+mod symbols;
 mod sys;
 
 use crash_models::protocol::{self, AgentMsg, HostMsg, MAX_LINE_BYTES, PROTOCOL_VERSION};
@@ -203,6 +204,15 @@ fn serve(channel: &mut impl Answers, executor: &mut exec::Executor, msg: HostMsg
             std::thread::sleep(Duration::from_millis(20));
             sys::power_off();
         }
+        HostMsg::Kallsyms => match symbols::kallsyms_parts() {
+            Ok(parts) => {
+                for text in parts {
+                    send(channel, &AgentMsg::Kallsyms { text });
+                }
+                AgentMsg::Done
+            }
+            Err(message) => AgentMsg::Error { message },
+        },
         HostMsg::TestPanic => {
             sys::trigger_panic();
             AgentMsg::Error {

@@ -17,6 +17,7 @@
 //! ```
 
 use crate::checker::{Checker, CheckerError, CheckerOptions, KnownBlocks, Progress, Recovery};
+use crate::findings::{FindingGroups, GroupKey};
 use crate::guest::GuestFactory;
 use crate::image::FSDAX_DATA_OFFSET;
 use crate::interrupt::Interrupt;
@@ -26,6 +27,7 @@ use crate::report::{
     Timings, WorkloadReport, WorkloadStats,
 };
 use crate::setup::Assets;
+use crate::symbols::SymbolTable;
 use crate::workloads::Loaded;
 use crash_models::delta::{CrashImage, ImageBuilder, ImageId};
 use crash_models::history::History;
@@ -35,6 +37,7 @@ use crash_models::points::{CrashPoint, CrashPoints, PointConfig, Policy, Reason}
 use crash_models::promise;
 use crash_models::protocol::OpResult;
 use crash_models::states::{CrashState, CrashStates, StateConfig, Strategy};
+use crash_models::torn::{self, BlockWrite, Layout};
 use crash_models::trace::{Privilege, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -91,6 +94,9 @@ pub enum PipelineError {
         /// The nearest crash points, described (`5167 (op 8 fmetadatasync)`).
         nearest: Vec<String>,
     },
+    /// The guest kernel's symbols could not be read.
+    #[error("{0}")]
+    Symbols(#[from] crate::symbols::SymbolError),
     /// Local I/O.
     #[error("{what}: {source}")]
     Io {
@@ -131,6 +137,10 @@ pub struct RunConfig {
     pub max_findings: usize,
     /// Keep traces and images here (default: a temporary directory).
     pub out_dir: Option<PathBuf>,
+    /// BTT-like sector atomicity of the kernel's block writes to PM: a crash state
+    /// keeps or drops each aligned sector of this many bytes (512 or 4096) of such a
+    /// write whole (`docs/torn-writes.md`). `None`: fsdax as it is, no atomicity.
+    pub sector_atomic: Option<u64>,
 }
 
 impl Default for RunConfig {
@@ -152,6 +162,7 @@ impl Default for RunConfig {
                 .collect(),
             max_findings: 50,
             out_dir: None,
+            sector_atomic: None,
         }
     }
 }
@@ -193,6 +204,8 @@ struct PointData {
     /// (state, index of its image).
     states: Vec<(CrashState, usize)>,
     capped: bool,
+    /// The kernel block writes in flight (`crash_models::torn`).
+    block_writes: Vec<BlockWrite>,
 }
 
 /// A run: one file system, one configuration, any number of workloads, with the
@@ -205,6 +218,8 @@ pub struct Pipeline {
     interrupt: Interrupt,
     /// The last workload's check was cut short by the interrupt.
     cut_short: bool,
+    /// The guest kernel's code symbols, read once.
+    symbols: Option<Arc<SymbolTable>>,
 }
 
 impl Pipeline {
@@ -232,6 +247,7 @@ impl Pipeline {
             tmp,
             interrupt: Interrupt::new(),
             cut_short: false,
+            symbols: None,
         })
     }
 
@@ -268,6 +284,7 @@ impl Pipeline {
             seed: self.cfg.effective_seed(),
             kernel: self.factory.assets.kernel_release.clone(),
             workers: self.cfg.workers,
+            sector_atomic: self.cfg.sector_atomic,
         }
     }
 
@@ -362,6 +379,14 @@ impl Pipeline {
             })?,
             () = self.interrupt.requested() => return Err(interrupted()),
         };
+        if self.symbols.is_none() {
+            bar.set_message("reading the guest kernel's symbols");
+            let table = tokio::select! {
+                t = crate::symbols::kernel_symbols(&self.factory) => t?,
+                () = self.interrupt.requested() => return Err(interrupted()),
+            };
+            self.symbols = Some(Arc::new(table));
+        }
         let warm_image = self.tmp.path().join("warm.img");
         let need_warm = !warm_image.exists();
         let factory = self.factory.clone();
@@ -476,6 +501,7 @@ impl Pipeline {
         // Judge.
         let t = Instant::now();
         bar.set_message("judging");
+        let layout = fs_layout(self.cfg.fs, &traced.base_image);
         let mut report = self.judge(
             name,
             workload,
@@ -484,6 +510,7 @@ impl Pipeline {
             &points,
             &outcome.recoveries,
             &history,
+            &layout,
         );
         report.stats.records = trace.records.len() as u64;
         report.stats.distinct_images = n_images;
@@ -571,7 +598,15 @@ impl Pipeline {
                     }),
                 })
                 .collect();
-            let mut states = CrashStates::new(b.in_flight(), &state_cfg);
+            let block_writes = match self.symbols.as_ref().and_then(|s| s.copy_routine()) {
+                Some(copy) => torn::block_writes(b.in_flight(), records, |pc| copy.contains(&pc)),
+                None => Vec::new(),
+            };
+            let groups = match self.cfg.sector_atomic {
+                Some(sector) => torn::sector_groups(&block_writes, sector),
+                None => Vec::new(),
+            };
+            let mut states = CrashStates::new_grouped(b.in_flight(), &groups, &state_cfg);
             let mut list = Vec::new();
             for st in states.by_ref() {
                 let id = b.id(&st);
@@ -587,6 +622,7 @@ impl Pipeline {
                 lines,
                 states: list,
                 capped,
+                block_writes,
             });
         }
         (out, images, passed)
@@ -625,12 +661,12 @@ impl Pipeline {
         points: &[PointData],
         recs: &[Recovery],
         history: &History,
+        layout: &Layout,
     ) -> WorkloadReport {
-        let _ = records;
         let owners = promise::extent_owners(&workload.ops, results, FSDAX_DATA_OFFSET);
+        let symbols = self.symbols.clone().unwrap_or_default();
         let mut verdicts: BTreeMap<Verdict, u64> = BTreeMap::new();
-        let mut findings: Vec<Finding> = Vec::new();
-        let mut omitted = 0u64;
+        let mut groups = FindingGroups::new(self.cfg.max_findings);
         let mut point_reports = Vec::new();
         let mut recovered: BTreeSet<&str> = BTreeSet::new();
         let mut stats = WorkloadStats::default();
@@ -644,42 +680,46 @@ impl Pipeline {
                 p.ops_completed as usize,
                 p.op_in_progress.map(|o| o as usize),
             );
-            let mut finding_at: HashMap<&str, usize> = HashMap::new();
             let mut pv: BTreeMap<Verdict, u64> = BTreeMap::new();
             let distinct: BTreeSet<usize> = pd.states.iter().map(|s| s.1).collect();
-            for (st, img) in &pd.states {
-                let rec = &recs[*img];
-                recovered.insert(&rec.state_id);
-                let problems = cache
-                    .entry(rec.state_id.as_str())
-                    .or_insert_with(|| oracle::judge(&promised, history, rec));
+            let mut judged: Vec<Vec<Problem>> = pd
+                .states
+                .iter()
+                .map(|(_, img)| {
+                    let rec = &recs[*img];
+                    recovered.insert(&rec.state_id);
+                    cache
+                        .entry(rec.state_id.as_str())
+                        .or_insert_with(|| oracle::judge(&promised, history, rec))
+                        .clone()
+                })
+                .collect();
+            let states: Vec<&CrashState> = pd.states.iter().map(|s| &s.0).collect();
+            oracle::torn_writes(&pd.block_writes, &states, &mut judged, |w, st| {
+                torn_line(w, st, layout)
+            });
+            let point = point_ref(p, workload);
+            for ((st, _), problems) in pd.states.iter().zip(&judged) {
                 let v = oracle::verdict_of(problems);
                 *pv.entry(v).or_default() += 1;
                 if v == Verdict::Ok {
                     continue;
                 }
-                if let Some(&i) = finding_at.get(rec.state_id.as_str()) {
-                    if let Some(f) = findings.get_mut(i) {
-                        f.same_state += 1;
-                    }
-                    continue;
-                }
-                if findings.len() >= self.cfg.max_findings {
-                    omitted += 1;
-                    continue;
-                }
-                finding_at.insert(rec.state_id.as_str(), findings.len());
-                findings.push(Finding {
+                let key = GroupKey::of(v, &point, problems);
+                groups.add(key, &point, || Finding {
                     verdict: v,
-                    point: point_ref(p, workload),
+                    point: point.clone(),
                     problems: problems.clone(),
-                    dropped_lines: dropped(&pd.lines, st, &owners),
+                    dropped_lines: dropped(&pd.lines, st, &owners, records, &symbols),
                     kept_lines: pd
                         .lines
                         .iter()
                         .filter(|l| st.kept_of(l.offset) >= l.queued)
                         .count(),
-                    same_state: 0,
+                    states: 0,
+                    crash_points: 0,
+                    first_record: 0,
+                    last_record: 0,
                     reproduce: self.reproduce(name, p.applied),
                 });
             }
@@ -703,6 +743,7 @@ impl Pipeline {
                 verdicts: pv,
             });
         }
+        let (findings, omitted) = groups.finish();
         stats.crash_points = points.len();
         stats.recovered_states = recovered.len();
         let seen: Vec<Verdict> = verdicts
@@ -789,12 +830,16 @@ impl Pipeline {
 
     fn reproduce(&self, name: &str, record: u64) -> String {
         format!(
-            "pmcrash run {name} --fs {} --model {} --points {} --states {} --seed {} --crash-at {record}",
+            "pmcrash run {name} --fs {} --model {} --points {} --states {} --seed {}{} --crash-at {record}",
             self.cfg.fs,
             self.cfg.model,
             self.cfg.points,
             self.cfg.strategy(),
-            self.cfg.effective_seed()
+            self.cfg.effective_seed(),
+            self.cfg
+                .sector_atomic
+                .map(|s| format!(" --sector-atomic {s}"))
+                .unwrap_or_default()
         )
     }
 
@@ -899,6 +944,8 @@ fn dropped(
     lines: &[LineInfo],
     st: &CrashState,
     owners: &[(Range<u64>, String, u64)],
+    records: &[Record],
+    symbols: &SymbolTable,
 ) -> Vec<DroppedLine> {
     lines
         .iter()
@@ -927,16 +974,71 @@ fn dropped(
                 ),
                 None => "flushed, but no fence after the flush before the crash".into(),
             };
+            let writer = match records.get(l.last_record as usize) {
+                Some(Record::Store {
+                    privilege: Privilege::Kernel,
+                    pc,
+                    ..
+                }) if !symbols.is_empty() => Some(symbols.describe(*pc)),
+                _ => None,
+            };
             Some(DroppedLine {
                 pm_offset: l.offset,
                 owner,
                 queued: l.queued,
                 kept,
                 missing,
+                writer,
             })
         })
         .take(16)
         .collect()
+}
+
+/// The named regions of the file system in a base image (for saying what tore).
+fn fs_layout(fs: FsKind, base_image: &std::path::Path) -> Layout {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = std::fs::File::open(base_image) else {
+        return Layout::default();
+    };
+    let read = |at: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        match file.read_at(&mut buf, at) {
+            Ok(n) => {
+                buf.truncate(n);
+                buf
+            }
+            Err(_) => Vec::new(),
+        }
+    };
+    match fs {
+        FsKind::Ext4 => Layout::ext4(FSDAX_DATA_OFFSET, read),
+        FsKind::Xfs => Layout::xfs(FSDAX_DATA_OFFSET, read),
+    }
+}
+
+/// The problem line of a torn block write: which structure, how much persisted, why
+/// fsdax allows it.
+fn torn_line(w: &BlockWrite, st: &CrashState, layout: &Layout) -> String {
+    let what = layout.name_of(w.range.start).map_or_else(
+        || {
+            format!(
+                "block {} of the file system",
+                w.range.start.saturating_sub(FSDAX_DATA_OFFSET) / 4096
+            )
+        },
+        str::to_owned,
+    );
+    format!(
+        "torn kernel block write to the {what}: {} of the {} bytes at PM {:#x} (records {}..{}) persisted; \
+         fsdax gives no sector atomicity (the pmem driver copies a bio with memcpy_flushcache; \
+         only BTT, which rules out DAX, makes a sector atomic)",
+        w.kept_by(st) * 8,
+        w.range.end - w.range.start,
+        w.range.start,
+        w.records.start,
+        w.records.end
+    )
 }
 
 /// A workload's `[expect]` for `fs`: the verdict classes (sorted), `ok_after_op` and
