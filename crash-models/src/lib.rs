@@ -20,5 +20,6 @@ pub mod protocol;
 pub mod prune;
 pub mod readset;
 pub mod states;
+pub mod torn;
 pub mod trace;
 pub mod verdict;

@@ -81,6 +81,10 @@ pub enum HostMsg {
         /// Longest the checker may run before it is killed, in milliseconds.
         timeout_ms: u64,
     },
+    /// Send the kernel's text symbols (`/proc/kallsyms`, code only, modules included)
+    /// as [`AgentMsg::Kallsyms`] parts, then [`AgentMsg::Done`]: the harness names
+    /// the function behind each traced program counter with them.
+    Kallsyms,
     /// For the harness's own tests: make the kernel panic.
     TestPanic,
     /// For the harness's own tests: stop answering, as a hung guest would.
@@ -103,6 +107,7 @@ impl HostMsg {
             HostMsg::CheckBegin { .. } => "check-begin",
             HostMsg::CheckEnd { .. } => "check-end",
             HostMsg::Fsck { .. } => "fsck",
+            HostMsg::Kallsyms => "kallsyms",
             HostMsg::TestPanic => "test-panic",
             HostMsg::TestHang => "test-hang",
         }
@@ -427,6 +432,11 @@ pub enum AgentMsg {
         /// What went wrong.
         message: String,
     },
+    /// Part of the answer to [`HostMsg::Kallsyms`]: whole `/proc/kallsyms` lines.
+    Kallsyms {
+        /// The lines, newline-terminated.
+        text: String,
+    },
     /// Informational text (shown with `--verbose`).
     Log {
         /// The text.
@@ -437,7 +447,10 @@ pub enum AgentMsg {
 impl AgentMsg {
     /// True when this message ends the answer to a request.
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, AgentMsg::OpDone(_) | AgentMsg::Log { .. })
+        !matches!(
+            self,
+            AgentMsg::OpDone(_) | AgentMsg::Log { .. } | AgentMsg::Kallsyms { .. }
+        )
     }
 }
 

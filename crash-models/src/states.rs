@@ -227,10 +227,20 @@ enum Gen {
 }
 
 /// The crash states of one crash point, as an iterator.
+///
+/// The generators work on *units*: a unit is one line, or a group of lines that a
+/// state keeps whole or drops whole together ([`CrashStates::new_grouped`], the
+/// sectors of a kernel block write under `--sector-atomic`). Without groups every
+/// line is its own unit and the states are exactly those of the plain line model.
 #[derive(Debug, Clone)]
 pub struct CrashStates {
-    /// (line offset, queue length) of the lines considered.
+    /// The lines considered, (line offset, queue length), sorted.
     lines: Vec<(u64, u32)>,
+    /// Per unit: its lines; a unit of one line keeps any prefix, a larger one keeps
+    /// all its lines whole or none.
+    units: Vec<Vec<(u64, u32)>>,
+    /// The generators' view: (unit index, queue length), the length 1 for a group.
+    virt: Vec<(u64, u32)>,
     strategies: Vec<Strategy>,
     next_strategy: usize,
     gen: Option<Gen>,
@@ -253,13 +263,49 @@ impl CrashStates {
     }
 
     /// The same from (line offset, queue length) pairs.
-    pub fn from_lines(mut lines: Vec<(u64, u32)>, cfg: &StateConfig) -> Self {
+    pub fn from_lines(lines: Vec<(u64, u32)>, cfg: &StateConfig) -> Self {
+        Self::from_lines_grouped(lines, &[], cfg)
+    }
+
+    /// The states of a point whose lines in each of `groups` (line offsets) persist
+    /// whole or not at all, together: a state keeps every line of a group with its
+    /// whole queue, or none of them. Lines in no group behave as in
+    /// [`CrashStates::new`]; groups that share a line are merged; offsets of lines not
+    /// in flight are ignored.
+    pub fn new_grouped(
+        in_flight: &[InFlightLine<'_>],
+        groups: &[Vec<u64>],
+        cfg: &StateConfig,
+    ) -> Self {
+        let lines: Vec<(u64, u32)> = in_flight
+            .iter()
+            .filter(|l| !l.stores.is_empty())
+            .map(|l| (l.line_offset, l.stores.len() as u32))
+            .collect();
+        Self::from_lines_grouped(lines, groups, cfg)
+    }
+
+    /// [`CrashStates::new_grouped`] from (line offset, queue length) pairs.
+    pub fn from_lines_grouped(
+        mut lines: Vec<(u64, u32)>,
+        groups: &[Vec<u64>],
+        cfg: &StateConfig,
+    ) -> Self {
         lines.sort_unstable();
+        lines.dedup_by_key(|l| l.0);
         lines.retain(|l| l.1 > 0);
         let lines_ignored = lines.len().saturating_sub(cfg.max_lines);
         lines.truncate(cfg.max_lines);
+        let units = units_of(&lines, groups);
+        let virt = units
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (i as u64, if u.len() == 1 { u[0].1 } else { 1 }))
+            .collect();
         CrashStates {
             lines,
+            units,
+            virt,
             strategies: cfg.strategies.clone(),
             next_strategy: 0,
             gen: None,
@@ -284,6 +330,19 @@ impl CrashStates {
         &self.lines
     }
 
+    /// The real state of a state over units.
+    fn expand(&self, virt: Vec<(u64, u32)>) -> Vec<(u64, u32)> {
+        let mut out = Vec::with_capacity(virt.len());
+        for (unit, kept) in virt {
+            match self.units[unit as usize].as_slice() {
+                [(offset, _)] => out.push((*offset, kept)),
+                group => out.extend_from_slice(group),
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     fn start(&self, s: Strategy) -> Gen {
         match s {
             Strategy::None => Gen::Once(false),
@@ -305,7 +364,7 @@ impl CrashStates {
             k,
             size: 0,
             dropped: false,
-            combos: Combos::new(self.lines.len(), 0),
+            combos: Combos::new(self.virt.len(), 0),
         }
     }
 
@@ -408,8 +467,9 @@ impl CrashStates {
                 self.gen = Some(self.start(s));
             }
             let gen = self.gen.as_mut().expect("set above");
-            match Self::raw_next(&self.lines, gen, &mut self.truncation) {
+            match Self::raw_next(&self.virt, gen, &mut self.truncation) {
                 Some(state) => {
+                    let state = self.expand(state);
                     if let Some(seen) = &mut self.seen {
                         if !seen.insert(state.clone()) {
                             continue;
@@ -421,6 +481,37 @@ impl CrashStates {
             }
         }
     }
+}
+
+/// The units of `lines` (sorted, distinct): the groups (merged where they share a
+/// line, restricted to `lines`), then every other line alone; sorted by first line.
+fn units_of(lines: &[(u64, u32)], groups: &[Vec<u64>]) -> Vec<Vec<(u64, u32)>> {
+    let index = |off: u64| lines.binary_search_by_key(&off, |l| l.0).ok();
+    // Union-find over line indices.
+    let mut parent: Vec<usize> = (0..lines.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for g in groups {
+        let mut members = g.iter().filter_map(|&o| index(o));
+        if let Some(first) = members.next() {
+            for m in members {
+                let (a, b) = (root(&mut parent, first), root(&mut parent, m));
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut by_root: std::collections::BTreeMap<usize, Vec<(u64, u32)>> = Default::default();
+    for (i, l) in lines.iter().enumerate() {
+        let r = root(&mut parent, i);
+        by_root.entry(r).or_default().push(*l);
+    }
+    // Roots are each unit's smallest index, so this is sorted by first line.
+    by_root.into_values().collect()
 }
 
 impl Iterator for CrashStates {

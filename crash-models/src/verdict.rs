@@ -16,6 +16,10 @@ use std::fmt;
 pub enum Verdict {
     /// The mount failed, fsck found problems, or the kernel complained.
     FsCorruption,
+    /// The state fails only because a kernel block write to PM is partly persisted
+    /// (fsdax gives no sector atomicity; see `docs/torn-writes.md`): the file system
+    /// does not tolerate a torn write of one of its blocks.
+    TornWrite,
     /// A file shows bytes never written to it.
     StaleData,
     /// A rename was not atomic.
@@ -31,8 +35,9 @@ pub enum Verdict {
 
 impl Verdict {
     /// Every verdict, worst first.
-    pub const ALL: [Verdict; 6] = [
+    pub const ALL: [Verdict; 7] = [
         Verdict::FsCorruption,
+        Verdict::TornWrite,
         Verdict::StaleData,
         Verdict::AtomicityViolation,
         Verdict::DurabilityViolation,
@@ -45,6 +50,7 @@ impl Verdict {
         match self {
             Verdict::Ok => "ok",
             Verdict::FsCorruption => "fs-corruption",
+            Verdict::TornWrite => "torn-write",
             Verdict::DurabilityViolation => "durability-violation",
             Verdict::AtomicityViolation => "atomicity-violation",
             Verdict::StaleData => "stale-data",
@@ -76,7 +82,7 @@ impl std::str::FromStr for Verdict {
             .into_iter()
             .find(|v| v.name() == s)
             .ok_or_else(|| {
-                format!("unknown verdict `{s}`: expected ok, fs-corruption, durability-violation, atomicity-violation, stale-data or unsafe-flush-only")
+                format!("unknown verdict `{s}`: expected ok, fs-corruption, torn-write, durability-violation, atomicity-violation, stale-data or unsafe-flush-only")
             })
     }
 }

@@ -11,6 +11,7 @@
 
 mod exec;
 mod fsck;
+mod symbols;
 mod sys;
 
 use crash_models::protocol::{self, AgentMsg, HostMsg, MAX_LINE_BYTES, PROTOCOL_VERSION};
@@ -215,6 +216,15 @@ fn serve(channel: &mut impl Answers, executor: &mut exec::Executor, msg: HostMsg
         HostMsg::Fsck { fs, timeout_ms } => {
             fsck::run(fs, PMEM_DEV, Duration::from_millis(timeout_ms))
         }
+        HostMsg::Kallsyms => match symbols::kallsyms_parts() {
+            Ok(parts) => {
+                for text in parts {
+                    send(channel, &AgentMsg::Kallsyms { text });
+                }
+                AgentMsg::Done
+            }
+            Err(message) => AgentMsg::Error { message },
+        },
         HostMsg::TestPanic => {
             sys::trigger_panic();
             AgentMsg::Error {

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod checker;
+pub mod findings;
 pub mod guest;
 pub mod image;
 pub mod interrupt;
@@ -19,6 +20,7 @@ pub mod run;
 mod schedule;
 pub mod scratch;
 pub mod setup;
+pub mod symbols;
 pub mod sys;
 pub mod testing;
 pub mod trace;

@@ -141,6 +141,20 @@ struct RunArgs {
     /// made lazily and streamed to the checkers; over the budget, enumeration waits)
     #[arg(long, default_value_t = pmcrash::memory::DEFAULT_BUDGET_MIB, value_parser = clap::value_parser!(u64).range(1..))]
     memory_mib: u64,
+    /// Model BTT-like sector atomicity of the kernel's block writes to PM: each crash
+    /// state keeps or drops every aligned sector of this many bytes (512 or 4096) of
+    /// such a write whole (default: none, as fsdax is; see docs/torn-writes.md)
+    #[arg(long, value_name = "BYTES", value_parser = parse_sector)]
+    sector_atomic: Option<u64>,
+}
+
+/// `--sector-atomic`: 512 or 4096.
+fn parse_sector(s: &str) -> Result<u64, String> {
+    match s {
+        "512" => Ok(512),
+        "4096" => Ok(4096),
+        _ => Err(format!("`{s}` is not a sector size: use 512 or 4096")),
+    }
 }
 
 #[derive(Args)]
@@ -182,6 +196,24 @@ enum TraceCmd {
     Show {
         /// The .pmtrace file
         trace: PathBuf,
+        /// Also name the kernel function behind each traced PC (stores, flushes and
+        /// fences per function; the guest kernel's symbols, read once per saved VM
+        /// state). Give the trace's --fs (and --pm-size-mib, --smp) when not the
+        /// defaults
+        #[arg(long)]
+        symbols: bool,
+        /// File system the trace was made on (for --symbols)
+        #[arg(long, default_value = "ext4")]
+        fs: FsKind,
+        /// PM size in MiB the trace was made with (for --symbols)
+        #[arg(long)]
+        pm_size_mib: Option<u64>,
+        /// vCPUs the trace was made with (for --symbols)
+        #[arg(long, default_value_t = 1)]
+        smp: u32,
+        /// The trace was made with --no-deterministic (for --symbols)
+        #[arg(long)]
+        no_deterministic: bool,
     },
     /// Write the PM image after N records with every store persisted: as pmcrash builds
     /// it from the trace, or (--ground-truth) as the traced guest really had it
@@ -360,6 +392,7 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                 out_dir: args.out.clone(),
                 prune: !args.no_prune,
                 memory_mib: args.memory_mib,
+                sector_atomic: args.sector_atomic,
                 ..RunConfig::default()
             };
             if let Some(w) = args.workers {
@@ -391,14 +424,42 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
             crash_test(&g, cfg, 1, true, loaded, None, true, interrupt).await
         }
         Command::Trace(TraceArgs {
-            show: Some(TraceCmd::Show { trace }),
+            show:
+                Some(TraceCmd::Show {
+                    trace,
+                    symbols,
+                    fs,
+                    pm_size_mib,
+                    smp,
+                    no_deterministic,
+                }),
             ..
         }) => {
             let summary = pmcrash::trace::show(&trace)?;
+            let by_function = if symbols {
+                let mut factory = GuestFactory::new(setup::ensure(&setup_options(&g)?)?, fs);
+                if let Some(m) = pm_size_mib {
+                    factory.pm_size = m << 20;
+                }
+                factory.smp = smp;
+                factory.deterministic_traces = !no_deterministic;
+                let table = pmcrash::symbols::kernel_symbols(&factory).await?;
+                let t = pmcrash::trace::read(&trace)?;
+                Some(pmcrash::trace::by_function(&t.records, &table))
+            } else {
+                None
+            };
             if g.json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                let v = match &by_function {
+                    None => serde_json::to_value(&summary)?,
+                    Some(f) => serde_json::json!({ "summary": summary, "functions": f }),
+                };
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{summary}");
+                if let Some(f) = &by_function {
+                    print!("{}", pmcrash::trace::render_functions(f));
+                }
             }
             Ok(Outcome::Clean)
         }

@@ -21,6 +21,8 @@
 use crate::checker::{MountOutcome, Recovery};
 use crash_models::history::History;
 use crash_models::promise::{BlockSource, Kept, Promise, Promises};
+use crash_models::states::CrashState;
+use crash_models::torn::BlockWrite;
 use serde::Serialize;
 
 pub use crash_models::verdict::Verdict;
@@ -172,6 +174,51 @@ pub fn judge(promised: &Promises, history: &History, rec: &Recovery) -> Vec<Prob
     out.sort_by(|a, b| a.verdict.cmp(&b.verdict).then(a.message.cmp(&b.message)));
     out.dedup();
     out
+}
+
+/// Reclassify the states of one crash point that fail only because they tear a
+/// kernel block write (the rule: [`crash_models::torn::torn_only`],
+/// `docs/torn-writes.md`): such a state's problems become `torn-write` ones, after a
+/// first line from `describe` naming the torn write. `states[i]` is the state whose
+/// problems are `problems[i]`.
+pub fn torn_writes(
+    writes: &[BlockWrite],
+    states: &[&CrashState],
+    problems: &mut [Vec<Problem>],
+    describe: impl Fn(&BlockWrite, &CrashState) -> String,
+) {
+    if writes.is_empty() {
+        return;
+    }
+    let tears: Vec<Option<&BlockWrite>> = states
+        .iter()
+        .map(|st| writes.iter().find(|w| w.torn_by(st)))
+        .collect();
+    let classes: Vec<(bool, Vec<Verdict>)> = tears
+        .iter()
+        .zip(problems.iter())
+        .map(|(t, p)| (t.is_some(), p.iter().map(|p| p.verdict).collect()))
+        .collect();
+    for (i, only) in crash_models::torn::torn_only(&classes)
+        .into_iter()
+        .enumerate()
+    {
+        let (true, Some(w)) = (only, tears[i]) else {
+            continue;
+        };
+        let mut out = vec![Problem {
+            verdict: Verdict::TornWrite,
+            message: describe(w, states[i]),
+            promised_by: None,
+            path: None,
+            file_offset: None,
+        }];
+        out.extend(problems[i].drain(..).map(|p| Problem {
+            verdict: Verdict::TornWrite,
+            ..p
+        }));
+        problems[i] = out;
+    }
 }
 
 #[cfg(test)]

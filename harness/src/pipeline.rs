@@ -17,6 +17,7 @@
 //! ```
 
 use crate::checker::{Checker, CheckerError, CheckerOptions, KnownBlocks};
+use crate::findings::{FindingGroups, GroupKey};
 use crate::guest::GuestFactory;
 use crate::image::FSDAX_DATA_OFFSET;
 use crate::interrupt::Interrupt;
@@ -27,6 +28,7 @@ use crate::report::{
 };
 use crate::schedule::{Fate, PointWork, Scheduler};
 use crate::setup::Assets;
+use crate::symbols::SymbolTable;
 use crate::workloads::Loaded;
 use crash_models::delta::PointSnapshot;
 use crash_models::history::History;
@@ -36,6 +38,7 @@ use crash_models::points::{CrashPoint, CrashPoints, PointConfig, Policy, Reason}
 use crash_models::promise;
 use crash_models::protocol::OpResult;
 use crash_models::states::{CrashState, CrashStates, StateConfig, Strategy};
+use crash_models::torn::{self, BlockWrite, Layout};
 use crash_models::trace::{Privilege, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -93,6 +96,9 @@ pub enum PipelineError {
         /// The nearest crash points, described (`5167 (op 8 fmetadatasync)`).
         nearest: Vec<String>,
     },
+    /// The guest kernel's symbols could not be read.
+    #[error("{0}")]
+    Symbols(#[from] crate::symbols::SymbolError),
     /// Local I/O.
     #[error("{what}: {source}")]
     Io {
@@ -142,6 +148,10 @@ pub struct RunConfig {
     /// List every crash state's verdict in the point reports (to compare runs state
     /// by state, e.g. pruned against `--no-prune`).
     pub state_verdicts: bool,
+    /// BTT-like sector atomicity of the kernel's block writes to PM: a crash state
+    /// keeps or drops each aligned sector of this many bytes (512 or 4096) of such a
+    /// write whole (`docs/torn-writes.md`). `None`: fsdax as it is, no atomicity.
+    pub sector_atomic: Option<u64>,
 }
 
 impl Default for RunConfig {
@@ -166,6 +176,7 @@ impl Default for RunConfig {
             prune: true,
             memory_mib: crate::memory::DEFAULT_BUDGET_MIB,
             state_verdicts: false,
+            sector_atomic: None,
         }
     }
 }
@@ -214,6 +225,8 @@ pub struct Pipeline {
     interrupt: Interrupt,
     /// The last workload's check was cut short by the interrupt.
     cut_short: bool,
+    /// The guest kernel's code symbols, read once.
+    symbols: Option<Arc<SymbolTable>>,
 }
 
 impl Pipeline {
@@ -241,6 +254,7 @@ impl Pipeline {
             tmp,
             interrupt: Interrupt::new(),
             cut_short: false,
+            symbols: None,
         })
     }
 
@@ -277,6 +291,7 @@ impl Pipeline {
             seed: self.cfg.effective_seed(),
             kernel: self.factory.assets.kernel_release.clone(),
             workers: self.cfg.workers,
+            sector_atomic: self.cfg.sector_atomic,
         }
     }
 
@@ -373,6 +388,14 @@ impl Pipeline {
             })?,
             () = self.interrupt.requested() => return Err(interrupted()),
         };
+        if self.symbols.is_none() {
+            bar.set_message("reading the guest kernel's symbols");
+            let table = tokio::select! {
+                t = crate::symbols::kernel_symbols(&self.factory) => t?,
+                () = self.interrupt.requested() => return Err(interrupted()),
+            };
+            self.symbols = Some(Arc::new(table));
+        }
         let warm_image = self.tmp.path().join("warm.img");
         let need_warm = !warm_image.exists();
         let factory = self.factory.clone();
@@ -437,16 +460,28 @@ impl Pipeline {
         let known = KnownBlocks {
             hashes: history.known_hashes(),
         };
+        let symbols = self.symbols.clone().unwrap_or_default();
         let mut producer = Producer::new(
             &self.cfg,
             workload,
             &results,
             &trace.records,
             trace.header.line_size,
+            &symbols,
         );
         let mut sched: Scheduler<LineInfo> =
             Scheduler::new(self.cfg.prune, self.cfg.memory_mib.saturating_mul(1 << 20));
-        let mut judge = Judge::new(&self.cfg, name, workload, &results, &history);
+        let layout = fs_layout(self.cfg.fs, &traced.base_image);
+        let mut judge = Judge::new(
+            &self.cfg,
+            name,
+            workload,
+            &results,
+            &history,
+            &trace.records,
+            &symbols,
+            &layout,
+        );
         let (job_tx, job_rx) = mpsc::channel(1);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let mut checker = self.checker.take().expect("checker");
@@ -460,6 +495,7 @@ impl Pipeline {
                 while !stopped && !producer.done && sched.wants_point() {
                     let t = Instant::now();
                     if let Some(p) = producer.next_point() {
+                        judge.block_writes.insert(p.point.applied, p.block_writes);
                         sched.add_point(p.point, p.lines, p.snap, p.states, p.capped);
                     }
                     enumerate += t.elapsed();
@@ -553,6 +589,8 @@ struct MadePoint {
     snap: Arc<PointSnapshot>,
     states: Vec<CrashState>,
     capped: bool,
+    /// The kernel block writes in flight (`crash_models::torn`).
+    block_writes: Vec<BlockWrite>,
 }
 
 /// Crash points, their states and snapshots, made one at a time as the trace is
@@ -565,6 +603,9 @@ struct Producer<'a> {
     crash_at: Option<u64>,
     max_points: Option<usize>,
     prev: Option<Arc<PointSnapshot>>,
+    /// The PCs of the kernel's copy routine for block writes (`crash_models::torn`).
+    copy_routine: Option<Range<u64>>,
+    sector_atomic: Option<u64>,
     /// Points made.
     made: usize,
     /// Points passed over (`crash_at`).
@@ -580,6 +621,7 @@ impl<'a> Producer<'a> {
         results: &[OpResult],
         records: &'a [Record],
         line_size: u32,
+        symbols: &SymbolTable,
     ) -> Producer<'a> {
         let mcfg = ModelConfig::new(cfg.model, line_size).unwrap_or_default();
         let mut replayer = Replayer::new(mcfg);
@@ -611,6 +653,8 @@ impl<'a> Producer<'a> {
             crash_at: cfg.crash_at,
             max_points: cfg.max_points,
             prev: None,
+            copy_routine: symbols.copy_routine(),
+            sector_atomic: cfg.sector_atomic,
             made: 0,
             passed: Vec::new(),
             done: false,
@@ -654,7 +698,15 @@ impl<'a> Producer<'a> {
                 }),
             })
             .collect();
-        let mut states = CrashStates::new(&in_flight, &self.state_cfg);
+        let block_writes = match &self.copy_routine {
+            Some(copy) => torn::block_writes(&in_flight, records, |pc| copy.contains(&pc)),
+            None => Vec::new(),
+        };
+        let groups = match self.sector_atomic {
+            Some(sector) => torn::sector_groups(&block_writes, sector),
+            None => Vec::new(),
+        };
+        let mut states = CrashStates::new_grouped(&in_flight, &groups, &self.state_cfg);
         let list: Vec<CrashState> = states.by_ref().collect();
         let capped = states.truncation().truncated();
         drop(in_flight);
@@ -667,6 +719,7 @@ impl<'a> Producer<'a> {
             snap,
             states: list,
             capped,
+            block_writes,
         })
     }
 }
@@ -700,10 +753,14 @@ struct Judge<'a> {
     workload: &'a Workload,
     results: &'a [OpResult],
     history: &'a History,
+    records: &'a [Record],
+    symbols: &'a SymbolTable,
+    layout: &'a Layout,
     owners: Vec<(Range<u64>, String, u64)>,
     verdicts: BTreeMap<Verdict, u64>,
-    findings: Vec<Finding>,
-    omitted: u64,
+    groups: FindingGroups,
+    /// Per crash point (by record), its kernel block writes in flight, until judged.
+    block_writes: HashMap<u64, Vec<BlockWrite>>,
     point_reports: Vec<PointReport>,
     recovered: BTreeSet<String>,
     images: BTreeSet<usize>,
@@ -717,6 +774,9 @@ impl<'a> Judge<'a> {
         workload: &'a Workload,
         results: &'a [OpResult],
         history: &'a History,
+        records: &'a [Record],
+        symbols: &'a SymbolTable,
+        layout: &'a Layout,
     ) -> Judge<'a> {
         Judge {
             cfg,
@@ -724,10 +784,13 @@ impl<'a> Judge<'a> {
             workload,
             results,
             history,
+            records,
+            symbols,
+            layout,
             owners: promise::extent_owners(&workload.ops, results, FSDAX_DATA_OFFSET),
             verdicts: BTreeMap::new(),
-            findings: Vec::new(),
-            omitted: 0,
+            groups: FindingGroups::new(cfg.max_findings),
+            block_writes: HashMap::new(),
             point_reports: Vec::new(),
             recovered: BTreeSet::new(),
             images: BTreeSet::new(),
@@ -740,8 +803,7 @@ impl<'a> Judge<'a> {
         let (name, workload, results, history) =
             (self.name, self.workload, self.results, self.history);
         let owners = &self.owners;
-        let findings = &mut self.findings;
-        let omitted = &mut self.omitted;
+        let block_writes = self.block_writes.remove(&pd.point.applied).unwrap_or_default();
         {
             let p = &pd.point;
             let mut cache: HashMap<&str, Vec<Problem>> = HashMap::new();
@@ -752,18 +814,29 @@ impl<'a> Judge<'a> {
                 p.ops_completed as usize,
                 p.op_in_progress.map(|o| o as usize),
             );
-            let mut finding_at: HashMap<&str, usize> = HashMap::new();
             let mut pv: BTreeMap<Verdict, u64> = BTreeMap::new();
             let distinct: BTreeSet<usize> = pd.states.iter().map(|s| s.1).collect();
             let mut state_verdicts = Vec::new();
-            for (st, img) in &pd.states {
+            let mut judged: Vec<Vec<Problem>> = Vec::with_capacity(pd.states.len());
+            for (_, img) in &pd.states {
                 let rec = sched.recovery(*img);
                 if !self.recovered.contains(&rec.state_id) {
                     self.recovered.insert(rec.state_id.clone());
                 }
-                let problems = cache
-                    .entry(rec.state_id.as_str())
-                    .or_insert_with(|| oracle::judge(&promised, history, rec));
+                judged.push(
+                    cache
+                        .entry(rec.state_id.as_str())
+                        .or_insert_with(|| oracle::judge(&promised, history, rec))
+                        .clone(),
+                );
+            }
+            let states: Vec<&CrashState> = pd.states.iter().map(|s| &s.0).collect();
+            let layout = self.layout;
+            oracle::torn_writes(&block_writes, &states, &mut judged, |w, st| {
+                torn_line(w, st, layout)
+            });
+            let point = point_ref(p, workload);
+            for ((st, _), problems) in pd.states.iter().zip(&judged) {
                 let v = oracle::verdict_of(problems);
                 *pv.entry(v).or_default() += 1;
                 if self.cfg.state_verdicts {
@@ -772,29 +845,23 @@ impl<'a> Judge<'a> {
                 if v == Verdict::Ok {
                     continue;
                 }
-                if let Some(&i) = finding_at.get(rec.state_id.as_str()) {
-                    if let Some(f) = findings.get_mut(i) {
-                        f.same_state += 1;
-                    }
-                    continue;
-                }
-                if findings.len() >= self.cfg.max_findings {
-                    *omitted += 1;
-                    continue;
-                }
-                finding_at.insert(rec.state_id.as_str(), findings.len());
-                findings.push(Finding {
+                let key = GroupKey::of(v, &point, problems);
+                let (records, symbols, cfg) = (self.records, self.symbols, self.cfg);
+                self.groups.add(key, &point, || Finding {
                     verdict: v,
-                    point: point_ref(p, workload),
+                    point: point.clone(),
                     problems: problems.clone(),
-                    dropped_lines: dropped(&pd.lines, st, owners),
+                    dropped_lines: dropped(&pd.lines, st, owners, records, symbols),
                     kept_lines: pd
                         .lines
                         .iter()
                         .filter(|l| st.kept_of(l.offset) >= l.queued)
                         .count(),
-                    same_state: 0,
-                    reproduce: reproduce(self.cfg, name, p.applied),
+                    states: 0,
+                    crash_points: 0,
+                    first_record: 0,
+                    last_record: 0,
+                    reproduce: reproduce(cfg, name, p.applied),
                 });
             }
             for (v, n) in &pv {
@@ -842,14 +909,14 @@ impl<'a> Judge<'a> {
             workload,
             results,
             verdicts,
-            findings,
-            omitted,
+            groups,
             point_reports,
             recovered,
             images,
             mut stats,
             ..
         } = self;
+        let (findings, omitted) = groups.finish();
         stats.crash_points = point_reports.len();
         stats.recovered_states = recovered.len();
         stats.distinct_images = images.len();
@@ -939,12 +1006,15 @@ impl<'a> Judge<'a> {
 /// The command line that checks one crash point again.
 fn reproduce(cfg: &RunConfig, name: &str, record: u64) -> String {
     format!(
-        "pmcrash run {name} --fs {} --model {} --points {} --states {} --seed {} --crash-at {record}",
+        "pmcrash run {name} --fs {} --model {} --points {} --states {} --seed {}{} --crash-at {record}",
         cfg.fs,
         cfg.model,
         cfg.points,
         cfg.strategy(),
-        cfg.effective_seed()
+        cfg.effective_seed(),
+        cfg.sector_atomic
+            .map(|s| format!(" --sector-atomic {s}"))
+            .unwrap_or_default()
     )
 }
 
@@ -1028,6 +1098,8 @@ fn dropped(
     lines: &[LineInfo],
     st: &CrashState,
     owners: &[(Range<u64>, String, u64)],
+    records: &[Record],
+    symbols: &SymbolTable,
 ) -> Vec<DroppedLine> {
     lines
         .iter()
@@ -1056,16 +1128,71 @@ fn dropped(
                 ),
                 None => "flushed, but no fence after the flush before the crash".into(),
             };
+            let writer = match records.get(l.last_record as usize) {
+                Some(Record::Store {
+                    privilege: Privilege::Kernel,
+                    pc,
+                    ..
+                }) if !symbols.is_empty() => Some(symbols.describe(*pc)),
+                _ => None,
+            };
             Some(DroppedLine {
                 pm_offset: l.offset,
                 owner,
                 queued: l.queued,
                 kept,
                 missing,
+                writer,
             })
         })
         .take(16)
         .collect()
+}
+
+/// The named regions of the file system in a base image (for saying what tore).
+fn fs_layout(fs: FsKind, base_image: &std::path::Path) -> Layout {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = std::fs::File::open(base_image) else {
+        return Layout::default();
+    };
+    let read = |at: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        match file.read_at(&mut buf, at) {
+            Ok(n) => {
+                buf.truncate(n);
+                buf
+            }
+            Err(_) => Vec::new(),
+        }
+    };
+    match fs {
+        FsKind::Ext4 => Layout::ext4(FSDAX_DATA_OFFSET, read),
+        FsKind::Xfs => Layout::xfs(FSDAX_DATA_OFFSET, read),
+    }
+}
+
+/// The problem line of a torn block write: which structure, how much persisted, why
+/// fsdax allows it.
+fn torn_line(w: &BlockWrite, st: &CrashState, layout: &Layout) -> String {
+    let what = layout.name_of(w.range.start).map_or_else(
+        || {
+            format!(
+                "block {} of the file system",
+                w.range.start.saturating_sub(FSDAX_DATA_OFFSET) / 4096
+            )
+        },
+        str::to_owned,
+    );
+    format!(
+        "torn kernel block write to the {what}: {} of the {} bytes at PM {:#x} (records {}..{}) persisted; \
+         fsdax gives no sector atomicity (the pmem driver copies a bio with memcpy_flushcache; \
+         only BTT, which rules out DAX, makes a sector atomic)",
+        w.kept_by(st) * 8,
+        w.range.end - w.range.start,
+        w.range.start,
+        w.records.start,
+        w.records.end
+    )
 }
 
 /// A workload's `[expect]` for `fs`: the verdict classes (sorted), `ok_after_op` and

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 /// Version of the JSON report's shape; bumped on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// How a run was configured.
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +31,9 @@ pub struct ConfigReport {
     pub kernel: String,
     /// Checker guests in parallel.
     pub workers: usize,
+    /// `--sector-atomic`: BTT-like atomicity of the kernel's block writes, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sector_atomic: Option<u64>,
 }
 
 /// One op and what it cost.
@@ -114,6 +117,10 @@ pub struct DroppedLine {
     pub kept: u32,
     /// The flush or fence that was missing.
     pub missing: String,
+    /// The kernel function that made the line's last store (`function+offset
+    /// [module]`), when the store was the kernel's and its symbols are known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
 }
 
 /// The crash point a finding was made at.
@@ -133,7 +140,8 @@ pub struct PointRef {
     pub stores: u64,
 }
 
-/// A crash state that is not ok.
+/// A group of crash states that are not ok in the same way: one per (verdict, crash
+/// site, cause) (see [`crate::findings`]), the first state shown in full.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     /// The state's verdict (its worst problem).
@@ -146,8 +154,14 @@ pub struct Finding {
     pub dropped_lines: Vec<DroppedLine>,
     /// Lines the state kept whole.
     pub kept_lines: usize,
-    /// Other crash states at this point that recovered to the same state.
-    pub same_state: u64,
+    /// Crash states in the group.
+    pub states: u64,
+    /// Crash points they are at.
+    pub crash_points: u64,
+    /// The group's first crash point (records applied).
+    pub first_record: u64,
+    /// Its last crash point.
+    pub last_record: u64,
     /// The command that reproduces it.
     pub reproduce: String,
 }
@@ -234,9 +248,9 @@ pub struct WorkloadReport {
     pub points: Vec<PointReport>,
     /// Crash states per verdict.
     pub verdicts: BTreeMap<Verdict, u64>,
-    /// The not-ok states, one per (crash point, recovered state).
+    /// The not-ok states, one finding per (verdict, crash site, cause).
     pub findings: Vec<Finding>,
-    /// Findings left out of `findings` to keep the report readable.
+    /// Finding groups left out of `findings` to keep the report readable.
     pub findings_omitted: u64,
     /// Counts.
     pub stats: WorkloadStats,
@@ -417,8 +431,17 @@ impl Report {
         let c = &self.config;
         let _ = writeln!(
             s,
-            "pmcrash {}: {}-DAX, kernel {}, model {}, points {}, states {}, seed {}",
-            self.pmcrash_version, c.fs, c.kernel, c.model, c.points, c.states, c.seed
+            "pmcrash {}: {}-DAX, kernel {}, model {}, points {}, states {}, seed {}{}",
+            self.pmcrash_version,
+            c.fs,
+            c.kernel,
+            c.model,
+            c.points,
+            c.states,
+            c.seed,
+            c.sector_atomic
+                .map(|s| format!(", {s}-byte sectors atomic"))
+                .unwrap_or_default()
         );
         for w in &self.workloads {
             let _ = writeln!(s, "\n{} ({})", w.name, w.description);
@@ -514,23 +537,21 @@ impl Report {
                 );
             }
             for f in w.findings.iter().take(5) {
-                let _ = writeln!(
-                    s,
-                    "  finding: {} at record {} (op {} {}), {} line(s) dropped",
-                    f.verdict,
-                    f.point.record,
-                    f.point.op.map_or("-".into(), |o| o.to_string()),
-                    f.point.op_name.as_deref().unwrap_or("-"),
-                    f.dropped_lines.len()
-                );
+                let _ = writeln!(s, "{}", finding_line(f));
                 for p in f.problems.iter().take(3) {
                     let _ = writeln!(s, "    {}: {}", p.verdict, p.message);
                 }
                 for l in f.dropped_lines.iter().take(3) {
                     let _ = writeln!(
                         s,
-                        "    dropped line {:#x} ({}): {}",
-                        l.pm_offset, l.owner, l.missing
+                        "    dropped line {:#x} ({}{}): {}",
+                        l.pm_offset,
+                        l.owner,
+                        l.writer
+                            .as_deref()
+                            .map(|w| format!(", written by {w}"))
+                            .unwrap_or_default(),
+                        l.missing
                     );
                 }
                 let _ = writeln!(s, "    reproduce: {}", f.reproduce);
@@ -643,11 +664,8 @@ impl Report {
                 );
             }
             for f in &w.findings {
-                let _ = writeln!(
-                    body,
-                    "{} at record {}: {}",
-                    f.verdict, f.point.record, f.reproduce
-                );
+                let _ = writeln!(body, "{}", finding_line(f).trim_start());
+                let _ = writeln!(body, "  reproduce: {}", f.reproduce);
                 for p in &f.problems {
                     let _ = writeln!(body, "  {}", p.message);
                 }
@@ -663,6 +681,25 @@ impl Report {
         let _ = writeln!(s, "  </testsuite>\n</testsuites>");
         s
     }
+}
+
+/// A finding's first line: verdict, where, and how many states and points it covers.
+fn finding_line(f: &Finding) -> String {
+    let span = if f.first_record == f.last_record {
+        format!("record {}", f.first_record)
+    } else {
+        format!("records {}..={}", f.first_record, f.last_record)
+    };
+    format!(
+        "  finding: {} at {span} (op {} {}): {} state(s) at {} crash point(s); first at record {}, {} line(s) dropped",
+        f.verdict,
+        f.point.op.map_or("-".into(), |o| o.to_string()),
+        f.point.op_name.as_deref().unwrap_or("-"),
+        f.states,
+        f.crash_points,
+        f.point.record,
+        f.dropped_lines.len()
+    )
 }
 
 fn names(v: &[Verdict]) -> String {

@@ -388,7 +388,7 @@ impl Report {
     ///
     /// ```
     /// # use pmcrash::report::*;
-    /// # let cfg = ConfigReport { fs: pmcrash::testing::FsKind::Ext4, model: "x86-adr".into(), points: "op".into(), states: "each-line".into(), seed: 0, kernel: "k".into(), workers: 1 };
+    /// # let cfg = ConfigReport { fs: pmcrash::testing::FsKind::Ext4, model: "x86-adr".into(), points: "op".into(), states: "each-line".into(), seed: 0, kernel: "k".into(), workers: 1, sector_atomic: None };
     /// let report = Report::new(cfg, &Default::default(), vec![]);
     /// assert_eq!(report.findings_text(None), "");
     /// ```
@@ -415,10 +415,10 @@ impl Report {
                     let _ = writeln!(key, "    {}: {}", p.verdict, p.message);
                 }
                 match index.get(&key) {
-                    Some(&i) => groups[i].1 += 1 + f.same_state,
+                    Some(&i) => groups[i].1 += f.states,
                     None => {
                         index.insert(key.clone(), groups.len());
-                        groups.push((key, 1 + f.same_state, &f.reproduce));
+                        groups.push((key, f.states, &f.reproduce));
                     }
                 }
             }
@@ -465,7 +465,7 @@ impl Report {
     ///
     /// ```
     /// # use pmcrash::report::*;
-    /// # let cfg = ConfigReport { fs: pmcrash::testing::FsKind::Ext4, model: "x86-adr".into(), points: "op".into(), states: "each-line".into(), seed: 0, kernel: "k".into(), workers: 1 };
+    /// # let cfg = ConfigReport { fs: pmcrash::testing::FsKind::Ext4, model: "x86-adr".into(), points: "op".into(), states: "each-line".into(), seed: 0, kernel: "k".into(), workers: 1, sector_atomic: None };
     /// let report = Report::new(cfg, &Default::default(), vec![]);
     /// report.assert_no_findings();
     /// ```
@@ -481,7 +481,7 @@ impl Report {
     /// ```
     /// # use pmcrash::report::*;
     /// use pmcrash::testing::Verdict;
-    /// # let cfg = ConfigReport { fs: pmcrash::testing::FsKind::Ext4, model: "x86-adr".into(), points: "op".into(), states: "each-line".into(), seed: 0, kernel: "k".into(), workers: 1 };
+    /// # let cfg = ConfigReport { fs: pmcrash::testing::FsKind::Ext4, model: "x86-adr".into(), points: "op".into(), states: "each-line".into(), seed: 0, kernel: "k".into(), workers: 1, sector_atomic: None };
     /// let report = Report::new(cfg, &Default::default(), vec![]);
     /// report.assert_only(&[Verdict::UnsafeFlushOnly]);
     /// ```

@@ -217,6 +217,98 @@ pub fn summarise(t: &Trace) -> TraceSummary {
     }
 }
 
+/// The kernel's stores, flushes and fences of a trace per function
+/// (`pmcrash trace show --symbols`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FunctionCounts {
+    /// `function [module]`, or the hexadecimal PC where no symbol is known.
+    pub function: String,
+    /// PM stores it made.
+    pub stores: u64,
+    /// Of which non-temporal.
+    pub nt_stores: u64,
+    /// Flushes of PM lines.
+    pub flushes: u64,
+    /// Fences (recorded ones).
+    pub fences: u64,
+    /// The first record it made.
+    pub first_record: u64,
+}
+
+/// Count the kernel's records per function named by `symbols`, most records first
+/// (user-space records are the agent's own and are left out).
+pub fn by_function(
+    records: &[Record],
+    symbols: &crate::symbols::SymbolTable,
+) -> Vec<FunctionCounts> {
+    let mut by: std::collections::HashMap<String, FunctionCounts> = Default::default();
+    for (i, r) in records.iter().enumerate() {
+        let (pc, kind) = match *r {
+            Record::Store {
+                privilege: Privilege::Kernel,
+                pc,
+                non_temporal,
+                ..
+            } => (pc, if non_temporal { 1 } else { 0 }),
+            Record::Flush {
+                privilege: Privilege::Kernel,
+                pc,
+                ..
+            } => (pc, 2),
+            Record::Fence {
+                privilege: Privilege::Kernel,
+                pc,
+                ..
+            } => (pc, 3),
+            _ => continue,
+        };
+        let function = match symbols.lookup(pc) {
+            Some(s) => match s.module {
+                Some(m) => format!("{} [{m}]", s.name),
+                None => s.name.to_owned(),
+            },
+            None => format!("{pc:#x}"),
+        };
+        let c = by
+            .entry(function.clone())
+            .or_insert_with(|| FunctionCounts {
+                function,
+                first_record: i as u64,
+                ..FunctionCounts::default()
+            });
+        match kind {
+            0 => c.stores += 1,
+            1 => {
+                c.stores += 1;
+                c.nt_stores += 1;
+            }
+            2 => c.flushes += 1,
+            _ => c.fences += 1,
+        }
+    }
+    let mut out: Vec<FunctionCounts> = by.into_values().collect();
+    out.sort_by(|a, b| {
+        (b.stores + b.flushes + b.fences)
+            .cmp(&(a.stores + a.flushes + a.fences))
+            .then(a.function.cmp(&b.function))
+    });
+    out
+}
+
+/// The table `trace show --symbols` prints.
+pub fn render_functions(f: &[FunctionCounts]) -> String {
+    let mut s = String::from(
+        "kernel records by function:\n    stores  nt-stores   flushes    fences  first-record  function\n",
+    );
+    for c in f {
+        s.push_str(&format!(
+            "{:>10} {:>10} {:>9} {:>9} {:>13}  {}\n",
+            c.stores, c.nt_stores, c.flushes, c.fences, c.first_record, c.function
+        ));
+    }
+    s
+}
+
 /// Check the marker discipline: one run, each op's begin and end exactly once, in
 /// index order, begin before end, nothing nested. Returns the problems found.
 pub fn marker_problems(records: &[Record]) -> Vec<String> {
