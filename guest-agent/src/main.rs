@@ -204,13 +204,8 @@ fn serve(channel: &mut impl Answers, executor: &mut exec::Executor, msg: HostMsg
             std::thread::sleep(Duration::from_millis(20));
             sys::power_off();
         }
-        HostMsg::Kallsyms => match symbols::kallsyms_parts() {
-            Ok(parts) => {
-                for text in parts {
-                    send(channel, &AgentMsg::Kallsyms { text });
-                }
-                AgentMsg::Done
-            }
+        HostMsg::Kallsyms => match symbols::write_kallsyms(PMEM_DEV) {
+            Ok(bytes) => AgentMsg::Kallsyms { bytes },
             Err(message) => AgentMsg::Error { message },
         },
         HostMsg::TestPanic => {
