@@ -81,9 +81,11 @@ pub enum HostMsg {
         /// Longest the checker may run before it is killed, in milliseconds.
         timeout_ms: u64,
     },
-    /// Send the kernel's text symbols (`/proc/kallsyms`, code only, modules included)
-    /// as [`AgentMsg::Kallsyms`] parts, then [`AgentMsg::Done`]: the harness names
-    /// the function behind each traced program counter with them.
+    /// Write the kernel's text symbols (`/proc/kallsyms` lines, code only, modules
+    /// included) to the start of the PM block device, overwriting the (scratch) image,
+    /// and answer [`AgentMsg::Kallsyms`]: the harness names the function behind each
+    /// traced program counter with them. (Five megabytes take a minute on the serial
+    /// port under TCG; the host reads the image in milliseconds.)
     Kallsyms,
     /// For the harness's own tests: make the kernel panic.
     TestPanic,
@@ -432,10 +434,11 @@ pub enum AgentMsg {
         /// What went wrong.
         message: String,
     },
-    /// Part of the answer to [`HostMsg::Kallsyms`]: whole `/proc/kallsyms` lines.
+    /// [`HostMsg::Kallsyms`] is done: the lines are the first `bytes` bytes of the PM
+    /// block device.
     Kallsyms {
-        /// The lines, newline-terminated.
-        text: String,
+        /// Bytes written.
+        bytes: u64,
     },
     /// Informational text (shown with `--verbose`).
     Log {
@@ -447,10 +450,7 @@ pub enum AgentMsg {
 impl AgentMsg {
     /// True when this message ends the answer to a request.
     pub fn is_terminal(&self) -> bool {
-        !matches!(
-            self,
-            AgentMsg::OpDone(_) | AgentMsg::Log { .. } | AgentMsg::Kallsyms { .. }
-        )
+        !matches!(self, AgentMsg::OpDone(_) | AgentMsg::Log { .. })
     }
 }
 

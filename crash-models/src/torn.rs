@@ -174,6 +174,18 @@ impl Layout {
             .map(|(_, n)| n.as_str())
     }
 
+    /// The names of the structures a PM range overlaps, in order, each once
+    /// (`ext4 primary superblock and ext4 group descriptors`), if any is known.
+    pub fn names_in(&self, range: &Range<u64>) -> Option<String> {
+        let mut names: Vec<&str> = Vec::new();
+        for (r, n) in &self.regions {
+            if r.start < range.end && range.start < r.end && !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+        (!names.is_empty()).then(|| names.join(" and "))
+    }
+
     /// The layout of an ext4 file system that starts `base` bytes into the PM file;
     /// `read(offset, len)` reads the PM file (short or empty where it cannot). Knows
     /// the primary superblock, the group descriptors and the journal (its superblock
@@ -191,10 +203,10 @@ impl Layout {
             return Layout::default();
         }
         let bs = 1024u64 << le32(&sb, 0x18).unwrap_or(2).min(6);
-        regions.push((
-            base + 1024..base + 2048,
-            "ext4 primary superblock".to_owned(),
-        ));
+        // The superblock is bytes 1024..2048; with blocks over 1 KiB it shares block 0,
+        // which the kernel writes whole.
+        let sb_end = if bs == 1024 { 2048 } else { bs };
+        regions.push((base..base + sb_end, "ext4 primary superblock".to_owned()));
         let gdt = if bs == 1024 { 2 * bs } else { bs };
         regions.push((
             base + gdt..base + gdt + bs,
@@ -430,6 +442,12 @@ mod tests {
         let l = Layout::ext4(base, read);
         assert_eq!(l.name_of(base + 1500), Some("ext4 primary superblock"));
         assert_eq!(l.name_of(base + 4096), Some("ext4 group descriptors"));
+        assert_eq!(l.name_of(base), Some("ext4 primary superblock"));
+        assert_eq!(
+            l.names_in(&(base..base + 8192)).as_deref(),
+            Some("ext4 primary superblock and ext4 group descriptors")
+        );
+        assert_eq!(l.names_in(&(base + 200 * 4096..base + 201 * 4096)), None);
         assert_eq!(
             l.name_of(base + 100 * 4096 + 10),
             Some("jbd2 journal superblock")

@@ -216,13 +216,8 @@ fn serve(channel: &mut impl Answers, executor: &mut exec::Executor, msg: HostMsg
         HostMsg::Fsck { fs, timeout_ms } => {
             fsck::run(fs, PMEM_DEV, Duration::from_millis(timeout_ms))
         }
-        HostMsg::Kallsyms => match symbols::kallsyms_parts() {
-            Ok(parts) => {
-                for text in parts {
-                    send(channel, &AgentMsg::Kallsyms { text });
-                }
-                AgentMsg::Done
-            }
+        HostMsg::Kallsyms => match symbols::write_kallsyms(PMEM_DEV) {
+            Ok(bytes) => AgentMsg::Kallsyms { bytes },
             Err(message) => AgentMsg::Error { message },
         },
         HostMsg::TestPanic => {

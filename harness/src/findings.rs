@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 pub struct GroupKey {
     /// The state's verdict.
     pub verdict: Verdict,
-    /// The crash site: the op in progress (or the last completed), by index and name.
+    /// The crash site: during which op, or right after which op returned.
     pub site: String,
     /// The cause: the problems' classes and messages with every number masked
     /// (offsets, records, byte values differ between states of one cause).
@@ -26,10 +26,11 @@ pub struct GroupKey {
 impl GroupKey {
     /// The key of a failing state at `point` with these problems.
     pub fn of(verdict: Verdict, point: &PointRef, problems: &[Problem]) -> GroupKey {
-        let site = match (&point.op, &point.op_name) {
-            (Some(i), Some(n)) => format!("op {i} {n}"),
-            (Some(i), None) => format!("op {i}"),
-            _ => "outside any op".to_owned(),
+        let name = point.op_name.as_deref().unwrap_or("?");
+        let site = match point.op {
+            Some(op) if op + 1 == point.ops_completed => format!("after op {op} {name} returned"),
+            Some(op) => format!("during op {op} {name}"),
+            None => "outside any op".to_owned(),
         };
         let mut causes: Vec<String> = problems
             .iter()

@@ -231,6 +231,50 @@ mod tests {
     use crash_models::protocol::{EntryKind, FsEntry};
     use std::collections::BTreeMap;
 
+    #[test]
+    fn states_failing_only_by_a_tear_are_torn_writes() {
+        use crash_models::torn::BlockWrite;
+        let w = BlockWrite {
+            range: 0..128,
+            records: 5..21,
+            pieces: (0..16)
+                .map(|i| (if i < 8 { 0 } else { 64 }, i % 8))
+                .collect(),
+        };
+        let none = CrashState::default();
+        let all = CrashState {
+            kept: vec![(0, 8), (64, 8)],
+        };
+        let half = CrashState { kept: vec![(0, 8)] };
+        let fs = |m: &str| Problem {
+            verdict: Verdict::FsCorruption,
+            message: m.into(),
+            promised_by: None,
+            path: None,
+            file_offset: None,
+        };
+        let mut problems = vec![vec![], vec![], vec![fs("mount failed")]];
+        torn_writes(
+            std::slice::from_ref(&w),
+            &[&none, &all, &half],
+            &mut problems,
+            |w, st| format!("torn {}/{}", w.kept_by(st), w.pieces.len()),
+        );
+        assert_eq!(verdict_of(&problems[2]), Verdict::TornWrite);
+        assert_eq!(problems[2][0].message, "torn 8/16");
+        assert_eq!(problems[2][1].message, "mount failed");
+        assert!(problems[..2].iter().all(|p| p.is_empty()));
+        // The same failure without the tear: not the tear's.
+        let mut problems = vec![vec![fs("mount failed")], vec![], vec![fs("mount failed")]];
+        torn_writes(
+            std::slice::from_ref(&w),
+            &[&none, &all, &half],
+            &mut problems,
+            |_, _| String::new(),
+        );
+        assert_eq!(verdict_of(&problems[2]), Verdict::FsCorruption);
+    }
+
     fn ops(src: &str) -> Vec<Op> {
         Workload::parse(src, "t.toml").unwrap().ops
     }

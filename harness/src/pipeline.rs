@@ -851,7 +851,7 @@ impl<'a> Judge<'a> {
                     verdict: v,
                     point: point.clone(),
                     problems: problems.clone(),
-                    dropped_lines: dropped(&pd.lines, st, owners, records, symbols),
+                    dropped_lines: dropped(&pd.lines, st, owners, records, symbols, layout),
                     kept_lines: pd
                         .lines
                         .iter()
@@ -1100,6 +1100,7 @@ fn dropped(
     owners: &[(Range<u64>, String, u64)],
     records: &[Record],
     symbols: &SymbolTable,
+    layout: &Layout,
 ) -> Vec<DroppedLine> {
     lines
         .iter()
@@ -1117,6 +1118,8 @@ fn dropped(
                 .unwrap_or_else(|| {
                     if l.user {
                         "user-space store (mapped file data)".into()
+                    } else if let Some(what) = layout.name_of(l.offset) {
+                        format!("kernel store: {what}")
                     } else {
                         "kernel store (metadata, journal or file data)".into()
                     }
@@ -1174,15 +1177,12 @@ fn fs_layout(fs: FsKind, base_image: &std::path::Path) -> Layout {
 /// The problem line of a torn block write: which structure, how much persisted, why
 /// fsdax allows it.
 fn torn_line(w: &BlockWrite, st: &CrashState, layout: &Layout) -> String {
-    let what = layout.name_of(w.range.start).map_or_else(
-        || {
-            format!(
-                "block {} of the file system",
-                w.range.start.saturating_sub(FSDAX_DATA_OFFSET) / 4096
-            )
-        },
-        str::to_owned,
-    );
+    let what = layout.names_in(&w.range).unwrap_or_else(|| {
+        format!(
+            "block {} of the file system",
+            w.range.start.saturating_sub(FSDAX_DATA_OFFSET) / 4096
+        )
+    });
     format!(
         "torn kernel block write to the {what}: {} of the {} bytes at PM {:#x} (records {}..{}) persisted; \
          fsdax gives no sector atomicity (the pmem driver copies a bio with memcpy_flushcache; \

@@ -43,7 +43,7 @@ pub enum SymbolError {
     /// The cache file could not be written.
     #[error(transparent)]
     File(#[from] crate::cache::FileError),
-    /// A scratch directory could not be made.
+    /// A scratch directory could not be made, or the symbols not read from the image.
     #[error("{what} {path}: {source}")]
     Io {
         /// What was being done.
@@ -95,7 +95,8 @@ pub struct SymbolTable {
 
 impl SymbolTable {
     /// Parse `/proc/kallsyms` or `System.map` text: keeps the code symbols (types `t`,
-    /// `T`, `w`, `W`) with a non-zero address. `path` names the source in errors.
+    /// `T`, `w`, `W`) with a non-zero address, without the `__pfx_` aliases of the
+    /// padding before each function. `path` names the source in errors.
     pub fn parse(text: &str, path: &str) -> Result<SymbolTable, SymbolError> {
         let mut syms = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -113,7 +114,7 @@ impl SymbolTable {
             };
             let addr = u64::from_str_radix(addr, 16)
                 .map_err(|_| err(format!("`{addr}` is not a hexadecimal address")))?;
-            if !matches!(kind, "t" | "T" | "w" | "W") || addr == 0 {
+            if !matches!(kind, "t" | "T" | "w" | "W") || addr == 0 || name.starts_with("__pfx_") {
                 continue;
             }
             let module = match f.next() {
@@ -192,7 +193,8 @@ pub fn cache_path(state: &Path) -> PathBuf {
 
 /// The guest kernel's code symbols as the factory's traced guests see them (see the
 /// module docs): read from the cache beside the saved state the tracer restores, or
-/// from a guest restored from that state (once; about a second).
+/// from a guest restored from that state (once per saved state; the agent writes them to
+/// the guest's scratch PM image, which is read here: a few seconds).
 pub async fn kernel_symbols(factory: &GuestFactory) -> Result<SymbolTable, SymbolError> {
     let deterministic = factory.deterministic_traces;
     let state = factory.saved_state_in(deterministic).await?;
@@ -219,23 +221,41 @@ pub async fn kernel_symbols(factory: &GuestFactory) -> Result<SymbolTable, Symbo
     } else {
         factory.start(&img, None).await?
     };
-    let (parts, _) = vm
+    let (_, last) = vm
         .request(&HostMsg::Kallsyms, factory.timeouts.request)
         .await
         .map_err(GuestError::from)?;
     vm.shutdown(factory.timeouts.shutdown)
         .await
         .map_err(GuestError::from)?;
-    let text: String = parts
-        .into_iter()
-        .filter_map(|m| match m {
-            AgentMsg::Kallsyms { text } => Some(text),
-            _ => None,
-        })
-        .collect();
+    let AgentMsg::Kallsyms { bytes } = last else {
+        return Err(SymbolError::Guest(GuestError::Guest(format!(
+            "expected the symbols' length, got {last:?}"
+        ))));
+    };
+    let text = read_text(&img, crate::image::FSDAX_DATA_OFFSET, bytes)?;
     let table = SymbolTable::parse(&text, "the guest's /proc/kallsyms")?;
     crate::cache::write_atomic(&path, text.as_bytes())?;
     Ok(table)
+}
+
+/// `len` bytes of UTF-8 text at `offset` of the image the agent wrote them to.
+fn read_text(img: &Path, offset: u64, len: u64) -> Result<String, SymbolError> {
+    use std::os::unix::fs::FileExt;
+    let io = |source| SymbolError::Io {
+        what: "read the symbols from",
+        path: img.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(img).map_err(io)?;
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30)];
+    file.read_exact_at(&mut buf, offset).map_err(io)?;
+    String::from_utf8(buf).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: {e}"),
+        ))
+    })
 }
 
 #[cfg(test)]
