@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod checker;
 pub mod guest;
+pub mod html;
 pub mod image;
 pub mod interrupt;
 pub mod oracle;
