@@ -1000,6 +1000,8 @@ pub fn op_record_ranges(records: &[Record]) -> Vec<Option<Range<usize>>> {
 pub struct OpCost {
     /// Stores.
     pub stores: u64,
+    /// Of them, the kernel's (the rest are user space's).
+    pub kernel_stores: u64,
     /// Dirty lines the kernel flushed.
     pub kernel_lines_flushed: u64,
     /// Dirty lines user space flushed.
@@ -1037,8 +1039,14 @@ pub fn op_costs(records: &[Record], line_size: u32) -> Costs {
             None => &mut costs.outside,
         };
         match *r {
-            Record::Store { offset, size, .. } => {
+            Record::Store {
+                offset,
+                size,
+                privilege,
+                ..
+            } => {
                 c.stores += 1;
+                c.kernel_stores += (privilege == Privilege::Kernel) as u64;
                 dirty.insert(offset >> shift);
                 dirty.insert((offset + size.max(1) as u64 - 1) >> shift);
             }
@@ -1458,6 +1466,15 @@ mod tests {
             mark(MarkerKind::OpEnd, 0),
             mark(MarkerKind::OpBegin, 1),
             fl(128, Privilege::Kernel), // never stored: redundant
+            Record::Store {
+                offset: 192,
+                size: 8,
+                value: 0,
+                non_temporal: false,
+                privilege: Privilege::Kernel,
+                vcpu: 0,
+                pc: 0,
+            },
             mark(MarkerKind::OpEnd, 1),
         ];
         let c = op_costs(&records, 64);
@@ -1466,6 +1483,7 @@ mod tests {
             c.per_op[0],
             OpCost {
                 stores: 1,
+                kernel_stores: 0,
                 kernel_lines_flushed: 1,
                 user_lines_flushed: 1,
                 redundant_flushes: 1,
@@ -1473,5 +1491,6 @@ mod tests {
             }
         );
         assert_eq!(c.per_op[1].redundant_flushes, 1);
+        assert_eq!((c.per_op[1].stores, c.per_op[1].kernel_stores), (1, 1));
     }
 }

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod checker;
 pub mod findings;
 pub mod guest;
+pub mod html;
 pub mod image;
 pub mod interrupt;
 pub mod memory;

@@ -62,17 +62,34 @@ struct Global {
 #[derive(Subcommand)]
 enum Command {
     /// Install host tools, fetch the guest kernel, build the initramfs (idempotent)
-    Setup,
+    Setup(SetupArgs),
     /// Say what is present, what is missing, and how to fix it
     Doctor,
     /// Trace workloads, recover every crash state with the real kernel, fsck and the
     /// oracle, and print each op's result and the verdicts
     Run(RunArgs),
-    /// Run the built-in LSFMM 2016 corpus (corpora/lsfmm2016) on ext4-DAX and print the table
-    Demo,
+    /// Run the built-in LSFMM 2016 corpus (corpora/lsfmm2016) on ext4-DAX, print the table
+    /// and write the HTML report
+    Demo(DemoArgs),
     /// Trace a workload (`pmcrash trace W.toml -o run.pmtrace`), or show a saved trace
     /// (`pmcrash trace show run.pmtrace`)
     Trace(TraceArgs),
+}
+
+#[derive(Args)]
+struct SetupArgs {
+    /// Also install the headless browser (Debian's chromium) that the HTML report's
+    /// tests drive; runs do not need it
+    #[arg(long)]
+    browser: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where to write the HTML report [default: pmcrash-demo-report.html in the
+    /// temporary directory]
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -120,6 +137,10 @@ struct RunArgs {
     /// Also write a JUnit XML report here
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Also write the HTML report here: one self-contained page with each workload's
+    /// timeline of ops, crash points and findings
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Verdict classes that make the exit code 1 (comma-separated; default: every
     /// class but ok). A class a workload's [expect] table lists does not fail it.
     #[arg(long, value_delimiter = ',', value_name = "CLASSES")]
@@ -347,8 +368,19 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
     let g = cli.global.clone();
     match cli.command {
-        Command::Setup => {
-            let assets = setup::ensure(&setup_options(&g)?)?;
+        Command::Setup(args) => {
+            let opts = setup_options(&g)?;
+            let assets = setup::ensure(&opts)?;
+            let browser = if args.browser {
+                let show = opts.progress;
+                Some(setup::host_tools::ensure_browser(opts.install, |s| {
+                    if show {
+                        eprintln!("running: {s}");
+                    }
+                })?)
+            } else {
+                None
+            };
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&assets)?);
             } else {
@@ -357,6 +389,9 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                     assets.qemu_version, assets.kernel_release
                 );
                 println!("cache: {}", assets.cache_dir.display());
+                if let Some(b) = &browser {
+                    println!("browser: {}", b.display());
+                }
             }
             Ok(Outcome::Clean)
         }
@@ -407,13 +442,16 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                 args.smp,
                 !args.no_deterministic,
                 loaded,
-                args.junit.as_deref(),
-                false,
+                Outputs {
+                    junit: args.junit.as_deref(),
+                    html: args.html.as_deref(),
+                    table: false,
+                },
                 interrupt,
             )
             .await
         }
-        Command::Demo => {
+        Command::Demo(args) => {
             let loaded = pipeline::builtin_lsfmm2016();
             // Crash points at op boundaries: the LSFMM 2016 questions are about what an
             // op has made durable once it returns, and this keeps the demo to seconds.
@@ -421,7 +459,15 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                 points: Policy::Op,
                 ..RunConfig::default()
             };
-            crash_test(&g, cfg, 1, true, loaded, None, true, interrupt).await
+            let html = args
+                .html
+                .unwrap_or_else(|| std::env::temp_dir().join("pmcrash-demo-report.html"));
+            let out = Outputs {
+                junit: None,
+                html: Some(&html),
+                table: true,
+            };
+            crash_test(&g, cfg, 1, true, loaded, out, interrupt).await
         }
         Command::Trace(TraceArgs {
             show:
@@ -552,18 +598,27 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
+/// What a crash test writes besides its text or JSON on stdout.
+struct Outputs<'a> {
+    /// The JUnit XML report.
+    junit: Option<&'a std::path::Path>,
+    /// The HTML report (its path is printed).
+    html: Option<&'a std::path::Path>,
+    /// The demo's one-row-per-workload table instead of the full text report.
+    table: bool,
+}
+
 /// `pmcrash run` with checking, and `pmcrash demo`.
-#[allow(clippy::too_many_arguments)]
 async fn crash_test(
     g: &Global,
     cfg: RunConfig,
     smp: u32,
     deterministic: bool,
     loaded: Vec<workloads::Loaded>,
-    junit: Option<&std::path::Path>,
-    table: bool,
+    out: Outputs<'_>,
     interrupt: Interrupt,
 ) -> anyhow::Result<Outcome> {
+    let Outputs { junit, html, table } = out;
     let assets = setup::ensure(&setup_options(g)?)?;
     let mut factory = GuestFactory::new(assets, cfg.fs);
     if let Some(s) = cfg.pm_size {
@@ -579,6 +634,10 @@ async fn crash_test(
     let report = res?;
     if let Some(path) = junit {
         pmcrash::cache::write_atomic(path, report.render_junit(&fail_on).as_bytes())?;
+    }
+    if let Some(path) = html {
+        pmcrash::cache::write_atomic(path, pmcrash::html::render(&report).as_bytes())
+            .with_context(|| format!("writing the HTML report {}", path.display()))?;
     }
     if g.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -600,6 +659,15 @@ async fn crash_test(
             print!("{}", report.render_table());
         } else {
             print!("{}", report.render_text());
+        }
+    }
+    if let Some(path) = html {
+        // stdout stays pure JSON with --json.
+        let line = format!("HTML report: {}", path.display());
+        if g.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
         }
     }
     Ok(if report.incomplete {

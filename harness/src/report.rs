@@ -721,8 +721,8 @@ pub fn counts(m: &BTreeMap<Verdict, u64>) -> String {
 }
 
 /// Escape text for XML attributes and content; characters XML 1.0 forbids are
-/// replaced.
-fn xml(s: &str) -> String {
+/// replaced. The HTML report escapes with it too.
+pub(crate) fn xml(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {

@@ -65,10 +65,19 @@ fn run(what: &str, cmd: &mut Command) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     // Provision first, with its output visible: a fresh CI machine installs QEMU from
-    // bookworm-backports and downloads the guest kernel here.
+    // bookworm-backports and downloads the guest kernel here, and the headless browser
+    // the HTML report's tests drive.
     run(
-        "pmcrash setup",
-        cargo().args(["run", "--quiet", "-p", "pmcrash", "--", "setup"]),
+        "pmcrash setup --browser",
+        cargo().args([
+            "run",
+            "--quiet",
+            "-p",
+            "pmcrash",
+            "--",
+            "setup",
+            "--browser",
+        ]),
     )?;
     run(
         "cargo test --workspace",

@@ -253,6 +253,28 @@ fn config_probe(config: Option<PathBuf>, boot: kconfig::Boot) -> Probe {
     }
 }
 
+/// The headless browser the HTML report's tests drive: informational, since runs do
+/// not need it; its fix is `pmcrash setup --browser`.
+fn browser_probe() -> Probe {
+    match host_tools::find_browser() {
+        Some(p) => probe(
+            "chromium",
+            ProbeStatus::Present,
+            format!(
+                "{} (the HTML report's tests drive it headless)",
+                p.display()
+            ),
+            None,
+        ),
+        None => probe(
+            "chromium",
+            ProbeStatus::Info,
+            "not installed: only the HTML report's tests need it (`cargo xtask test` installs it)",
+            Some("pmcrash setup --browser".to_string()),
+        ),
+    }
+}
+
 /// Runs every probe.
 pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
     let mut probes = Vec::new();
@@ -331,6 +353,7 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
         },
         None,
     ));
+    probes.push(browser_probe());
 
     let setup = Some("pmcrash setup".to_string());
     let source = find_kernel(opts, &mut probes);

@@ -348,6 +348,61 @@ pub fn apply_plan(steps: &[Step], mut progress: impl FnMut(&str)) -> Result<(), 
     Ok(())
 }
 
+/// The Debian package of the headless browser the HTML report's tests drive
+/// (`pmcrash setup --browser`; runs do not need it).
+pub const BROWSER_PACKAGE: &str = "chromium";
+
+/// The browser's command names, in the order they are looked for.
+pub const BROWSER_COMMANDS: [&str; 2] = ["chromium", "chromium-browser"];
+
+/// The Chromium on this host: `$PMCRASH_CHROMIUM` when set, else the first of
+/// [`BROWSER_COMMANDS`] on the `PATH`.
+pub fn find_browser() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PMCRASH_CHROMIUM") {
+        let p = PathBuf::from(p);
+        return is_executable(&p).then_some(p);
+    }
+    BROWSER_COMMANDS.iter().find_map(|c| which(c))
+}
+
+/// The steps that install the browser: Debian's `chromium`, without recommends.
+pub fn browser_plan() -> Vec<Step> {
+    vec![
+        run_step(&["apt-get", "update"]),
+        run_step(&[
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            BROWSER_PACKAGE,
+        ]),
+    ]
+}
+
+/// Finds the browser, installing it with apt when it is missing and `install` allows
+/// (as root); `progress` hears each step. Returns its path.
+pub fn ensure_browser(install: bool, progress: impl FnMut(&str)) -> Result<PathBuf, SetupError> {
+    if let Some(p) = find_browser() {
+        return Ok(p);
+    }
+    let plan = browser_plan();
+    let problems = format!(
+        "no headless browser: `{}` is not on the PATH (the HTML report's tests drive it)",
+        BROWSER_COMMANDS[0]
+    );
+    if !install || !crate::sys::is_root() || which("apt-get").is_none() {
+        return Err(SetupError::HostTools {
+            problems,
+            commands: render_plan(&plan),
+        });
+    }
+    apply_plan(&plan, progress)?;
+    find_browser().ok_or_else(|| SetupError::HostTools {
+        problems: format!("{problems}, even after installing {BROWSER_PACKAGE}"),
+        commands: render_plan(&plan),
+    })
+}
+
 /// Whether KVM works here (informational: tracing needs TCG anyway).
 ///
 /// Opening /dev/kvm is not enough: without nested virtualisation the device exists but
@@ -461,6 +516,18 @@ mod tests {
             "DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-system-x86"
         );
         assert!(!shown.iter().any(|s| s.contains("backports")));
+    }
+
+    #[test]
+    fn browser_plan_installs_debians_chromium() {
+        let shown: Vec<String> = browser_plan().iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "DEBIAN_FRONTEND=noninteractive apt-get update",
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium"
+            ]
+        );
     }
 
     #[test]
