@@ -131,9 +131,9 @@ impl Reference {
         loop {
             let mut changed = false;
             for &(f, x, v) in &clflushes {
-                let forced = lines.iter().any(|(_, (ps, must))| {
-                    ps[..*must].iter().any(|p| p.record > f && p.vcpu == v)
-                });
+                let forced = lines
+                    .iter()
+                    .any(|(_, (ps, must))| ps[..*must].iter().any(|p| p.record > f && p.vcpu == v));
                 if let (true, Some((ps, must))) = (forced, lines.get_mut(&x)) {
                     let older = ps.iter().filter(|p| p.record < f).count();
                     if older > *must {
