@@ -18,12 +18,18 @@
 //!   the vCPU that executed them. The next fence (`sfence`, `mfence`, a locked
 //!   instruction, a serialising instruction) *on the same vCPU* makes them durable: a
 //!   fence only orders its own CPU's flushes.
-//! * `clflush` is treated exactly like `clwb`: durable at the next fence. The SDM
-//!   orders `clflush` with older writes and other `clflush`es, so its write-back
-//!   happens in order and real hardware may make it durable sooner; treating it as
-//!   durable only at the next fence can only add crash states, never hide one, so the
-//!   model stays sound. The price is that a program relying on `clflush` without a
-//!   fence (legal on real hardware) can show losses that hardware would not.
+//! * `clflush` is durable at the next fence like `clwb`, and more: the SDM orders
+//!   `clflush` with all writes, older and younger, and Px86 (Raad et al., POPL 2020)
+//!   follows, so after `st x; clflush x; st y` on one vCPU, `y` never persists before
+//!   `x`'s line as it was at the `clflush`, fence or not. The replayer keeps each
+//!   `clflush` not yet fenced as a [`Barrier`]; at a crash point
+//!   [`Replayer::orderings`] turns them into [`Ordering`]s between in-flight lines
+//!   ("if line Y keeps more than `from` pieces, line X keeps at least `needs`"), and
+//!   [`close`] lowers a state to the largest one below it that obeys them
+//!   ([`crate::states::CrashStates::with_orderings`] applies it to every state). A
+//!   fence that makes a younger store durable makes the `clflush`ed pieces durable
+//!   with it (on another vCPU's fence, too). `clflushopt` and `clwb` are ordered only
+//!   with older writes to their own line: no barrier.
 //! * A non-temporal store is in flight until the next fence on its vCPU, then durable.
 //!   It is queued in its line like a cached store and acts as a flush of the line up to
 //!   and including itself. That keeps two things true: a later cached store to the
@@ -179,6 +185,8 @@ pub struct Piece {
     pub size: u8,
     /// Index of the store record it came from.
     pub record: u64,
+    /// The vCPU that stored it (a `clflush` orders only its own vCPU's younger stores).
+    pub vcpu: u16,
 }
 
 impl Piece {
@@ -191,7 +199,14 @@ impl Piece {
 
 /// Split a store into pieces at 8-byte word boundaries, calling `f` for each.
 #[inline]
-pub fn split_store(offset: u64, size: u8, value: u64, record: u64, mut f: impl FnMut(Piece)) {
+pub fn split_store(
+    offset: u64,
+    size: u8,
+    value: u64,
+    record: u64,
+    vcpu: u16,
+    mut f: impl FnMut(Piece),
+) {
     let size = size.clamp(1, 8) as u64;
     let in_word = offset & (ATOMIC_BYTES - 1);
     if in_word + size <= ATOMIC_BYTES {
@@ -206,6 +221,7 @@ pub fn split_store(offset: u64, size: u8, value: u64, record: u64, mut f: impl F
             value,
             size: size as u8,
             record,
+            vcpu,
         });
         return;
     }
@@ -217,12 +233,14 @@ pub fn split_store(offset: u64, size: u8, value: u64, record: u64, mut f: impl F
         value: value & ((1u64 << (8 * first)) - 1),
         size: first as u8,
         record,
+        vcpu,
     });
     f(Piece {
         offset: offset + first,
         value: (value >> (8 * first)) & ((1u64 << (8 * rest)) - 1),
         size: rest as u8,
         record,
+        vcpu,
     });
 }
 
@@ -487,6 +505,65 @@ struct Pending {
     before: u64,
 }
 
+/// A `clflush` not yet made durable by a fence on its vCPU: that vCPU's younger stores
+/// persist only after the line's pieces older than the `clflush` (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Barrier {
+    /// The flushed line's slot in [`Durable`].
+    slot: u32,
+    /// The `clflush`'s record: the line's pieces before it are ordered first.
+    before: u64,
+    /// The vCPU that executed it.
+    vcpu: u16,
+}
+
+/// An ordering between two in-flight lines at a crash point, from a `clflush`: a state
+/// that keeps more than `from` pieces of the line at `line` keeps at least `needs`
+/// pieces of the line at `needs_line`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Ordering {
+    /// Offset of the constrained line.
+    pub line: u64,
+    /// Its pieces from this index on are younger than the `clflush`.
+    pub from: u32,
+    /// Offset of the `clflush`ed line.
+    pub needs_line: u64,
+    /// How many of its queued pieces are older than the `clflush`.
+    pub needs: u32,
+}
+
+/// Lower a crash state (sorted `(line offset, pieces kept)`, counts at least 1, as in
+/// [`crate::states::CrashState::kept`]) to the largest state below it that obeys
+/// `orderings`: a line that keeps a piece younger than a `clflush` whose line did not
+/// keep what the `clflush` wrote back loses the younger pieces, until nothing changes.
+/// States that obey the orderings are closed under pointwise minimum, so that largest
+/// state is unique, and a state that obeys them is left as it is.
+pub fn close(kept: &mut Vec<(u64, u32)>, orderings: &[Ordering]) {
+    fn kept_of(kept: &[(u64, u32)], line: u64) -> u32 {
+        kept.binary_search_by_key(&line, |k| k.0)
+            .map_or(0, |i| kept[i].1)
+    }
+    loop {
+        let mut changed = false;
+        for o in orderings {
+            if kept_of(kept, o.line) > o.from && kept_of(kept, o.needs_line) < o.needs {
+                let i = kept
+                    .binary_search_by_key(&o.line, |k| k.0)
+                    .expect("kept above");
+                if o.from == 0 {
+                    kept.remove(i);
+                } else {
+                    kept[i].1 = o.from;
+                }
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+}
+
 /// A line with stores that are not yet durable, as seen at a crash point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InFlightLine<'a> {
@@ -565,6 +642,8 @@ pub struct Replayer {
     /// Per vCPU: fences seen (tells a line's `pend` entry is stale).
     epochs: Vec<u64>,
     durable: Durable,
+    /// `clflush`es not yet fenced on their vCPU.
+    barriers: Vec<Barrier>,
     ignored: FxSet<u64>,
     /// Counters, except `records`, which is `index`.
     stats: ReplayStats,
@@ -584,6 +663,7 @@ impl Replayer {
             pending: Vec::new(),
             epochs: Vec::new(),
             durable: Durable::new(cfg.line_size),
+            barriers: Vec::new(),
             ignored: FxSet::default(),
             stats: ReplayStats::default(),
         }
@@ -697,6 +777,7 @@ impl Replayer {
                         },
                         size,
                         record: index,
+                        vcpu,
                     };
                     if eadr {
                         self.persist_now(p);
@@ -752,9 +833,8 @@ impl Replayer {
             self.stats.ignored_flushes += 1;
             return;
         }
-        // Every flush kind, clflush included, is durable at the next fence on its
-        // vCPU: see the module docs.
-        let _: FlushKind = flush;
+        // Every flush kind is durable at the next fence on its vCPU; a clflush also
+        // orders the vCPU's younger stores after it: see the module docs.
         let qi = match self.durable.find(offset >> self.shift) {
             Some(s) => self.queue_of[s as usize],
             None => NO_QUEUE,
@@ -770,7 +850,52 @@ impl Replayer {
             self.stats.redundant_flushes += 1;
         }
         q.flushed_before = index;
+        let slot = q.slot;
         Self::mark_pending(&mut self.pending, &mut self.epochs, q, index, vcpu);
+        if flush == FlushKind::Clflush {
+            self.barriers.push(Barrier {
+                slot,
+                before: index,
+                vcpu,
+            });
+        }
+    }
+
+    /// The orderings between in-flight lines that the `clflush`es not yet fenced
+    /// impose at this point (see [`close`]); empty unless the trace has such a
+    /// `clflush`.
+    pub fn orderings(&self) -> Vec<Ordering> {
+        let mut out = Vec::new();
+        for b in &self.barriers {
+            let Some(x) = self.queue_at(b.slot) else {
+                continue;
+            };
+            let needs = x.pieces.partition_point(|p| p.record < b.before);
+            if needs == 0 {
+                continue;
+            }
+            let needs_line = self.durable.line_of[b.slot as usize] << self.shift;
+            for y in &self.queues {
+                if y.pieces.is_empty() || y.slot == b.slot {
+                    continue;
+                }
+                if let Some(from) = y
+                    .pieces
+                    .iter()
+                    .position(|p| p.record > b.before && p.vcpu == b.vcpu)
+                {
+                    out.push(Ordering {
+                        line: self.durable.line_of[y.slot as usize] << self.shift,
+                        from: from as u32,
+                        needs_line,
+                        needs: needs as u32,
+                    });
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Make the line's pieces before `before` durable at `vcpu`'s next fence.
@@ -813,7 +938,7 @@ impl Replayer {
         non_temporal: bool,
         vcpu: u16,
     ) {
-        split_store(offset, size, value, index, |p| {
+        split_store(offset, size, value, index, vcpu, |p| {
             if self.cfg.model == Model::X86Eadr {
                 self.persist_now(p)
             } else {
@@ -886,6 +1011,10 @@ impl Replayer {
         let mut pending = std::mem::take(pending);
         self.epochs[vcpu as usize] += 1;
         let mut persisted = 0;
+        // Per vCPU, the youngest store this fence made durable (only needed while a
+        // clflush of another vCPU waits for its fence).
+        let mut youngest: Vec<Option<u64>> = Vec::new();
+        let track = self.barriers.iter().any(|b| b.vcpu != vcpu);
         for e in &pending {
             let qi = self.queue_of[e.slot as usize];
             if qi == NO_QUEUE {
@@ -900,6 +1029,9 @@ impl Replayer {
                 continue;
             }
             persisted += 1;
+            if track {
+                note_youngest(&mut youngest, &q.pieces[..n]);
+            }
             self.durable.write_pieces(e.slot, &q.pieces[..n]);
             if n == q.pieces.len() {
                 q.pieces.clear();
@@ -915,6 +1047,64 @@ impl Replayer {
         pending.clear();
         // Keep the allocation for the next round of flushes.
         self.pending[vcpu as usize] = pending;
+        // This vCPU's clflushes are durable now.
+        self.barriers.retain(|b| b.vcpu != vcpu);
+        if track {
+            persisted += self.enforce_barriers(youngest);
+        }
         persisted
+    }
+
+    /// A fence made younger stores of another vCPU durable: the lines that vCPU
+    /// `clflush`ed before them are durable too (as far as the `clflush`), and so on
+    /// for what those pieces order. Returns the lines made durable.
+    fn enforce_barriers(&mut self, mut youngest: Vec<Option<u64>>) -> u32 {
+        let mut persisted = 0;
+        loop {
+            let fired = self.barriers.iter().position(|b| {
+                youngest
+                    .get(b.vcpu as usize)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|r| r > b.before)
+            });
+            let Some(i) = fired else {
+                return persisted;
+            };
+            let b = self.barriers.swap_remove(i);
+            let qi = self.queue_of[b.slot as usize];
+            if qi == NO_QUEUE {
+                continue;
+            }
+            let q = &mut self.queues[qi as usize];
+            let n = q.pieces.partition_point(|p| p.record < b.before);
+            if n == 0 {
+                continue;
+            }
+            persisted += 1;
+            note_youngest(&mut youngest, &q.pieces[..n]);
+            self.durable.write_pieces(b.slot, &q.pieces[..n]);
+            if n == q.pieces.len() {
+                q.pieces.clear();
+                self.queue_of[b.slot as usize] = NO_QUEUE;
+                self.free.push(qi);
+                if self.cur.1 == qi {
+                    self.cur.0 = NO_LINE;
+                }
+            } else {
+                q.pieces.drain(..n);
+            }
+        }
+    }
+}
+
+/// Raise `youngest[vcpu]` to the youngest record among `pieces` of that vCPU.
+fn note_youngest(youngest: &mut Vec<Option<u64>>, pieces: &[Piece]) {
+    for p in pieces {
+        let v = p.vcpu as usize;
+        if youngest.len() <= v {
+            youngest.resize(v + 1, None);
+        }
+        youngest[v] = youngest[v].max(Some(p.record));
     }
 }

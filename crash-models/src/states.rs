@@ -5,7 +5,7 @@
 //! per line; [`CrashStates`] enumerates states under one or more [`Strategy`]s, within
 //! caps that are reported, never silently applied.
 
-use crate::model::{FxSet, InFlightLine};
+use crate::model::{close, FxSet, InFlightLine, Ordering};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
@@ -248,6 +248,8 @@ pub struct CrashStates {
     max_states: usize,
     seen: Option<FxSet<Vec<(u64, u32)>>>,
     truncation: Truncation,
+    /// The point's `clflush` orderings: every state is closed under them.
+    orderings: Vec<Ordering>,
 }
 
 impl CrashStates {
@@ -316,7 +318,20 @@ impl CrashStates {
                 lines_ignored,
                 ..Truncation::default()
             },
+            orderings: Vec::new(),
         }
+    }
+
+    /// Obey the point's `clflush` orderings ([`crate::model::Replayer::orderings`]):
+    /// each generated state is lowered to the largest state below it that obeys them
+    /// ([`crate::model::close`]), and a state that two generated ones lower to comes
+    /// out once.
+    pub fn with_orderings(mut self, orderings: Vec<Ordering>) -> Self {
+        if !orderings.is_empty() && self.seen.is_none() {
+            self.seen = Some(FxSet::default());
+        }
+        self.orderings = orderings;
+        self
     }
 
     /// What the caps cut off. `states_capped` is known once the iterator has returned
@@ -469,7 +484,10 @@ impl CrashStates {
             let gen = self.gen.as_mut().expect("set above");
             match Self::raw_next(&self.virt, gen, &mut self.truncation) {
                 Some(state) => {
-                    let state = self.expand(state);
+                    let mut state = self.expand(state);
+                    if !self.orderings.is_empty() {
+                        close(&mut state, &self.orderings);
+                    }
                     if let Some(seen) = &mut self.seen {
                         if !seen.insert(state.clone()) {
                             continue;

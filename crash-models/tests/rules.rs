@@ -137,12 +137,57 @@ fn describe(trace: &[Record], model: Model) -> Outcome {
         ..StateConfig::default()
     };
     let images: BTreeSet<Vec<String>> = CrashStates::new(b.in_flight(), &cfg)
+        .with_orderings(r.orderings())
         .map(|s| show(&b.build(&s)))
         .collect();
     Outcome {
         steps,
         final_images: images.into_iter().collect(),
     }
+}
+
+/// clflush orders the vCPU's younger stores after it, fence or not (SDM, Px86): after
+/// `st x; clflush x; st y`, no crash keeps `y` without `x`. clwb does not: there `y`
+/// may persist alone. A store of another vCPU is not ordered.
+#[test]
+fn clflush_orders_younger_stores_without_a_fence() {
+    let trace = [
+        st(0, 8, 0x11),
+        flush(0, FlushKind::Clflush),
+        st(64, 8, 0x22),
+    ];
+    let o = describe(&trace, Model::X86Adr);
+    let y_alone = vec!["64: 2200000000000000".to_string()];
+    assert_eq!(o.final_images.len(), 3, "{:?}", o.final_images);
+    assert!(!o.final_images.contains(&y_alone), "{:?}", o.final_images);
+    let clwb = [st(0, 8, 0x11), flush(0, FlushKind::Clwb), st(64, 8, 0x22)];
+    let o = describe(&clwb, Model::X86Adr);
+    assert_eq!(o.final_images.len(), 4, "{:?}", o.final_images);
+    assert!(o.final_images.contains(&y_alone), "{:?}", o.final_images);
+    let mut other_cpu = trace;
+    if let Record::Store { vcpu, .. } = &mut other_cpu[2] {
+        *vcpu = 1;
+    }
+    assert_eq!(describe(&other_cpu, Model::X86Adr).final_images.len(), 4);
+}
+
+/// A fence on another vCPU that makes a store younger than a clflush durable makes
+/// the clflushed line durable too.
+#[test]
+fn clflush_is_forced_durable_by_a_younger_store_fenced_elsewhere() {
+    let trace = [
+        st(0, 8, 0x11),
+        flush(0, FlushKind::Clflush),
+        st(64, 8, 0x22),
+        flush_on(64, 1),
+        fence_on(1),
+    ];
+    let o = describe(&trace, Model::X86Adr);
+    assert!(
+        o.steps[4].in_flight.is_empty(),
+        "{:?}",
+        o.steps[4].in_flight
+    );
 }
 
 /// clflush is durable at the next fence, like clwb: before the fence a crash may

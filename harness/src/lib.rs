@@ -5,6 +5,7 @@
 //! the I/O around them.
 #![warn(missing_docs)]
 
+pub mod bundle;
 pub mod cache;
 pub mod checker;
 pub mod findings;

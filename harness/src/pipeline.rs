@@ -706,7 +706,9 @@ impl<'a> Producer<'a> {
             Some(sector) => torn::sector_groups(&block_writes, sector),
             None => Vec::new(),
         };
-        let mut states = CrashStates::new_grouped(&in_flight, &groups, &self.state_cfg);
+        // A clflush not yet fenced orders its vCPU's younger stores after it.
+        let mut states = CrashStates::new_grouped(&in_flight, &groups, &self.state_cfg)
+            .with_orderings(self.points.replayer().orderings());
         let list: Vec<CrashState> = states.by_ref().collect();
         let capped = states.truncation().truncated();
         drop(in_flight);
