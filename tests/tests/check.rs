@@ -183,8 +183,32 @@ fn corrupt_images_are_fs_corruption_and_foreign_bytes_are_stale_data() {
         "the finding names the file, the block and whose data it is: {:?}",
         v[3].1
     );
-    // fsck agrees the base is clean and that the inode table is not.
-    assert!(!recs[0].fsck.as_ref().unwrap().problems);
+    // fsck agrees the base is clean and that the inode table is not; it ran in the
+    // checker guest, inside the recorded check.
+    let base_fsck = recs[0].fsck.as_ref().unwrap();
+    assert!(!base_fsck.problems, "{base_fsck:?}");
+    assert!(
+        base_fsck.command.contains("in the checker guest"),
+        "{base_fsck:?}"
+    );
+    // The base's check read every line that the corrupt images changed: the primary
+    // superblock, a's inode table block, b's data block (so none of these images could
+    // take the base's outcome by read-set pruning).
+    let reads = recs[0]
+        .read_set
+        .as_ref()
+        .expect("the check recorded its reads");
+    for (what, at, len) in [
+        ("superblock", FSDAX_DATA_OFFSET + 1024, 1024),
+        ("a's inode table block", dev(a_inode_block), 4096),
+        ("b's data block", dev(b_data_block), 4096),
+    ] {
+        assert!(
+            (at..at + len).step_by(64).all(|o| reads.contains(o)),
+            "the check of the base did not read the {what} at {at:#x}: {:x?}",
+            reads.ranges()
+        );
+    }
     assert!(
         recs[2].fsck.as_ref().unwrap().problems
             || !recs[2].console.is_empty()

@@ -11,7 +11,8 @@
 //!
 //! Read-recording mode, for checker guests: `reads=PATH` instead of `out=` records no
 //! stores, only which PM lines the guest loads between the agent's check markers
-//! (`crash_models::protocol::marker::check`), and writes each check's read set to PATH
+//! (`crash_models::protocol::marker::check`; loads of kernel code only: user code in a
+//! checker guest maps no PM), and writes each check's read set to PATH
 //! (a `crash_models::readset::ReadSetFile`, replaced at every check's end) before the
 //! end marker completes. See [`reads`].
 #![warn(missing_docs)]

@@ -764,7 +764,10 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
         let code = &bytes[..len.min(16)];
         let class = classify(code, pc);
         let read_mode = CONFIG.get().is_some_and(|c| c.reads.is_some());
-        if read_mode {
+        // Only kernel code loads PM in a checker guest: it reaches PM through its
+        // direct map (the pmem driver, DAX reads), and no user process there maps a
+        // DAX file (docs/pruning.md). User code (fsck, the agent) runs uninstrumented.
+        if read_mode && privilege(pc) == Privilege::Kernel {
             // SAFETY: registering on a valid insn during translation.
             unsafe {
                 sys::qemu_plugin_register_vcpu_mem_cb(
@@ -775,9 +778,9 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
                     std::ptr::null_mut(),
                 );
             }
-            if class != Class::Cpuid {
-                continue;
-            }
+        }
+        if read_mode && class != Class::Cpuid {
+            continue;
         }
         let wants_store_cb = !read_mode
             && matches!(
@@ -797,9 +800,6 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
             }
         }
         if matches!(class, Class::Other | Class::NonTemporalStore) {
-            continue;
-        }
-        if read_mode && class != Class::Cpuid {
             continue;
         }
         let Some(id) = with_rt(|rt| {

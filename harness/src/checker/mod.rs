@@ -595,6 +595,18 @@ fn read_set_of(path: &Path, id: u64) -> Option<Arc<ReadSet>> {
 /// its answer.
 const FSCK_GRACE: Duration = Duration::from_secs(30);
 
+/// A guest error during a step of a check: `Ok` when the image earned it (a panic or a
+/// hang, now in `rec.mount`), else the retry on a new guest.
+fn earned(e: &VmError, during: &str, rec: &mut Recovery) -> Result<(), Attempt> {
+    match classify(e, during) {
+        Ok(m) => {
+            rec.mount = m;
+            Ok(())
+        }
+        Err(why) => Err(Attempt::Retry(format!("{during}: {why}"))),
+    }
+}
+
 async fn recover_one(
     w: &mut Worker,
     s: &Shared,
@@ -671,14 +683,11 @@ async fn recover_one(
             ))))
         }
         Err(VmError::Agent { message, .. }) => rec.mount = MountOutcome::Failed { message },
-        Err(e) => match classify(&e, "mount") {
-            Ok(m) => {
-                rec.mount = m;
-                dead = true;
-            }
-            Err(why) => {
+        Err(e) => match earned(&e, "mount", &mut rec) {
+            Ok(()) => dead = true,
+            Err(retry) => {
                 w.vm = None;
-                return Ok(Attempt::Retry(format!("mount: {why}")));
+                return Ok(retry);
             }
         },
     }
@@ -687,14 +696,11 @@ async fn recover_one(
             Ok((_, AgentMsg::State { entries })) => rec.entries = Some(entries),
             Ok((_, other)) => rec.dump_error = Some(format!("unexpected answer {other:?}")),
             Err(VmError::Agent { message, .. }) => rec.dump_error = Some(message),
-            Err(e) => match classify(&e, "dump") {
-                Ok(m) => {
-                    rec.mount = m;
-                    dead = true;
-                }
-                Err(why) => {
+            Err(e) => match earned(&e, "dump", &mut rec) {
+                Ok(()) => dead = true,
+                Err(retry) => {
                     w.vm = None;
-                    return Ok(Attempt::Retry(format!("dump: {why}")));
+                    return Ok(retry);
                 }
             },
         }
@@ -706,14 +712,11 @@ async fn recover_one(
                     // Still mounted: the next image needs a fresh guest.
                     dead = true;
                 }
-                Err(e) => match classify(&e, "unmount") {
-                    Ok(m) => {
-                        rec.mount = m;
-                        dead = true;
-                    }
-                    Err(why) => {
+                Err(e) => match earned(&e, "unmount", &mut rec) {
+                    Ok(()) => dead = true,
+                    Err(retry) => {
                         w.vm = None;
-                        return Ok(Attempt::Retry(format!("unmount: {why}")));
+                        return Ok(retry);
                     }
                 },
             }
@@ -743,14 +746,11 @@ async fn recover_one(
             Err(VmError::Agent { message, .. }) => {
                 return Err(CheckerError::Fsck(fsck::FsckError::Guest(message)))
             }
-            Err(e) => match classify(&e, "fsck") {
-                Ok(m) => {
-                    rec.mount = m;
-                    dead = true;
-                }
-                Err(why) => {
+            Err(e) => match earned(&e, "fsck", &mut rec) {
+                Ok(()) => dead = true,
+                Err(retry) => {
                     w.vm = None;
-                    return Ok(Attempt::Retry(format!("fsck: {why}")));
+                    return Ok(retry);
                 }
             },
         }
@@ -758,14 +758,11 @@ async fn recover_one(
     if record && !dead {
         match vm.request(&HostMsg::CheckEnd { id }, timeout).await {
             Ok(_) => rec.read_set = read_set_of(&w.reads, id),
-            Err(e) => match classify(&e, "check-end") {
-                Ok(m) => {
-                    rec.mount = m;
-                    dead = true;
-                }
-                Err(why) => {
+            Err(e) => match earned(&e, "check-end", &mut rec) {
+                Ok(()) => dead = true,
+                Err(retry) => {
                     w.vm = None;
-                    return Ok(Attempt::Retry(format!("check-end: {why}")));
+                    return Ok(retry);
                 }
             },
         }
