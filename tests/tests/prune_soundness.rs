@@ -76,7 +76,7 @@ fn check(fs: FsKind) {
         pruned.stats.distinct_images
     );
     eprintln!(
-        "{fs}: {} states, {} distinct images, {} checked with pruning ({} read sets kept) ({} ms) vs {} ({} ms)",
+        "{fs}: {} states, {} distinct images, {} checked with pruning ({} distinct read sets among the classes) ({} ms) vs {} ({} ms)",
         states,
         full.stats.distinct_images,
         pruned.stats.checked_images,
