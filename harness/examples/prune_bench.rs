@@ -189,7 +189,10 @@ fn main() {
         // snapshots of 10,000 in-flight stores are what is measured.
         for fs in ["ext4", "xfs"] {
             let v = spawn(fs, "fence", "all", "prune", "1024", "stores-10000");
-            println!("{}", row(&format!("stores-10000 {fs} fence, states all"), &v));
+            println!(
+                "{}",
+                row(&format!("stores-10000 {fs} fence, states all"), &v)
+            );
         }
     }
     if mismatches > 0 {
