@@ -346,6 +346,7 @@ mod tests {
                 value: 1,
                 size: 8,
                 record: r as u64,
+                vcpu: 0,
             }
         };
         let l0: Vec<Piece> = (0..8).map(piece).collect();

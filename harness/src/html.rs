@@ -627,11 +627,14 @@ fn finding(h: &mut String, i: usize, k: usize, f: &Value, point: Option<usize>) 
         }
         h.push_str("</tbody></table>");
     }
-    let same = num(f.get("same_state"));
-    if same > 0 {
+    let states = num(f.get("states"));
+    let points = num(f.get("crash_points"));
+    if states > 1 || points > 1 {
         let _ = write!(
             h,
-            "<p class=\"same\">{same} other crash state(s) at this point recovered to the same state.</p>"
+            "<p class=\"same\">This finding stands for {states} crash state(s) at {points} crash point(s) with the same verdict, site and cause (records {}..{}).</p>",
+            num(f.get("first_record")),
+            num(f.get("last_record"))
         );
     }
     if let Some(r) = f.get("reproduce").and_then(Value::as_str) {
@@ -659,7 +662,10 @@ fn finding(h: &mut String, i: usize, k: usize, f: &Value, point: Option<usize>) 
                     "problems",
                     "dropped_lines",
                     "kept_lines",
-                    "same_state",
+                    "states",
+                    "crash_points",
+                    "first_record",
+                    "last_record",
                     "reproduce",
                     "export",
                     "signature",
@@ -762,15 +768,14 @@ fn finding_groups(
     }
     for (g, (sig, list)) in groups.iter().enumerate() {
         let v = text(findings[list[0]].get("verdict"));
-        // A finding stands for itself and the states that recovered the same; a grouped
-        // report's own `count` wins.
+        // A finding is a group: it counts the states it stands for.
         let states: u64 = list
             .iter()
             .map(|&k| {
                 findings[k]
-                    .get("count")
+                    .get("states")
                     .and_then(Value::as_u64)
-                    .unwrap_or(1 + num(findings[k].get("same_state")))
+                    .unwrap_or(1)
             })
             .sum();
         let _ = write!(
@@ -1047,6 +1052,7 @@ mod tests {
             seed: 0,
             kernel: "6.12.0-test".into(),
             workers: 2,
+            sector_atomic: None,
         };
         let op_lines: Vec<OpLine> = (0..ops)
             .map(|i| OpLine {
@@ -1084,7 +1090,11 @@ mod tests {
                 in_flight_lines: 6,
                 states: 5 + bad as usize,
                 distinct_images: 3,
+                checked_images: 3,
+                pruned_images: 0,
+                equal_to: vec![],
                 verdicts,
+                state_verdicts: vec![],
             });
             if bad && fs.len() < findings {
                 fs.push(Finding {
@@ -1112,10 +1122,14 @@ mod tests {
                             missing: format!(
                                 "no flush of the line after record {record} (its last store is record {record})"
                             ),
+                            writer: None,
                         })
                         .collect(),
                     kept_lines: 2,
-                    same_state: 1,
+                    states: 2,
+                    crash_points: 1,
+                    first_record: record,
+                    last_record: record,
                     reproduce: format!("pmcrash run {name} --crash-at {record}"),
                 });
             }

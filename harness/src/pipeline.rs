@@ -770,6 +770,8 @@ struct Judge<'a> {
 }
 
 impl<'a> Judge<'a> {
+    // Borrowed views of the run, one per argument: a struct of them would only rename it.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         cfg: &'a RunConfig,
         name: &'a str,
@@ -805,7 +807,10 @@ impl<'a> Judge<'a> {
         let (name, workload, results, history) =
             (self.name, self.workload, self.results, self.history);
         let owners = &self.owners;
-        let block_writes = self.block_writes.remove(&pd.point.applied).unwrap_or_default();
+        let block_writes = self
+            .block_writes
+            .remove(&pd.point.applied)
+            .unwrap_or_default();
         {
             let p = &pd.point;
             let mut cache: HashMap<&str, Vec<Problem>> = HashMap::new();
