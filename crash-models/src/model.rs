@@ -1032,17 +1032,7 @@ impl Replayer {
             if track {
                 note_youngest(&mut youngest, &q.pieces[..n]);
             }
-            self.durable.write_pieces(e.slot, &q.pieces[..n]);
-            if n == q.pieces.len() {
-                q.pieces.clear();
-                self.queue_of[e.slot as usize] = NO_QUEUE;
-                self.free.push(qi);
-                if self.cur.1 == qi {
-                    self.cur.0 = NO_LINE;
-                }
-            } else {
-                q.pieces.drain(..n);
-            }
+            self.persist_prefix(e.slot, qi, n);
         }
         pending.clear();
         // Keep the allocation for the next round of flushes.
@@ -1083,17 +1073,25 @@ impl Replayer {
             }
             persisted += 1;
             note_youngest(&mut youngest, &q.pieces[..n]);
-            self.durable.write_pieces(b.slot, &q.pieces[..n]);
-            if n == q.pieces.len() {
-                q.pieces.clear();
-                self.queue_of[b.slot as usize] = NO_QUEUE;
-                self.free.push(qi);
-                if self.cur.1 == qi {
-                    self.cur.0 = NO_LINE;
-                }
-            } else {
-                q.pieces.drain(..n);
+            self.persist_prefix(b.slot, qi, n);
+        }
+    }
+
+    /// Make the first `n` pieces of queue `qi` (the line in `slot`) durable; an emptied
+    /// queue is freed.
+    #[inline]
+    fn persist_prefix(&mut self, slot: u32, qi: u32, n: usize) {
+        let q = &mut self.queues[qi as usize];
+        self.durable.write_pieces(slot, &q.pieces[..n]);
+        if n == q.pieces.len() {
+            q.pieces.clear();
+            self.queue_of[slot as usize] = NO_QUEUE;
+            self.free.push(qi);
+            if self.cur.1 == qi {
+                self.cur.0 = NO_LINE;
             }
+        } else {
+            q.pieces.drain(..n);
         }
     }
 }

@@ -1205,7 +1205,7 @@ mod tests {
         w["points"][1]["verdicts"]["torn-write"] = 2.into();
         w["points"][2]["verdicts"]["brand-new-verdict"] = 1.into();
         w["stats"]["pruned_states"] = 17.into();
-        w["findings"][0]["count"] = 9.into();
+        w["findings"][0]["states"] = 9.into();
         w["findings"][0]["signature"] = "unsafe-flush-only · op 1 store · pm.dat".into();
         w["campaign_seconds"] = 3.into();
         assert!(render_value(&v).contains("<section id=\"campaign\" class=\"campaign\" hidden>"));
@@ -1221,7 +1221,7 @@ mod tests {
         assert!(page.contains("<tr data-key=\"pruned_states\"><th>pruned states</th><td>17</td>"));
         assert!(page.contains("<tr data-key=\"campaign_seconds\">"));
         assert!(page.contains("unsafe-flush-only · op 1 store · pm.dat"));
-        // The group counts the report's own count.
+        // The group counts the states its findings stand for.
         assert!(page.contains("<td class=\"num\">1</td><td class=\"num\">9</td>"));
     }
 
