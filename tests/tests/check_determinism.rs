@@ -21,21 +21,6 @@ use std::sync::Arc;
 /// Checks per image.
 const ROUNDS: usize = 20;
 
-const WORKLOAD: &str = r#"
-[[ops]]
-op = "open"
-path = "f"
-fd = "f"
-create = true
-[[ops]]
-op = "write"
-fd = "f"
-data = { seed = 7, len = 4096 }
-[[ops]]
-op = "fsync"
-fd = "f"
-"#;
-
 /// The outcome of one check, as pruning would copy it.
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
@@ -69,7 +54,12 @@ fn outcome(r: &Recovery) -> Outcome {
 /// all-persisted image and up to two with one line dropped; and the indices of the
 /// all-persisted ones.
 fn images(fs: FsKind, dir: &std::path::Path) -> (std::path::PathBuf, Vec<CrashImage>, Vec<usize>) {
-    let workload = Workload::parse(WORKLOAD, "determinism.toml").unwrap();
+    // The single-op workload (create, 4 KiB write, fsync), shared with the pruning
+    // soundness test and the bench.
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpora/bench/single-op.toml");
+    let workload =
+        Workload::parse(&std::fs::read_to_string(&path).unwrap(), "single-op.toml").unwrap();
     let traced = rt()
         .block_on(pmcrash::trace::trace_workload(
             &factory(fs),
