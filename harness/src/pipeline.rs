@@ -538,6 +538,11 @@ impl Pipeline {
             drive
         );
         self.checker = Some(checker);
+        // The workers stop on an interrupt too, and when their channel closing wins the
+        // race with the interrupt branch above, the loop ends without `stopped`: work
+        // left over still means the run was cut short.
+        stopped |= interrupt.is_requested()
+            && !(producer.done && !sched.has_work() && sched.in_flight() == 0);
         checked.map_err(|source| PipelineError::Check {
             workload: name.into(),
             source,
