@@ -16,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::checker::{Checker, CheckerError, CheckerOptions, KnownBlocks};
+use crate::checker::{Checker, CheckerError, CheckerOptions, ImageJob, KnownBlocks, Recovery};
 use crate::findings::{FindingGroups, GroupKey};
 use crate::guest::GuestFactory;
 use crate::image::FSDAX_DATA_OFFSET;
@@ -95,6 +95,15 @@ pub enum PipelineError {
         record: u64,
         /// The nearest crash points, described (`5167 (op 8 fmetadatasync)`).
         nearest: Vec<String>,
+    },
+    /// The check of a workload could make no progress (a bug in pmcrash: the drive
+    /// loop never waits when nothing can wake it).
+    #[error("internal error: checking {workload} stalled: {state}; please report it")]
+    Stalled {
+        /// The workload.
+        workload: String,
+        /// The scheduler's state.
+        state: String,
     },
     /// The guest kernel's symbols could not be read.
     #[error("{0}")]
@@ -486,57 +495,18 @@ impl Pipeline {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let mut checker = self.checker.take().expect("checker");
         let interrupt = self.interrupt.clone();
-        let mut enumerate = std::time::Duration::ZERO;
-        let mut judging = std::time::Duration::ZERO;
-        let mut stopped = false;
-        let drive = async {
-            let mut job_tx = Some(job_tx);
-            loop {
-                while !stopped && !producer.done && sched.wants_point() {
-                    let t = Instant::now();
-                    if let Some(p) = producer.next_point() {
-                        judge.block_writes.insert(p.point.applied, p.block_writes);
-                        sched.add_point(p.point, p.lines, p.snap, p.states, p.capped);
-                    }
-                    enumerate += t.elapsed();
-                    bar.set_length(sched.images() as u64);
-                    tokio::task::yield_now().await;
-                }
-                let t = Instant::now();
-                while let Some(pd) = sched.pop_judgeable() {
-                    judge.point(&pd, &sched);
-                }
-                judging += t.elapsed();
-                bar.set_position(sched.resolved() as u64);
-                let has_work = !stopped && sched.has_work();
-                if !has_work && sched.in_flight() == 0 && (stopped || producer.done) {
-                    break;
-                }
-                tokio::select! {
-                    permit = async { job_tx.as_ref().expect("sender").reserve().await }, if has_work => {
-                        let Ok(permit) = permit else { break };
-                        if let Some(job) = sched.next_job() {
-                            permit.send(job);
-                        }
-                    }
-                    rec = done_rx.recv() => match rec {
-                        Some(r) => sched.done(r),
-                        // Every worker ended: an error, returned by the checker.
-                        None => break,
-                    },
-                    () = interrupt.requested(), if !stopped => {
-                        stopped = true;
-                        sched.stop();
-                    }
-                }
-            }
-            // Closing the queue ends the workers.
-            drop(job_tx.take());
+        let mut stream = RunStream {
+            producer: &mut producer,
+            judge: &mut judge,
+            bar: &bar,
+            enumerate: std::time::Duration::ZERO,
+            judging: std::time::Duration::ZERO,
         };
-        let (checked, ()) = tokio::join!(
+        let (checked, driven) = tokio::join!(
             checker.recover_stream(&traced.base_image, known, job_rx, done_tx),
-            drive
+            drive(&mut sched, &mut stream, job_tx, &mut done_rx, &interrupt)
         );
+        let (enumerate, judging) = (stream.enumerate, stream.judging);
         self.checker = Some(checker);
         // The workers stop on an interrupt too, and when their channel closing wins the
         // race with the interrupt branch above, the loop ends without `stopped`: work
@@ -546,6 +516,10 @@ impl Pipeline {
         checked.map_err(|source| PipelineError::Check {
             workload: name.into(),
             source,
+        })?;
+        let stopped = driven.map_err(|state| PipelineError::Stalled {
+            workload: name.into(),
+            state,
         })?;
         if let (Some(record), 0) = (self.cfg.crash_at, producer.made) {
             return Err(PipelineError::NoCrashPoint {
@@ -584,6 +558,156 @@ impl Pipeline {
             }
         }
         Ok(report)
+    }
+}
+
+/// What the drive loop does next (see [`drive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Make the next crash point.
+    Make,
+    /// Wait for a recovery or an interrupt, and for a free worker when `hand_out`.
+    Wait {
+        /// An image waits to be handed out.
+        hand_out: bool,
+    },
+    /// Every point is judged (or the run was stopped and nothing is out).
+    Finish,
+    /// Points wait, none can be made, nothing waits to be handed out and nothing is
+    /// out: nothing could ever wake the loop. A bug; reported, never waited on.
+    Stalled,
+}
+
+/// The drive loop's next step, given the scheduler's state after judging every point
+/// that could be judged. The loop only ever waits when something can wake it: an
+/// image to hand out (a worker will be free) or one being checked (its recovery will
+/// come). A point is made whenever the window has room, in particular right after
+/// judging emptied it: the scheduler admits a point whenever none waits, so over the
+/// budget work waits, and never for nothing.
+fn step(
+    stopped: bool,
+    producer_done: bool,
+    wants_point: bool,
+    has_work: bool,
+    in_flight: usize,
+    points_waiting: bool,
+) -> Step {
+    if !stopped && !producer_done && wants_point {
+        Step::Make
+    } else if !stopped && has_work {
+        Step::Wait { hand_out: true }
+    } else if in_flight > 0 {
+        Step::Wait { hand_out: false }
+    } else if stopped || (producer_done && !points_waiting) {
+        Step::Finish
+    } else {
+        Step::Stalled
+    }
+}
+
+/// What the drive loop makes and judges points with.
+trait PointStream<L> {
+    /// Add the next crash point to `sched`; false when no point is left.
+    fn make(&mut self, sched: &mut Scheduler<L>) -> bool;
+    /// Judge a point whose images all have a recovery.
+    fn judge(&mut self, point: PointWork<L>, sched: &Scheduler<L>);
+}
+
+/// The pipeline's points: the [`Producer`]'s, judged by the [`Judge`], timed.
+struct RunStream<'p, 'a> {
+    producer: &'p mut Producer<'a>,
+    judge: &'p mut Judge<'a>,
+    bar: &'p indicatif::ProgressBar,
+    enumerate: std::time::Duration,
+    judging: std::time::Duration,
+}
+
+impl PointStream<LineInfo> for RunStream<'_, '_> {
+    fn make(&mut self, sched: &mut Scheduler<LineInfo>) -> bool {
+        let t = Instant::now();
+        let made = self.producer.next_point();
+        let more = made.is_some();
+        if let Some(p) = made {
+            self.judge
+                .block_writes
+                .insert(p.point.applied, p.block_writes);
+            sched.add_point(p.point, p.lines, p.snap, p.states, p.capped);
+        }
+        self.enumerate += t.elapsed();
+        self.bar.set_length(sched.images() as u64);
+        more
+    }
+
+    fn judge(&mut self, point: PointWork<LineInfo>, sched: &Scheduler<LineInfo>) {
+        let t = Instant::now();
+        self.judge.point(&point, sched);
+        self.judging += t.elapsed();
+        self.bar.set_position(sched.resolved() as u64);
+    }
+}
+
+/// Make crash points as the scheduler's window allows, hand their images to the
+/// checker workers through `jobs` as workers get free, take the recoveries from
+/// `done`, and judge each point (in order) once all its images have one. Returns
+/// whether `interrupt` stopped it, or the scheduler's state if it stalled ([`step`]).
+/// Dropping `jobs` at the end ends the workers.
+async fn drive<L, S: PointStream<L>>(
+    sched: &mut Scheduler<L>,
+    stream: &mut S,
+    jobs: mpsc::Sender<(usize, ImageJob)>,
+    done: &mut mpsc::UnboundedReceiver<Recovery>,
+    interrupt: &Interrupt,
+) -> Result<bool, String> {
+    let mut stopped = false;
+    let mut producer_done = false;
+    loop {
+        while let Some(pd) = sched.pop_judgeable() {
+            stream.judge(pd, sched);
+        }
+        let next = step(
+            stopped,
+            producer_done,
+            sched.wants_point(),
+            sched.has_work(),
+            sched.in_flight(),
+            sched.points_waiting() > 0,
+        );
+        match next {
+            Step::Make => {
+                producer_done = !stream.make(sched);
+                // Enumeration is CPU work: let the workers' tasks run between points.
+                tokio::task::yield_now().await;
+            }
+            Step::Finish => return Ok(stopped),
+            Step::Stalled => {
+                return Err(format!(
+                    "{} crash points waiting ({} bytes), {} images made, {} resolved, none \
+                     to hand out and none being checked",
+                    sched.points_waiting(),
+                    sched.memory(),
+                    sched.images(),
+                    sched.resolved()
+                ))
+            }
+            Step::Wait { hand_out } => tokio::select! {
+                permit = jobs.reserve(), if hand_out => {
+                    // The workers are gone (an error, returned by the checker).
+                    let Ok(permit) = permit else { return Ok(stopped) };
+                    if let Some(job) = sched.next_job() {
+                        permit.send(job);
+                    }
+                }
+                rec = done.recv() => match rec {
+                    Some(r) => sched.done(r),
+                    // Every worker ended: an error, returned by the checker.
+                    None => return Ok(stopped),
+                },
+                () = interrupt.requested(), if !stopped => {
+                    stopped = true;
+                    sched.stop();
+                }
+            },
+        }
     }
 }
 
@@ -1216,4 +1340,216 @@ pub fn expected(w: &Workload, fs: FsKind) -> Option<(Vec<Verdict>, Option<usize>
         e.ok_after_op,
         e.lost_after_op,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::MountOutcome;
+    use crash_models::trace::{MarkerKind, Privilege};
+
+    #[test]
+    fn the_loop_waits_only_when_something_can_wake_it() {
+        // (stopped, producer done, wants a point, has work, in flight, points waiting)
+        let cases = [
+            // Judging just emptied the window: nothing out, nothing to hand out, the
+            // producer not done. The loop before this fix waited for a recovery here
+            // and stalled (tests/memory.rs); it must make the next point.
+            ((false, false, true, false, 0, false), Step::Make),
+            ((false, false, true, true, 2, true), Step::Make),
+            // A full window (or over the budget): hand out, or wait for recoveries.
+            (
+                (false, false, false, true, 0, true),
+                Step::Wait { hand_out: true },
+            ),
+            (
+                (false, false, false, false, 1, true),
+                Step::Wait { hand_out: false },
+            ),
+            // All points made and judged.
+            ((false, true, true, false, 0, false), Step::Finish),
+            (
+                (false, true, true, false, 1, true),
+                Step::Wait { hand_out: false },
+            ),
+            // Stopped: nothing new made or handed out; the images out are finished.
+            (
+                (true, false, true, true, 1, true),
+                Step::Wait { hand_out: false },
+            ),
+            ((true, false, true, true, 0, true), Step::Finish),
+            // Points wait that nothing will ever resolve: reported, not waited on.
+            ((false, false, false, false, 0, true), Step::Stalled),
+            ((false, true, true, false, 0, true), Step::Stalled),
+        ];
+        for ((stopped, done, wants, work, out, waiting), want) in cases {
+            assert_eq!(
+                step(stopped, done, wants, work, out, waiting),
+                want,
+                "stopped {stopped}, producer done {done}, wants a point {wants}, has work {work}, in flight {out}, points waiting {waiting}"
+            );
+        }
+    }
+
+    fn marker(marker: MarkerKind, op: u32) -> Record {
+        Record::Marker {
+            marker,
+            op,
+            a: 0,
+            b: 0,
+            vcpu: 0,
+        }
+    }
+
+    /// `n` ops, each one unflushed user store to its own line: at op points, 2n + 1
+    /// crash points whose in-flight lines grow by one per op.
+    fn stores(n: u32) -> (Workload, Vec<Record>) {
+        let mut toml = String::new();
+        let mut records = vec![marker(MarkerKind::RunBegin, n)];
+        for i in 0..n {
+            toml.push_str("[[ops]]\nop = \"sync\"\n");
+            records.push(marker(MarkerKind::OpBegin, i));
+            records.push(Record::Store {
+                offset: (1 << 21) + 64 * u64::from(i),
+                size: 8,
+                value: u64::from(i) + 1,
+                non_temporal: false,
+                privilege: Privilege::User,
+                vcpu: 0,
+                pc: 0,
+            });
+            records.push(marker(MarkerKind::OpEnd, i));
+        }
+        records.push(marker(MarkerKind::RunEnd, n));
+        let w = Workload::parse(&toml, "stores.toml").expect("the workload parses");
+        (w, records)
+    }
+
+    /// The pipeline's producer, and a judge that notes the points in the order judged
+    /// and that each of their images has a recovery.
+    struct Sim<'a> {
+        producer: Producer<'a>,
+        judged: Vec<u64>,
+    }
+
+    impl PointStream<()> for Sim<'_> {
+        fn make(&mut self, sched: &mut Scheduler<()>) -> bool {
+            let Some(p) = self.producer.next_point() else {
+                return false;
+            };
+            sched.add_point(p.point, Vec::new(), p.snap, p.states, p.capped);
+            true
+        }
+
+        fn judge(&mut self, point: PointWork<()>, sched: &Scheduler<()>) {
+            for (_, i) in &point.states {
+                assert_eq!(sched.recovery(*i).index, *i);
+            }
+            self.judged.push(point.point.applied);
+        }
+    }
+
+    fn recovery(index: usize) -> Recovery {
+        Recovery {
+            index,
+            mount: MountOutcome::Mounted { dax: true },
+            entries: None,
+            dump_error: None,
+            unmount_error: None,
+            fsck: None,
+            console: Vec::new(),
+            block_bytes: BTreeMap::new(),
+            block_offsets: BTreeMap::new(),
+            state_id: index.to_string(),
+            read_set: None,
+            restarts: 0,
+            millis: 0,
+        }
+    }
+
+    /// Drive `n` store ops at op points with `max_states` states a point under
+    /// `budget` bytes, a checker task answering every job: the points judged, in order.
+    async fn simulate(n: u32, max_states: usize, budget: u64) -> (Vec<u64>, usize) {
+        let (workload, records) = stores(n);
+        let cfg = RunConfig {
+            points: Policy::Op,
+            max_states,
+            ..RunConfig::default()
+        };
+        let symbols = SymbolTable::default();
+        let mut sim = Sim {
+            producer: Producer::new(&cfg, &workload, &[], &records, 64, &symbols),
+            judged: Vec::new(),
+        };
+        let mut sched = Scheduler::new(false, budget);
+        let (jobs, mut job_rx) = mpsc::channel::<(usize, ImageJob)>(1);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let checker = tokio::spawn(async move {
+            let mut checked = 0;
+            while let Some((i, job)) = job_rx.recv().await {
+                drop(job.materialise());
+                checked += 1;
+                if done_tx.send(recovery(i)).is_err() {
+                    break;
+                }
+            }
+            checked
+        });
+        let stopped = drive(&mut sched, &mut sim, jobs, &mut done_rx, &Interrupt::new())
+            .await
+            .expect("the drive loop never stalls");
+        assert!(!stopped);
+        assert_eq!(sched.points_waiting(), 0);
+        let checked = checker.await.expect("the checker task");
+        assert_eq!(checked, sched.images(), "every distinct image checked once");
+        (sim.judged, checked)
+    }
+
+    #[tokio::test]
+    async fn every_point_is_judged_in_order_whatever_the_budget() {
+        // 100 ops: 201 crash points, more than the 64 a window holds. With two states
+        // a point, every point's images are the first point's: once those are
+        // recovered the whole window is judged at once, with nothing out and nothing
+        // to hand out (where the loop before this fix stalled), and it fills again.
+        let default = crate::memory::DEFAULT_BUDGET_MIB << 20;
+        let (all, images) = simulate(100, 2, default).await;
+        assert_eq!(all.len(), 201, "op points and the end of the trace");
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "in point order");
+        // A budget no point fits in: one point at a time, the same points and images.
+        assert_eq!(simulate(100, 2, 1).await, (all.clone(), images));
+        // Distinct images at most points: the same under a tiny budget.
+        let many = simulate(70, 16, default).await;
+        assert!(many.1 >= 70, "{} images", many.1);
+        assert_eq!(simulate(70, 16, 1 << 10).await, many);
+    }
+
+    #[tokio::test]
+    async fn a_checker_that_ends_ends_the_loop() {
+        // The checker's workers all ended (an error) with a job out: the loop returns
+        // (the checker reports the error) instead of waiting for that recovery.
+        let (workload, records) = stores(3);
+        let cfg = RunConfig {
+            points: Policy::Op,
+            ..RunConfig::default()
+        };
+        let symbols = SymbolTable::default();
+        let mut sim = Sim {
+            producer: Producer::new(&cfg, &workload, &[], &records, 64, &symbols),
+            judged: Vec::new(),
+        };
+        let mut sched = Scheduler::new(false, 1 << 30);
+        let (jobs, mut job_rx) = mpsc::channel::<(usize, ImageJob)>(1);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Recovery>();
+        let checker = tokio::spawn(async move {
+            let first = job_rx.recv().await;
+            drop(done_tx);
+            first.is_some()
+        });
+        let stopped = drive(&mut sched, &mut sim, jobs, &mut done_rx, &Interrupt::new())
+            .await
+            .expect("no stall");
+        assert!(!stopped);
+        assert!(checker.await.unwrap(), "a job was handed out");
+        assert!(sim.judged.is_empty());
+    }
 }

@@ -141,6 +141,11 @@ impl<L> Scheduler<L> {
             || (self.points.len() < MAX_POINTS_AHEAD && self.memory() < self.budget)
     }
 
+    /// Crash points waiting to be judged.
+    pub fn points_waiting(&self) -> usize {
+        self.points.len()
+    }
+
     /// Images made so far.
     pub fn images(&self) -> usize {
         self.images.len()

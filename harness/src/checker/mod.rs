@@ -261,6 +261,20 @@ struct Shared {
     done: mpsc::UnboundedSender<Recovery>,
     live: Arc<Mutex<BTreeMap<usize, u32>>>,
     interrupt: Option<Interrupt>,
+    /// Requested when a worker ends, for whatever reason: the others take no new job.
+    /// A worker that failed (or panicked) lost the job it held, whose recovery the
+    /// caller waits for; were the others to keep waiting for jobs, the caller would
+    /// wait on them and they on it. So all end, and the caller sees `done` close.
+    ended: Interrupt,
+}
+
+/// Requests [`Shared::ended`] when dropped: when its worker returns or unwinds.
+struct EndsOthers<'a>(&'a Interrupt);
+
+impl Drop for EndsOthers<'_> {
+    fn drop(&mut self) {
+        self.0.request();
+    }
 }
 
 /// One long-lived checker guest per worker, for one (kernel, file system).
@@ -444,6 +458,7 @@ impl Checker {
             done,
             live: self.live.clone(),
             interrupt: self.interrupt.clone(),
+            ended: Interrupt::new(),
         });
         let mut tasks = Vec::new();
         for w in std::mem::take(&mut self.workers) {
@@ -487,12 +502,16 @@ impl Checker {
 type WorkerResult = Result<u32, CheckerError>;
 
 async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
+    let _ends_others = EndsOthers(&s.ended);
     let mut restarts = 0;
     loop {
         if s.interrupt.as_ref().is_some_and(Interrupt::is_requested) {
             return (w, Ok(restarts));
         }
-        let job = s.queue.lock().await.recv().await;
+        let job = tokio::select! {
+            job = async { s.queue.lock().await.recv().await } => job,
+            () = s.ended.requested() => None,
+        };
         let Some((index, job)) = job else {
             return (w, Ok(restarts));
         };
