@@ -39,10 +39,12 @@ use crash_models::promise;
 use crash_models::protocol::OpResult;
 use crash_models::states::{CrashState, CrashStates, StateConfig, Strategy};
 use crash_models::torn::{self, BlockWrite, Layout};
+use crash_models::trace::Trace;
 use crash_models::trace::{Privilege, Record};
+use indicatif::ProgressBar;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -359,43 +361,10 @@ impl Pipeline {
         // Trace, and meanwhile get the checker guests ready on a fresh image (the
         // same bytes as the base: images are made deterministically).
         bar.set_message("tracing (and starting checker guests)");
-        if self.checker.is_none() {
-            let opts = CheckerOptions {
-                workers: self.cfg.workers.max(1),
-                // Read sets are only for pruning.
-                record_reads: self.cfg.prune,
-                ..CheckerOptions::default()
-            };
-            let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {
-                PipelineError::Check {
-                    workload: name.into(),
-                    source,
-                }
-            })?;
-            checker.set_interrupt(self.interrupt.clone());
-            self.checker = Some(checker);
-        }
+        self.prepare(name, &bar).await?;
         let interrupted = || PipelineError::Interrupted {
             workload: name.into(),
         };
-        // Make the saved VM state (and the fsdax template) first, alone: the tracer and
-        // every checker guest restore it, and they must not all wait on its cache lock
-        // at once (the lock is a blocking flock).
-        tokio::select! {
-            made = self.factory.saved_state() => made.map_err(|e| PipelineError::Check {
-                workload: name.into(),
-                source: CheckerError::Guest(e),
-            })?,
-            () = self.interrupt.requested() => return Err(interrupted()),
-        };
-        if self.symbols.is_none() {
-            bar.set_message("reading the guest kernel's symbols");
-            let table = tokio::select! {
-                t = crate::symbols::kernel_symbols(&self.factory) => t?,
-                () = self.interrupt.requested() => return Err(interrupted()),
-            };
-            self.symbols = Some(Arc::new(table));
-        }
         let warm_image = self.tmp.path().join("warm.img");
         let need_warm = !warm_image.exists();
         let factory = self.factory.clone();
@@ -433,23 +402,45 @@ impl Pipeline {
             .as_millis() as u64;
         timings.trace_ms = trace_time.as_millis() as u64;
         let trace = &traced.decoded;
-        if trace.footer.unresolved_flushes > 0 {
-            return Err(PipelineError::BadTrace {
-                workload: name.into(),
-                message: format!(
-                    "{} flushes could not be translated",
-                    trace.footer.unresolved_flushes
-                ),
-            });
-        }
-        let problems = crate::trace::marker_problems(&trace.records);
-        if !problems.is_empty() {
-            return Err(PipelineError::BadTrace {
-                workload: name.into(),
-                message: problems.join("; "),
-            });
-        }
+        check_usable(name, trace)?;
         let results = traced.results.clone();
+        let report = self
+            .check_decoded(
+                name,
+                workload,
+                trace,
+                &traced.base_image,
+                &results,
+                timings,
+                t0,
+                &bar,
+            )
+            .await?;
+        // Traces and images are large; keep them only when asked to.
+        if self.cfg.out_dir.is_none() {
+            for p in [&traced.trace, &traced.base_image, &traced.final_image] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(report)
+    }
+
+    /// The check half of [`Pipeline::run_workload`]: enumerate the crash points and
+    /// states of a decoded trace, check their images (deltas over `base_image`) with
+    /// the warmed-up checker guests, and judge them against the traced `results`.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_decoded(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        mut timings: Timings,
+        t0: Instant,
+        bar: &ProgressBar,
+    ) -> Result<WorkloadReport, PipelineError> {
+        let results = results.to_vec();
 
         // Enumerate lazily, check as images are made, judge each point once all its
         // images are recovered.
@@ -471,7 +462,7 @@ impl Pipeline {
         );
         let mut sched: Scheduler<LineInfo> =
             Scheduler::new(self.cfg.prune, self.cfg.memory_mib.saturating_mul(1 << 20));
-        let layout = fs_layout(self.cfg.fs, &traced.base_image);
+        let layout = fs_layout(self.cfg.fs, base_image);
         let mut judge = Judge::new(
             &self.cfg,
             name,
@@ -534,7 +525,7 @@ impl Pipeline {
             drop(job_tx.take());
         };
         let (checked, ()) = tokio::join!(
-            checker.recover_stream(&traced.base_image, known, job_rx, done_tx),
+            checker.recover_stream(base_image, known, job_rx, done_tx),
             drive
         );
         self.checker = Some(checker);
@@ -572,14 +563,108 @@ impl Pipeline {
             o.cost = costs.per_op.get(o.index).copied().unwrap_or_default();
         }
         bar.finish_and_clear();
-        // Traces and images are large; keep them only when asked to.
-        if self.cfg.out_dir.is_none() {
-            for p in [&traced.trace, &traced.base_image, &traced.final_image] {
-                let _ = std::fs::remove_file(p);
-            }
-        }
         Ok(report)
     }
+
+    /// Make the checker (once), the saved VM state and the kernel's symbols.
+    async fn prepare(&mut self, name: &str, bar: &ProgressBar) -> Result<(), PipelineError> {
+        if self.checker.is_none() {
+            let opts = CheckerOptions {
+                workers: self.cfg.workers.max(1),
+                // Read sets are only for pruning.
+                record_reads: self.cfg.prune,
+                ..CheckerOptions::default()
+            };
+            let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {
+                PipelineError::Check {
+                    workload: name.into(),
+                    source,
+                }
+            })?;
+            checker.set_interrupt(self.interrupt.clone());
+            self.checker = Some(checker);
+        }
+        let interrupted = || PipelineError::Interrupted {
+            workload: name.into(),
+        };
+        // Make the saved VM state (and the fsdax template) first, alone: the tracer and
+        // every checker guest restore it, and they must not all wait on its cache lock
+        // at once (the lock is a blocking flock).
+        tokio::select! {
+            made = self.factory.saved_state() => made.map_err(|e| PipelineError::Check {
+                workload: name.into(),
+                source: CheckerError::Guest(e),
+            })?,
+            () = self.interrupt.requested() => return Err(interrupted()),
+        };
+        if self.symbols.is_none() {
+            bar.set_message("reading the guest kernel's symbols");
+            let table = tokio::select! {
+                t = crate::symbols::kernel_symbols(&self.factory) => t?,
+                () = self.interrupt.requested() => return Err(interrupted()),
+            };
+            self.symbols = Some(Arc::new(table));
+        }
+        Ok(())
+    }
+
+    /// Check a workload from a saved trace, with no workload run: the same crash
+    /// points, states and verdicts as the run that traced it (`pmcrash check`).
+    /// `base_image` is the PM image before the first op, `results` the traced ops'
+    /// results.
+    pub async fn check_traced(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        progress: bool,
+    ) -> Result<WorkloadReport, PipelineError> {
+        let t0 = Instant::now();
+        let mut timings = Timings::default();
+        let bar = crate::progress::bar(1, progress, name);
+        check_usable(name, trace)?;
+        bar.set_message("starting checker guests");
+        self.prepare(name, &bar).await?;
+        let t = Instant::now();
+        let checker = self.checker.as_mut().expect("checker");
+        tokio::select! {
+            r = checker.warm_up(base_image) => r.map_err(|source| PipelineError::Check {
+                workload: name.into(),
+                source,
+            })?,
+            () = self.interrupt.requested() => return Err(PipelineError::Interrupted {
+                workload: name.into(),
+            }),
+        }
+        timings.guest_ready_ms = t.elapsed().as_millis() as u64;
+        self.check_decoded(
+            name, workload, trace, base_image, results, timings, t0, &bar,
+        )
+        .await
+    }
+}
+
+/// A trace the pipeline can enumerate: every flush resolved, markers well formed.
+fn check_usable(name: &str, trace: &Trace) -> Result<(), PipelineError> {
+    if trace.footer.unresolved_flushes > 0 {
+        return Err(PipelineError::BadTrace {
+            workload: name.into(),
+            message: format!(
+                "{} flushes could not be translated",
+                trace.footer.unresolved_flushes
+            ),
+        });
+    }
+    let problems = crate::trace::marker_problems(&trace.records);
+    if !problems.is_empty() {
+        return Err(PipelineError::BadTrace {
+            workload: name.into(),
+            message: problems.join("; "),
+        });
+    }
+    Ok(())
 }
 
 /// A crash point made by the [`Producer`].
