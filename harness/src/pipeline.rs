@@ -98,6 +98,9 @@ pub enum PipelineError {
         /// The nearest crash points, described (`5167 (op 8 fmetadatasync)`).
         nearest: Vec<String>,
     },
+    /// A bundle could not be written.
+    #[error("{0}")]
+    Bundle(#[from] crate::bundle::BundleError),
     /// The guest kernel's symbols could not be read.
     #[error("{0}")]
     Symbols(#[from] crate::symbols::SymbolError),
@@ -229,6 +232,30 @@ pub struct Pipeline {
     cut_short: bool,
     /// The guest kernel's code symbols, read once.
     symbols: Option<Arc<SymbolTable>>,
+    /// Save a bundle of every workload here, one sub-directory each (`run --save`).
+    save_dir: Option<PathBuf>,
+    /// Check only the crash point of the state with this finding id (`repro`).
+    only_finding: Option<String>,
+    /// That state, judged again, after the check.
+    repro: Option<ReproState>,
+}
+
+/// One crash state checked again by its finding id (`pmcrash repro`): its verdict and
+/// everything the recovery showed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReproState {
+    /// The finding id.
+    pub id: String,
+    /// Where it crashed.
+    pub point: PointRef,
+    /// The state's verdict.
+    pub verdict: Verdict,
+    /// What is wrong.
+    pub problems: Vec<Problem>,
+    /// The lines it dropped (wholly or partly).
+    pub dropped_lines: Vec<DroppedLine>,
+    /// What the kernel's recovery left: mount, fsck and console output.
+    pub recovery: crate::checker::Recovery,
 }
 
 impl Pipeline {
@@ -257,6 +284,9 @@ impl Pipeline {
             interrupt: Interrupt::new(),
             cut_short: false,
             symbols: None,
+            save_dir: None,
+            only_finding: None,
+            repro: None,
         })
     }
 
@@ -269,6 +299,24 @@ impl Pipeline {
             c.set_interrupt(interrupt.clone());
         }
         self.interrupt = interrupt;
+    }
+
+    /// Save a bundle of every workload run from now on under `dir`, in a
+    /// sub-directory named after the workload file ([`crate::bundle`]).
+    pub fn save_bundles(&mut self, dir: &Path) {
+        self.save_dir = Some(dir.to_path_buf());
+    }
+
+    /// Check only the crash point holding the state with finding id `id` (every state
+    /// of that point, so the judgement is the same as in a full run), and keep that
+    /// state's judgement for [`Pipeline::take_repro`].
+    pub fn only_finding(&mut self, id: &str) {
+        self.only_finding = Some(id.to_owned());
+    }
+
+    /// The state [`Pipeline::only_finding`] asked for, judged, once a check found it.
+    pub fn take_repro(&mut self) -> Option<ReproState> {
+        self.repro.take()
     }
 
     /// The configuration.
@@ -416,6 +464,9 @@ impl Pipeline {
                 &bar,
             )
             .await?;
+        if let Some(dir) = &self.save_dir {
+            self.save_bundle(&dir.join(&stem), name, workload, &traced, &report)?;
+        }
         // Traces and images are large; keep them only when asked to.
         if self.cfg.out_dir.is_none() {
             for p in [&traced.trace, &traced.base_image, &traced.final_image] {
@@ -460,6 +511,7 @@ impl Pipeline {
             trace.header.line_size,
             &symbols,
         );
+        producer.only = self.only_finding.clone();
         let mut sched: Scheduler<LineInfo> =
             Scheduler::new(self.cfg.prune, self.cfg.memory_mib.saturating_mul(1 << 20));
         let layout = fs_layout(self.cfg.fs, base_image);
@@ -473,6 +525,7 @@ impl Pipeline {
             &symbols,
             &layout,
         );
+        judge.want = self.only_finding.as_deref();
         let (job_tx, job_rx) = mpsc::channel(1);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let mut checker = self.checker.take().expect("checker");
@@ -550,6 +603,7 @@ impl Pipeline {
         } else {
             0.0
         };
+        self.repro = judge.found.take();
         let mut report = judge.finish();
         report.stats.records = trace.records.len() as u64;
         report.stats.checked_images = sched.checked;
@@ -564,6 +618,57 @@ impl Pipeline {
         }
         bar.finish_and_clear();
         Ok(report)
+    }
+
+    /// Write the bundle of a traced and checked workload ([`crate::bundle`]).
+    fn save_bundle(
+        &self,
+        dir: &Path,
+        name: &str,
+        workload: &Workload,
+        traced: &crate::trace::TracedRun,
+        report: &WorkloadReport,
+    ) -> Result<(), PipelineError> {
+        use crate::bundle::{BundleParts, KernelIdentity, RunInfo};
+        let assets = &self.factory.assets;
+        let run = RunInfo {
+            workload: name.to_owned(),
+            fs: self.cfg.fs,
+            model: self.cfg.model.name().to_owned(),
+            points: self.cfg.points.to_string(),
+            states: self.cfg.strategy().to_string(),
+            seed: self.cfg.effective_seed(),
+            max_states: self.cfg.max_states,
+            max_points: self.cfg.max_points,
+            crash_at: self.cfg.crash_at,
+            sector_atomic: self.cfg.sector_atomic,
+            pm_size: self.factory.pm_size,
+            deterministic: traced.deterministic,
+            kernel: KernelIdentity::of(&assets.kernel, &assets.kernel_release)?,
+            results: traced.results.clone(),
+        };
+        let full = Report::new(
+            self.config_report(),
+            &self.cfg.fail_on,
+            vec![report.clone()],
+        );
+        let value = serde_json::to_value(&full).map_err(|e| PipelineError::Io {
+            what: "serialise the report".into(),
+            source: e.into(),
+        })?;
+        let source = std::fs::read_to_string(name).ok();
+        crate::bundle::save(
+            dir,
+            &BundleParts {
+                run: &run,
+                workload,
+                source: source.as_deref(),
+                trace: &traced.trace,
+                base_image: &traced.base_image,
+                report: &value,
+            },
+        )?;
+        Ok(())
     }
 
     /// Make the checker (once), the saved VM state and the kernel's symbols.
@@ -644,6 +749,79 @@ impl Pipeline {
         )
         .await
     }
+
+    /// Write the crash image of the state with finding id `id` to `out`: the base
+    /// image with that state's delta, as the checker got it (`pmcrash export`). Returns
+    /// the crash point's record, or `None` when no state of the trace has that id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_crash_image(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        id: &str,
+        out: &Path,
+    ) -> Result<Option<u64>, PipelineError> {
+        check_usable(name, trace)?;
+        // The kernel's symbols decide the block writes (`--sector-atomic` groups).
+        let bar = crate::progress::bar(1, false, name);
+        self.prepare(name, &bar).await?;
+        let symbols = self.symbols.clone().unwrap_or_default();
+        let mut producer = Producer::new(
+            &self.cfg,
+            workload,
+            results,
+            &trace.records,
+            trace.header.line_size,
+            &symbols,
+        );
+        producer.only = Some(id.to_owned());
+        let Some(made) = producer.next_point() else {
+            return Ok(None);
+        };
+        let record = made.point.applied;
+        let Some(st) = made
+            .states
+            .iter()
+            .find(|st| state_id(record, &made.lines, st) == id)
+        else {
+            return Ok(None);
+        };
+        let io = |what: &str| {
+            let what = format!("{what} {}", out.display());
+            move |source| PipelineError::Io { what, source }
+        };
+        let file = std::fs::File::create(out).map_err(io("create"))?;
+        crate::image::copy_sparse(base_image, 0, &file, 0).map_err(|e| PipelineError::Io {
+            what: format!("copy {} to {}", base_image.display(), out.display()),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let len = std::fs::metadata(base_image)
+            .map_err(io("stat the base image for"))?
+            .len();
+        file.set_len(len).map_err(io("size"))?;
+        made.snap
+            .build(st)
+            .apply(&file)
+            .map_err(io("write the crash state into"))?;
+        file.sync_all().map_err(io("fsync"))?;
+        Ok(Some(record))
+    }
+
+    /// The QEMU command line that boots `pm_image` with this run's kernel, initramfs
+    /// and NVDIMM shape ([`crate::vm::interactive_command`]).
+    pub fn boot_command(&self, pm_image: &Path) -> Result<String, PipelineError> {
+        let spec = self
+            .factory
+            .spec(pm_image, None)
+            .map_err(|e| PipelineError::Check {
+                workload: pm_image.display().to_string(),
+                source: CheckerError::Guest(e),
+            })?;
+        Ok(crate::vm::interactive_command(&spec))
+    }
 }
 
 /// A trace the pipeline can enumerate: every flush resolved, markers well formed.
@@ -695,6 +873,8 @@ struct Producer<'a> {
     made: usize,
     /// Points passed over (`crash_at`).
     passed: Vec<CrashPoint>,
+    /// Make only the point holding the state with this finding id.
+    only: Option<String>,
     /// No point is left.
     done: bool,
 }
@@ -742,12 +922,34 @@ impl<'a> Producer<'a> {
             sector_atomic: cfg.sector_atomic,
             made: 0,
             passed: Vec::new(),
+            only: None,
             done: false,
         }
     }
 
-    /// The next crash point, or `None` (and `done`) when no point is left.
+    /// The next crash point (with `only`, the one holding that state), or `None` (and
+    /// `done`) when no point is left.
     fn next_point(&mut self) -> Option<MadePoint> {
+        loop {
+            let made = self.next_any_point()?;
+            let Some(want) = &self.only else {
+                return Some(made);
+            };
+            let p = made.point.applied;
+            if made
+                .states
+                .iter()
+                .any(|st| state_id(p, &made.lines, st) == *want)
+            {
+                // Ids are unique to a point: nothing after it is needed.
+                self.done = true;
+                return Some(made);
+            }
+        }
+    }
+
+    /// The next crash point, or `None` (and `done`) when no point is left.
+    fn next_any_point(&mut self) -> Option<MadePoint> {
         if self.max_points.is_some_and(|m| self.made >= m) {
             self.done = true;
             return None;
@@ -852,6 +1054,10 @@ struct Judge<'a> {
     recovered: BTreeSet<String>,
     images: BTreeSet<usize>,
     stats: WorkloadStats,
+    /// The finding id to keep the judgement of (`repro`).
+    want: Option<&'a str>,
+    /// That state, once judged.
+    found: Option<ReproState>,
 }
 
 impl<'a> Judge<'a> {
@@ -884,6 +1090,8 @@ impl<'a> Judge<'a> {
             recovered: BTreeSet::new(),
             images: BTreeSet::new(),
             stats: WorkloadStats::default(),
+            want: None,
+            found: None,
         }
     }
 
@@ -928,8 +1136,26 @@ impl<'a> Judge<'a> {
                 torn_line(w, st, layout)
             });
             let point = point_ref(p, workload);
-            for ((st, _), problems) in pd.states.iter().zip(&judged) {
+            for ((st, img), problems) in pd.states.iter().zip(&judged) {
                 let v = oracle::verdict_of(problems);
+                let id = state_id(p.applied, &pd.lines, st);
+                if self.want == Some(id.as_str()) {
+                    self.found = Some(ReproState {
+                        id: id.clone(),
+                        point: point.clone(),
+                        verdict: v,
+                        problems: problems.clone(),
+                        dropped_lines: dropped(
+                            &pd.lines,
+                            st,
+                            owners,
+                            self.records,
+                            self.symbols,
+                            layout,
+                        ),
+                        recovery: sched.recovery(*img).clone(),
+                    });
+                }
                 *pv.entry(v).or_default() += 1;
                 if self.cfg.state_verdicts {
                     state_verdicts.push(v);
@@ -940,6 +1166,7 @@ impl<'a> Judge<'a> {
                 let key = GroupKey::of(v, &point, problems);
                 let (records, symbols, cfg) = (self.records, self.symbols, self.cfg);
                 self.groups.add(key, &point, || Finding {
+                    id,
                     verdict: v,
                     point: point.clone(),
                     problems: problems.clone(),
@@ -1156,6 +1383,14 @@ pub fn builtin_lsfmm2016() -> Vec<Loaded> {
         workload: Workload::parse(src, name).expect("the built-in corpus is valid"),
     })
     .collect()
+}
+
+/// The finding id of state `st` at the crash point after `record` records.
+fn state_id(record: u64, lines: &[LineInfo], st: &CrashState) -> String {
+    crate::findings::finding_id(
+        record,
+        lines.iter().map(|l| (l.offset, st.kept_of(l.offset))),
+    )
 }
 
 fn reason_name(r: Reason) -> String {
