@@ -214,6 +214,12 @@ pub struct RunInfo {
     pub max_states: usize,
     /// Most crash points, when the run was limited.
     pub max_points: Option<usize>,
+    /// The only crash point checked (`--crash-at`), when the run was limited to one.
+    #[serde(default)]
+    pub crash_at: Option<u64>,
+    /// BTT-like sector atomicity of kernel block writes (`--sector-atomic`).
+    #[serde(default)]
+    pub sector_atomic: Option<u64>,
     /// PM size in bytes.
     pub pm_size: u64,
     /// The trace was made in a deterministic guest.
@@ -535,6 +541,8 @@ mod tests {
             seed: 7,
             max_states: 4096,
             max_points: None,
+            crash_at: None,
+            sector_atomic: None,
             pm_size: 8 << 20,
             deterministic: true,
             kernel: KernelIdentity::of(&trace, "6.12.0-test").unwrap(),

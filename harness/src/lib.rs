@@ -18,6 +18,7 @@ pub mod oracle;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod repro;
 pub mod run;
 mod schedule;
 pub mod scratch;

@@ -39,10 +39,12 @@ use crash_models::promise;
 use crash_models::protocol::OpResult;
 use crash_models::states::{CrashState, CrashStates, StateConfig, Strategy};
 use crash_models::torn::{self, BlockWrite, Layout};
+use crash_models::trace::Trace;
 use crash_models::trace::{Privilege, Record};
+use indicatif::ProgressBar;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -105,6 +107,9 @@ pub enum PipelineError {
         /// The scheduler's state.
         state: String,
     },
+    /// A bundle could not be written.
+    #[error("{0}")]
+    Bundle(#[from] crate::bundle::BundleError),
     /// The guest kernel's symbols could not be read.
     #[error("{0}")]
     Symbols(#[from] crate::symbols::SymbolError),
@@ -236,6 +241,30 @@ pub struct Pipeline {
     cut_short: bool,
     /// The guest kernel's code symbols, read once.
     symbols: Option<Arc<SymbolTable>>,
+    /// Save a bundle of every workload here, one sub-directory each (`run --save`).
+    save_dir: Option<PathBuf>,
+    /// Check only the crash point of the state with this finding id (`repro`).
+    only_finding: Option<String>,
+    /// That state, judged again, after the check.
+    repro: Option<ReproState>,
+}
+
+/// One crash state checked again by its finding id (`pmcrash repro`): its verdict and
+/// everything the recovery showed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReproState {
+    /// The finding id.
+    pub id: String,
+    /// Where it crashed.
+    pub point: PointRef,
+    /// The state's verdict.
+    pub verdict: Verdict,
+    /// What is wrong.
+    pub problems: Vec<Problem>,
+    /// The lines it dropped (wholly or partly).
+    pub dropped_lines: Vec<DroppedLine>,
+    /// What the kernel's recovery left: mount, fsck and console output.
+    pub recovery: crate::checker::Recovery,
 }
 
 impl Pipeline {
@@ -264,6 +293,9 @@ impl Pipeline {
             interrupt: Interrupt::new(),
             cut_short: false,
             symbols: None,
+            save_dir: None,
+            only_finding: None,
+            repro: None,
         })
     }
 
@@ -276,6 +308,24 @@ impl Pipeline {
             c.set_interrupt(interrupt.clone());
         }
         self.interrupt = interrupt;
+    }
+
+    /// Save a bundle of every workload run from now on under `dir`, in a
+    /// sub-directory named after the workload file ([`crate::bundle`]).
+    pub fn save_bundles(&mut self, dir: &Path) {
+        self.save_dir = Some(dir.to_path_buf());
+    }
+
+    /// Check only the crash point holding the state with finding id `id` (every state
+    /// of that point, so the judgement is the same as in a full run), and keep that
+    /// state's judgement for [`Pipeline::take_repro`].
+    pub fn only_finding(&mut self, id: &str) {
+        self.only_finding = Some(id.to_owned());
+    }
+
+    /// The state [`Pipeline::only_finding`] asked for, judged, once a check found it.
+    pub fn take_repro(&mut self) -> Option<ReproState> {
+        self.repro.take()
     }
 
     /// The configuration.
@@ -368,43 +418,10 @@ impl Pipeline {
         // Trace, and meanwhile get the checker guests ready on a fresh image (the
         // same bytes as the base: images are made deterministically).
         bar.set_message("tracing (and starting checker guests)");
-        if self.checker.is_none() {
-            let opts = CheckerOptions {
-                workers: self.cfg.workers.max(1),
-                // Read sets are only for pruning.
-                record_reads: self.cfg.prune,
-                ..CheckerOptions::default()
-            };
-            let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {
-                PipelineError::Check {
-                    workload: name.into(),
-                    source,
-                }
-            })?;
-            checker.set_interrupt(self.interrupt.clone());
-            self.checker = Some(checker);
-        }
+        self.prepare(name, &bar).await?;
         let interrupted = || PipelineError::Interrupted {
             workload: name.into(),
         };
-        // Make the saved VM state (and the fsdax template) first, alone: the tracer and
-        // every checker guest restore it, and they must not all wait on its cache lock
-        // at once (the lock is a blocking flock).
-        tokio::select! {
-            made = self.factory.saved_state() => made.map_err(|e| PipelineError::Check {
-                workload: name.into(),
-                source: CheckerError::Guest(e),
-            })?,
-            () = self.interrupt.requested() => return Err(interrupted()),
-        };
-        if self.symbols.is_none() {
-            bar.set_message("reading the guest kernel's symbols");
-            let table = tokio::select! {
-                t = crate::symbols::kernel_symbols(&self.factory) => t?,
-                () = self.interrupt.requested() => return Err(interrupted()),
-            };
-            self.symbols = Some(Arc::new(table));
-        }
         let warm_image = self.tmp.path().join("warm.img");
         let need_warm = !warm_image.exists();
         let factory = self.factory.clone();
@@ -442,23 +459,48 @@ impl Pipeline {
             .as_millis() as u64;
         timings.trace_ms = trace_time.as_millis() as u64;
         let trace = &traced.decoded;
-        if trace.footer.unresolved_flushes > 0 {
-            return Err(PipelineError::BadTrace {
-                workload: name.into(),
-                message: format!(
-                    "{} flushes could not be translated",
-                    trace.footer.unresolved_flushes
-                ),
-            });
-        }
-        let problems = crate::trace::marker_problems(&trace.records);
-        if !problems.is_empty() {
-            return Err(PipelineError::BadTrace {
-                workload: name.into(),
-                message: problems.join("; "),
-            });
-        }
+        check_usable(name, trace)?;
         let results = traced.results.clone();
+        let report = self
+            .check_decoded(
+                name,
+                workload,
+                trace,
+                &traced.base_image,
+                &results,
+                timings,
+                t0,
+                &bar,
+            )
+            .await?;
+        if let Some(dir) = &self.save_dir {
+            self.save_bundle(&dir.join(&stem), name, workload, &traced, &report)?;
+        }
+        // Traces and images are large; keep them only when asked to.
+        if self.cfg.out_dir.is_none() {
+            for p in [&traced.trace, &traced.base_image, &traced.final_image] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(report)
+    }
+
+    /// The check half of [`Pipeline::run_workload`]: enumerate the crash points and
+    /// states of a decoded trace, check their images (deltas over `base_image`) with
+    /// the warmed-up checker guests, and judge them against the traced `results`.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_decoded(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        mut timings: Timings,
+        t0: Instant,
+        bar: &ProgressBar,
+    ) -> Result<WorkloadReport, PipelineError> {
+        let results = results.to_vec();
 
         // Enumerate lazily, check as images are made, judge each point once all its
         // images are recovered.
@@ -478,9 +520,10 @@ impl Pipeline {
             trace.header.line_size,
             &symbols,
         );
+        producer.only = self.only_finding.clone();
         let mut sched: Scheduler<LineInfo> =
             Scheduler::new(self.cfg.prune, self.cfg.memory_mib.saturating_mul(1 << 20));
-        let layout = fs_layout(self.cfg.fs, &traced.base_image);
+        let layout = fs_layout(self.cfg.fs, base_image);
         let mut judge = Judge::new(
             &self.cfg,
             name,
@@ -491,6 +534,7 @@ impl Pipeline {
             &symbols,
             &layout,
         );
+        judge.want = self.only_finding.as_deref();
         let (job_tx, job_rx) = mpsc::channel(1);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let mut checker = self.checker.take().expect("checker");
@@ -503,16 +547,11 @@ impl Pipeline {
             judging: std::time::Duration::ZERO,
         };
         let (checked, driven) = tokio::join!(
-            checker.recover_stream(&traced.base_image, known, job_rx, done_tx),
+            checker.recover_stream(base_image, known, job_rx, done_tx),
             drive(&mut sched, &mut stream, job_tx, &mut done_rx, &interrupt)
         );
         let (enumerate, judging) = (stream.enumerate, stream.judging);
         self.checker = Some(checker);
-        // The workers stop on an interrupt too, and when their channel closing wins the
-        // race with the interrupt branch above, the loop ends without `stopped`: work
-        // left over still means the run was cut short.
-        stopped |= interrupt.is_requested()
-            && !(producer.done && !sched.has_work() && sched.in_flight() == 0);
         checked.map_err(|source| PipelineError::Check {
             workload: name.into(),
             source,
@@ -538,6 +577,7 @@ impl Pipeline {
         } else {
             0.0
         };
+        self.repro = judge.found.take();
         let mut report = judge.finish();
         report.stats.records = trace.records.len() as u64;
         report.stats.checked_images = sched.checked;
@@ -551,14 +591,232 @@ impl Pipeline {
             o.cost = costs.per_op.get(o.index).copied().unwrap_or_default();
         }
         bar.finish_and_clear();
-        // Traces and images are large; keep them only when asked to.
-        if self.cfg.out_dir.is_none() {
-            for p in [&traced.trace, &traced.base_image, &traced.final_image] {
-                let _ = std::fs::remove_file(p);
-            }
-        }
         Ok(report)
     }
+
+    /// Write the bundle of a traced and checked workload ([`crate::bundle`]).
+    fn save_bundle(
+        &self,
+        dir: &Path,
+        name: &str,
+        workload: &Workload,
+        traced: &crate::trace::TracedRun,
+        report: &WorkloadReport,
+    ) -> Result<(), PipelineError> {
+        use crate::bundle::{BundleParts, KernelIdentity, RunInfo};
+        let assets = &self.factory.assets;
+        let run = RunInfo {
+            workload: name.to_owned(),
+            fs: self.cfg.fs,
+            model: self.cfg.model.name().to_owned(),
+            points: self.cfg.points.to_string(),
+            states: self.cfg.strategy().to_string(),
+            seed: self.cfg.effective_seed(),
+            max_states: self.cfg.max_states,
+            max_points: self.cfg.max_points,
+            crash_at: self.cfg.crash_at,
+            sector_atomic: self.cfg.sector_atomic,
+            pm_size: self.factory.pm_size,
+            deterministic: traced.deterministic,
+            kernel: KernelIdentity::of(&assets.kernel, &assets.kernel_release)?,
+            results: traced.results.clone(),
+        };
+        let full = Report::new(
+            self.config_report(),
+            &self.cfg.fail_on,
+            vec![report.clone()],
+        );
+        let value = serde_json::to_value(&full).map_err(|e| PipelineError::Io {
+            what: "serialise the report".into(),
+            source: e.into(),
+        })?;
+        let source = std::fs::read_to_string(name).ok();
+        crate::bundle::save(
+            dir,
+            &BundleParts {
+                run: &run,
+                workload,
+                source: source.as_deref(),
+                trace: &traced.trace,
+                base_image: &traced.base_image,
+                report: &value,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Make the checker (once), the saved VM state and the kernel's symbols.
+    async fn prepare(&mut self, name: &str, bar: &ProgressBar) -> Result<(), PipelineError> {
+        if self.checker.is_none() {
+            let opts = CheckerOptions {
+                workers: self.cfg.workers.max(1),
+                // Read sets are only for pruning.
+                record_reads: self.cfg.prune,
+                ..CheckerOptions::default()
+            };
+            let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {
+                PipelineError::Check {
+                    workload: name.into(),
+                    source,
+                }
+            })?;
+            checker.set_interrupt(self.interrupt.clone());
+            self.checker = Some(checker);
+        }
+        let interrupted = || PipelineError::Interrupted {
+            workload: name.into(),
+        };
+        // Make the saved VM state (and the fsdax template) first, alone: the tracer and
+        // every checker guest restore it, and they must not all wait on its cache lock
+        // at once (the lock is a blocking flock).
+        tokio::select! {
+            made = self.factory.saved_state() => made.map_err(|e| PipelineError::Check {
+                workload: name.into(),
+                source: CheckerError::Guest(e),
+            })?,
+            () = self.interrupt.requested() => return Err(interrupted()),
+        };
+        if self.symbols.is_none() {
+            bar.set_message("reading the guest kernel's symbols");
+            let table = tokio::select! {
+                t = crate::symbols::kernel_symbols(&self.factory) => t?,
+                () = self.interrupt.requested() => return Err(interrupted()),
+            };
+            self.symbols = Some(Arc::new(table));
+        }
+        Ok(())
+    }
+
+    /// Check a workload from a saved trace, with no workload run: the same crash
+    /// points, states and verdicts as the run that traced it (`pmcrash check`).
+    /// `base_image` is the PM image before the first op, `results` the traced ops'
+    /// results.
+    pub async fn check_traced(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        progress: bool,
+    ) -> Result<WorkloadReport, PipelineError> {
+        let t0 = Instant::now();
+        let mut timings = Timings::default();
+        let bar = crate::progress::bar(1, progress, name);
+        check_usable(name, trace)?;
+        bar.set_message("starting checker guests");
+        self.prepare(name, &bar).await?;
+        let t = Instant::now();
+        let checker = self.checker.as_mut().expect("checker");
+        tokio::select! {
+            r = checker.warm_up(base_image) => r.map_err(|source| PipelineError::Check {
+                workload: name.into(),
+                source,
+            })?,
+            () = self.interrupt.requested() => return Err(PipelineError::Interrupted {
+                workload: name.into(),
+            }),
+        }
+        timings.guest_ready_ms = t.elapsed().as_millis() as u64;
+        self.check_decoded(
+            name, workload, trace, base_image, results, timings, t0, &bar,
+        )
+        .await
+    }
+
+    /// Write the crash image of the state with finding id `id` to `out`: the base
+    /// image with that state's delta, as the checker got it (`pmcrash export`). Returns
+    /// the crash point's record, or `None` when no state of the trace has that id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_crash_image(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        id: &str,
+        out: &Path,
+    ) -> Result<Option<u64>, PipelineError> {
+        check_usable(name, trace)?;
+        // The kernel's symbols decide the block writes (`--sector-atomic` groups).
+        let bar = crate::progress::bar(1, false, name);
+        self.prepare(name, &bar).await?;
+        let symbols = self.symbols.clone().unwrap_or_default();
+        let mut producer = Producer::new(
+            &self.cfg,
+            workload,
+            results,
+            &trace.records,
+            trace.header.line_size,
+            &symbols,
+        );
+        producer.only = Some(id.to_owned());
+        let Some(made) = producer.next_point() else {
+            return Ok(None);
+        };
+        let record = made.point.applied;
+        let Some(st) = made
+            .states
+            .iter()
+            .find(|st| state_id(record, &made.lines, st) == id)
+        else {
+            return Ok(None);
+        };
+        let io = |what: &str| {
+            let what = format!("{what} {}", out.display());
+            move |source| PipelineError::Io { what, source }
+        };
+        let file = std::fs::File::create(out).map_err(io("create"))?;
+        crate::image::copy_sparse(base_image, 0, &file, 0).map_err(|e| PipelineError::Io {
+            what: format!("copy {} to {}", base_image.display(), out.display()),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let len = std::fs::metadata(base_image)
+            .map_err(io("stat the base image for"))?
+            .len();
+        file.set_len(len).map_err(io("size"))?;
+        made.snap
+            .build(st)
+            .apply(&file)
+            .map_err(io("write the crash state into"))?;
+        file.sync_all().map_err(io("fsync"))?;
+        Ok(Some(record))
+    }
+
+    /// The QEMU command line that boots `pm_image` with this run's kernel, initramfs
+    /// and NVDIMM shape ([`crate::vm::interactive_command`]).
+    pub fn boot_command(&self, pm_image: &Path) -> Result<String, PipelineError> {
+        let spec = self
+            .factory
+            .spec(pm_image, None)
+            .map_err(|e| PipelineError::Check {
+                workload: pm_image.display().to_string(),
+                source: CheckerError::Guest(e),
+            })?;
+        Ok(crate::vm::interactive_command(&spec))
+    }
+}
+
+/// A trace the pipeline can enumerate: every flush resolved, markers well formed.
+fn check_usable(name: &str, trace: &Trace) -> Result<(), PipelineError> {
+    if trace.footer.unresolved_flushes > 0 {
+        return Err(PipelineError::BadTrace {
+            workload: name.into(),
+            message: format!(
+                "{} flushes could not be translated",
+                trace.footer.unresolved_flushes
+            ),
+        });
+    }
+    let problems = crate::trace::marker_problems(&trace.records);
+    if !problems.is_empty() {
+        return Err(PipelineError::BadTrace {
+            workload: name.into(),
+            message: problems.join("; "),
+        });
+    }
+    Ok(())
 }
 
 /// What the drive loop does next (see [`drive`]).
@@ -691,16 +949,19 @@ async fn drive<L, S: PointStream<L>>(
             }
             Step::Wait { hand_out } => tokio::select! {
                 permit = jobs.reserve(), if hand_out => {
-                    // The workers are gone (an error, returned by the checker).
-                    let Ok(permit) = permit else { return Ok(stopped) };
+                    // The workers are gone (an error, returned by the checker; or they
+                    // saw an interrupt before this loop did, and work was left).
+                    let Ok(permit) = permit else { return Ok(stopped || interrupt.is_requested()) };
                     if let Some(job) = sched.next_job() {
                         permit.send(job);
                     }
                 }
                 rec = done.recv() => match rec {
                     Some(r) => sched.done(r),
-                    // Every worker ended: an error, returned by the checker.
-                    None => return Ok(stopped),
+                    // Every worker ended: an error, returned by the checker; or they
+                    // saw an interrupt before this loop did, with work left (had
+                    // nothing been left, the step would have been `Finish`).
+                    None => return Ok(stopped || interrupt.is_requested()),
                 },
                 () = interrupt.requested(), if !stopped => {
                     stopped = true;
@@ -739,6 +1000,8 @@ struct Producer<'a> {
     made: usize,
     /// Points passed over (`crash_at`).
     passed: Vec<CrashPoint>,
+    /// Make only the point holding the state with this finding id.
+    only: Option<String>,
     /// No point is left.
     done: bool,
 }
@@ -786,12 +1049,34 @@ impl<'a> Producer<'a> {
             sector_atomic: cfg.sector_atomic,
             made: 0,
             passed: Vec::new(),
+            only: None,
             done: false,
         }
     }
 
-    /// The next crash point, or `None` (and `done`) when no point is left.
+    /// The next crash point (with `only`, the one holding that state), or `None` (and
+    /// `done`) when no point is left.
     fn next_point(&mut self) -> Option<MadePoint> {
+        loop {
+            let made = self.next_any_point()?;
+            let Some(want) = &self.only else {
+                return Some(made);
+            };
+            let p = made.point.applied;
+            if made
+                .states
+                .iter()
+                .any(|st| state_id(p, &made.lines, st) == *want)
+            {
+                // Ids are unique to a point: nothing after it is needed.
+                self.done = true;
+                return Some(made);
+            }
+        }
+    }
+
+    /// The next crash point, or `None` (and `done`) when no point is left.
+    fn next_any_point(&mut self) -> Option<MadePoint> {
         if self.max_points.is_some_and(|m| self.made >= m) {
             self.done = true;
             return None;
@@ -896,6 +1181,10 @@ struct Judge<'a> {
     recovered: BTreeSet<String>,
     images: BTreeSet<usize>,
     stats: WorkloadStats,
+    /// The finding id to keep the judgement of (`repro`).
+    want: Option<&'a str>,
+    /// That state, once judged.
+    found: Option<ReproState>,
 }
 
 impl<'a> Judge<'a> {
@@ -928,6 +1217,8 @@ impl<'a> Judge<'a> {
             recovered: BTreeSet::new(),
             images: BTreeSet::new(),
             stats: WorkloadStats::default(),
+            want: None,
+            found: None,
         }
     }
 
@@ -972,8 +1263,26 @@ impl<'a> Judge<'a> {
                 torn_line(w, st, layout)
             });
             let point = point_ref(p, workload);
-            for ((st, _), problems) in pd.states.iter().zip(&judged) {
+            for ((st, img), problems) in pd.states.iter().zip(&judged) {
                 let v = oracle::verdict_of(problems);
+                let id = state_id(p.applied, &pd.lines, st);
+                if self.want == Some(id.as_str()) {
+                    self.found = Some(ReproState {
+                        id: id.clone(),
+                        point: point.clone(),
+                        verdict: v,
+                        problems: problems.clone(),
+                        dropped_lines: dropped(
+                            &pd.lines,
+                            st,
+                            owners,
+                            self.records,
+                            self.symbols,
+                            layout,
+                        ),
+                        recovery: sched.recovery(*img).clone(),
+                    });
+                }
                 *pv.entry(v).or_default() += 1;
                 if self.cfg.state_verdicts {
                     state_verdicts.push(v);
@@ -984,6 +1293,7 @@ impl<'a> Judge<'a> {
                 let key = GroupKey::of(v, &point, problems);
                 let (records, symbols, cfg) = (self.records, self.symbols, self.cfg);
                 self.groups.add(key, &point, || Finding {
+                    id,
                     verdict: v,
                     point: point.clone(),
                     problems: problems.clone(),
@@ -1200,6 +1510,14 @@ pub fn builtin_lsfmm2016() -> Vec<Loaded> {
         workload: Workload::parse(src, name).expect("the built-in corpus is valid"),
     })
     .collect()
+}
+
+/// The finding id of state `st` at the crash point after `record` records.
+fn state_id(record: u64, lines: &[LineInfo], st: &CrashState) -> String {
+    crate::findings::finding_id(
+        record,
+        lines.iter().map(|l| (l.offset, st.kept_of(l.offset))),
+    )
 }
 
 fn reason_name(r: Reason) -> String {

@@ -16,6 +16,9 @@ fn every_command_has_help() {
         vec!["demo", "--help"],
         vec!["trace", "--help"],
         vec!["trace", "image", "--help"],
+        vec!["check", "--help"],
+        vec!["repro", "--help"],
+        vec!["export", "--help"],
     ] {
         let out = pmcrash().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
