@@ -106,7 +106,8 @@ struct FuzzArgs {
     /// Run only stream indices i with i % N == I
     #[arg(long, default_value = "0/1", value_name = "I/N")]
     shard: pmcrash::fuzz::campaign::Shard,
-    /// Go on with the campaign in --out where it stopped
+    /// Go on with the campaign in --out where it stopped (or start it, when --out
+    /// holds none yet: what a restarted shard wants)
     #[arg(long)]
     resume: bool,
     /// PM size in MiB (default: 64 for ext4, 320 for xfs)

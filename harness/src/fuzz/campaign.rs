@@ -461,12 +461,15 @@ impl State {
         new
     }
 
-    /// The state without wall-clock times and provenance: what two campaigns that ran
-    /// the same workloads share (for comparisons).
+    /// The state without wall-clock times, guest check counts and provenance: what two
+    /// campaigns that ran the same workloads share (for comparisons).
     pub fn canonical(&self) -> State {
         let mut s = self.clone();
         for r in &mut s.runs {
+            // Which images pruning leaves to a guest depends on the order recoveries
+            // come back from the checkers: a cost, not a result.
             r.ms = 0;
+            r.checked_images = 0;
         }
         s.runs.sort_by_key(|r| r.index);
         s.config.shard = None;
@@ -695,7 +698,7 @@ impl Summary {
 pub struct FuzzOptions {
     /// How much to run.
     pub budget: Budget,
-    /// Go on with the campaign in the directory.
+    /// Go on with the campaign in the directory (start it when there is none).
     pub resume: bool,
     /// Show a progress bar.
     pub progress: bool,
@@ -714,7 +717,9 @@ pub async fn run_campaign(
     interrupt: Interrupt,
 ) -> Result<Summary, FuzzError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let mut state = if opts.resume {
+    // `--resume` where nothing was recorded yet (a pod restarted before its first
+    // save) starts the campaign.
+    let mut state = if opts.resume && dir.join(STATE).exists() {
         let s = State::load(dir)?;
         s.config.check_same(&config, dir, true)?;
         s
