@@ -45,6 +45,16 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// An unsharded ext4 campaign of `BUDGET` workloads into `out`.
+fn campaign_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&["fuzz", "--fs", "ext4", "--seed", SEED, "--budget"]);
+    args.push(BUDGET.to_string());
+    args.extend(strings(&["--out", out.to_str().unwrap()]));
+    args.extend(strings(&SMALL));
+    args.extend(strings(extra));
+    args
+}
+
 /// The unsharded reference campaign (made once per test binary).
 fn reference() -> &'static (tempfile::TempDir, State) {
     static REF: OnceLock<(tempfile::TempDir, State)> = OnceLock::new();
@@ -52,11 +62,7 @@ fn reference() -> &'static (tempfile::TempDir, State) {
         let _g = serial();
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("one");
-        let mut args = strings(&["fuzz", "--fs", "ext4", "--seed", SEED, "--budget"]);
-        args.push(BUDGET.to_string());
-        args.extend(strings(&["--out", out.to_str().unwrap()]));
-        args.extend(strings(&SMALL));
-        run(&args);
+        run(&campaign_args(&out, &[]));
         let s = State::load(&out).unwrap();
         (dir, s)
     })
@@ -104,11 +110,7 @@ fn same_seed_and_budget_give_the_same_campaign() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("again");
-    let mut args = strings(&["fuzz", "--fs", "ext4", "--seed", SEED, "--json", "--budget"]);
-    args.push(BUDGET.to_string());
-    args.extend(strings(&["--out", out.to_str().unwrap()]));
-    args.extend(strings(&SMALL));
-    let o = run(&args);
+    let o = run(&campaign_args(&out, &["--json"]));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json");
     assert_eq!(summary["workloads"], BUDGET);
     assert_same(one, &State::load(&out).unwrap(), "a second run");
@@ -301,10 +303,7 @@ fn resume_after_kill_9_loses_nothing_and_runs_nothing_twice() {
     let _g = serial();
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("killed");
-    let mut args = strings(&["fuzz", "--fs", "ext4", "--seed", SEED, "--budget"]);
-    args.push(BUDGET.to_string());
-    args.extend(strings(&["--out", out.to_str().unwrap()]));
-    args.extend(strings(&SMALL));
+    let args = campaign_args(&out, &[]);
     let mut child = pmcrash()
         .args(&args)
         .stdin(Stdio::null())
@@ -322,7 +321,7 @@ fn resume_after_kill_9_loses_nothing_and_runs_nothing_twice() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    // SAFETY-free: kill(2) through the std API is SIGKILL.
+    // `Child::kill` is SIGKILL: no handler runs.
     child.kill().unwrap();
     child.wait().unwrap();
     let done = State::load(&out).unwrap().runs.len() as u64;
