@@ -16,6 +16,8 @@ fn every_command_has_help() {
         vec!["demo", "--help"],
         vec!["trace", "--help"],
         vec!["trace", "image", "--help"],
+        vec!["fuzz", "--help"],
+        vec!["fuzz", "merge", "--help"],
     ] {
         let out = pmcrash().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");

@@ -344,3 +344,22 @@ fn resume_after_kill_9_loses_nothing_and_runs_nothing_twice() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
+
+#[test]
+fn usage_errors_exit_2_with_a_message() {
+    for (args, says) in [
+        (vec!["fuzz", "--out", "x", "--shard", "4/4"], "4/4"),
+        (vec!["fuzz", "--out", "x", "--budget", "2d"], "2d"),
+        (vec!["fuzz", "--out", "x", "--gen", "exhaustive:9"], "9"),
+        (vec!["fuzz"], "--out"),
+        (
+            vec!["fuzz", "merge", "/nonexistent-campaign", "-o", "/tmp/m"],
+            "no campaign",
+        ),
+    ] {
+        let out = pmcrash().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
