@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod cache;
 pub mod checker;
 pub mod findings;
+pub mod fuzz;
 pub mod guest;
 pub mod html;
 pub mod image;

@@ -86,6 +86,66 @@ enum Command {
     /// Write one finding's crash image as a disk file (FILE.img raw, or FILE.qcow2
     /// through qemu-img) and print the QEMU command line that boots it
     Export(ExportArgs),
+    /// Fuzz sync orderings: run a campaign of generated workloads (exhaustive
+    /// sequences, random and mutated ones), findings deduplicated by signature, state
+    /// kept in the campaign directory (`--resume`), shards (`--shard I/N`) and `merge`
+    Fuzz(FuzzArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct FuzzArgs {
+    #[command(subcommand)]
+    merge: Option<FuzzCmd>,
+    /// The campaign directory (made if missing)
+    #[arg(long, value_name = "CAMPAIGN")]
+    out: Option<PathBuf>,
+    /// File system
+    #[arg(long, default_value = "ext4")]
+    fs: FsKind,
+    /// The seed of the workload stream (and of random:N states); printed in the summary
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// How much to run in this session: a number of workloads (of this shard's share)
+    /// or a duration (90s, 30m, 8h: no new workload starts after it)
+    #[arg(long, default_value = "10")]
+    budget: pmcrash::fuzz::campaign::Budget,
+    /// Generators: exhaustive[:K] (every sequence of up to K core ops, each with a
+    /// persistence point), random (random and mutated workloads), mixed[:K] (both,
+    /// alternating)
+    #[arg(long, default_value = "mixed:2")]
+    gen: pmcrash::fuzz::gen::GenMode,
+    /// Run only stream indices i with i % N == I
+    #[arg(long, default_value = "0/1", value_name = "I/N")]
+    shard: pmcrash::fuzz::campaign::Shard,
+    /// Go on with the campaign in --out where it stopped (or start it, when --out
+    /// holds none yet: what a restarted shard wants)
+    #[arg(long)]
+    resume: bool,
+    /// PM size in MiB (default: 64 for ext4, 320 for xfs)
+    #[arg(long)]
+    pm_size_mib: Option<u64>,
+    /// Persistency model: x86-adr or x86-eadr
+    #[arg(long, default_value = "x86-adr")]
+    model: Model,
+    /// Crash points: fence, fence:all, op, store, every:N
+    #[arg(long, default_value = "fence")]
+    points: Policy,
+    /// Crash states per point: none, all, each-line, subsets:K, random:N[:SEED], torn
+    #[arg(long, default_value = "each-line")]
+    states: Strategy,
+    /// Most crash states per crash point
+    #[arg(long, default_value_t = 4096)]
+    max_states: usize,
+    /// Check only the first N crash points of each workload
+    #[arg(long)]
+    max_points: Option<usize>,
+    /// BTT-like sector atomicity of kernel block writes (512 or 4096; see `run --help`)
+    #[arg(long, value_name = "BYTES", value_parser = parse_sector)]
+    sector_atomic: Option<u64>,
+    /// Checker guests in parallel (default: 2, or 1 on a single core)
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Args)]
@@ -118,6 +178,20 @@ struct ReproArgs {
     /// Checker guests in parallel (default: 2, or 1 on a single core)
     #[arg(long)]
     workers: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum FuzzCmd {
+    /// Merge campaigns (shards of one stream) into one: runs, findings and corpora,
+    /// deduplicated
+    Merge {
+        /// The campaign directories
+        #[arg(required = true)]
+        campaigns: Vec<PathBuf>,
+        /// The merged campaign's directory (must hold no campaign yet)
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -579,6 +653,7 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
         Command::Check(args) => check_bundles(&g, args, interrupt).await,
         Command::Repro(args) => repro(&g, args, interrupt).await,
         Command::Export(args) => export(&g, args).await,
+        Command::Fuzz(args) => fuzz(&g, args, interrupt).await,
     }
 }
 
@@ -694,6 +769,69 @@ async fn repro(g: &Global, args: ReproArgs, interrupt: Interrupt) -> anyhow::Res
         print!("{}", render_repro(&b, &r));
     }
     Ok(if r.verdict == Verdict::Ok {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
+}
+
+/// `pmcrash fuzz` and `pmcrash fuzz merge`.
+async fn fuzz(g: &Global, args: FuzzArgs, interrupt: Interrupt) -> anyhow::Result<Outcome> {
+    use pmcrash::fuzz::campaign;
+    let print = |s: &campaign::Summary| -> anyhow::Result<()> {
+        if g.json {
+            println!("{}", serde_json::to_string_pretty(s)?);
+        } else {
+            print!("{}", s.render_text());
+        }
+        Ok(())
+    };
+    if let Some(FuzzCmd::Merge { campaigns, output }) = args.merge {
+        let merged = campaign::merge(&campaigns, &output)?;
+        let s = campaign::summary(&output, &merged);
+        print(&s)?;
+        return Ok(if s.findings.is_empty() {
+            Outcome::Clean
+        } else {
+            Outcome::Findings
+        });
+    }
+    let Some(dir) = args.out else {
+        anyhow::bail!(
+            "name the campaign directory with --out CAMPAIGN (see `pmcrash fuzz --help`)"
+        );
+    };
+    let mut cfg = RunConfig {
+        fs: args.fs,
+        model: args.model,
+        points: args.points,
+        states: args.states,
+        seed: args.seed,
+        max_states: args.max_states,
+        max_points: args.max_points,
+        pm_size: args.pm_size_mib.map(|m| m << 20),
+        sector_atomic: args.sector_atomic,
+        ..RunConfig::default()
+    };
+    if let Some(w) = args.workers {
+        cfg.workers = w.max(1);
+    }
+    let config = campaign::CampaignConfig::of(&cfg, args.seed, args.gen, args.shard);
+    let assets = setup::ensure(&setup_options(g)?)?;
+    let mut factory = GuestFactory::new(assets, cfg.fs);
+    if let Some(s) = cfg.pm_size {
+        factory.pm_size = s;
+    }
+    let opts = campaign::FuzzOptions {
+        budget: args.budget,
+        resume: args.resume,
+        progress: !g.json,
+    };
+    let s = campaign::run_campaign(&dir, config, cfg, factory, opts, interrupt).await?;
+    print(&s)?;
+    Ok(if s.interrupted {
+        Outcome::Interrupted
+    } else if s.findings.is_empty() {
         Outcome::Clean
     } else {
         Outcome::Findings

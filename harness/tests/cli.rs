@@ -19,6 +19,8 @@ fn every_command_has_help() {
         vec!["check", "--help"],
         vec!["repro", "--help"],
         vec!["export", "--help"],
+        vec!["fuzz", "--help"],
+        vec!["fuzz", "merge", "--help"],
     ] {
         let out = pmcrash().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
