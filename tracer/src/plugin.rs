@@ -656,8 +656,9 @@ fn check_marker(rt: &mut Runtime, regs: &Regs) {
     }
 }
 
-/// Read-recording mode: every load of the guest (a memory callback on every
-/// instruction, so the first test must be cheap).
+/// Read-recording mode: every load and store of the guest's kernel (a memory callback
+/// on every instruction, so the first test must be cheap). Stores only mark bytes the
+/// check wrote itself ([`ReadRecorder::store`]).
 unsafe extern "C" fn on_load(
     _vcpu: c_uint,
     info: sys::qemu_plugin_meminfo_t,
@@ -669,7 +670,7 @@ unsafe extern "C" fn on_load(
     }
     let Some(cfg) = CONFIG.get() else { return };
     // SAFETY: called by QEMU inside a memory callback with a valid meminfo.
-    let (pa, size) = unsafe {
+    let (pa, size, is_store) = unsafe {
         let hw = sys::qemu_plugin_get_hwaddr(info, vaddr);
         if hw.is_null() {
             return;
@@ -677,6 +678,7 @@ unsafe extern "C" fn on_load(
         (
             sys::qemu_plugin_hwaddr_phys_addr(hw),
             1u64 << sys::qemu_plugin_mem_size_shift(info),
+            sys::qemu_plugin_mem_is_store(info),
         )
     };
     let off = pa.wrapping_sub(cfg.pm_base);
@@ -687,6 +689,19 @@ unsafe extern "C" fn on_load(
     with_rt(|rt| {
         let direct = vaddr.wrapping_sub(pa) == rt.direct_map;
         let Some(r) = rt.reads.as_mut() else { return };
+        if is_store {
+            // A store not placed whole is only partly marked: fewer bytes count as
+            // written by the check, which keeps more loads in the set.
+            if size <= page_left {
+                r.store(off, size);
+            } else if direct {
+                r.store(off, page_left);
+                r.store(off.wrapping_add(page_left), size - page_left);
+            } else if off < cfg.pm_size {
+                r.store(off, page_left);
+            }
+            return;
+        }
         if size <= page_left {
             r.record(off, size);
         } else if direct {
@@ -774,7 +789,7 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
                     insn,
                     Some(on_load),
                     sys::qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
-                    sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_R,
+                    sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW,
                     std::ptr::null_mut(),
                 );
             }
