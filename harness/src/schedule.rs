@@ -334,9 +334,10 @@ impl<L> Scheduler<L> {
             return;
         };
         let ls = u64::from(snap.line_size());
-        let (mut inside, mut total) = (Vec::new(), 0);
-        for l in snap.in_flight() {
-            total += 1;
+        let in_flight = snap.in_flight();
+        let total = in_flight.len();
+        let mut inside = Vec::new();
+        for l in &in_flight {
             let hit = rec
                 .read_set
                 .as_ref()
@@ -346,7 +347,7 @@ impl<L> Scheduler<L> {
             }
         }
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for l in inside.iter().copied() {
+        for &l in &inside {
             match ranges.last_mut() {
                 Some(r) if r.1 + 1 == l => r.1 = l,
                 _ => ranges.push((l, l)),
