@@ -689,33 +689,34 @@ unsafe extern "C" fn on_load(
     with_rt(|rt| {
         let direct = vaddr.wrapping_sub(pa) == rt.direct_map;
         let Some(r) = rt.reads.as_mut() else { return };
-        if is_store {
-            // A store not placed whole is only partly marked: fewer bytes count as
-            // written by the check, which keeps more loads in the set.
-            if size <= page_left {
-                r.store(off, size);
-            } else if direct {
-                r.store(off, page_left);
-                r.store(off.wrapping_add(page_left), size - page_left);
-            } else if off < cfg.pm_size {
-                r.store(off, page_left);
-            }
-            return;
-        }
-        if size <= page_left {
-            r.record(off, size);
+        // The parts of the access that lie in PM, and whether a part stays unplaced.
+        let (parts, unplaced) = if size <= page_left {
+            ([(off, size), (0, 0)], false)
         } else if direct {
             // The kernel's direct map is physically contiguous.
-            r.record(off, page_left);
-            r.record(off.wrapping_add(page_left), size - page_left);
+            let rest = (off.wrapping_add(page_left), size - page_left);
+            ([(off, page_left), rest], false)
         } else if off < cfg.pm_size {
             // A PM page mapped elsewhere, and the next page's address is unknown.
-            r.record(off, page_left);
+            ([(off, page_left), (0, 0)], true)
+        } else {
+            // The first page is not PM and the mapping is not the direct map: in a
+            // checker guest PM is mapped only there (docs/pruning.md), so the next page
+            // is not PM either.
+            ([(0, 0), (0, 0)], false)
+        };
+        for (o, n) in parts {
+            if is_store {
+                r.store(o, n);
+            } else {
+                r.record(o, n);
+            }
+        }
+        // A store not placed whole is only partly marked: fewer bytes count as written
+        // by the check, which keeps more loads in the set.
+        if unplaced && !is_store {
             r.unresolved();
         }
-        // Otherwise the first page is not PM and the mapping is not the direct map: in
-        // a checker guest PM is mapped only there (docs/pruning.md), so the next page
-        // is not PM either.
     });
 }
 
