@@ -542,7 +542,7 @@ impl Pipeline {
         let mut stream = RunStream {
             producer: &mut producer,
             judge: &mut judge,
-            bar: &bar,
+            bar,
             enumerate: std::time::Duration::ZERO,
             judging: std::time::Duration::ZERO,
         };
