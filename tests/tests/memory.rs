@@ -85,7 +85,6 @@ fn peak_rss() -> u64 {
 }
 
 #[test]
-#[ignore = "no longer stalls (drive loop fixed), but on the session machine the run failed `peak_rss_bytes <= peak` after 5 s; not yet investigated; run with --ignored"]
 fn many_stores_on_xfs_stay_within_memory_and_a_tiny_budget_changes_no_verdict() {
     let full = run(pmcrash::memory::DEFAULT_BUDGET_MIB);
     let peak = peak_rss();
@@ -101,7 +100,15 @@ fn many_stores_on_xfs_stay_within_memory_and_a_tiny_budget_changes_no_verdict() 
         full.stats.crash_points,
         full.stats.distinct_images
     );
-    assert!(full.stats.peak_rss_bytes > 0 && full.stats.peak_rss_bytes <= peak);
+    // The kernel's RSS counters are per-CPU and read approximately (by up to a batch
+    // per CPU), so a later read of VmHWM can come out a little below an earlier one:
+    // the report's value must agree with ours within that, not exactly.
+    assert!(
+        full.stats.peak_rss_bytes > 0 && full.stats.peak_rss_bytes <= peak + (4 << 20),
+        "the report's peak {} B, VmHWM read after the run {} B",
+        full.stats.peak_rss_bytes,
+        peak
+    );
     // 1 MiB: below what one XFS crash point of this workload holds (its durable
     // lines alone are several MB), so points are made one at a time (the scheduler
     // always admits one); 64 MiB would still hold the whole 64-point window here.
