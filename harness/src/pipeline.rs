@@ -1663,7 +1663,6 @@ pub fn expected(w: &Workload, fs: FsKind) -> Option<(Vec<Verdict>, Option<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::MountOutcome;
     use crash_models::trace::{MarkerKind, Privilege};
 
     #[test]
@@ -1769,19 +1768,8 @@ mod tests {
 
     fn recovery(index: usize) -> Recovery {
         Recovery {
-            index,
-            mount: MountOutcome::Mounted { dax: true },
-            entries: None,
-            dump_error: None,
-            unmount_error: None,
-            fsck: None,
-            console: Vec::new(),
-            block_bytes: BTreeMap::new(),
-            block_offsets: BTreeMap::new(),
             state_id: index.to_string(),
-            read_set: None,
-            restarts: 0,
-            millis: 0,
+            ..Recovery::mounted(index)
         }
     }
 

@@ -188,6 +188,28 @@ pub struct Recovery {
     pub millis: u64,
 }
 
+impl Recovery {
+    /// Image `index` mounted with DAX and nothing else known yet: what a check starts
+    /// from before its steps fill it in.
+    pub fn mounted(index: usize) -> Recovery {
+        Recovery {
+            index,
+            mount: MountOutcome::Mounted { dax: true },
+            entries: None,
+            dump_error: None,
+            unmount_error: None,
+            fsck: None,
+            console: Vec::new(),
+            block_bytes: BTreeMap::new(),
+            block_offsets: BTreeMap::new(),
+            state_id: String::new(),
+            read_set: None,
+            restarts: 0,
+            millis: 0,
+        }
+    }
+}
+
 /// Block hashes the caller can already explain (zeros, data the workload wrote); a
 /// dumped block outside this set has its bytes fetched from the recovered image so
 /// the oracle can judge it byte by byte.
@@ -667,21 +689,7 @@ async fn recover_one(
             return Ok(Attempt::Retry(format!("refresh: {e}")));
         }
     }
-    let mut rec = Recovery {
-        index,
-        mount: MountOutcome::Mounted { dax: true },
-        entries: None,
-        dump_error: None,
-        unmount_error: None,
-        fsck: None,
-        console: Vec::new(),
-        block_bytes: BTreeMap::new(),
-        block_offsets: BTreeMap::new(),
-        state_id: String::new(),
-        read_set: None,
-        restarts: 0,
-        millis: 0,
-    };
+    let mut rec = Recovery::mounted(index);
     let mounted = vm
         .request(
             &HostMsg::Mount {
