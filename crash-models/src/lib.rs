@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod coverage;
 pub mod delta;
 pub mod fsmodel;
 pub mod generate;

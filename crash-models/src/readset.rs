@@ -133,7 +133,7 @@ impl ReadSetFile {
     }
 }
 
-fn leb128(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn leb128(out: &mut Vec<u8>, mut v: u64) {
     loop {
         let b = (v & 0x7f) as u8;
         v >>= 7;
@@ -145,7 +145,7 @@ fn leb128(out: &mut Vec<u8>, mut v: u64) {
     }
 }
 
-fn read_leb128(bytes: &[u8], at: &mut usize) -> Result<u64, ReadSetError> {
+pub(crate) fn read_leb128(bytes: &[u8], at: &mut usize) -> Result<u64, ReadSetError> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let b = *bytes.get(*at).ok_or(ReadSetError::Truncated(bytes.len()))?;

@@ -252,6 +252,7 @@ mod tests {
             stats: Default::default(),
             expect: None,
             timings: Default::default(),
+            coverage: None,
         };
         let json = serde_json::to_value(&w.findings).unwrap();
         let r = Report::new(

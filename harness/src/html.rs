@@ -1162,6 +1162,7 @@ mod tests {
             findings_omitted: 0,
             expect: None,
             timings: Default::default(),
+            coverage: None,
         };
         Report::new(config, &BTreeSet::from([Verdict::UnsafeFlushOnly]), vec![w])
     }

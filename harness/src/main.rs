@@ -112,7 +112,9 @@ struct FuzzArgs {
     budget: pmcrash::fuzz::campaign::Budget,
     /// Generators: exhaustive[:K] (every sequence of up to K core ops, each with a
     /// persistence point), random (random and mutated workloads), mixed[:K] (both,
-    /// alternating)
+    /// alternating), guided[:K] (mixed, mutating the campaign's own corpus: workloads
+    /// that ran new file-system code or found a new signature; a shard's corpus is its
+    /// own, so guided shards merged are not one guided run)
     #[arg(long, default_value = "mixed:2")]
     gen: pmcrash::fuzz::gen::GenMode,
     /// Run only stream indices i with i % N == I
@@ -332,6 +334,11 @@ struct TraceArgs {
     /// end of the instruction that made record N - 1), into NAME.snapshots
     #[arg(long, value_delimiter = ',', value_name = "N")]
     snapshot_at: Vec<u64>,
+    /// Also record which translation blocks of the file-system code (the ext4, jbd2
+    /// and xfs modules, DAX functions) the run executed, the fuzzer's coverage: prints
+    /// the count per module and, with --json, the functions reached
+    #[arg(long)]
+    coverage: bool,
 }
 
 #[derive(Subcommand)]
@@ -1081,24 +1088,39 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<Outcome> {
         .unwrap_or_else(|| "run".into());
     let bar = pmcrash::progress::bar(1, !g.json, "trace");
     bar.set_message(format!("{} on {}-DAX", path.display(), args.fs));
+    let symbols = if args.coverage {
+        bar.set_message("reading the guest kernel's symbols");
+        Some(pmcrash::symbols::kernel_symbols(&factory).await?)
+    } else {
+        None
+    };
+    bar.set_message(format!("{} on {}-DAX", path.display(), args.fs));
     let opts = pmcrash::trace::TraceOptions {
         snapshot_fences: args.snapshots,
         snapshot_records: args.snapshot_at.clone(),
+        coverage: symbols.as_ref().map(|s| s.fs_code_ranges()),
     };
     let traced =
         pmcrash::trace::trace_workload_with(&factory, &loaded[0].workload, &out_dir, &stem, &opts)
             .await?;
     bar.finish_and_clear();
     let summary = pmcrash::trace::summarise(&traced.decoded);
+    let coverage = match (&traced.coverage, &symbols) {
+        (Some(b), Some(t)) => Some(pmcrash::symbols::CoverageSummary::of(b, t)),
+        _ => None,
+    };
     if g.json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "run": traced, "summary": summary })
+                &serde_json::json!({ "run": traced, "summary": summary, "coverage": coverage })
             )?
         );
     } else {
         print!("{summary}");
+        if let Some(c) = &coverage {
+            println!("{c}");
+        }
         println!("trace: {}", traced.trace.display());
         println!("base image: {}", traced.base_image.display());
         println!("final image: {}", traced.final_image.display());

@@ -166,6 +166,9 @@ pub struct RunConfig {
     /// keeps or drops each aligned sector of this many bytes (512 or 4096) of such a
     /// write whole (`docs/torn-writes.md`). `None`: fsdax as it is, no atomicity.
     pub sector_atomic: Option<u64>,
+    /// Record which blocks of the file-system code each workload's trace executed
+    /// ([`WorkloadReport::coverage`]; the fuzzer's feedback).
+    pub coverage: bool,
 }
 
 impl Default for RunConfig {
@@ -191,6 +194,7 @@ impl Default for RunConfig {
             memory_mib: crate::memory::DEFAULT_BUDGET_MIB,
             state_verdicts: false,
             sector_atomic: None,
+            coverage: false,
         }
     }
 }
@@ -425,10 +429,20 @@ impl Pipeline {
         let warm_image = self.tmp.path().join("warm.img");
         let need_warm = !warm_image.exists();
         let factory = self.factory.clone();
+        let trace_opts = crate::trace::TraceOptions {
+            coverage: self.cfg.coverage.then(|| {
+                self.symbols
+                    .as_ref()
+                    .map(|s| s.fs_code_ranges())
+                    .unwrap_or_default()
+            }),
+            ..Default::default()
+        };
         let checker = self.checker.as_mut().expect("checker");
         let trace_fut = async {
             let t = Instant::now();
-            let r = crate::trace::trace_workload(&factory, workload, &out, &stem).await;
+            let r = crate::trace::trace_workload_with(&factory, workload, &out, &stem, &trace_opts)
+                .await;
             (r, t.elapsed())
         };
         let warm_fut = async {
@@ -473,6 +487,8 @@ impl Pipeline {
                 &bar,
             )
             .await?;
+        let mut report = report;
+        report.coverage = traced.coverage.clone();
         if let Some(dir) = &self.save_dir {
             self.save_bundle(&dir.join(&stem), name, workload, &traced, &report)?;
         }
@@ -1445,6 +1461,7 @@ impl<'a> Judge<'a> {
             stats,
             expect,
             timings: Timings::default(),
+            coverage: None,
         }
     }
 }

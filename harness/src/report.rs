@@ -262,6 +262,10 @@ pub struct WorkloadReport {
     pub expect: Option<ExpectCheck>,
     /// Timings.
     pub timings: Timings,
+    /// The blocks of file-system code the trace executed, when
+    /// [`crate::pipeline::RunConfig::coverage`] asked (the fuzzer's; not in the JSON).
+    #[serde(skip)]
+    pub coverage: Option<crash_models::coverage::Blocks>,
 }
 
 impl WorkloadReport {

@@ -15,6 +15,7 @@
 //! the same state the tracer restores, and cached beside it (`STATE.kallsyms`).
 
 use crate::guest::{GuestError, GuestFactory};
+use crash_models::coverage::CodeRanges;
 use crash_models::protocol::{AgentMsg, HostMsg};
 use std::fmt;
 use std::ops::Range;
@@ -23,6 +24,13 @@ use std::path::{Path, PathBuf};
 /// The function [`SymbolTable::copy_routine`] names: the pmem driver's copy into PM
 /// (`pmem_do_write` → `memcpy_flushcache`; see `docs/torn-writes.md`).
 pub const BLOCK_COPY_SYMBOL: &str = "__memcpy_flushcache";
+
+/// The modules whose code [`SymbolTable::fs_code_ranges`] covers (modules in Debian's
+/// kernel; a kernel with them built in has them in the core, unnamed, and its coverage
+/// is then the DAX core's alone).
+pub const COVERED_MODULES: [&str; 3] = ["ext4", "jbd2", "xfs"];
+/// The longest a function is taken to be (the largest in ext4 and xfs are a few KiB).
+pub const MAX_FUNCTION: u64 = 64 << 10;
 
 /// Why symbols could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -177,10 +185,87 @@ impl SymbolTable {
         Some(self.syms[i].addr..end)
     }
 
+    /// The file-system code the fuzzer's coverage counts ([`COVERED_MODULES`] and every
+    /// function whose name says DAX, the core's `fs/dax.c` and the drivers' DAX
+    /// operations): each function from its start to the next symbol, at most
+    /// [`MAX_FUNCTION`] bytes (the last function of a module is followed by the next
+    /// module's code, or by nothing).
+    pub fn fs_code_ranges(&self) -> CodeRanges {
+        CodeRanges::new(self.syms.iter().enumerate().filter_map(|(i, s)| {
+            let wanted = s
+                .module
+                .as_deref()
+                .is_some_and(|m| COVERED_MODULES.contains(&m))
+                || s.name.contains("dax");
+            wanted.then(|| {
+                let next = self.syms.get(i + 1).map_or(u64::MAX, |n| n.addr);
+                s.addr..next.min(s.addr.saturating_add(MAX_FUNCTION))
+            })
+        }))
+    }
+
     /// The pmem driver's copy routine ([`BLOCK_COPY_SYMBOL`]), whose stores are the
     /// kernel's block writes to PM.
     pub fn copy_routine(&self) -> Option<Range<u64>> {
         self.range_of(BLOCK_COPY_SYMBOL)
+    }
+}
+
+/// Coverage in the words of the kernel: blocks and functions per module.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CoverageSummary {
+    /// Blocks reached.
+    pub blocks: u64,
+    /// Per module (`kernel` for the core): blocks and functions reached.
+    pub modules: std::collections::BTreeMap<String, (u64, u64)>,
+    /// The functions reached, with their blocks, by name.
+    pub functions: std::collections::BTreeMap<String, u64>,
+}
+
+impl CoverageSummary {
+    /// Name the blocks' functions.
+    pub fn of(blocks: &crash_models::coverage::Blocks, symbols: &SymbolTable) -> CoverageSummary {
+        let mut modules = std::collections::BTreeMap::<String, (u64, u64)>::new();
+        let mut functions = std::collections::BTreeMap::<String, u64>::new();
+        for &a in blocks.addrs() {
+            let (name, module) = symbols
+                .lookup(a)
+                .map_or((format!("{a:#x}"), "?".to_owned()), |r| {
+                    (r.name.to_owned(), r.module.unwrap_or("kernel").to_owned())
+                });
+            let n = functions.entry(name).or_default();
+            let m = modules.entry(module).or_default();
+            m.0 += 1;
+            if *n == 0 {
+                m.1 += 1;
+            }
+            *n += 1;
+        }
+        CoverageSummary {
+            blocks: blocks.len() as u64,
+            modules,
+            functions,
+        }
+    }
+}
+
+impl fmt::Display for CoverageSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "coverage: {} blocks of file-system code in {} functions",
+            self.blocks,
+            self.functions.len()
+        )?;
+        let per: Vec<String> = self
+            .modules
+            .iter()
+            .map(|(m, (b, n))| format!("{m} {b} blocks/{n} functions"))
+            .collect();
+        if !per.is_empty() {
+            write!(f, " ({})", per.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -299,6 +384,24 @@ ffffffffc0200000 T jbd2_journal_commit_transaction\t[jbd2]
             Some(0xffffffffc0200000..u64::MAX)
         );
         assert_eq!(t.range_of("nope"), None);
+    }
+
+    #[test]
+    fn fs_code_is_the_modules_and_dax_functions() {
+        let text =
+            format!("{KALLSYMS}ffffffff81c00000 T dax_iomap_rw\nffffffff81c00300 T filemap_read\n");
+        let t = SymbolTable::parse(&text, "test").unwrap();
+        let r = t.fs_code_ranges();
+        assert_eq!(
+            r.ranges(),
+            [
+                0xffffffff81c00000..0xffffffff81c00300,
+                // ext4's two functions join; jbd2's last function is capped.
+                0xffffffffc0100000..0xffffffffc0200000 + MAX_FUNCTION,
+            ]
+        );
+        assert!(!r.contains(0xffffffff81c00300));
+        assert!(r.contains(0xffffffffc0100404));
     }
 
     #[test]

@@ -48,6 +48,14 @@ pub enum TracingError {
     /// A file could not be written or published.
     #[error(transparent)]
     File(#[from] FileError),
+    /// The tracer's coverage file is unusable.
+    #[error("coverage {}: {message}", path.display())]
+    Coverage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The tracer's snapshot stream is unusable.
     #[error("snapshots {}: {message}", path.display())]
     Snapshots {
@@ -754,6 +762,9 @@ pub struct TracedRun {
     /// Whether the guest ran deterministically
     /// ([`crate::guest::GuestFactory::deterministic_traces`]).
     pub deterministic: bool,
+    /// The covered blocks the run executed, when [`TraceOptions::coverage`] asked.
+    #[serde(skip)]
+    pub coverage: Option<crash_models::coverage::Blocks>,
 }
 
 /// Extras for [`trace_workload_with`].
@@ -766,6 +777,9 @@ pub struct TraceOptions {
     /// record N - 1: the snapshot's `applied` can be larger than N when that
     /// instruction made several records).
     pub snapshot_records: Vec<u64>,
+    /// Record which translation blocks in this code the run executed
+    /// ([`crash_models::coverage`]), into [`TracedRun::coverage`].
+    pub coverage: Option<crash_models::coverage::CodeRanges>,
 }
 
 /// Run `workload` in a restored guest under the tracer: makes a fresh image, saves a
@@ -848,6 +862,16 @@ pub async fn trace_workload_with(
             plugin.args.push(("snap_records".into(), records.join(":")));
         }
     }
+    let cov_path = out_dir.join(format!("{stem}.cov"));
+    if let Some(ranges) = &opts.coverage {
+        let ranges_path = out_dir.join(format!("{stem}.covranges"));
+        crate::cache::write_atomic(&ranges_path, &ranges.encode())?;
+        let _ = std::fs::remove_file(&cov_path);
+        plugin.args.extend([
+            ("cov_ranges".into(), ranges_path.display().to_string()),
+            ("cov".into(), cov_path.display().to_string()),
+        ]);
+    }
     let t = Instant::now();
     let deterministic = factory.deterministic_traces;
     let vm = if deterministic {
@@ -884,6 +908,24 @@ pub async fn trace_workload_with(
     } else {
         None
     };
+    let coverage = match &opts.coverage {
+        Some(_) => {
+            let bytes = std::fs::read(&cov_path).map_err(|source| TracingError::Read {
+                path: cov_path.clone(),
+                source,
+            })?;
+            let blocks = crash_models::coverage::Blocks::decode(&bytes).map_err(|e| {
+                TracingError::Coverage {
+                    path: cov_path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            let _ = std::fs::remove_file(&cov_path);
+            let _ = std::fs::remove_file(out_dir.join(format!("{stem}.covranges")));
+            Some(blocks)
+        }
+        None => None,
+    };
     Ok(TracedRun {
         trace: trace_path,
         decoded,
@@ -893,5 +935,6 @@ pub async fn trace_workload_with(
         timings,
         snapshots,
         deterministic,
+        coverage,
     })
 }

@@ -107,12 +107,30 @@ fn same_seed_and_budget_give_the_same_campaign() {
             .join("bundle/manifest.json")
             .is_file());
     }
+    // Coverage: every trace ran file-system code; the campaign's union is made of
+    // each workload's new blocks, and a workload that added some joined the corpus.
+    assert!(one.runs.iter().all(|r| r.blocks > 0), "{:?}", one.runs);
+    assert_eq!(
+        one.runs.iter().map(|r| r.new_blocks).sum::<u64>(),
+        one.coverage.len() as u64
+    );
+    assert!(one.runs[0].new_blocks == one.runs[0].blocks && one.runs[0].blocks > 0);
+    for r in &one.runs {
+        let entry = _d.path().join(format!("one/corpus/{:08}.toml", r.index));
+        assert_eq!(
+            entry.is_file(),
+            r.new_blocks > 0 || r.first_signature,
+            "#{}",
+            r.index
+        );
+    }
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("again");
     let o = run(&campaign_args(&out, &["--json"]));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json");
     assert_eq!(summary["workloads"], BUDGET);
+    assert_eq!(summary["coverage_blocks"], one.coverage.len() as u64);
     assert_same(one, &State::load(&out).unwrap(), "a second run");
 }
 

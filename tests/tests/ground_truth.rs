@@ -67,6 +67,7 @@ fn check(fs: FsKind, name: &str, src: &str) -> Compared {
         snapshot_fences: true,
         // And a few records that are no fence or marker: mid-store-stream states.
         snapshot_records: vec![1501, 3002, 4107, 5135, 6007, 9001],
+        coverage: None,
     };
     let traced = rt()
         .block_on(trace_workload_with(&f, &workload, dir.path(), "gt", &opts))

@@ -8,6 +8,7 @@
 
 use crate::reads::ReadRecorder;
 use crate::x86::{classify, Class, MemOperand, Segment};
+use crash_models::coverage::{Blocks, CodeRanges};
 use crash_models::protocol::marker;
 use crash_models::trace::{
     Encoder, FenceKind, FlushKind, Header, Privilege, Record, FLAG_IDLE_FENCES_ELIDED,
@@ -16,7 +17,7 @@ use qemu_plugin::install::{Args, Info};
 use qemu_plugin::plugin::{HasCallbacks, Register};
 use qemu_plugin::PluginId;
 use qemu_plugin_sys as sys;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{c_uint, c_void, CStr};
 use std::io::BufWriter;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,9 @@ struct Config {
     /// Snapshot right after these records (the end of the callback that pushed
     /// record N - 1), sorted.
     snap_records: Vec<u64>,
+    /// Coverage (trace mode, see [`crash_models::coverage`]): the code whose blocks
+    /// count, and the file the blocks reached are written to at exit.
+    coverage: Option<(CodeRanges, String)>,
 }
 
 fn parse_u64(key: &str, v: &str) -> Result<u64, String> {
@@ -92,6 +96,8 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
     let mut snap_fences = true;
     let mut snap_records = Vec::new();
     let mut reads = None;
+    let mut cov_ranges = None;
+    let mut cov_out = None;
     for a in &args.raw {
         let (k, v) = a
             .split_once('=')
@@ -107,6 +113,8 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
             "verbose" => verbose = matches!(v, "on" | "true" | "yes" | "1"),
             "pm_file" => pm_file = Some(v.to_string()),
             "snap" => snap_out = Some(v.to_string()),
+            "cov_ranges" => cov_ranges = Some(v.to_string()),
+            "cov" => cov_out = Some(v.to_string()),
             "snap_fences" => snap_fences = matches!(v, "on" | "true" | "yes" | "1"),
             // Colon-separated: QEMU splits plugin arguments at commas.
             "snap_records" => {
@@ -148,6 +156,20 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
     };
     snap_records.sort_unstable();
     snap_records.dedup();
+    let coverage = match (cov_ranges, cov_out) {
+        (None, None) => None,
+        (Some(_), Some(_)) if reads.is_some() => {
+            return Err("pmcrash-tracer: coverage needs a trace (out=), not reads=".into())
+        }
+        (Some(r), Some(o)) => {
+            let bytes = std::fs::read(&r)
+                .map_err(|e| format!("pmcrash-tracer: cannot read cov_ranges={r}: {e}"))?;
+            let ranges = CodeRanges::decode(&bytes)
+                .map_err(|e| format!("pmcrash-tracer: cov_ranges={r}: {e}"))?;
+            Some((ranges, o))
+        }
+        _ => return Err("pmcrash-tracer: cov= and cov_ranges= go together".into()),
+    };
     Ok(Config {
         pm_base,
         pm_size,
@@ -167,6 +189,7 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
         snap,
         snap_fences,
         snap_records,
+        coverage,
     })
 }
 
@@ -174,6 +197,10 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 static RUNTIME: OnceLock<Mutex<Runtime>> = OnceLock::new();
 /// Read-recording mode: a check is open (checked before anything else on every load).
 static RECORDING: AtomicBool = AtomicBool::new(false);
+/// Trace mode: the run-begin marker has passed (coverage counts from there).
+static IN_RUN: AtomicBool = AtomicBool::new(false);
+/// Coverage: the start addresses of the covered blocks executed in the run.
+static COVERED: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
 
 /// Messages to the writer thread.
 enum Msg {
@@ -621,6 +648,7 @@ fn cpuid(rt: &mut Runtime, vcpu: u32, pc: u64) {
             // (the unmount after the last op belongs to it).
             if kind == marker::Kind::RunBegin {
                 rt.in_run = true;
+                IN_RUN.store(true, Ordering::SeqCst);
             }
         }
         None => rt.warn(|| format!("marker cpuid with unknown kind {ecx} at {pc:#x}")),
@@ -763,7 +791,35 @@ fn flush(rt: &mut Runtime, vcpu: u32, pc: u64, kind: FlushKind, m: MemOperand) {
     }
 }
 
+/// A covered block runs: remember its start (only its first run after the run-begin
+/// marker changes anything).
+unsafe extern "C" fn on_block(_vcpu: c_uint, udata: *mut c_void) {
+    if !IN_RUN.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(set) = COVERED.get() {
+        if let Ok(mut set) = set.lock() {
+            set.insert(udata as u64);
+        }
+    }
+}
+
 unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_plugin_tb) {
+    if let Some((ranges, _)) = CONFIG.get().and_then(|c| c.coverage.as_ref()) {
+        // SAFETY: QEMU hands a valid TB for the duration of this callback.
+        let start = unsafe { sys::qemu_plugin_tb_vaddr(tb) };
+        if ranges.contains(start) {
+            // SAFETY: registering on a valid TB during translation.
+            unsafe {
+                sys::qemu_plugin_register_vcpu_tb_exec_cb(
+                    tb,
+                    Some(on_block),
+                    sys::qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                    start as *mut c_void,
+                );
+            }
+        }
+    }
     // SAFETY: QEMU hands a valid TB for the duration of this callback.
     let n = unsafe { sys::qemu_plugin_tb_n_insns(tb) };
     let mut bytes = [0u8; 16];
@@ -895,7 +951,27 @@ unsafe extern "C" fn on_vcpu_init(_id: sys::qemu_plugin_id_t, vcpu: c_uint) {
     });
 }
 
+/// Write the covered blocks, atomically: the harness reads the file after QEMU ended,
+/// and a missing file means the run's coverage is unknown.
+fn write_coverage() {
+    let Some((_, out)) = CONFIG.get().and_then(|c| c.coverage.as_ref()) else {
+        return;
+    };
+    let blocks: Blocks = match COVERED.get().map(|s| s.lock()) {
+        Some(Ok(set)) => set.iter().copied().collect(),
+        _ => Blocks::default(),
+    };
+    let tmp = format!("{out}.tmp");
+    let written = std::fs::write(&tmp, blocks.encode())
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, out));
+    if let Err(e) = written {
+        eprintln!("pmcrash-tracer: cannot write the coverage to {out}: {e}");
+    }
+}
+
 unsafe extern "C" fn on_exit(_id: sys::qemu_plugin_id_t, _udata: *mut c_void) {
+    write_coverage();
     let Some((writer, stats)) = with_rt(|rt| {
         rt.send();
         if let Some(tx) = rt.tx.take() {
@@ -1009,6 +1085,9 @@ impl Register for Tracer {
         let snap_fences = cfg.snap_fences;
         let mut snap_records = cfg.snap_records.clone();
         snap_records.reverse();
+        if cfg.coverage.is_some() {
+            let _ = COVERED.set(Mutex::new(HashSet::new()));
+        }
         let _ = CONFIG.set(cfg);
         let _ = RUNTIME.set(Mutex::new(Runtime {
             buf: Vec::with_capacity(BATCH),

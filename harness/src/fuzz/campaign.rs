@@ -5,7 +5,7 @@
 //! | path | holds |
 //! | --- | --- |
 //! | `campaign.json` | [`State`]: the configuration, the next stream index, every finished workload ([`RunRecord`]) and the findings by signature |
-//! | `corpus/NNNNNNNN.toml` | each workload that gave a new signature (it joins the corpus) |
+//! | `corpus/NNNNNNNN.toml` | each workload that reached new file-system code or gave a new signature (the corpus `--gen guided` mutates) |
 //! | `findings/SIG/` | per signature, saved once: `finding.json` (the first finding in full), `workload.toml`, `bundle/` (the run bundle of [`crate::bundle`]) |
 //! | `.work/` | the trace and images of the workload being run (removed after it) |
 //!
@@ -16,18 +16,23 @@
 //! no recorded workload runs twice and nothing recorded is lost (a workload killed
 //! half-way was never recorded and runs again).
 //!
+//! Coverage ([`crash_models::coverage`]): every trace records the translation blocks
+//! of the ext4, jbd2, xfs and DAX code it ran; the campaign keeps their union
+//! ([`State::coverage`]) and each run's count of blocks and of new ones.
+//!
 //! Signatures ([`Signature`]): verdict, file system, the op kind at the crash point
 //! (during or after which op), the kernel functions that wrote the dropped lines, and
 //! the flush or fence that was missing, numbers masked. Each workload that hits a
 //! signature counts once for it.
 
-use super::gen::{self, Candidate, GenMode, Origin};
+use super::gen::{self, Candidate, CorpusEntry, GenMode, Origin};
 use crate::bundle;
 use crate::findings::{mask_numbers, GroupKey};
 use crate::guest::GuestFactory;
 use crate::interrupt::Interrupt;
 use crate::pipeline::{Pipeline, PipelineError, RunConfig};
 use crate::report::{Finding, WorkloadReport};
+use crash_models::coverage::Blocks;
 use crash_models::ops::FsKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -72,6 +77,14 @@ pub enum FuzzError {
     Exists {
         /// The directory.
         dir: PathBuf,
+    },
+    /// A corpus entry of the campaign does not parse.
+    #[error("{}: {message} (a corpus entry of the campaign; restore it or remove the campaign)", path.display())]
+    BadCorpus {
+        /// The entry.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
     },
     /// `--resume` where there is no campaign.
     #[error("--resume: {} holds no campaign ({STATE} is missing)", dir.display())]
@@ -338,6 +351,17 @@ pub struct RunRecord {
     pub verdicts: BTreeMap<String, u64>,
     /// The signatures it hit, with their crash states.
     pub signatures: BTreeMap<String, u64>,
+    /// Blocks of file-system code its trace ran.
+    #[serde(default)]
+    pub blocks: u64,
+    /// Of those, blocks no earlier workload of the campaign had run (depends on the
+    /// order workloads ran in: not compared between campaigns).
+    #[serde(default)]
+    pub new_blocks: u64,
+    /// It was the campaign's first workload to hit one of its signatures (order
+    /// dependent, like `new_blocks`).
+    #[serde(default)]
+    pub first_signature: bool,
     /// Wall-clock milliseconds (not part of what merges and comparisons look at).
     pub ms: u64,
 }
@@ -376,6 +400,9 @@ pub struct State {
     pub runs: Vec<RunRecord>,
     /// The signatures seen, by id.
     pub findings: BTreeMap<String, SignatureEntry>,
+    /// The blocks of file-system code the campaign's workloads ran, together.
+    #[serde(default)]
+    pub coverage: Blocks,
     /// The campaigns a merged one came from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<PathBuf>,
@@ -392,6 +419,7 @@ impl State {
             exhausted: false,
             runs: Vec::new(),
             findings: BTreeMap::new(),
+            coverage: Blocks::default(),
             merged_from: Vec::new(),
         }
     }
@@ -469,6 +497,8 @@ impl State {
             // come back from the checkers: a cost, not a result.
             r.ms = 0;
             r.checked_images = 0;
+            r.new_blocks = 0;
+            r.first_signature = false;
         }
         s.runs.sort_by_key(|r| r.index);
         s.config.shard = None;
@@ -538,10 +568,10 @@ pub struct Summary {
     pub findings: BTreeMap<String, SignatureEntry>,
     /// Signatures first seen in this session.
     pub new_signatures: Vec<String>,
-    /// Corpus entries (workloads that gave a new signature).
+    /// Corpus entries (workloads that reached new code or gave a new signature).
     pub corpus: usize,
-    /// Kernel coverage (translation blocks of file-system code); not measured yet.
-    pub coverage_blocks: Option<u64>,
+    /// Kernel coverage: translation blocks of file-system code run, over the campaign.
+    pub coverage_blocks: u64,
     /// The session was interrupted (Ctrl-C).
     pub interrupted: bool,
 }
@@ -566,10 +596,7 @@ impl Summary {
         new: Vec<String>,
         interrupted: bool,
     ) -> Summary {
-        let max_k = match s.config.gen {
-            GenMode::Exhaustive { max_k } | GenMode::Mixed { max_k } => max_k,
-            GenMode::Random => 0,
-        };
+        let max_k = s.config.gen.max_k();
         let shard = s.config.shard.unwrap_or_default();
         let exhaustive = (1..=max_k)
             .map(|k| {
@@ -582,14 +609,10 @@ impl Summary {
                 // length k, taken by this shard.
                 let first = gen::exhaustive_total(k - 1);
                 let count = gen::exhaustive_count(k);
-                let (lo, hi) = match s.config.gen {
-                    GenMode::Mixed { .. } => (2 * first, 2 * (first + count)),
-                    _ => (first, first + count),
-                };
-                let step = if matches!(s.config.gen, GenMode::Mixed { .. }) {
-                    2
+                let (lo, hi, step) = if s.config.gen.interleaved() {
+                    (2 * first, 2 * (first + count), 2)
                 } else {
-                    1
+                    (first, first + count, 1)
                 };
                 let total = if s.config.shard.is_none() {
                     count
@@ -615,8 +638,8 @@ impl Summary {
             exhaustive,
             findings: s.findings.clone(),
             new_signatures: new,
-            corpus: s.findings.len(),
-            coverage_blocks: None,
+            corpus: s.runs.iter().filter(|r| joins_corpus(r)).count(),
+            coverage_blocks: s.coverage.len() as u64,
             interrupted,
         }
     }
@@ -669,8 +692,8 @@ impl Summary {
         }
         let _ = writeln!(
             o,
-            "crash states: {}, images checked: {}, coverage: not measured",
-            self.states, self.checked_images
+            "crash states: {}, images checked: {}, coverage: {} blocks of file-system code, corpus: {} workloads",
+            self.states, self.checked_images, self.coverage_blocks, self.corpus
         );
         let _ = writeln!(
             o,
@@ -735,6 +758,8 @@ pub async fn run_campaign(
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io("create", &work))?;
     run.out_dir = Some(work.clone());
+    run.coverage = true;
+    let mut corpus = load_corpus(dir, &state)?;
     let mut pipeline = Pipeline::with_factory(factory, run.clone())?;
     pipeline.set_interrupt(interrupt.clone());
     // Every workload's bundle (with the traced results the oracle judged by); a new
@@ -751,11 +776,12 @@ pub async fn run_campaign(
     let mut new_sigs = Vec::new();
     let stats = |s: &State| {
         format!(
-            "{} workloads, {} states, {} images checked, {} findings, coverage n/a",
+            "{} workloads, {} states, {} images checked, {} findings, coverage {} blocks",
             s.runs.len(),
             s.runs.iter().map(|r| r.states).sum::<usize>(),
             s.runs.iter().map(|r| r.checked_images).sum::<usize>(),
-            s.findings.len()
+            s.findings.len(),
+            s.coverage.len()
         )
     };
     bar.set_message(stats(&state));
@@ -769,7 +795,8 @@ pub async fn run_campaign(
                 return Ok(());
             }
             let index = state.next;
-            let Some(cand) = gen::candidate(state.config.seed, state.config.gen, index) else {
+            let Some(cand) = gen::candidate(state.config.seed, state.config.gen, index, &corpus)
+            else {
                 state.exhausted = true;
                 state.save(dir)?;
                 return Ok(());
@@ -786,6 +813,9 @@ pub async fn run_campaign(
                 return Ok(());
             }
             let new = finish(dir, &mut state, &cand, &report, t.elapsed(), &work)?;
+            if state.runs.last().is_some_and(joins_corpus) {
+                corpus.push((cand.index, cand.workload.clone()));
+            }
             state.next = index + shard.count;
             state.save(dir)?;
             clean(&work, &name);
@@ -810,6 +840,30 @@ pub async fn run_campaign(
         new_sigs,
         interrupt.is_requested(),
     ))
+}
+
+/// Whether a finished workload joined the corpus: it ran new file-system code or was
+/// the first to hit a signature.
+fn joins_corpus(r: &RunRecord) -> bool {
+    r.new_blocks > 0 || r.first_signature
+}
+
+/// The corpus a resumed campaign had: the entries of its recorded runs, in stream
+/// order (a killed session may have left the entry of a workload it never recorded).
+fn load_corpus(dir: &Path, state: &State) -> Result<Vec<CorpusEntry>, FuzzError> {
+    let mut out = Vec::new();
+    for r in state.runs.iter().filter(|r| joins_corpus(r)) {
+        let path = dir.join("corpus").join(format!("{:08}.toml", r.index));
+        let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+        let w = crash_models::ops::Workload::parse(&text, &path.display().to_string()).map_err(
+            |e| FuzzError::BadCorpus {
+                path: path.clone(),
+                message: e.to_string(),
+            },
+        )?;
+        out.push((r.index, w));
+    }
+    Ok(out)
 }
 
 fn clean(work: &Path, name: &str) {
@@ -855,11 +909,21 @@ fn finish(
             .map(|(v, n)| (v.to_string(), *n))
             .collect(),
         signatures,
+        blocks: report.coverage.as_ref().map_or(0, |b| b.len() as u64),
+        new_blocks: 0,
+        first_signature: false,
         ms: took.as_millis() as u64,
     };
     let mut scratch = state.clone();
+    let mut rec = rec;
+    if let Some(b) = &report.coverage {
+        rec.new_blocks = scratch.coverage.merge(b) as u64;
+    }
     let new = scratch.record(rec.clone(), &sigs);
-    if !new.is_empty() {
+    if let Some(r) = scratch.runs.last_mut() {
+        r.first_signature = !new.is_empty();
+    }
+    if scratch.runs.last().is_some_and(joins_corpus) {
         let toml = gen::to_toml(&cand.workload);
         let corpus = dir.join("corpus");
         std::fs::create_dir_all(&corpus).map_err(io("create", &corpus))?;
@@ -942,8 +1006,18 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<State, FuzzError> {
     std::fs::create_dir_all(out).map_err(io("create", out))?;
     let mut merged = State::new(config);
     merged.merged_from = inputs.to_vec();
-    for (_, r) in runs.values() {
+    for (_, s) in &states {
+        merged.coverage.merge(&s.coverage);
+    }
+    for (dir, r) in runs.values() {
         merged.runs.push(r.clone());
+        let corpus = format!("{:08}.toml", r.index);
+        let from = dir.join("corpus").join(&corpus);
+        if joins_corpus(r) && from.exists() {
+            std::fs::create_dir_all(out.join("corpus")).map_err(io("create", out))?;
+            let bytes = std::fs::read(&from).map_err(io("read", &from))?;
+            crate::cache::write_atomic(&out.join("corpus").join(&corpus), &bytes)?;
+        }
     }
     merged.next = runs.keys().next_back().map_or(0, |i| i + 1);
     for (id, (_, dir, e)) in &details {
@@ -961,14 +1035,6 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<State, FuzzError> {
             &dir.join("findings").join(id),
             &out.join("findings").join(id),
         )?;
-        let corpus = format!("{:08}.toml", merged.findings[id].first_index);
-        let from = dir.join("corpus").join(&corpus);
-        if from.exists() {
-            let to = out.join("corpus").join(&corpus);
-            std::fs::create_dir_all(out.join("corpus")).map_err(io("create", out))?;
-            let bytes = std::fs::read(&from).map_err(io("read", &from))?;
-            crate::cache::write_atomic(&to, &bytes)?;
-        }
     }
     merged.save(out)?;
     Ok(merged)
@@ -1046,6 +1112,9 @@ mod tests {
             checked_images: 1,
             verdicts: BTreeMap::new(),
             signatures: sigs.iter().map(|(s, f)| (s.id(), f.states)).collect(),
+            blocks: 0,
+            new_blocks: 0,
+            first_signature: false,
             ms: 1,
         }
     }

@@ -795,6 +795,32 @@ pub enum GenMode {
         /// Longest exhaustive sequences.
         max_k: u32,
     },
+    /// [`GenMode::Mixed`] with coverage feedback: a mutation's parent is often a
+    /// workload of the campaign's own corpus (one that reached new file-system code or
+    /// gave a new signature), so the stream depends on what the campaign found: the
+    /// same seed gives the same workloads only with the same results, and a shard's
+    /// corpus is its own.
+    Guided {
+        /// Longest exhaustive sequences.
+        max_k: u32,
+    },
+}
+
+impl GenMode {
+    /// The longest exhaustive sequences the stream has (0: none).
+    pub fn max_k(self) -> u32 {
+        match self {
+            GenMode::Exhaustive { max_k }
+            | GenMode::Mixed { max_k }
+            | GenMode::Guided { max_k } => max_k,
+            GenMode::Random => 0,
+        }
+    }
+
+    /// Whether exhaustive sequences take only the even stream indices.
+    pub fn interleaved(self) -> bool {
+        matches!(self, GenMode::Mixed { .. } | GenMode::Guided { .. })
+    }
 }
 
 impl std::str::FromStr for GenMode {
@@ -809,11 +835,13 @@ impl std::str::FromStr for GenMode {
         match s.split_once(':') {
             None if s == "random" => Ok(GenMode::Random),
             None if s == "mixed" => Ok(GenMode::Mixed { max_k: 2 }),
+            None if s == "guided" => Ok(GenMode::Guided { max_k: 2 }),
             None if s == "exhaustive" => Ok(GenMode::Exhaustive { max_k: 2 }),
             Some(("exhaustive", v)) => Ok(GenMode::Exhaustive { max_k: k(v)? }),
             Some(("mixed", v)) => Ok(GenMode::Mixed { max_k: k(v)? }),
+            Some(("guided", v)) => Ok(GenMode::Guided { max_k: k(v)? }),
             _ => Err(format!(
-                "`{s}` is not a generator: use exhaustive[:K], random or mixed[:K]"
+                "`{s}` is not a generator: use exhaustive[:K], random, mixed[:K] or guided[:K]"
             )),
         }
     }
@@ -825,6 +853,7 @@ impl fmt::Display for GenMode {
             GenMode::Exhaustive { max_k } => write!(f, "exhaustive:{max_k}"),
             GenMode::Random => write!(f, "random"),
             GenMode::Mixed { max_k } => write!(f, "mixed:{max_k}"),
+            GenMode::Guided { max_k } => write!(f, "guided:{max_k}"),
         }
     }
 }
@@ -881,8 +910,19 @@ fn seed_corpus() -> Vec<(String, Workload)> {
         .collect()
 }
 
+/// A workload of a campaign's own corpus, a parent for [`GenMode::Guided`]: its
+/// stream index and ops.
+pub type CorpusEntry = (u64, Workload);
+
 /// The stream's entry at `index`, or `None` where an exhaustive-only stream ends.
-pub fn candidate(seed: u64, mode: GenMode, index: u64) -> Option<Candidate> {
+/// `corpus` is the campaign's corpus so far, in the order it grew; only
+/// [`GenMode::Guided`] reads it.
+pub fn candidate(
+    seed: u64,
+    mode: GenMode,
+    index: u64,
+    corpus: &[CorpusEntry],
+) -> Option<Candidate> {
     let exhaustive = |i: u64, max_k: u32| {
         exhaustive_at(i, max_k).map(|(pos, seq)| Candidate {
             index,
@@ -892,19 +932,24 @@ pub fn candidate(seed: u64, mode: GenMode, index: u64) -> Option<Candidate> {
     };
     match mode {
         GenMode::Exhaustive { max_k } => exhaustive(index, max_k),
-        GenMode::Random => Some(random_or_mutated(seed, index)),
-        GenMode::Mixed { max_k } => {
+        GenMode::Random => Some(random_or_mutated(seed, index, &[])),
+        GenMode::Mixed { max_k } | GenMode::Guided { max_k } => {
             if index % 2 == 0 {
                 if let Some(c) = exhaustive(index / 2, max_k) {
                     return Some(c);
                 }
             }
-            Some(random_or_mutated(seed, index))
+            let corpus = if matches!(mode, GenMode::Guided { .. }) {
+                corpus
+            } else {
+                &[]
+            };
+            Some(random_or_mutated(seed, index, corpus))
         }
     }
 }
 
-fn random_or_mutated(seed: u64, index: u64) -> Candidate {
+fn random_or_mutated(seed: u64, index: u64, feedback: &[CorpusEntry]) -> Candidate {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, index));
     let cfg = GenConfig::default();
     if rng.gen_bool(0.4) {
@@ -920,7 +965,13 @@ fn random_or_mutated(seed: u64, index: u64) -> Candidate {
     // A parent from the seed corpus, or an earlier random workload of this stream
     // (regenerated, never read from what a run found, so shards agree).
     let corpus = seed_corpus();
-    let (parent, parent_ops) = if rng.gen_bool(0.5) {
+    // Only a non-empty feedback corpus draws here, so the unguided streams are the
+    // same as before guidance existed.
+    let from_feedback = !feedback.is_empty() && rng.gen_bool(0.6);
+    let (parent, parent_ops) = if from_feedback {
+        let (i, w) = pick(&mut rng, feedback).expect("not empty");
+        (format!("corpus:{i:08}"), w.ops.clone())
+    } else if rng.gen_bool(0.5) {
         let (n, w) = pick(&mut rng, &corpus).expect("the seed corpus is not empty");
         (n, w.ops)
     } else {
@@ -1017,13 +1068,13 @@ mod tests {
     #[test]
     fn every_exhaustive_workload_of_seq_1_and_2_is_valid() {
         for i in 0..exhaustive_total(2) {
-            let c = candidate(0, GenMode::Exhaustive { max_k: 2 }, i).unwrap();
+            let c = candidate(0, GenMode::Exhaustive { max_k: 2 }, i, &[]).unwrap();
             assert!(ops::validate(&c.workload.ops).is_ok(), "index {i}");
         }
         // And one in 97 of seq-3.
         let start = exhaustive_total(2);
         for i in (start..exhaustive_total(3)).step_by(97) {
-            let c = candidate(0, GenMode::Exhaustive { max_k: 3 }, i).unwrap();
+            let c = candidate(0, GenMode::Exhaustive { max_k: 3 }, i, &[]).unwrap();
             assert!(ops::validate(&c.workload.ops).is_ok(), "index {i}");
         }
     }
@@ -1050,8 +1101,8 @@ mod tests {
     fn stream_is_deterministic_valid_and_round_trips() {
         for mode in [GenMode::Random, GenMode::Mixed { max_k: 2 }] {
             for i in 0..300 {
-                let a = candidate(7, mode, i).unwrap();
-                assert_eq!(Some(&a), candidate(7, mode, i).as_ref(), "{mode} #{i}");
+                let a = candidate(7, mode, i, &[]).unwrap();
+                assert_eq!(Some(&a), candidate(7, mode, i, &[]).as_ref(), "{mode} #{i}");
                 assert!(ops::validate(&a.workload.ops).is_ok(), "{mode} #{i}");
                 let back = Workload::parse(&to_toml(&a.workload), "w.toml").unwrap();
                 assert_eq!(back.ops, a.workload.ops);
@@ -1060,7 +1111,9 @@ mod tests {
         }
         // Another seed, another stream.
         let differ = (0..20)
-            .filter(|i| candidate(7, GenMode::Random, *i) != candidate(8, GenMode::Random, *i))
+            .filter(|i| {
+                candidate(7, GenMode::Random, *i, &[]) != candidate(8, GenMode::Random, *i, &[])
+            })
             .count();
         assert!(differ >= 19);
     }
@@ -1070,7 +1123,7 @@ mod tests {
         let mut seen = BTreeSet::new();
         let mut kinds = BTreeSet::new();
         for i in 0..400 {
-            let c = candidate(3, GenMode::Random, i).unwrap();
+            let c = candidate(3, GenMode::Random, i, &[]).unwrap();
             kinds.insert(matches!(c.origin, Origin::Mutated { .. }));
             if let Origin::Mutated { mutations, .. } = &c.origin {
                 seen.extend(mutations.iter().copied());
@@ -1092,7 +1145,7 @@ mod tests {
     #[test]
     fn a_pinned_mutant() {
         let c = (0..50)
-            .filter_map(|i| candidate(1, GenMode::Random, i))
+            .filter_map(|i| candidate(1, GenMode::Random, i, &[]))
             .find(|c| matches!(c.origin, Origin::Mutated { .. }))
             .unwrap();
         insta::assert_snapshot!(format!("{}\n{}", c.index, to_toml(&c.workload)));
@@ -1105,10 +1158,41 @@ mod tests {
             Ok(GenMode::Exhaustive { max_k: 1 })
         );
         assert_eq!("mixed".parse::<GenMode>(), Ok(GenMode::Mixed { max_k: 2 }));
+        assert_eq!(
+            "guided:3".parse::<GenMode>(),
+            Ok(GenMode::Guided { max_k: 3 })
+        );
         assert!("exhaustive:4".parse::<GenMode>().is_err());
         assert!("bogus".parse::<GenMode>().is_err());
         for m in ["random", "mixed:3", "exhaustive:2"] {
             assert_eq!(m.parse::<GenMode>().unwrap().to_string(), m);
+        }
+    }
+
+    #[test]
+    fn guided_draws_parents_from_the_campaign_corpus_and_is_mixed_without_one() {
+        let mixed = GenMode::Mixed { max_k: 1 };
+        let guided = GenMode::Guided { max_k: 1 };
+        for i in 0..40 {
+            assert_eq!(
+                candidate(5, mixed, i, &[]),
+                candidate(5, guided, i, &[]),
+                "#{i}"
+            );
+        }
+        let parent = crate::pipeline::builtin_lsfmm2016()[0].workload.clone();
+        let corpus = vec![(17u64, parent)];
+        let from_corpus = (0..200)
+            .filter_map(|i| candidate(5, guided, i, &corpus))
+            .filter(|c| {
+                matches!(&c.origin, Origin::Mutated { parent, .. } if parent == "corpus:00000017")
+            })
+            .inspect(|c| assert!(ops::validate(&c.workload.ops).is_ok()))
+            .count();
+        assert!(from_corpus > 10, "{from_corpus} of 200 from the corpus");
+        // Unguided streams ignore a corpus.
+        for i in 0..40 {
+            assert_eq!(candidate(5, mixed, i, &corpus), candidate(5, mixed, i, &[]));
         }
     }
 }
