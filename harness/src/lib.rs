@@ -15,6 +15,7 @@ pub mod html;
 pub mod image;
 pub mod interrupt;
 pub mod memory;
+pub mod minimize;
 pub mod oracle;
 pub mod pipeline;
 pub mod progress;

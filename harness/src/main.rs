@@ -86,6 +86,13 @@ enum Command {
     /// Write one finding's crash image as a disk file (FILE.img raw, or FILE.qcow2
     /// through qemu-img) and print the QEMU command line that boots it
     Export(ExportArgs),
+    /// Boot one finding's crash image with an interactive shell on this terminal: the
+    /// real kernel recovers it (mount -o dax on /mnt), busybox gives the tools; `exit`
+    /// ends the guest (Ctrl-A X quits QEMU)
+    Shell(ShellArgs),
+    /// Minimise a finding: the fewest of its dropped lines that still give its verdict
+    /// (delta debugging; each try is one crash image checked by a guest)
+    Minimize(MinimizeArgs),
     /// Fuzz sync orderings: run a campaign of generated workloads (exhaustive
     /// sequences, random and mutated ones), findings deduplicated by signature, state
     /// kept in the campaign directory (`--resume`), shards (`--shard I/N`) and `merge`
@@ -159,6 +166,29 @@ struct ExportArgs {
     /// The image to write: FILE.img (raw) or FILE.qcow2 (compressed)
     #[arg(short = 'o', long)]
     output: PathBuf,
+}
+
+#[derive(Args)]
+struct ShellArgs {
+    /// The bundle directory
+    bundle: PathBuf,
+    /// The finding id (`f-3a9c2e1b`), as printed with each finding
+    id: String,
+    /// Keep the crash image the guest booted (raw) in this file; it holds what the
+    /// shell session changed (default: a scratch file, removed afterwards)
+    #[arg(long, value_name = "FILE")]
+    keep_image: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct MinimizeArgs {
+    /// The bundle directory
+    bundle: PathBuf,
+    /// The finding id (`f-3a9c2e1b`), as printed with each finding
+    id: String,
+    /// Checker guests in parallel (default: 2, or 1 on a single core)
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Args)]
@@ -501,6 +531,11 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
         Command::Setup(args) => {
             let opts = setup_options(&g)?;
             let assets = setup::ensure(&opts)?;
+            // `pmcrash shell`'s initramfs (Debian's busybox-static) is provided now, so
+            // a machine set up once needs no download later.
+            for fs in FsKind::ALL {
+                setup::shell_initramfs::ensure(&assets, fs, opts.progress)?;
+            }
             let browser = if args.browser {
                 let show = opts.progress;
                 Some(setup::host_tools::ensure_browser(opts.install, |s| {
@@ -660,6 +695,8 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
         Command::Check(args) => check_bundles(&g, args, interrupt).await,
         Command::Repro(args) => repro(&g, args, interrupt).await,
         Command::Export(args) => export(&g, args).await,
+        Command::Shell(args) => shell(&g, args).await,
+        Command::Minimize(args) => minimize(&g, args).await,
         Command::Fuzz(args) => fuzz(&g, args, interrupt).await,
     }
 }
@@ -764,11 +801,7 @@ async fn repro(g: &Global, args: ReproArgs, interrupt: Interrupt) -> anyhow::Res
     }
     res?;
     let Some(r) = found else {
-        anyhow::bail!(
-            "no crash state of {} has the id {id} (`pmcrash check {}` lists the findings and their ids)",
-            b.dir.display(),
-            b.dir.display()
-        );
+        return Err(no_such_finding(&b, id));
     };
     if g.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -875,6 +908,7 @@ async fn export(g: &Global, args: ExportArgs) -> anyhow::Result<Outcome> {
     };
     let b = Bundle::open(&args.bundle)?;
     let assets = bundle_assets(g, std::slice::from_ref(&b))?;
+    let assets_shell = assets.clone();
     let mut p = repro::pipeline_for(&b, assets, Some(1))?;
     let u = repro::unpack(&b)?;
     let dir = match out.parent() {
@@ -903,14 +937,15 @@ async fn export(g: &Global, args: ExportArgs) -> anyhow::Result<Outcome> {
     } else {
         out.clone()
     };
-    let command = p.boot_command(&boot_image);
+    let spec = p.boot_spec(&boot_image);
     p.shutdown().await;
+    // The agent's initramfs waits for a host that is not there: boot the shell's.
+    let command = spec.map_err(anyhow::Error::from).and_then(|mut spec| {
+        spec.initramfs = setup::shell_initramfs::ensure(&assets_shell, b.run.fs, !g.json)?;
+        Ok(pmcrash::vm::interactive_command(&spec))
+    });
     let Some(record) = res? else {
-        anyhow::bail!(
-            "no crash state of {} has the id {id} (`pmcrash check {}` lists the findings and their ids)",
-            b.dir.display(),
-            b.dir.display()
-        );
+        return Err(no_such_finding(&b, id));
     };
     let command = command?;
     let made = if qcow2 {
@@ -957,11 +992,96 @@ async fn export(g: &Global, args: ExportArgs) -> anyhow::Result<Outcome> {
             println!("QEMU's NVDIMM needs a raw file: {c}");
         }
         println!(
-            "boot it (pmcrash's guest kernel and initramfs, the file as the NVDIMM; the file \
-             system starts at PM offset 2 MiB, /dev/pmem0 in the guest):"
+            "boot it (pmcrash's guest kernel and its shell initramfs, the file as the NVDIMM; \
+             the kernel recovers the file system onto /mnt and a busybox shell starts; the \
+             file system starts at PM offset 2 MiB, /dev/pmem0 in the guest; Ctrl-A X quits):"
         );
         println!("{command}");
     }
+    Ok(Outcome::Clean)
+}
+
+/// The error for a finding id no crash state of `b` has.
+fn no_such_finding(b: &Bundle, id: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no crash state of {} has the id {id} (`pmcrash check {}` lists the findings and their ids)",
+        b.dir.display(),
+        b.dir.display()
+    )
+}
+
+/// `pmcrash minimize`.
+async fn minimize(g: &Global, args: MinimizeArgs) -> anyhow::Result<Outcome> {
+    let id = &args.id;
+    finding_id_arg(id)?;
+    let b = Bundle::open(&args.bundle)?;
+    let assets = bundle_assets(g, std::slice::from_ref(&b))?;
+    let mut p = repro::pipeline_for(&b, assets, args.workers)?;
+    let workers = p.config().workers;
+    let res = pmcrash::minimize::minimize_lines(&mut p, &b, id, workers, !g.json).await;
+    p.shutdown().await;
+    let Some(m) = res? else {
+        return Err(no_such_finding(&b, id));
+    };
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        print!("{}", m.render_text(&b));
+    }
+    Ok(Outcome::Findings)
+}
+
+/// `pmcrash shell`.
+async fn shell(g: &Global, args: ShellArgs) -> anyhow::Result<Outcome> {
+    let id = &args.id;
+    finding_id_arg(id)?;
+    let b = Bundle::open(&args.bundle)?;
+    let assets = bundle_assets(g, std::slice::from_ref(&b))?;
+    let initramfs = setup::shell_initramfs::ensure(&assets, b.run.fs, true)?;
+    let mut p = repro::pipeline_for(&b, assets, Some(1))?;
+    let u = repro::unpack(&b)?;
+    let scratch = pmcrash::scratch::run_dir(pmcrash::scratch::RUN_PREFIX)
+        .context("create a scratch directory")?;
+    let image = args
+        .keep_image
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("crash.img"));
+    eprintln!("building the crash image of {id}");
+    let res = p
+        .write_crash_image(
+            &b.run.workload,
+            &b.workload,
+            &u.trace,
+            &u.base_image,
+            &b.run.results,
+            id,
+            &image,
+        )
+        .await;
+    let spec = p.boot_spec(&image);
+    p.shutdown().await;
+    let Some(record) = res? else {
+        return Err(no_such_finding(&b, id));
+    };
+    let mut spec = spec?;
+    spec.initramfs = initramfs;
+    eprintln!(
+        "booting finding {id} (crash point after record {record} of {} on {}-DAX) with a \
+         shell; the file system is recovered onto {}; `exit` ends the guest, Ctrl-A X quits QEMU",
+        b.run.workload,
+        b.run.fs,
+        setup::shell_initramfs::MOUNT_POINT
+    );
+    let t = std::time::Instant::now();
+    let status = pmcrash::vm::run_interactive(&spec).await?;
+    eprintln!(
+        "pmcrash shell: the guest ended after {:.1} s ({status}){}",
+        t.elapsed().as_secs_f64(),
+        args.keep_image
+            .as_ref()
+            .map_or(String::new(), |k| format!("; the image is {}", k.display()))
+    );
+    anyhow::ensure!(status.success(), "QEMU ended with {status}");
     Ok(Outcome::Clean)
 }
 

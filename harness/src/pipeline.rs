@@ -271,6 +271,56 @@ pub struct ReproState {
     pub recovery: crate::checker::Recovery,
 }
 
+/// One finding's crash state, and what judging a variant of it needs
+/// ([`Pipeline::finding_state`]): `pmcrash minimize` keeps some of its dropped lines
+/// and persists the others.
+pub struct FindingState {
+    /// Where it crashed.
+    pub point: PointRef,
+    /// The crash point's snapshot, which builds any state of the point.
+    pub snap: Arc<PointSnapshot>,
+    /// The finding's state.
+    pub state: CrashState,
+    /// Every line in flight at the point: (PM offset, stores queued).
+    pub lines: Vec<(u64, u32)>,
+    /// Every line the state drops (wholly or partly), described, in PM order.
+    pub dropped: Vec<DroppedLine>,
+    /// What the ops had promised at the point.
+    pub promised: promise::Promises,
+    /// Every byte each file ever had (for stale data).
+    pub history: History,
+}
+
+impl FindingState {
+    /// The verdict and problems of a recovery of a state of this point, as a run
+    /// judges it (less the torn-write reclassification, which needs every state of
+    /// the point).
+    pub fn judge(&self, rec: &Recovery) -> (Verdict, Vec<Problem>) {
+        let problems = oracle::judge(&self.promised, &self.history, rec);
+        (oracle::verdict_of(&problems), problems)
+    }
+
+    /// The state that drops only the lines in `keep_dropped` (PM offsets of lines the
+    /// finding's state drops), as that state does; every other line persists whole.
+    pub fn variant(&self, keep_dropped: &BTreeSet<u64>) -> CrashState {
+        let mut kept: Vec<(u64, u32)> = self
+            .lines
+            .iter()
+            .map(|&(off, queued)| {
+                let k = if keep_dropped.contains(&off) {
+                    self.state.kept_of(off)
+                } else {
+                    queued
+                };
+                (off, k)
+            })
+            .filter(|&(_, k)| k > 0)
+            .collect();
+        kept.sort_unstable();
+        CrashState { kept }
+    }
+}
+
 impl Pipeline {
     /// A pipeline on the provisioned assets.
     pub fn new(assets: Assets, cfg: RunConfig) -> Result<Pipeline, PipelineError> {
@@ -754,6 +804,50 @@ impl Pipeline {
         id: &str,
         out: &Path,
     ) -> Result<Option<u64>, PipelineError> {
+        let Some(f) = self
+            .finding_state(name, workload, trace, base_image, results, id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (record, st, snap) = (f.point.record, f.state, f.snap);
+        let io = |what: &str| {
+            let what = format!("{what} {}", out.display());
+            move |source| PipelineError::Io { what, source }
+        };
+        let file = std::fs::File::create(out).map_err(io("create"))?;
+        crate::image::copy_sparse(base_image, 0, &file, 0).map_err(|e| PipelineError::Io {
+            what: format!("copy {} to {}", base_image.display(), out.display()),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let len = std::fs::metadata(base_image)
+            .map_err(io("stat the base image for"))?
+            .len();
+        file.set_len(len).map_err(io("size"))?;
+        snap.build(&st)
+            .apply(&file)
+            .map_err(io("write the crash state into"))?;
+        file.sync_all().map_err(io("fsync"))?;
+        Ok(Some(record))
+    }
+
+    /// The QEMU command line that boots `pm_image` with this run's kernel, initramfs
+    /// and NVDIMM shape ([`crate::vm::interactive_command`]).
+    pub fn boot_command(&self, pm_image: &Path) -> Result<String, PipelineError> {
+        Ok(crate::vm::interactive_command(&self.boot_spec(pm_image)?))
+    }
+
+    /// The state with finding id `id` and what judging a variant of it needs (`pmcrash
+    /// export`, `shell`, `minimize`), or `None` when no state of the trace has that id.
+    pub async fn finding_state(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        id: &str,
+    ) -> Result<Option<FindingState>, PipelineError> {
         check_usable(name, trace)?;
         // The kernel's symbols decide the block writes (`--sector-atomic` groups).
         let bar = crate::progress::bar(1, false, name);
@@ -779,38 +873,66 @@ impl Pipeline {
         else {
             return Ok(None);
         };
-        let io = |what: &str| {
-            let what = format!("{what} {}", out.display());
-            move |source| PipelineError::Io { what, source }
-        };
-        let file = std::fs::File::create(out).map_err(io("create"))?;
-        crate::image::copy_sparse(base_image, 0, &file, 0).map_err(|e| PipelineError::Io {
-            what: format!("copy {} to {}", base_image.display(), out.display()),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let len = std::fs::metadata(base_image)
-            .map_err(io("stat the base image for"))?
-            .len();
-        file.set_len(len).map_err(io("size"))?;
-        made.snap
-            .build(st)
-            .apply(&file)
-            .map_err(io("write the crash state into"))?;
-        file.sync_all().map_err(io("fsync"))?;
-        Ok(Some(record))
+        let p = &made.point;
+        let owners = promise::extent_owners(&workload.ops, results, FSDAX_DATA_OFFSET);
+        let layout = fs_layout(self.cfg.fs, base_image);
+        Ok(Some(FindingState {
+            point: point_ref(p, workload),
+            snap: made.snap.clone(),
+            state: st.clone(),
+            lines: made.lines.iter().map(|l| (l.offset, l.queued)).collect(),
+            dropped: dropped_lines(&made.lines, st, &owners, &trace.records, &symbols, &layout)
+                .collect(),
+            promised: promise::promises(
+                &workload.ops,
+                Some(results),
+                p.ops_completed as usize,
+                p.op_in_progress.map(|o| o as usize),
+            ),
+            history: History::new(&workload.ops, Some(results)),
+        }))
     }
 
-    /// The QEMU command line that boots `pm_image` with this run's kernel, initramfs
-    /// and NVDIMM shape ([`crate::vm::interactive_command`]).
-    pub fn boot_command(&self, pm_image: &Path) -> Result<String, PipelineError> {
-        let spec = self
-            .factory
+    /// Recover `images` (crash images over `base_image`) with the checker guests, in
+    /// order; each recovery is the one a run's check would get.
+    pub async fn recover_images(
+        &mut self,
+        name: &str,
+        base_image: &Path,
+        history: &History,
+        images: Vec<Arc<crash_models::delta::CrashImage>>,
+    ) -> Result<Vec<Recovery>, PipelineError> {
+        let bar = crate::progress::bar(1, false, name);
+        self.prepare(name, &bar).await?;
+        let checker = self.checker.as_mut().expect("checker");
+        let err = |source| PipelineError::Check {
+            workload: name.into(),
+            source,
+        };
+        let known = KnownBlocks {
+            hashes: history.known_hashes(),
+        };
+        let got = checker
+            .recover_all(base_image, images, known, None)
+            .await
+            .map_err(err)?;
+        if got.interrupted {
+            return Err(PipelineError::Interrupted {
+                workload: name.into(),
+            });
+        }
+        Ok(got.recoveries)
+    }
+
+    /// The guest that boots `pm_image` with this run's kernel, initramfs and NVDIMM
+    /// shape (`pmcrash shell` swaps the initramfs).
+    pub fn boot_spec(&self, pm_image: &Path) -> Result<crate::vm::VmSpec, PipelineError> {
+        self.factory
             .spec(pm_image, None)
             .map_err(|e| PipelineError::Check {
                 workload: pm_image.display().to_string(),
                 source: CheckerError::Guest(e),
-            })?;
-        Ok(crate::vm::interactive_command(&spec))
+            })
     }
 }
 
@@ -1573,54 +1695,62 @@ fn dropped(
     symbols: &SymbolTable,
     layout: &Layout,
 ) -> Vec<DroppedLine> {
-    lines
-        .iter()
-        .filter_map(|l| {
-            let kept = st.kept_of(l.offset);
-            if kept >= l.queued {
-                return None;
-            }
-            let owner = owners
-                .iter()
-                .find(|(r, _, _)| r.contains(&l.offset))
-                .map(|(r, p, logical)| {
-                    format!("file {p} offset {}", logical + (l.offset - r.start))
-                })
-                .unwrap_or_else(|| {
-                    if l.user {
-                        "user-space store (mapped file data)".into()
-                    } else if let Some(what) = layout.name_of(l.offset) {
-                        format!("kernel store: {what}")
-                    } else {
-                        "kernel store (metadata, journal or file data)".into()
-                    }
-                });
-            let missing = match l.first_unflushed_record {
-                Some(r) => format!(
-                    "no flush of the line after record {r} (its last store is record {})",
-                    l.last_record
-                ),
-                None => "flushed, but no fence after the flush before the crash".into(),
-            };
-            let writer = match records.get(l.last_record as usize) {
-                Some(Record::Store {
-                    privilege: Privilege::Kernel,
-                    pc,
-                    ..
-                }) if !symbols.is_empty() => Some(symbols.describe(*pc)),
-                _ => None,
-            };
-            Some(DroppedLine {
-                pm_offset: l.offset,
-                owner,
-                queued: l.queued,
-                kept,
-                missing,
-                writer,
-            })
-        })
+    dropped_lines(lines, st, owners, records, symbols, layout)
         .take(16)
         .collect()
+}
+
+/// Every line `st` drops (wholly or partly), described.
+fn dropped_lines<'a>(
+    lines: &'a [LineInfo],
+    st: &'a CrashState,
+    owners: &'a [(Range<u64>, String, u64)],
+    records: &'a [Record],
+    symbols: &'a SymbolTable,
+    layout: &'a Layout,
+) -> impl Iterator<Item = DroppedLine> + 'a {
+    lines.iter().filter_map(|l| {
+        let kept = st.kept_of(l.offset);
+        if kept >= l.queued {
+            return None;
+        }
+        let owner = owners
+            .iter()
+            .find(|(r, _, _)| r.contains(&l.offset))
+            .map(|(r, p, logical)| format!("file {p} offset {}", logical + (l.offset - r.start)))
+            .unwrap_or_else(|| {
+                if l.user {
+                    "user-space store (mapped file data)".into()
+                } else if let Some(what) = layout.name_of(l.offset) {
+                    format!("kernel store: {what}")
+                } else {
+                    "kernel store (metadata, journal or file data)".into()
+                }
+            });
+        let missing = match l.first_unflushed_record {
+            Some(r) => format!(
+                "no flush of the line after record {r} (its last store is record {})",
+                l.last_record
+            ),
+            None => "flushed, but no fence after the flush before the crash".into(),
+        };
+        let writer = match records.get(l.last_record as usize) {
+            Some(Record::Store {
+                privilege: Privilege::Kernel,
+                pc,
+                ..
+            }) if !symbols.is_empty() => Some(symbols.describe(*pc)),
+            _ => None,
+        };
+        Some(DroppedLine {
+            pm_offset: l.offset,
+            owner,
+            queued: l.queued,
+            kept,
+            missing,
+            writer,
+        })
+    })
 }
 
 /// The named regions of the file system in a base image (for saying what tore).

@@ -36,6 +36,9 @@ pub enum ReproError {
     /// The check itself failed.
     #[error(transparent)]
     Pipeline(Box<PipelineError>),
+    /// The finding's state no longer gives its verdict.
+    #[error("{0}")]
+    NotReproduced(String),
     /// Local I/O.
     #[error("{what}: {source}")]
     Io {

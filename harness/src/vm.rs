@@ -296,6 +296,29 @@ pub fn interactive_command(spec: &VmSpec) -> String {
     shell_words(&spec.qemu, &args).trim_end().to_owned()
 }
 
+/// Boot `spec` for a person and wait until QEMU ends: what [`interactive_command`]
+/// prints, with this process's standard streams as the guest's console (`pmcrash
+/// shell`). QEMU is registered like every guest, so Ctrl-C (when the terminal sends
+/// it to the harness rather than to the guest) and the harness's death end it.
+pub async fn run_interactive(spec: &VmSpec) -> Result<std::process::ExitStatus, VmError> {
+    let mut args = boot_args(spec);
+    args.extend(["-serial".into(), "mon:stdio".into()]);
+    let mut cmd = tokio::process::Command::new(&spec.qemu);
+    cmd.args(&args).kill_on_drop(true);
+    crate::sys::kill_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
+        qemu: spec.qemu.clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+    if let Ok(mut s) = LIVE_QEMUS.lock() {
+        s.insert(pid);
+    }
+    let status = child.wait().await;
+    forget_pid(pid);
+    status.map_err(io_err("wait for QEMU"))
+}
+
 /// A running guest.
 pub struct Vm {
     child: tokio::process::Child,

@@ -174,11 +174,16 @@ pub fn xfs_repair() -> Result<FsckFiles, SetupError> {
     Ok(files)
 }
 
-/// The ext4 checker: the static `e2fsck` from Debian's `e2fsck-static` package,
-/// downloaded into the cache's `debs/` once.
-pub(super) fn e2fsck(cache: &Path, ui: &Ui) -> Result<FsckFiles, SetupError> {
+/// A Debian package's newest .deb in the cache's `debs/` (downloaded with `apt-get
+/// download` when there is none, never installed on the host), and its files unpacked
+/// into a temporary directory there.
+pub(super) fn unpacked_deb(
+    cache: &Path,
+    package: &str,
+    ui: &Ui,
+) -> Result<(PathBuf, tempfile::TempDir), SetupError> {
     let debs = crate::cache::debs_dir(cache);
-    let prefix = format!("{E2FSCK_PACKAGE}_");
+    let prefix = format!("{package}_");
     let newest = std::fs::read_dir(&debs)
         .into_iter()
         .flatten()
@@ -188,7 +193,7 @@ pub(super) fn e2fsck(cache: &Path, ui: &Ui) -> Result<FsckFiles, SetupError> {
         .max_by(|a, b| dpkg_version_cmp(a, b));
     let name = match newest {
         Some(n) => n,
-        None => kernel::download(cache, E2FSCK_PACKAGE, ui)?,
+        None => kernel::download(cache, package, ui)?,
     };
     let deb = debs.join(&name);
     let tmp = tempfile::Builder::new()
@@ -196,6 +201,32 @@ pub(super) fn e2fsck(cache: &Path, ui: &Ui) -> Result<FsckFiles, SetupError> {
         .tempdir_in(&debs)
         .map_err(|e| SetupError::io(&debs, e))?;
     host_tools::run_command(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp.path()))?;
+    Ok((deb, tmp))
+}
+
+/// The bytes of `bin`, unpacked from `deb`, which must be a statically linked ELF.
+pub(super) fn read_static(bin: &Path, deb: &Path) -> Result<Vec<u8>, SetupError> {
+    let data = std::fs::read(bin).map_err(|e| SetupError::io(bin, e))?;
+    let deps = elf_deps(&data).map_err(|reason| SetupError::FsckTool {
+        path: bin.to_path_buf(),
+        reason,
+    })?;
+    if deps.interp.is_some() || !deps.needed.is_empty() {
+        return Err(SetupError::FsckTool {
+            path: deb.to_path_buf(),
+            reason: format!(
+                "its {} is not statically linked",
+                bin.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        });
+    }
+    Ok(data)
+}
+
+/// The ext4 checker: the static `e2fsck` from Debian's `e2fsck-static` package,
+/// downloaded into the cache's `debs/` once.
+pub(super) fn e2fsck(cache: &Path, ui: &Ui) -> Result<FsckFiles, SetupError> {
+    let (deb, tmp) = unpacked_deb(cache, E2FSCK_PACKAGE, ui)?;
     let bin = ["sbin/e2fsck.static", "usr/sbin/e2fsck.static"]
         .iter()
         .map(|p| tmp.path().join(p))
@@ -206,17 +237,7 @@ pub(super) fn e2fsck(cache: &Path, ui: &Ui) -> Result<FsckFiles, SetupError> {
                 "the package holds no sbin/e2fsck.static; delete it and run `pmcrash setup` again"
                     .into(),
         })?;
-    let data = std::fs::read(&bin).map_err(|e| SetupError::io(&bin, e))?;
-    let deps = elf_deps(&data).map_err(|reason| SetupError::FsckTool {
-        path: bin.clone(),
-        reason,
-    })?;
-    if deps.interp.is_some() || !deps.needed.is_empty() {
-        return Err(SetupError::FsckTool {
-            path: deb,
-            reason: "its e2fsck.static is not statically linked".into(),
-        });
-    }
+    let data = read_static(&bin, &deb)?;
     Ok(FsckFiles {
         files: vec![GuestFile {
             path: GUEST_E2FSCK.into(),

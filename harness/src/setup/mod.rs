@@ -31,6 +31,7 @@ pub mod initramfs;
 pub mod kconfig;
 pub mod kernel;
 pub mod modules;
+pub mod shell_initramfs;
 
 pub use crash_models::ops::FsKind;
 pub use doctor::{DoctorReport, Probe, ProbeStatus};
