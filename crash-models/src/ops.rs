@@ -595,6 +595,39 @@ pub enum Op {
         /// The attribute's name.
         name: String,
     },
+    /// Run a user program in the guest with the mount point as its working directory
+    /// (`docs/programs.md`). The harness ships the binary, and for a dynamic one its
+    /// loader and `DT_NEEDED` closure, into the guest; its stores, flushes and fences
+    /// are traced like the agent's. The model does not know what it does to the file
+    /// system: it makes no promises, and the files it makes are not judged for stale
+    /// data (a user checker judges them).
+    Exec {
+        /// The program on the host: an absolute path, or relative to the directory
+        /// pmcrash runs in.
+        program: String,
+        /// Its arguments (after `argv[0]`).
+        #[serde(default)]
+        args: Vec<String>,
+        /// Its whole environment.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// Guest milliseconds before it is killed (the op then fails with `ETIMEDOUT`).
+        #[serde(default = "default_exec_timeout_ms")]
+        timeout_ms: u64,
+        /// Names of the program's own markers (`pmcrash-marker`), so crash points
+        /// and findings say `after tx_commit #3` instead of a number.
+        #[serde(default)]
+        markers: Vec<String>,
+    },
+}
+
+/// Default [`Op::Exec`] timeout: one minute of guest time.
+pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 60_000;
+/// Longest [`Op::Exec`] timeout: an hour.
+pub const MAX_EXEC_TIMEOUT_MS: u64 = 3_600_000;
+
+fn default_exec_timeout_ms() -> u64 {
+    DEFAULT_EXEC_TIMEOUT_MS
 }
 
 impl Op {
@@ -630,6 +663,7 @@ impl Op {
             Op::Mkfifo { .. } => "mkfifo",
             Op::Setxattr { .. } => "setxattr",
             Op::Removexattr { .. } => "removexattr",
+            Op::Exec { .. } => "exec",
         }
     }
 }
@@ -647,6 +681,56 @@ pub struct Workload {
     pub op_locations: Vec<Location>,
     /// What the workload expects of a run (its `[expect]` table).
     pub expect: Option<Expect>,
+    /// Programs that judge each recovered crash state (its `[[checkers]]` tables).
+    pub checkers: Vec<UserChecker>,
+}
+
+/// A user checker: a program run in the checker guest after each recovery, with the
+/// mount point as its working directory (and in `PMCRASH_MOUNT`). Exit 0 means the
+/// program's data is consistent; anything else is a `program-check-failed` finding
+/// with its output. The built-in oracle still judges the file system.
+///
+/// ```toml
+/// [[checkers]]
+/// program = "target/debug/redo-log"
+/// args = ["check", "log.pm"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserChecker {
+    /// The program on the host (as in [`Op::Exec`]).
+    pub program: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Its environment (`PMCRASH_MOUNT` is added).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Guest milliseconds before it is killed (a kill is a failed check).
+    #[serde(default = "default_checker_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// Default [`UserChecker`] timeout: ten seconds of guest time.
+pub const DEFAULT_CHECKER_TIMEOUT_MS: u64 = 10_000;
+
+fn default_checker_timeout_ms() -> u64 {
+    DEFAULT_CHECKER_TIMEOUT_MS
+}
+
+impl UserChecker {
+    /// The op that runs it in the guest, where the file system is mounted at `mount`.
+    pub fn as_op(&self, mount: &str) -> Op {
+        let mut env = self.env.clone();
+        env.insert("PMCRASH_MOUNT".into(), mount.into());
+        Op::Exec {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            env,
+            timeout_ms: self.timeout_ms,
+            markers: vec![],
+        }
+    }
 }
 
 /// A workload's `[expect]`: the verdicts a run must see and where losses may
@@ -762,6 +846,8 @@ struct RawWorkload {
     ops: Vec<toml::Spanned<SpannedTable>>,
     #[serde(default)]
     expect: Option<Expect>,
+    #[serde(default)]
+    checkers: Vec<UserChecker>,
 }
 
 fn line_col(src: &str, byte: usize) -> Location {
@@ -855,7 +941,17 @@ impl Workload {
             ops,
             op_locations,
             expect,
+            checkers: raw.checkers,
         };
+        for (i, c) in workload.checkers.iter().enumerate() {
+            validate(&[c.as_op("/mnt")]).map_err(|v| WorkloadError {
+                file: file.to_owned(),
+                line: 1,
+                col: 1,
+                field: format!("checkers[{i}].{}", v.field),
+                message: v.message,
+            })?;
+        }
         validate(&workload.ops).map_err(|v| {
             let loc = workload
                 .op_locations
@@ -1170,6 +1266,60 @@ pub fn validate(ops: &[Op]) -> Result<(), OpError> {
                 check_path("path", path)?;
                 if target.is_empty() {
                     return Err(err(i, "target", "must not be empty".to_owned()));
+                }
+            }
+            Op::Exec {
+                program,
+                args,
+                env,
+                timeout_ms,
+                markers,
+            } => {
+                if program.is_empty() || program.contains('\0') {
+                    return Err(err(
+                        i,
+                        "program",
+                        "expected the path of a program on the host".to_owned(),
+                    ));
+                }
+                if *timeout_ms == 0 || *timeout_ms > MAX_EXEC_TIMEOUT_MS {
+                    return Err(err(
+                        i,
+                        "timeout_ms",
+                        format!("expected 1 to {MAX_EXEC_TIMEOUT_MS} milliseconds"),
+                    ));
+                }
+                if args.iter().any(|a| a.contains('\0')) {
+                    return Err(err(i, "args", "an argument contains NUL".to_owned()));
+                }
+                if env
+                    .iter()
+                    .any(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
+                {
+                    return Err(err(
+                        i,
+                        "env",
+                        "expected NAME = \"value\" pairs, names without `=` or NUL".to_owned(),
+                    ));
+                }
+                let size: usize = args.iter().map(String::len).sum::<usize>()
+                    + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                if size as u64 > MAX_DATA_BYTES {
+                    return Err(err(
+                        i,
+                        "args",
+                        format!("arguments and environment exceed {MAX_DATA_BYTES} bytes"),
+                    ));
+                }
+                let mut seen = BTreeSet::new();
+                for m in markers {
+                    if m.is_empty() || !seen.insert(crate::protocol::marker::name_hash(m)) {
+                        return Err(err(
+                            i,
+                            "markers",
+                            format!("`{m}`: marker names must be non-empty and distinct"),
+                        ));
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod cache;
 pub mod checker;
+pub mod elf;
 pub mod findings;
 pub mod guest;
 pub mod html;
@@ -16,6 +17,7 @@ pub mod interrupt;
 pub mod memory;
 pub mod oracle;
 pub mod pipeline;
+pub mod programs;
 pub mod progress;
 pub mod report;
 pub mod run;
