@@ -86,6 +86,7 @@ fn a_redo_log_with_unflushed_data_lines_is_found_and_they_are_named() {
             &["tx_begin", "tx_commit", "tx_end"],
         ),
         FsKind::Ext4,
+        at_markers(),
     );
     let w = &r.workloads[0];
     assert!(
