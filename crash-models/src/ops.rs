@@ -699,6 +699,7 @@ pub struct Workload {
 #[serde(deny_unknown_fields)]
 pub struct UserChecker {
     /// The program on the host (as in [`Op::Exec`]).
+    #[serde(default)]
     pub program: String,
     /// Its arguments.
     #[serde(default)]
@@ -709,7 +710,19 @@ pub struct UserChecker {
     /// Guest milliseconds before it is killed (a kill is a failed check).
     #[serde(default = "default_checker_timeout_ms")]
     pub timeout_ms: u64,
+    /// Run only when this path (relative to the mount point) exists after recovery;
+    /// otherwise the check passes: the program had not made its pool yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_exists: Option<String>,
+    /// The stock PMDK checker: `pmempool_check = "pool.obj"` stands for
+    /// `program = "/usr/bin/pmempool"`, `args = ["check", "pool.obj"]`,
+    /// `if_exists = "pool.obj"` (expanded when the workload is parsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmempool_check: Option<String>,
 }
+
+/// Where Debian's `pmdk-tools` puts `pmempool` (`pmcrash setup` installs it).
+pub const PMEMPOOL: &str = "/usr/bin/pmempool";
 
 /// Default [`UserChecker`] timeout: ten seconds of guest time.
 pub const DEFAULT_CHECKER_TIMEOUT_MS: u64 = 10_000;
@@ -719,6 +732,42 @@ fn default_checker_timeout_ms() -> u64 {
 }
 
 impl UserChecker {
+    /// `pmempool check POOL` (when `POOL` exists), the stock checker of PMDK pools.
+    pub fn pmempool_check(pool: &str) -> UserChecker {
+        UserChecker {
+            program: PMEMPOOL.into(),
+            args: vec!["check".into(), pool.into()],
+            env: BTreeMap::new(),
+            timeout_ms: DEFAULT_CHECKER_TIMEOUT_MS,
+            if_exists: Some(pool.into()),
+            pmempool_check: None,
+        }
+    }
+
+    /// Expand [`UserChecker::pmempool_check`]; `Err` names the field at fault.
+    fn expand(mut self) -> Result<UserChecker, (&'static str, String)> {
+        if let Some(pool) = self.pmempool_check.take() {
+            if !self.program.is_empty() || !self.args.is_empty() {
+                return Err((
+                    "pmempool_check",
+                    "give either pmempool_check or program/args, not both".into(),
+                ));
+            }
+            let env = std::mem::take(&mut self.env);
+            let timeout_ms = self.timeout_ms;
+            self = UserChecker::pmempool_check(&pool);
+            self.env = env;
+            self.timeout_ms = timeout_ms;
+        }
+        if self.program.is_empty() {
+            return Err((
+                "program",
+                "missing: a checker names a program (or pmempool_check = POOL)".into(),
+            ));
+        }
+        Ok(self)
+    }
+
     /// The op that runs it in the guest, where the file system is mounted at `mount`.
     pub fn as_op(&self, mount: &str) -> Op {
         let mut env = self.env.clone();
@@ -941,8 +990,19 @@ impl Workload {
             ops,
             op_locations,
             expect,
-            checkers: raw.checkers,
+            checkers: Vec::new(),
         };
+        let mut workload = workload;
+        for (i, c) in raw.checkers.into_iter().enumerate() {
+            let c = c.expand().map_err(|(field, message)| WorkloadError {
+                file: file.to_owned(),
+                line: 1,
+                col: 1,
+                field: format!("checkers[{i}].{field}"),
+                message,
+            })?;
+            workload.checkers.push(c);
+        }
         for (i, c) in workload.checkers.iter().enumerate() {
             validate(&[c.as_op("/mnt")]).map_err(|v| WorkloadError {
                 file: file.to_owned(),

@@ -12,7 +12,9 @@
 //!
 //! Each case runs in its own process (`prune_bench case ...`), so its peak resident
 //! memory (VmHWM) is its own. `prune_bench` alone runs every case and prints the
-//! tables; `prune_bench quick` only the single-op cases.
+//! tables; `prune_bench quick` only the single-op cases; `prune_bench memory` only
+//! issue 15's cases, with the 128-store workload also under a 1 MiB budget (one point
+//! at a time; the same verdict for every state is checked).
 
 use crash_models::ops::{FsKind, Workload};
 use crash_models::points::Policy;
@@ -159,9 +161,37 @@ fn main() {
         return;
     }
     let quick = args.first().map(String::as_str) == Some("quick");
+    let memory_only = args.first().map(String::as_str) == Some("memory");
     println!("| case | points | states | distinct | checked | pruned | total s | check s | images/s | peak MiB | not-ok states |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut mismatches = 0;
+    if memory_only {
+        for fs in ["ext4", "xfs"] {
+            let a = spawn(fs, "op", "each-line", "prune", "1024", "stores-128");
+            let b = spawn(fs, "op", "each-line", "prune", "1", "stores-128");
+            let same = a.get("state_verdicts").is_some()
+                && a.get("state_verdicts") == b.get("state_verdicts");
+            mismatches += usize::from(!same);
+            println!("{}", row(&format!("stores-128 {fs} op"), &a));
+            println!(
+                "{}",
+                row(&format!("stores-128 {fs} op, --memory-mib 1"), &b)
+            );
+            println!("| same verdict for every state: {same} |");
+        }
+        for fs in ["ext4", "xfs"] {
+            let v = spawn(fs, "fence", "all", "prune", "1024", "stores-10000");
+            println!(
+                "{}",
+                row(&format!("stores-10000 {fs} fence, states all"), &v)
+            );
+        }
+        if mismatches > 0 {
+            eprintln!("{mismatches} case(s) where a tiny budget changed a verdict");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut pair = |fs: &str, points: &str, name: &str| {
         let a = spawn(fs, points, "each-line", "prune", "1024", name);
         let b = spawn(fs, points, "each-line", "no-prune", "1024", name);

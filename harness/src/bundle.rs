@@ -38,6 +38,8 @@ const WORKLOAD_SOURCE: &str = "workload.toml";
 const TRACE: &str = "trace.pmtrace.zst";
 const BASE: &str = "base.img.zst";
 const REPORT: &str = "report.json";
+/// The workload's programs (`crash_models::programs::Bundle`), when it runs any.
+const PROGRAMS: &str = "programs.bundle";
 
 /// Why a bundle cannot be written or used. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +216,12 @@ pub struct RunInfo {
     pub max_states: usize,
     /// Most crash points, when the run was limited.
     pub max_points: Option<usize>,
+    /// The only crash point checked (`--crash-at`), when the run was limited to one.
+    #[serde(default)]
+    pub crash_at: Option<u64>,
+    /// BTT-like sector atomicity of kernel block writes (`--sector-atomic`).
+    #[serde(default)]
+    pub sector_atomic: Option<u64>,
     /// PM size in bytes.
     pub pm_size: u64,
     /// The trace was made in a deterministic guest.
@@ -239,6 +247,9 @@ pub struct BundleParts<'a> {
     pub base_image: &'a Path,
     /// The workload's report (JSON).
     pub report: &'a serde_json::Value,
+    /// The program bundle its guests got (`exec` ops, user checkers), if any: a
+    /// check needs the same binaries, not whatever is at their host paths later.
+    pub programs: Option<&'a Path>,
 }
 
 /// Write a bundle at `dir`, which must not exist. It appears whole or not at all.
@@ -272,6 +283,10 @@ pub fn save(dir: &Path, parts: &BundleParts<'_>) -> Result<(), BundleError> {
         put(WORKLOAD_SOURCE, src.as_bytes())?;
     }
     put(REPORT, &pretty(parts.report))?;
+    if let Some(from) = parts.programs {
+        let bytes = std::fs::read(from).map_err(io("read", from))?;
+        put(PROGRAMS, &bytes)?;
+    }
     for (name, from) in [(TRACE, parts.trace), (BASE, parts.base_image)] {
         let to = tmp.path().join(name);
         compress(from, &to)?;
@@ -399,6 +414,14 @@ impl Bundle {
     /// The saved report.
     pub fn report(&self) -> Result<serde_json::Value, BundleError> {
         read_json(&self.dir.join(REPORT))
+    }
+
+    /// The program bundle the workload's guests got, when it runs programs.
+    pub fn programs(&self) -> Option<PathBuf> {
+        self.manifest
+            .files
+            .contains_key(PROGRAMS)
+            .then(|| self.dir.join(PROGRAMS))
     }
 
     /// Write the trace, uncompressed, to `to`.
@@ -535,6 +558,8 @@ mod tests {
             seed: 7,
             max_states: 4096,
             max_points: None,
+            crash_at: None,
+            sector_atomic: None,
             pm_size: 8 << 20,
             deterministic: true,
             kernel: KernelIdentity::of(&trace, "6.12.0-test").unwrap(),
@@ -557,6 +582,7 @@ mod tests {
                 trace: &trace,
                 base_image: &base,
                 report: &report,
+                programs: None,
             },
         )
         .unwrap();
@@ -600,6 +626,7 @@ mod tests {
                 trace: &trace,
                 base_image: &base,
                 report: &report,
+                programs: None,
             },
         )
         .unwrap_err();

@@ -76,6 +76,22 @@ pub fn mask_numbers(text: &str) -> String {
     out
 }
 
+/// A crash state's stable id (`f-3a9c2e1b`), derived from its content alone: the crash
+/// point's record and how many queued stores each in-flight line keeps (`lines`:
+/// `(PM offset of the line, stores kept)`, in the point's line order). The same trace
+/// gives the same ids on every run and machine, so `pmcrash repro BUNDLE ID` finds the
+/// state again; a finding carries the id of its group's first state.
+pub fn finding_id(record: u64, lines: impl IntoIterator<Item = (u64, u32)>) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"pmcrash-finding-v1");
+    h.update(&record.to_le_bytes());
+    for (offset, kept) in lines {
+        h.update(&offset.to_le_bytes());
+        h.update(&kept.to_le_bytes());
+    }
+    format!("f-{}", &h.finalize().to_hex()[..8])
+}
+
 /// The groups of one workload's failing states.
 #[derive(Debug, Clone, Default)]
 pub struct FindingGroups {
@@ -133,6 +149,17 @@ impl FindingGroups {
 mod tests {
     use super::*;
 
+    #[test]
+    fn finding_ids_depend_on_the_point_and_every_kept_count() {
+        let a = finding_id(100, [(0x1000, 2), (0x2000, 0)]);
+        assert!(a.starts_with("f-") && a.len() == 10, "{a}");
+        assert_eq!(a, finding_id(100, [(0x1000, 2), (0x2000, 0)]));
+        assert_ne!(a, finding_id(101, [(0x1000, 2), (0x2000, 0)]));
+        assert_ne!(a, finding_id(100, [(0x1000, 1), (0x2000, 0)]));
+        assert_ne!(a, finding_id(100, [(0x1000, 2), (0x2040, 0)]));
+        assert_ne!(a, finding_id(100, [(0x1000, 2)]));
+    }
+
     fn point(record: u64, op: u32) -> PointRef {
         PointRef {
             record,
@@ -156,6 +183,7 @@ mod tests {
 
     fn finding(p: &PointRef, problems: Vec<Problem>) -> Finding {
         Finding {
+            id: finding_id(p.record, []),
             verdict: problems[0].verdict,
             point: p.clone(),
             problems,
@@ -192,6 +220,7 @@ mod tests {
                 let problems = torn(64 * (i + 1));
                 let key = GroupKey::of(Verdict::TornWrite, &p, &problems);
                 g.add(key, &p, || Finding {
+                    id: finding_id(record, [(0x2a00040, 0)]),
                     dropped_lines: vec![DroppedLine {
                         pm_offset: 0x2a00040,
                         owner: "kernel store (metadata, journal or file data)".into(),

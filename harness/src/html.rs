@@ -582,8 +582,12 @@ fn finding(h: &mut String, i: usize, k: usize, f: &Value, point: Option<usize>) 
     let v = text(f.get("verdict"));
     let _ = write!(
         h,
-        "<div class=\"finding v-{c}\" id=\"w{i}-f{k}\" data-verdict=\"{v}\"><h4>{} {}</h4>",
+        "<div class=\"finding v-{c}\" id=\"w{i}-f{k}\" data-verdict=\"{v}\"><h4>{} {}{}</h4>",
         verdict_tag(&v),
+        f.get("id")
+            .and_then(Value::as_str)
+            .map(|id| format!("<code class=\"finding-id\">{}</code> ", esc(id)))
+            .unwrap_or_default(),
         esc(&signature(f)),
         v = esc(&v),
         c = css_ident(&v)
@@ -657,6 +661,7 @@ fn finding(h: &mut String, i: usize, k: usize, f: &Value, point: Option<usize>) 
             .iter()
             .filter(|(k, _)| {
                 ![
+                    "id",
                     "verdict",
                     "point",
                     "problems",
@@ -1099,6 +1104,7 @@ mod tests {
             });
             if bad && fs.len() < findings {
                 fs.push(Finding {
+                    id: format!("f-{record:08x}"),
                     verdict: Verdict::UnsafeFlushOnly,
                     point: PointRef {
                         record,

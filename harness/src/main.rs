@@ -9,10 +9,12 @@ use crash_models::model::Model;
 use crash_models::ops::FsKind;
 use crash_models::points::Policy;
 use crash_models::states::Strategy;
+use pmcrash::bundle::Bundle;
 use pmcrash::guest::GuestFactory;
 use pmcrash::interrupt::Interrupt;
 use pmcrash::oracle::Verdict;
 use pmcrash::pipeline::{self, Pipeline, RunConfig};
+use pmcrash::repro;
 use pmcrash::setup::{self, SetupOptions};
 use pmcrash::workloads;
 use std::path::PathBuf;
@@ -74,6 +76,122 @@ enum Command {
     /// Trace a workload (`pmcrash trace W.toml -o run.pmtrace`), or show a saved trace
     /// (`pmcrash trace show run.pmtrace`)
     Trace(TraceArgs),
+    /// Check saved run bundles (`run --save DIR`) again from their traces, with no
+    /// workload run: the same crash points, states and verdicts as the run that saved
+    /// them (differences are listed and exit 1)
+    Check(CheckArgs),
+    /// Check one crash state of a bundle again by its finding id and show the
+    /// recovery: the verdict, the mount, fsck and console output
+    Repro(ReproArgs),
+    /// Write one finding's crash image as a disk file (FILE.img raw, or FILE.qcow2
+    /// through qemu-img) and print the QEMU command line that boots it
+    Export(ExportArgs),
+    /// Fuzz sync orderings: run a campaign of generated workloads (exhaustive
+    /// sequences, random and mutated ones), findings deduplicated by signature, state
+    /// kept in the campaign directory (`--resume`), shards (`--shard I/N`) and `merge`
+    Fuzz(FuzzArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct FuzzArgs {
+    #[command(subcommand)]
+    merge: Option<FuzzCmd>,
+    /// The campaign directory (made if missing)
+    #[arg(long, value_name = "CAMPAIGN")]
+    out: Option<PathBuf>,
+    /// File system
+    #[arg(long, default_value = "ext4")]
+    fs: FsKind,
+    /// The seed of the workload stream (and of random:N states); printed in the summary
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// How much to run in this session: a number of workloads (of this shard's share)
+    /// or a duration (90s, 30m, 8h: no new workload starts after it)
+    #[arg(long, default_value = "10")]
+    budget: pmcrash::fuzz::campaign::Budget,
+    /// Generators: exhaustive[:K] (every sequence of up to K core ops, each with a
+    /// persistence point), random (random and mutated workloads), mixed[:K] (both,
+    /// alternating)
+    #[arg(long, default_value = "mixed:2")]
+    gen: pmcrash::fuzz::gen::GenMode,
+    /// Run only stream indices i with i % N == I
+    #[arg(long, default_value = "0/1", value_name = "I/N")]
+    shard: pmcrash::fuzz::campaign::Shard,
+    /// Go on with the campaign in --out where it stopped (or start it, when --out
+    /// holds none yet: what a restarted shard wants)
+    #[arg(long)]
+    resume: bool,
+    /// PM size in MiB (default: 64 for ext4, 320 for xfs)
+    #[arg(long)]
+    pm_size_mib: Option<u64>,
+    /// Persistency model: x86-adr or x86-eadr
+    #[arg(long, default_value = "x86-adr")]
+    model: Model,
+    /// Crash points: fence, fence:all, op, store, every:N
+    #[arg(long, default_value = "fence")]
+    points: Policy,
+    /// Crash states per point: none, all, each-line, subsets:K, random:N[:SEED], torn
+    #[arg(long, default_value = "each-line")]
+    states: Strategy,
+    /// Most crash states per crash point
+    #[arg(long, default_value_t = 4096)]
+    max_states: usize,
+    /// Check only the first N crash points of each workload
+    #[arg(long)]
+    max_points: Option<usize>,
+    /// BTT-like sector atomicity of kernel block writes (512 or 4096; see `run --help`)
+    #[arg(long, value_name = "BYTES", value_parser = parse_sector)]
+    sector_atomic: Option<u64>,
+    /// Checker guests in parallel (default: 2, or 1 on a single core)
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The bundle directory
+    bundle: PathBuf,
+    /// The finding id (`f-3a9c2e1b`), as printed with each finding
+    id: String,
+    /// The image to write: FILE.img (raw) or FILE.qcow2 (compressed)
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Bundle directories, or directories of bundles (what `run --save DIR` wrote)
+    #[arg(required = true)]
+    bundles: Vec<PathBuf>,
+    /// Checker guests in parallel (default: 2, or 1 on a single core)
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+#[derive(Args)]
+struct ReproArgs {
+    /// The bundle directory
+    bundle: PathBuf,
+    /// The finding id (`f-3a9c2e1b`), as printed with each finding
+    id: String,
+    /// Checker guests in parallel (default: 2, or 1 on a single core)
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum FuzzCmd {
+    /// Merge campaigns (shards of one stream) into one: runs, findings and corpora,
+    /// deduplicated
+    Merge {
+        /// The campaign directories
+        #[arg(required = true)]
+        campaigns: Vec<PathBuf>,
+        /// The merged campaign's directory (must hold no campaign yet)
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -167,6 +285,11 @@ struct RunArgs {
     /// such a write whole (default: none, as fsdax is; see docs/torn-writes.md)
     #[arg(long, value_name = "BYTES", value_parser = parse_sector)]
     sector_atomic: Option<u64>,
+    /// Save a run bundle per workload under DIR (DIR/<workload name>): the workload,
+    /// trace, base image, configuration, kernel identity and report, for `pmcrash
+    /// check` and `pmcrash repro` without running it again
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
 }
 
 /// `--sector-atomic`: 512 or 4096.
@@ -428,6 +551,8 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                 prune: !args.no_prune,
                 memory_mib: args.memory_mib,
                 sector_atomic: args.sector_atomic,
+                // A bundle's report keeps every state's verdict, for `check` to compare.
+                state_verdicts: args.save.is_some(),
                 ..RunConfig::default()
             };
             if let Some(w) = args.workers {
@@ -446,6 +571,7 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                     junit: args.junit.as_deref(),
                     html: args.html.as_deref(),
                     table: false,
+                    save: args.save.as_deref(),
                 },
                 interrupt,
             )
@@ -466,6 +592,7 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                 junit: None,
                 html: Some(&html),
                 table: true,
+                save: None,
             };
             crash_test(&g, cfg, 1, true, loaded, out, interrupt).await
         }
@@ -523,7 +650,388 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
             Ok(Outcome::Clean)
         }
         Command::Trace(args) => trace(&g, args).await,
+        Command::Check(args) => check_bundles(&g, args, interrupt).await,
+        Command::Repro(args) => repro(&g, args, interrupt).await,
+        Command::Export(args) => export(&g, args).await,
+        Command::Fuzz(args) => fuzz(&g, args, interrupt).await,
     }
+}
+
+/// The assets for checking bundles: the kernel pmcrash provides must be each bundle's.
+fn bundle_assets(g: &Global, bundles: &[Bundle]) -> anyhow::Result<setup::Assets> {
+    let assets = setup::ensure(&setup_options(g)?)?;
+    let byo = g.kernel.is_some() || g.kernel_tree.is_some();
+    for b in bundles {
+        repro::check_kernel(b, &assets, byo)?;
+    }
+    Ok(assets)
+}
+
+/// `pmcrash check`.
+async fn check_bundles(
+    g: &Global,
+    args: CheckArgs,
+    interrupt: Interrupt,
+) -> anyhow::Result<Outcome> {
+    // Every bundle is opened (and its checksums checked) before any guest starts.
+    let bundles = repro::bundles_in(&args.bundles)
+        .iter()
+        .map(|p| Bundle::open(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let assets = bundle_assets(g, &bundles)?;
+    let mut out = Vec::new();
+    let mut bad = false;
+    for b in &bundles {
+        let t = std::time::Instant::now();
+        let mut p = repro::pipeline_for(b, assets.clone(), args.workers)?;
+        p.set_interrupt(interrupt.clone());
+        let res = repro::check(&mut p, b, !g.json).await;
+        let (config, fail_on) = (p.config_report(), p.config().fail_on.clone());
+        p.shutdown().await;
+        if interrupt.is_requested() {
+            return Ok(Outcome::Interrupted);
+        }
+        let report = pmcrash::report::Report::new(config, &fail_on, vec![res?]);
+        let saved = b.report()?;
+        let differences = repro::differences(&saved, &serde_json::to_value(&report)?);
+        let check_ms = t.elapsed().as_millis() as u64;
+        let saved_ms = repro::saved_total_ms(&saved);
+        bad |= report.failed() || !differences.is_empty();
+        if g.json {
+            out.push(serde_json::json!({
+                "bundle": b.dir,
+                "report": report,
+                "same_verdicts": differences.is_empty(),
+                "differences": differences,
+                "check_ms": check_ms,
+                "saved_run_ms": saved_ms,
+            }));
+            continue;
+        }
+        println!(
+            "{}: {} on {}-DAX, checked from the saved trace in {:.1} s (the saved run took {})",
+            b.dir.display(),
+            b.run.workload,
+            b.run.fs,
+            check_ms as f64 / 1000.0,
+            saved_ms.map_or("?".into(), |m| format!("{:.1} s", m as f64 / 1000.0))
+        );
+        print!("{}", report.render_text());
+        let w = &report.workloads[0];
+        if differences.is_empty() {
+            println!(
+                "verdicts: the same as the saved run at all {} crash point(s), {} state(s)",
+                w.stats.crash_points, w.stats.states
+            );
+        } else {
+            println!("verdicts DIFFER from the saved run:");
+            for d in &differences {
+                println!("  {d}");
+            }
+        }
+    }
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(if bad {
+        Outcome::Findings
+    } else {
+        Outcome::Clean
+    })
+}
+
+/// `pmcrash repro`.
+async fn repro(g: &Global, args: ReproArgs, interrupt: Interrupt) -> anyhow::Result<Outcome> {
+    let id = &args.id;
+    finding_id_arg(id)?;
+    let b = Bundle::open(&args.bundle)?;
+    let assets = bundle_assets(g, std::slice::from_ref(&b))?;
+    let mut p = repro::pipeline_for(&b, assets, args.workers)?;
+    p.only_finding(id);
+    p.set_interrupt(interrupt.clone());
+    let res = repro::check(&mut p, &b, !g.json).await;
+    let found = p.take_repro();
+    p.shutdown().await;
+    if interrupt.is_requested() {
+        return Ok(Outcome::Interrupted);
+    }
+    res?;
+    let Some(r) = found else {
+        anyhow::bail!(
+            "no crash state of {} has the id {id} (`pmcrash check {}` lists the findings and their ids)",
+            b.dir.display(),
+            b.dir.display()
+        );
+    };
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", render_repro(&b, &r));
+    }
+    Ok(if r.verdict == Verdict::Ok {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
+}
+
+/// `pmcrash fuzz` and `pmcrash fuzz merge`.
+async fn fuzz(g: &Global, args: FuzzArgs, interrupt: Interrupt) -> anyhow::Result<Outcome> {
+    use pmcrash::fuzz::campaign;
+    let print = |s: &campaign::Summary| -> anyhow::Result<()> {
+        if g.json {
+            println!("{}", serde_json::to_string_pretty(s)?);
+        } else {
+            print!("{}", s.render_text());
+        }
+        Ok(())
+    };
+    if let Some(FuzzCmd::Merge { campaigns, output }) = args.merge {
+        let merged = campaign::merge(&campaigns, &output)?;
+        let s = campaign::summary(&output, &merged);
+        print(&s)?;
+        return Ok(if s.findings.is_empty() {
+            Outcome::Clean
+        } else {
+            Outcome::Findings
+        });
+    }
+    let Some(dir) = args.out else {
+        anyhow::bail!(
+            "name the campaign directory with --out CAMPAIGN (see `pmcrash fuzz --help`)"
+        );
+    };
+    let mut cfg = RunConfig {
+        fs: args.fs,
+        model: args.model,
+        points: args.points,
+        states: args.states,
+        seed: args.seed,
+        max_states: args.max_states,
+        max_points: args.max_points,
+        pm_size: args.pm_size_mib.map(|m| m << 20),
+        sector_atomic: args.sector_atomic,
+        ..RunConfig::default()
+    };
+    if let Some(w) = args.workers {
+        cfg.workers = w.max(1);
+    }
+    let config = campaign::CampaignConfig::of(&cfg, args.seed, args.gen, args.shard);
+    let assets = setup::ensure(&setup_options(g)?)?;
+    let mut factory = GuestFactory::new(assets, cfg.fs);
+    if let Some(s) = cfg.pm_size {
+        factory.pm_size = s;
+    }
+    let opts = campaign::FuzzOptions {
+        budget: args.budget,
+        resume: args.resume,
+        progress: !g.json,
+    };
+    let s = campaign::run_campaign(&dir, config, cfg, factory, opts, interrupt).await?;
+    print(&s)?;
+    Ok(if s.interrupted {
+        Outcome::Interrupted
+    } else if s.findings.is_empty() {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
+}
+
+/// A finding id as given on the command line: well formed, or a usage error.
+fn finding_id_arg(id: &str) -> anyhow::Result<()> {
+    let well_formed = id.len() == 10
+        && id.starts_with("f-")
+        && id[2..]
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+    if !well_formed {
+        anyhow::bail!(
+            "`{id}` is not a finding id: ids look like f-3a9c2e1b (printed with each finding)"
+        );
+    }
+    Ok(())
+}
+
+/// `pmcrash export`.
+async fn export(g: &Global, args: ExportArgs) -> anyhow::Result<Outcome> {
+    let id = &args.id;
+    finding_id_arg(id)?;
+    let out = &args.output;
+    let qcow2 = match out.extension().and_then(|e| e.to_str()) {
+        Some("qcow2") => true,
+        Some("img" | "raw") => false,
+        _ => anyhow::bail!(
+            "-o {}: name the image FILE.img (raw) or FILE.qcow2",
+            out.display()
+        ),
+    };
+    let b = Bundle::open(&args.bundle)?;
+    let assets = bundle_assets(g, std::slice::from_ref(&b))?;
+    let mut p = repro::pipeline_for(&b, assets, Some(1))?;
+    let u = repro::unpack(&b)?;
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Written beside the output and renamed into place: an image appears whole.
+    let tmp = tempfile::Builder::new()
+        .prefix(".pmcrash-export-")
+        .tempdir_in(&dir)
+        .with_context(|| format!("create a directory in {}", dir.display()))?;
+    let raw = tmp.path().join("crash.img");
+    let res = p
+        .write_crash_image(
+            &b.run.workload,
+            &b.workload,
+            &u.trace,
+            &u.base_image,
+            &b.run.results,
+            id,
+            &raw,
+        )
+        .await;
+    let boot_image = if qcow2 {
+        out.with_extension("img")
+    } else {
+        out.clone()
+    };
+    let command = p.boot_command(&boot_image);
+    p.shutdown().await;
+    let Some(record) = res? else {
+        anyhow::bail!(
+            "no crash state of {} has the id {id} (`pmcrash check {}` lists the findings and their ids)",
+            b.dir.display(),
+            b.dir.display()
+        );
+    };
+    let command = command?;
+    let made = if qcow2 {
+        let q = tmp.path().join("crash.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&q)
+            .status()
+            .context("run qemu-img (installed by `pmcrash setup` with QEMU)")?;
+        anyhow::ensure!(st.success(), "qemu-img convert to qcow2 failed: {st}");
+        q
+    } else {
+        raw
+    };
+    std::fs::rename(&made, out).with_context(|| format!("rename into {}", out.display()))?;
+    let convert = qcow2.then(|| {
+        format!(
+            "qemu-img convert -f qcow2 -O raw {} {}",
+            out.display(),
+            boot_image.display()
+        )
+    });
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "image": out,
+                "format": if qcow2 { "qcow2" } else { "raw" },
+                "id": id,
+                "record": record,
+                "convert_to_raw": convert,
+                "qemu": command,
+            }))?
+        );
+    } else {
+        println!(
+            "{}: the crash image of finding {id} (crash point after record {record} of {} on {}-DAX, before recovery)",
+            out.display(),
+            b.run.workload,
+            b.run.fs
+        );
+        if let Some(c) = &convert {
+            println!("QEMU's NVDIMM needs a raw file: {c}");
+        }
+        println!(
+            "boot it (pmcrash's guest kernel and initramfs, the file as the NVDIMM; the file \
+             system starts at PM offset 2 MiB, /dev/pmem0 in the guest):"
+        );
+        println!("{command}");
+    }
+    Ok(Outcome::Clean)
+}
+
+/// A state checked again, in words.
+fn render_repro(b: &Bundle, r: &pipeline::ReproState) -> String {
+    use pmcrash::checker::MountOutcome;
+    use std::fmt::Write;
+    let mut s = String::new();
+    let p = &r.point;
+    let _ = writeln!(
+        s,
+        "finding {}: {} at record {} (op {} {}, {} op(s) completed) of {} on {}-DAX; {} line(s) dropped",
+        r.id,
+        r.verdict,
+        p.record,
+        p.op.map_or("-".into(), |o| o.to_string()),
+        p.op_name.as_deref().unwrap_or("-"),
+        p.ops_completed,
+        b.run.workload,
+        b.run.fs,
+        r.dropped_lines.len()
+    );
+    for pr in &r.problems {
+        let _ = writeln!(s, "  {}: {}", pr.verdict, pr.message);
+    }
+    let rec = &r.recovery;
+    let _ = match &rec.mount {
+        MountOutcome::Mounted { dax } => writeln!(
+            s,
+            "mount: mounted{}",
+            if *dax { " with DAX" } else { " WITHOUT DAX" }
+        ),
+        MountOutcome::Failed { message } => writeln!(s, "mount: FAILED: {message}"),
+        MountOutcome::Panicked { during, console } => {
+            writeln!(s, "mount: the kernel PANICKED during {during}:\n{console}")
+        }
+        MountOutcome::Hung { during } => writeln!(s, "mount: the guest HUNG during {during}"),
+    };
+    if let Some(e) = &rec.dump_error {
+        let _ = writeln!(s, "dump: {e}");
+    }
+    if let Some(e) = &rec.unmount_error {
+        let _ = writeln!(s, "unmount: {e}");
+    }
+    match &rec.fsck {
+        Some(f) => {
+            let _ = writeln!(
+                s,
+                "fsck: `{}` exit {}{}",
+                f.command,
+                f.code.map_or("(signal)".into(), |c| c.to_string()),
+                if f.problems { ": PROBLEMS" } else { ": clean" }
+            );
+            for l in f.output.lines() {
+                let _ = writeln!(s, "  {l}");
+            }
+        }
+        None => {
+            let _ = writeln!(s, "fsck: not run");
+        }
+    }
+    if rec.console.is_empty() {
+        let _ = writeln!(s, "console: nothing suspicious");
+    } else {
+        let _ = writeln!(s, "console:");
+        for c in &rec.console {
+            let _ = writeln!(s, "  [{}] {}", c.kind, c.line);
+        }
+    }
+    for l in r.dropped_lines.iter().take(8) {
+        let _ = writeln!(
+            s,
+            "dropped line {:#x} ({}): kept {} of {} store(s); {}",
+            l.pm_offset, l.owner, l.kept, l.queued, l.missing
+        );
+    }
+    s
 }
 
 /// `pmcrash trace image`.
@@ -606,6 +1114,8 @@ struct Outputs<'a> {
     html: Option<&'a std::path::Path>,
     /// The demo's one-row-per-workload table instead of the full text report.
     table: bool,
+    /// Save a run bundle per workload here (`run --save`).
+    save: Option<&'a std::path::Path>,
 }
 
 /// `pmcrash run` with checking, and `pmcrash demo`.
@@ -618,7 +1128,12 @@ async fn crash_test(
     out: Outputs<'_>,
     interrupt: Interrupt,
 ) -> anyhow::Result<Outcome> {
-    let Outputs { junit, html, table } = out;
+    let Outputs {
+        junit,
+        html,
+        table,
+        save,
+    } = out;
     let assets = setup::ensure(&setup_options(g)?)?;
     let mut factory = GuestFactory::new(assets, cfg.fs);
     if let Some(s) = cfg.pm_size {
@@ -628,6 +1143,9 @@ async fn crash_test(
     factory.deterministic_traces = deterministic;
     let fail_on = cfg.fail_on.clone();
     let mut p = Pipeline::with_factory(factory, cfg)?;
+    if let Some(dir) = save {
+        p.save_bundles(dir);
+    }
     p.set_interrupt(interrupt);
     let res = p.run(&loaded, !g.json).await;
     p.shutdown().await;

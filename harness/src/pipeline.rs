@@ -16,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::checker::{Checker, CheckerError, CheckerOptions, KnownBlocks};
+use crate::checker::{Checker, CheckerError, CheckerOptions, ImageJob, KnownBlocks, Recovery};
 use crate::findings::{FindingGroups, GroupKey};
 use crate::guest::GuestFactory;
 use crate::image::FSDAX_DATA_OFFSET;
@@ -39,10 +39,12 @@ use crash_models::promise;
 use crash_models::protocol::OpResult;
 use crash_models::states::{CrashState, CrashStates, StateConfig, Strategy};
 use crash_models::torn::{self, BlockWrite, Layout};
+use crash_models::trace::Trace;
 use crash_models::trace::{Privilege, Record};
+use indicatif::ProgressBar;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -96,6 +98,18 @@ pub enum PipelineError {
         /// The nearest crash points, described (`5167 (op 8 fmetadatasync)`).
         nearest: Vec<String>,
     },
+    /// The check of a workload could make no progress (a bug in pmcrash: the drive
+    /// loop never waits when nothing can wake it).
+    #[error("internal error: checking {workload} stalled: {state}; please report it")]
+    Stalled {
+        /// The workload.
+        workload: String,
+        /// The scheduler's state.
+        state: String,
+    },
+    /// A bundle could not be written.
+    #[error("{0}")]
+    Bundle(#[from] crate::bundle::BundleError),
     /// The guest kernel's symbols could not be read.
     #[error("{0}")]
     Symbols(#[from] crate::symbols::SymbolError),
@@ -237,6 +251,33 @@ pub struct Pipeline {
     symbols: Option<Arc<SymbolTable>>,
     /// The user checkers the current checker guests run.
     user_checkers: Vec<crash_models::ops::UserChecker>,
+    /// A saved program bundle to give the guests instead of building one from the
+    /// host paths (a run bundle's, for `pmcrash check`).
+    programs_from: Option<PathBuf>,
+    /// Save a bundle of every workload here, one sub-directory each (`run --save`).
+    save_dir: Option<PathBuf>,
+    /// Check only the crash point of the state with this finding id (`repro`).
+    only_finding: Option<String>,
+    /// That state, judged again, after the check.
+    repro: Option<ReproState>,
+}
+
+/// One crash state checked again by its finding id (`pmcrash repro`): its verdict and
+/// everything the recovery showed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReproState {
+    /// The finding id.
+    pub id: String,
+    /// Where it crashed.
+    pub point: PointRef,
+    /// The state's verdict.
+    pub verdict: Verdict,
+    /// What is wrong.
+    pub problems: Vec<Problem>,
+    /// The lines it dropped (wholly or partly).
+    pub dropped_lines: Vec<DroppedLine>,
+    /// What the kernel's recovery left: mount, fsck and console output.
+    pub recovery: crate::checker::Recovery,
 }
 
 impl Pipeline {
@@ -266,6 +307,10 @@ impl Pipeline {
             cut_short: false,
             symbols: None,
             user_checkers: Vec::new(),
+            programs_from: None,
+            save_dir: None,
+            only_finding: None,
+            repro: None,
         })
     }
 
@@ -278,6 +323,24 @@ impl Pipeline {
             c.set_interrupt(interrupt.clone());
         }
         self.interrupt = interrupt;
+    }
+
+    /// Save a bundle of every workload run from now on under `dir`, in a
+    /// sub-directory named after the workload file ([`crate::bundle`]).
+    pub fn save_bundles(&mut self, dir: &Path) {
+        self.save_dir = Some(dir.to_path_buf());
+    }
+
+    /// Check only the crash point holding the state with finding id `id` (every state
+    /// of that point, so the judgement is the same as in a full run), and keep that
+    /// state's judgement for [`Pipeline::take_repro`].
+    pub fn only_finding(&mut self, id: &str) {
+        self.only_finding = Some(id.to_owned());
+    }
+
+    /// The state [`Pipeline::only_finding`] asked for, judged, once a check found it.
+    pub fn take_repro(&mut self) -> Option<ReproState> {
+        self.repro.take()
     }
 
     /// The configuration.
@@ -338,15 +401,27 @@ impl Pipeline {
         Ok(report)
     }
 
+    /// Give the guests this saved program bundle (a run bundle's `programs.bundle`)
+    /// instead of collecting the workload's programs from the host again.
+    pub fn use_program_bundle(&mut self, path: &Path) {
+        self.programs_from = Some(path.to_path_buf());
+    }
+
     /// Ship the workload's programs to every guest it starts: a checker whose guests
     /// carry other programs is replaced (they are given at start, through `fw_cfg`).
     async fn use_programs(&mut self, name: &str, workload: &Workload) -> Result<(), PipelineError> {
-        let programs = crate::programs::programs_of(workload);
-        let bundle = crate::programs::write_bundle(&self.factory.assets.cache_dir, &programs)
-            .map_err(|e| PipelineError::Program {
-                workload: name.into(),
-                message: e.to_string(),
-            })?;
+        let bundle = match &self.programs_from {
+            Some(saved) => Some(saved.clone()),
+            None => {
+                let programs = crate::programs::programs_of(workload);
+                crate::programs::write_bundle(&self.factory.assets.cache_dir, &programs).map_err(
+                    |e| PipelineError::Program {
+                        workload: name.into(),
+                        message: e.to_string(),
+                    },
+                )?
+            }
+        };
         if bundle != self.factory.programs || workload.checkers != self.user_checkers {
             self.factory.programs = bundle;
             self.user_checkers = workload.checkers.clone();
@@ -391,6 +466,243 @@ impl Pipeline {
         // Trace, and meanwhile get the checker guests ready on a fresh image (the
         // same bytes as the base: images are made deterministically).
         bar.set_message("tracing (and starting checker guests)");
+        self.prepare(name, &bar).await?;
+        let interrupted = || PipelineError::Interrupted {
+            workload: name.into(),
+        };
+        let warm_image = self.tmp.path().join("warm.img");
+        let need_warm = !warm_image.exists();
+        let factory = self.factory.clone();
+        let checker = self.checker.as_mut().expect("checker");
+        let trace_fut = async {
+            let t = Instant::now();
+            let r = crate::trace::trace_workload(&factory, workload, &out, &stem).await;
+            (r, t.elapsed())
+        };
+        let warm_fut = async {
+            let t = Instant::now();
+            if need_warm {
+                factory
+                    .make_image(&warm_image)
+                    .await
+                    .map_err(CheckerError::Guest)?;
+                checker.warm_up(&warm_image).await?;
+            }
+            Ok::<_, CheckerError>(t.elapsed())
+        };
+        // An interrupt drops both: their guests are killed on drop.
+        let ((traced, trace_time), warm) = tokio::select! {
+            both = async { tokio::join!(trace_fut, warm_fut) } => both,
+            () = self.interrupt.requested() => return Err(interrupted()),
+        };
+        let traced = traced.map_err(|source| PipelineError::Trace {
+            workload: name.into(),
+            source,
+        })?;
+        timings.guest_ready_ms = warm
+            .map_err(|source| PipelineError::Check {
+                workload: name.into(),
+                source,
+            })?
+            .as_millis() as u64;
+        timings.trace_ms = trace_time.as_millis() as u64;
+        let trace = &traced.decoded;
+        check_usable(name, trace)?;
+        let results = traced.results.clone();
+        let failed = crate::programs::failures(&workload.ops, &results);
+        if !failed.is_empty() {
+            return Err(PipelineError::Program {
+                workload: name.into(),
+                message: failed.join("\n"),
+            });
+        }
+        let report = self
+            .check_decoded(
+                name,
+                workload,
+                trace,
+                &traced.base_image,
+                &results,
+                timings,
+                t0,
+                &bar,
+            )
+            .await?;
+        if let Some(dir) = &self.save_dir {
+            self.save_bundle(&dir.join(&stem), name, workload, &traced, &report)?;
+        }
+        // Traces and images are large; keep them only when asked to.
+        if self.cfg.out_dir.is_none() {
+            for p in [&traced.trace, &traced.base_image, &traced.final_image] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(report)
+    }
+
+    /// The check half of [`Pipeline::run_workload`]: enumerate the crash points and
+    /// states of a decoded trace, check their images (deltas over `base_image`) with
+    /// the warmed-up checker guests, and judge them against the traced `results`.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_decoded(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        mut timings: Timings,
+        t0: Instant,
+        bar: &ProgressBar,
+    ) -> Result<WorkloadReport, PipelineError> {
+        let results = results.to_vec();
+
+        // Enumerate lazily, check as images are made, judge each point once all its
+        // images are recovered.
+        let t = Instant::now();
+        bar.set_message("checking crash images");
+        bar.set_length(0);
+        let history = History::new(&workload.ops, Some(&results));
+        let known = KnownBlocks {
+            hashes: history.known_hashes(),
+        };
+        let symbols = self.symbols.clone().unwrap_or_default();
+        let mut producer = Producer::new(
+            &self.cfg,
+            workload,
+            &results,
+            &trace.records,
+            trace.header.line_size,
+            &symbols,
+        );
+        producer.only = self.only_finding.clone();
+        let mut sched: Scheduler<LineInfo> =
+            Scheduler::new(self.cfg.prune, self.cfg.memory_mib.saturating_mul(1 << 20));
+        let layout = fs_layout(self.cfg.fs, base_image);
+        let mut judge = Judge::new(
+            &self.cfg,
+            name,
+            workload,
+            &results,
+            &history,
+            &trace.records,
+            &symbols,
+            &layout,
+        );
+        judge.want = self.only_finding.as_deref();
+        let (job_tx, job_rx) = mpsc::channel(1);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let mut checker = self.checker.take().expect("checker");
+        let interrupt = self.interrupt.clone();
+        let mut stream = RunStream {
+            producer: &mut producer,
+            judge: &mut judge,
+            bar,
+            enumerate: std::time::Duration::ZERO,
+            judging: std::time::Duration::ZERO,
+        };
+        let (checked, driven) = tokio::join!(
+            checker.recover_stream(base_image, known, job_rx, done_tx),
+            drive(&mut sched, &mut stream, job_tx, &mut done_rx, &interrupt)
+        );
+        let (enumerate, judging) = (stream.enumerate, stream.judging);
+        self.checker = Some(checker);
+        checked.map_err(|source| PipelineError::Check {
+            workload: name.into(),
+            source,
+        })?;
+        let stopped = driven.map_err(|state| PipelineError::Stalled {
+            workload: name.into(),
+            state,
+        })?;
+        if let (Some(record), 0) = (self.cfg.crash_at, producer.made) {
+            return Err(PipelineError::NoCrashPoint {
+                workload: name.into(),
+                record,
+                nearest: nearest_points(workload, &producer.passed, record),
+            });
+        }
+        self.cut_short |= stopped;
+        let stage = t.elapsed();
+        timings.enumerate_ms = enumerate.as_millis() as u64;
+        timings.oracle_ms = judging.as_millis() as u64;
+        timings.check_ms = stage.saturating_sub(enumerate + judging).as_millis() as u64;
+        timings.images_per_sec = if timings.check_ms > 0 {
+            sched.checked as f64 * 1000.0 / timings.check_ms as f64
+        } else {
+            0.0
+        };
+        self.repro = judge.found.take();
+        let mut report = judge.finish();
+        report.stats.records = trace.records.len() as u64;
+        report.stats.checked_images = sched.checked;
+        report.stats.pruned_images = sched.pruned;
+        report.stats.prune_read_sets = sched.read_sets();
+        report.stats.peak_rss_bytes = crate::memory::peak_rss_bytes();
+        timings.total_ms = t0.elapsed().as_millis() as u64;
+        report.timings = timings;
+        let costs = promise::op_costs(&trace.records, trace.header.line_size);
+        for o in &mut report.ops {
+            o.cost = costs.per_op.get(o.index).copied().unwrap_or_default();
+        }
+        bar.finish_and_clear();
+        Ok(report)
+    }
+
+    /// Write the bundle of a traced and checked workload ([`crate::bundle`]).
+    fn save_bundle(
+        &self,
+        dir: &Path,
+        name: &str,
+        workload: &Workload,
+        traced: &crate::trace::TracedRun,
+        report: &WorkloadReport,
+    ) -> Result<(), PipelineError> {
+        use crate::bundle::{BundleParts, KernelIdentity, RunInfo};
+        let assets = &self.factory.assets;
+        let run = RunInfo {
+            workload: name.to_owned(),
+            fs: self.cfg.fs,
+            model: self.cfg.model.name().to_owned(),
+            points: self.cfg.points.to_string(),
+            states: self.cfg.strategy().to_string(),
+            seed: self.cfg.effective_seed(),
+            max_states: self.cfg.max_states,
+            max_points: self.cfg.max_points,
+            crash_at: self.cfg.crash_at,
+            sector_atomic: self.cfg.sector_atomic,
+            pm_size: self.factory.pm_size,
+            deterministic: traced.deterministic,
+            kernel: KernelIdentity::of(&assets.kernel, &assets.kernel_release)?,
+            results: traced.results.clone(),
+        };
+        let full = Report::new(
+            self.config_report(),
+            &self.cfg.fail_on,
+            vec![report.clone()],
+        );
+        let value = serde_json::to_value(&full).map_err(|e| PipelineError::Io {
+            what: "serialise the report".into(),
+            source: e.into(),
+        })?;
+        let source = std::fs::read_to_string(name).ok();
+        crate::bundle::save(
+            dir,
+            &BundleParts {
+                run: &run,
+                workload,
+                source: source.as_deref(),
+                trace: &traced.trace,
+                base_image: &traced.base_image,
+                report: &value,
+                programs: self.factory.programs.as_deref(),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Make the checker (once), the saved VM state and the kernel's symbols.
+    async fn prepare(&mut self, name: &str, bar: &ProgressBar) -> Result<(), PipelineError> {
         if self.checker.is_none() {
             let opts = CheckerOptions {
                 workers: self.cfg.workers.max(1),
@@ -430,196 +742,292 @@ impl Pipeline {
             };
             self.symbols = Some(Arc::new(table));
         }
-        let warm_image = self.tmp.path().join("warm.img");
-        let need_warm = !warm_image.exists();
-        let factory = self.factory.clone();
+        Ok(())
+    }
+
+    /// Check a workload from a saved trace, with no workload run: the same crash
+    /// points, states and verdicts as the run that traced it (`pmcrash check`).
+    /// `base_image` is the PM image before the first op, `results` the traced ops'
+    /// results.
+    pub async fn check_traced(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        progress: bool,
+    ) -> Result<WorkloadReport, PipelineError> {
+        let t0 = Instant::now();
+        let mut timings = Timings::default();
+        let bar = crate::progress::bar(1, progress, name);
+        check_usable(name, trace)?;
+        self.use_programs(name, workload).await?;
+        bar.set_message("starting checker guests");
+        self.prepare(name, &bar).await?;
+        let t = Instant::now();
         let checker = self.checker.as_mut().expect("checker");
-        let trace_fut = async {
-            let t = Instant::now();
-            let r = crate::trace::trace_workload(&factory, workload, &out, &stem).await;
-            (r, t.elapsed())
-        };
-        let warm_fut = async {
-            let t = Instant::now();
-            if need_warm {
-                factory
-                    .make_image(&warm_image)
-                    .await
-                    .map_err(CheckerError::Guest)?;
-                checker.warm_up(&warm_image).await?;
-            }
-            Ok::<_, CheckerError>(t.elapsed())
-        };
-        // An interrupt drops both: their guests are killed on drop.
-        let ((traced, trace_time), warm) = tokio::select! {
-            both = async { tokio::join!(trace_fut, warm_fut) } => both,
-            () = self.interrupt.requested() => return Err(interrupted()),
-        };
-        let traced = traced.map_err(|source| PipelineError::Trace {
-            workload: name.into(),
-            source,
-        })?;
-        timings.guest_ready_ms = warm
-            .map_err(|source| PipelineError::Check {
+        tokio::select! {
+            r = checker.warm_up(base_image) => r.map_err(|source| PipelineError::Check {
                 workload: name.into(),
                 source,
-            })?
-            .as_millis() as u64;
-        timings.trace_ms = trace_time.as_millis() as u64;
-        let trace = &traced.decoded;
-        if trace.footer.unresolved_flushes > 0 {
-            return Err(PipelineError::BadTrace {
+            })?,
+            () = self.interrupt.requested() => return Err(PipelineError::Interrupted {
                 workload: name.into(),
-                message: format!(
-                    "{} flushes could not be translated",
-                    trace.footer.unresolved_flushes
-                ),
-            });
+            }),
         }
-        let problems = crate::trace::marker_problems(&trace.records);
-        if !problems.is_empty() {
-            return Err(PipelineError::BadTrace {
-                workload: name.into(),
-                message: problems.join("; "),
-            });
-        }
-        let results = traced.results.clone();
-        let failed = crate::programs::failures(&workload.ops, &results);
-        if !failed.is_empty() {
-            return Err(PipelineError::Program {
-                workload: name.into(),
-                message: failed.join("\n"),
-            });
-        }
+        timings.guest_ready_ms = t.elapsed().as_millis() as u64;
+        self.check_decoded(
+            name, workload, trace, base_image, results, timings, t0, &bar,
+        )
+        .await
+    }
 
-        // Enumerate lazily, check as images are made, judge each point once all its
-        // images are recovered.
-        let t = Instant::now();
-        bar.set_message("checking crash images");
-        bar.set_length(0);
-        let history = History::new(&workload.ops, Some(&results));
-        let known = KnownBlocks {
-            hashes: history.known_hashes(),
-        };
+    /// Write the crash image of the state with finding id `id` to `out`: the base
+    /// image with that state's delta, as the checker got it (`pmcrash export`). Returns
+    /// the crash point's record, or `None` when no state of the trace has that id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_crash_image(
+        &mut self,
+        name: &str,
+        workload: &Workload,
+        trace: &Trace,
+        base_image: &Path,
+        results: &[OpResult],
+        id: &str,
+        out: &Path,
+    ) -> Result<Option<u64>, PipelineError> {
+        check_usable(name, trace)?;
+        // The kernel's symbols decide the block writes (`--sector-atomic` groups).
+        let bar = crate::progress::bar(1, false, name);
+        self.prepare(name, &bar).await?;
         let symbols = self.symbols.clone().unwrap_or_default();
         let mut producer = Producer::new(
             &self.cfg,
             workload,
-            &results,
+            results,
             &trace.records,
             trace.header.line_size,
             &symbols,
         );
-        let mut sched: Scheduler<LineInfo> =
-            Scheduler::new(self.cfg.prune, self.cfg.memory_mib.saturating_mul(1 << 20));
-        let layout = fs_layout(self.cfg.fs, &traced.base_image);
-        let mut judge = Judge::new(
-            &self.cfg,
-            name,
-            workload,
-            &results,
-            &history,
-            &trace.records,
-            &symbols,
-            &layout,
-        );
-        let (job_tx, job_rx) = mpsc::channel(1);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        let mut checker = self.checker.take().expect("checker");
-        let interrupt = self.interrupt.clone();
-        let mut enumerate = std::time::Duration::ZERO;
-        let mut judging = std::time::Duration::ZERO;
-        let mut stopped = false;
-        let drive = async {
-            let mut job_tx = Some(job_tx);
-            loop {
-                while !stopped && !producer.done && sched.wants_point() {
-                    let t = Instant::now();
-                    if let Some(p) = producer.next_point() {
-                        judge.block_writes.insert(p.point.applied, p.block_writes);
-                        sched.add_point(p.point, p.lines, p.snap, p.states, p.capped);
-                    }
-                    enumerate += t.elapsed();
-                    bar.set_length(sched.images() as u64);
-                    tokio::task::yield_now().await;
-                }
-                let t = Instant::now();
-                while let Some(pd) = sched.pop_judgeable() {
-                    judge.point(&pd, &sched);
-                }
-                judging += t.elapsed();
-                bar.set_position(sched.resolved() as u64);
-                let has_work = !stopped && sched.has_work();
-                if !has_work && sched.in_flight() == 0 && (stopped || producer.done) {
-                    break;
-                }
-                tokio::select! {
-                    permit = async { job_tx.as_ref().expect("sender").reserve().await }, if has_work => {
-                        let Ok(permit) = permit else { break };
-                        if let Some(job) = sched.next_job() {
-                            permit.send(job);
-                        }
-                    }
-                    rec = done_rx.recv() => match rec {
-                        Some(r) => sched.done(r),
-                        // Every worker ended: an error, returned by the checker.
-                        None => break,
-                    },
-                    () = interrupt.requested(), if !stopped => {
-                        stopped = true;
-                        sched.stop();
-                    }
-                }
-            }
-            // Closing the queue ends the workers.
-            drop(job_tx.take());
+        producer.only = Some(id.to_owned());
+        let Some(made) = producer.next_point() else {
+            return Ok(None);
         };
-        let (checked, ()) = tokio::join!(
-            checker.recover_stream(&traced.base_image, known, job_rx, done_tx),
-            drive
-        );
-        self.checker = Some(checker);
-        checked.map_err(|source| PipelineError::Check {
-            workload: name.into(),
-            source,
+        let record = made.point.applied;
+        let Some(st) = made
+            .states
+            .iter()
+            .find(|st| state_id(record, &made.lines, st) == id)
+        else {
+            return Ok(None);
+        };
+        let io = |what: &str| {
+            let what = format!("{what} {}", out.display());
+            move |source| PipelineError::Io { what, source }
+        };
+        let file = std::fs::File::create(out).map_err(io("create"))?;
+        crate::image::copy_sparse(base_image, 0, &file, 0).map_err(|e| PipelineError::Io {
+            what: format!("copy {} to {}", base_image.display(), out.display()),
+            source: std::io::Error::other(e.to_string()),
         })?;
-        if let (Some(record), 0) = (self.cfg.crash_at, producer.made) {
-            return Err(PipelineError::NoCrashPoint {
-                workload: name.into(),
-                record,
-                nearest: nearest_points(workload, &producer.passed, record),
-            });
+        let len = std::fs::metadata(base_image)
+            .map_err(io("stat the base image for"))?
+            .len();
+        file.set_len(len).map_err(io("size"))?;
+        made.snap
+            .build(st)
+            .apply(&file)
+            .map_err(io("write the crash state into"))?;
+        file.sync_all().map_err(io("fsync"))?;
+        Ok(Some(record))
+    }
+
+    /// The QEMU command line that boots `pm_image` with this run's kernel, initramfs
+    /// and NVDIMM shape ([`crate::vm::interactive_command`]).
+    pub fn boot_command(&self, pm_image: &Path) -> Result<String, PipelineError> {
+        let spec = self
+            .factory
+            .spec(pm_image, None)
+            .map_err(|e| PipelineError::Check {
+                workload: pm_image.display().to_string(),
+                source: CheckerError::Guest(e),
+            })?;
+        Ok(crate::vm::interactive_command(&spec))
+    }
+}
+
+/// A trace the pipeline can enumerate: every flush resolved, markers well formed.
+fn check_usable(name: &str, trace: &Trace) -> Result<(), PipelineError> {
+    if trace.footer.unresolved_flushes > 0 {
+        return Err(PipelineError::BadTrace {
+            workload: name.into(),
+            message: format!(
+                "{} flushes could not be translated",
+                trace.footer.unresolved_flushes
+            ),
+        });
+    }
+    let problems = crate::trace::marker_problems(&trace.records);
+    if !problems.is_empty() {
+        return Err(PipelineError::BadTrace {
+            workload: name.into(),
+            message: problems.join("; "),
+        });
+    }
+    Ok(())
+}
+
+/// What the drive loop does next (see [`drive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Make the next crash point.
+    Make,
+    /// Wait for a recovery or an interrupt, and for a free worker when `hand_out`.
+    Wait {
+        /// An image waits to be handed out.
+        hand_out: bool,
+    },
+    /// Every point is judged (or the run was stopped and nothing is out).
+    Finish,
+    /// Points wait, none can be made, nothing waits to be handed out and nothing is
+    /// out: nothing could ever wake the loop. A bug; reported, never waited on.
+    Stalled,
+}
+
+/// The drive loop's next step, given the scheduler's state after judging every point
+/// that could be judged. The loop only ever waits when something can wake it: an
+/// image to hand out (a worker will be free) or one being checked (its recovery will
+/// come). A point is made whenever the window has room, in particular right after
+/// judging emptied it: the scheduler admits a point whenever none waits, so over the
+/// budget work waits, and never for nothing.
+fn step(
+    stopped: bool,
+    producer_done: bool,
+    wants_point: bool,
+    has_work: bool,
+    in_flight: usize,
+    points_waiting: bool,
+) -> Step {
+    if !stopped && !producer_done && wants_point {
+        Step::Make
+    } else if !stopped && has_work {
+        Step::Wait { hand_out: true }
+    } else if in_flight > 0 {
+        Step::Wait { hand_out: false }
+    } else if stopped || (producer_done && !points_waiting) {
+        Step::Finish
+    } else {
+        Step::Stalled
+    }
+}
+
+/// What the drive loop makes and judges points with.
+trait PointStream<L> {
+    /// Add the next crash point to `sched`; false when no point is left.
+    fn make(&mut self, sched: &mut Scheduler<L>) -> bool;
+    /// Judge a point whose images all have a recovery.
+    fn judge(&mut self, point: PointWork<L>, sched: &Scheduler<L>);
+}
+
+/// The pipeline's points: the [`Producer`]'s, judged by the [`Judge`], timed.
+struct RunStream<'p, 'a> {
+    producer: &'p mut Producer<'a>,
+    judge: &'p mut Judge<'a>,
+    bar: &'p indicatif::ProgressBar,
+    enumerate: std::time::Duration,
+    judging: std::time::Duration,
+}
+
+impl PointStream<LineInfo> for RunStream<'_, '_> {
+    fn make(&mut self, sched: &mut Scheduler<LineInfo>) -> bool {
+        let t = Instant::now();
+        let made = self.producer.next_point();
+        let more = made.is_some();
+        if let Some(p) = made {
+            self.judge
+                .block_writes
+                .insert(p.point.applied, p.block_writes);
+            sched.add_point(p.point, p.lines, p.snap, p.states, p.capped);
         }
-        self.cut_short |= stopped;
-        let stage = t.elapsed();
-        timings.enumerate_ms = enumerate.as_millis() as u64;
-        timings.oracle_ms = judging.as_millis() as u64;
-        timings.check_ms = stage.saturating_sub(enumerate + judging).as_millis() as u64;
-        timings.images_per_sec = if timings.check_ms > 0 {
-            sched.checked as f64 * 1000.0 / timings.check_ms as f64
-        } else {
-            0.0
-        };
-        let mut report = judge.finish();
-        report.stats.records = trace.records.len() as u64;
-        report.stats.checked_images = sched.checked;
-        report.stats.pruned_images = sched.pruned;
-        report.stats.prune_read_sets = sched.read_sets();
-        report.stats.peak_rss_bytes = crate::memory::peak_rss_bytes();
-        timings.total_ms = t0.elapsed().as_millis() as u64;
-        report.timings = timings;
-        let costs = promise::op_costs(&trace.records, trace.header.line_size);
-        for o in &mut report.ops {
-            o.cost = costs.per_op.get(o.index).copied().unwrap_or_default();
+        self.enumerate += t.elapsed();
+        self.bar.set_length(sched.images() as u64);
+        more
+    }
+
+    fn judge(&mut self, point: PointWork<LineInfo>, sched: &Scheduler<LineInfo>) {
+        let t = Instant::now();
+        self.judge.point(&point, sched);
+        self.judging += t.elapsed();
+        self.bar.set_position(sched.resolved() as u64);
+    }
+}
+
+/// Make crash points as the scheduler's window allows, hand their images to the
+/// checker workers through `jobs` as workers get free, take the recoveries from
+/// `done`, and judge each point (in order) once all its images have one. Returns
+/// whether `interrupt` stopped it, or the scheduler's state if it stalled ([`step`]).
+/// Dropping `jobs` at the end ends the workers.
+async fn drive<L, S: PointStream<L>>(
+    sched: &mut Scheduler<L>,
+    stream: &mut S,
+    jobs: mpsc::Sender<(usize, ImageJob)>,
+    done: &mut mpsc::UnboundedReceiver<Recovery>,
+    interrupt: &Interrupt,
+) -> Result<bool, String> {
+    let mut stopped = false;
+    let mut producer_done = false;
+    loop {
+        while let Some(pd) = sched.pop_judgeable() {
+            stream.judge(pd, sched);
         }
-        bar.finish_and_clear();
-        // Traces and images are large; keep them only when asked to.
-        if self.cfg.out_dir.is_none() {
-            for p in [&traced.trace, &traced.base_image, &traced.final_image] {
-                let _ = std::fs::remove_file(p);
+        let next = step(
+            stopped,
+            producer_done,
+            sched.wants_point(),
+            sched.has_work(),
+            sched.in_flight(),
+            sched.points_waiting() > 0,
+        );
+        match next {
+            Step::Make => {
+                producer_done = !stream.make(sched);
+                // Enumeration is CPU work: let the workers' tasks run between points.
+                tokio::task::yield_now().await;
             }
+            Step::Finish => return Ok(stopped),
+            Step::Stalled => {
+                return Err(format!(
+                    "{} crash points waiting ({} bytes), {} images made, {} resolved, none \
+                     to hand out and none being checked",
+                    sched.points_waiting(),
+                    sched.memory(),
+                    sched.images(),
+                    sched.resolved()
+                ))
+            }
+            Step::Wait { hand_out } => tokio::select! {
+                permit = jobs.reserve(), if hand_out => {
+                    // The workers are gone (an error, returned by the checker; or they
+                    // saw an interrupt before this loop did, and work was left).
+                    let Ok(permit) = permit else { return Ok(stopped || interrupt.is_requested()) };
+                    if let Some(job) = sched.next_job() {
+                        permit.send(job);
+                    }
+                }
+                rec = done.recv() => match rec {
+                    Some(r) => sched.done(r),
+                    // Every worker ended: an error, returned by the checker; or they
+                    // saw an interrupt before this loop did, with work left (had
+                    // nothing been left, the step would have been `Finish`).
+                    None => return Ok(stopped || interrupt.is_requested()),
+                },
+                () = interrupt.requested(), if !stopped => {
+                    stopped = true;
+                    sched.stop();
+                }
+            },
         }
-        Ok(report)
     }
 }
 
@@ -651,6 +1059,8 @@ struct Producer<'a> {
     made: usize,
     /// Points passed over (`crash_at`).
     passed: Vec<CrashPoint>,
+    /// Make only the point holding the state with this finding id.
+    only: Option<String>,
     /// No point is left.
     done: bool,
 }
@@ -698,12 +1108,34 @@ impl<'a> Producer<'a> {
             sector_atomic: cfg.sector_atomic,
             made: 0,
             passed: Vec::new(),
+            only: None,
             done: false,
         }
     }
 
-    /// The next crash point, or `None` (and `done`) when no point is left.
+    /// The next crash point (with `only`, the one holding that state), or `None` (and
+    /// `done`) when no point is left.
     fn next_point(&mut self) -> Option<MadePoint> {
+        loop {
+            let made = self.next_any_point()?;
+            let Some(want) = &self.only else {
+                return Some(made);
+            };
+            let p = made.point.applied;
+            if made
+                .states
+                .iter()
+                .any(|st| state_id(p, &made.lines, st) == *want)
+            {
+                // Ids are unique to a point: nothing after it is needed.
+                self.done = true;
+                return Some(made);
+            }
+        }
+    }
+
+    /// The next crash point, or `None` (and `done`) when no point is left.
+    fn next_any_point(&mut self) -> Option<MadePoint> {
         if self.max_points.is_some_and(|m| self.made >= m) {
             self.done = true;
             return None;
@@ -808,6 +1240,10 @@ struct Judge<'a> {
     recovered: BTreeSet<String>,
     images: BTreeSet<usize>,
     stats: WorkloadStats,
+    /// The finding id to keep the judgement of (`repro`).
+    want: Option<&'a str>,
+    /// That state, once judged.
+    found: Option<ReproState>,
 }
 
 impl<'a> Judge<'a> {
@@ -840,6 +1276,8 @@ impl<'a> Judge<'a> {
             recovered: BTreeSet::new(),
             images: BTreeSet::new(),
             stats: WorkloadStats::default(),
+            want: None,
+            found: None,
         }
     }
 
@@ -884,8 +1322,26 @@ impl<'a> Judge<'a> {
                 torn_line(w, st, layout)
             });
             let point = point_ref(p, workload, self.records);
-            for ((st, _), problems) in pd.states.iter().zip(&judged) {
+            for ((st, img), problems) in pd.states.iter().zip(&judged) {
                 let v = oracle::verdict_of(problems);
+                let id = state_id(p.applied, &pd.lines, st);
+                if self.want == Some(id.as_str()) {
+                    self.found = Some(ReproState {
+                        id: id.clone(),
+                        point: point.clone(),
+                        verdict: v,
+                        problems: problems.clone(),
+                        dropped_lines: dropped(
+                            &pd.lines,
+                            st,
+                            owners,
+                            self.records,
+                            self.symbols,
+                            layout,
+                        ),
+                        recovery: sched.recovery(*img).clone(),
+                    });
+                }
                 *pv.entry(v).or_default() += 1;
                 if self.cfg.state_verdicts {
                     state_verdicts.push(v);
@@ -896,6 +1352,7 @@ impl<'a> Judge<'a> {
                 let key = GroupKey::of(v, &point, problems);
                 let (records, symbols, cfg) = (self.records, self.symbols, self.cfg);
                 self.groups.add(key, &point, || Finding {
+                    id,
                     verdict: v,
                     point: point.clone(),
                     problems: problems.clone(),
@@ -1114,6 +1571,14 @@ pub fn builtin_lsfmm2016() -> Vec<Loaded> {
     .collect()
 }
 
+/// The finding id of state `st` at the crash point after `record` records.
+fn state_id(record: u64, lines: &[LineInfo], st: &CrashState) -> String {
+    crate::findings::finding_id(
+        record,
+        lines.iter().map(|l| (l.offset, st.kept_of(l.offset))),
+    )
+}
+
 fn reason_name(r: Reason) -> String {
     match r {
         Reason::BeforeFence => "before-fence".into(),
@@ -1258,4 +1723,204 @@ pub fn expected(w: &Workload, fs: FsKind) -> Option<(Vec<Verdict>, Option<usize>
         e.ok_after_op,
         e.lost_after_op,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crash_models::trace::{MarkerKind, Privilege};
+
+    #[test]
+    fn the_loop_waits_only_when_something_can_wake_it() {
+        // (stopped, producer done, wants a point, has work, in flight, points waiting)
+        let cases = [
+            // Judging just emptied the window: nothing out, nothing to hand out, the
+            // producer not done. The loop before this fix waited for a recovery here
+            // and stalled (tests/memory.rs); it must make the next point.
+            ((false, false, true, false, 0, false), Step::Make),
+            ((false, false, true, true, 2, true), Step::Make),
+            // A full window (or over the budget): hand out, or wait for recoveries.
+            (
+                (false, false, false, true, 0, true),
+                Step::Wait { hand_out: true },
+            ),
+            (
+                (false, false, false, false, 1, true),
+                Step::Wait { hand_out: false },
+            ),
+            // All points made and judged.
+            ((false, true, true, false, 0, false), Step::Finish),
+            (
+                (false, true, true, false, 1, true),
+                Step::Wait { hand_out: false },
+            ),
+            // Stopped: nothing new made or handed out; the images out are finished.
+            (
+                (true, false, true, true, 1, true),
+                Step::Wait { hand_out: false },
+            ),
+            ((true, false, true, true, 0, true), Step::Finish),
+            // Points wait that nothing will ever resolve: reported, not waited on.
+            ((false, false, false, false, 0, true), Step::Stalled),
+            ((false, true, true, false, 0, true), Step::Stalled),
+        ];
+        for ((stopped, done, wants, work, out, waiting), want) in cases {
+            assert_eq!(
+                step(stopped, done, wants, work, out, waiting),
+                want,
+                "stopped {stopped}, producer done {done}, wants a point {wants}, has work {work}, in flight {out}, points waiting {waiting}"
+            );
+        }
+    }
+
+    fn marker(marker: MarkerKind, op: u32) -> Record {
+        Record::Marker {
+            marker,
+            op,
+            a: 0,
+            b: 0,
+            vcpu: 0,
+        }
+    }
+
+    /// `n` ops, each one unflushed user store to its own line: at op points, 2n + 1
+    /// crash points whose in-flight lines grow by one per op.
+    fn stores(n: u32) -> (Workload, Vec<Record>) {
+        let mut toml = String::new();
+        let mut records = vec![marker(MarkerKind::RunBegin, n)];
+        for i in 0..n {
+            toml.push_str("[[ops]]\nop = \"sync\"\n");
+            records.push(marker(MarkerKind::OpBegin, i));
+            records.push(Record::Store {
+                offset: (1 << 21) + 64 * u64::from(i),
+                size: 8,
+                value: u64::from(i) + 1,
+                non_temporal: false,
+                privilege: Privilege::User,
+                vcpu: 0,
+                pc: 0,
+            });
+            records.push(marker(MarkerKind::OpEnd, i));
+        }
+        records.push(marker(MarkerKind::RunEnd, n));
+        let w = Workload::parse(&toml, "stores.toml").expect("the workload parses");
+        (w, records)
+    }
+
+    /// The pipeline's producer, and a judge that notes the points in the order judged
+    /// and that each of their images has a recovery.
+    struct Sim<'a> {
+        producer: Producer<'a>,
+        judged: Vec<u64>,
+    }
+
+    impl PointStream<()> for Sim<'_> {
+        fn make(&mut self, sched: &mut Scheduler<()>) -> bool {
+            let Some(p) = self.producer.next_point() else {
+                return false;
+            };
+            sched.add_point(p.point, Vec::new(), p.snap, p.states, p.capped);
+            true
+        }
+
+        fn judge(&mut self, point: PointWork<()>, sched: &Scheduler<()>) {
+            for (_, i) in &point.states {
+                assert_eq!(sched.recovery(*i).index, *i);
+            }
+            self.judged.push(point.point.applied);
+        }
+    }
+
+    fn recovery(index: usize) -> Recovery {
+        Recovery {
+            state_id: index.to_string(),
+            ..Recovery::mounted(index)
+        }
+    }
+
+    /// Drive `n` store ops at op points with `max_states` states a point under
+    /// `budget` bytes, a checker task answering every job: the points judged, in order.
+    async fn simulate(n: u32, max_states: usize, budget: u64) -> (Vec<u64>, usize) {
+        let (workload, records) = stores(n);
+        let cfg = RunConfig {
+            points: Policy::Op,
+            max_states,
+            ..RunConfig::default()
+        };
+        let symbols = SymbolTable::default();
+        let mut sim = Sim {
+            producer: Producer::new(&cfg, &workload, &[], &records, 64, &symbols),
+            judged: Vec::new(),
+        };
+        let mut sched = Scheduler::new(false, budget);
+        let (jobs, mut job_rx) = mpsc::channel::<(usize, ImageJob)>(1);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let checker = tokio::spawn(async move {
+            let mut checked = 0;
+            while let Some((i, job)) = job_rx.recv().await {
+                drop(job.materialise());
+                checked += 1;
+                if done_tx.send(recovery(i)).is_err() {
+                    break;
+                }
+            }
+            checked
+        });
+        let stopped = drive(&mut sched, &mut sim, jobs, &mut done_rx, &Interrupt::new())
+            .await
+            .expect("the drive loop never stalls");
+        assert!(!stopped);
+        assert_eq!(sched.points_waiting(), 0);
+        let checked = checker.await.expect("the checker task");
+        assert_eq!(checked, sched.images(), "every distinct image checked once");
+        (sim.judged, checked)
+    }
+
+    #[tokio::test]
+    async fn every_point_is_judged_in_order_whatever_the_budget() {
+        // 100 ops: 201 crash points, more than the 64 a window holds. With two states
+        // a point, every point's images are the first point's: once those are
+        // recovered the whole window is judged at once, with nothing out and nothing
+        // to hand out (where the loop before this fix stalled), and it fills again.
+        let default = crate::memory::DEFAULT_BUDGET_MIB << 20;
+        let (all, images) = simulate(100, 2, default).await;
+        assert_eq!(all.len(), 201, "op points and the end of the trace");
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "in point order");
+        // A budget no point fits in: one point at a time, the same points and images.
+        assert_eq!(simulate(100, 2, 1).await, (all.clone(), images));
+        // Distinct images at most points: the same under a tiny budget.
+        let many = simulate(70, 16, default).await;
+        assert!(many.1 >= 70, "{} images", many.1);
+        assert_eq!(simulate(70, 16, 1 << 10).await, many);
+    }
+
+    #[tokio::test]
+    async fn a_checker_that_ends_ends_the_loop() {
+        // The checker's workers all ended (an error) with a job out: the loop returns
+        // (the checker reports the error) instead of waiting for that recovery.
+        let (workload, records) = stores(3);
+        let cfg = RunConfig {
+            points: Policy::Op,
+            ..RunConfig::default()
+        };
+        let symbols = SymbolTable::default();
+        let mut sim = Sim {
+            producer: Producer::new(&cfg, &workload, &[], &records, 64, &symbols),
+            judged: Vec::new(),
+        };
+        let mut sched = Scheduler::new(false, 1 << 30);
+        let (jobs, mut job_rx) = mpsc::channel::<(usize, ImageJob)>(1);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Recovery>();
+        let checker = tokio::spawn(async move {
+            let first = job_rx.recv().await;
+            drop(done_tx);
+            first.is_some()
+        });
+        let stopped = drive(&mut sched, &mut sim, jobs, &mut done_rx, &Interrupt::new())
+            .await
+            .expect("no stall");
+        assert!(!stopped);
+        assert!(checker.await.unwrap(), "a job was handed out");
+        assert!(sim.judged.is_empty());
+    }
 }

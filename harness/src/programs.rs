@@ -118,53 +118,6 @@ pub fn write_bundle(cache: &Path, programs: &[String]) -> Result<Option<PathBuf>
     Ok(Some(path))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_dynamic_program_brings_its_loader_and_libc() {
-        let sh = "/bin/sh".to_owned();
-        let b = bundle(std::slice::from_ref(&sh)).unwrap();
-        assert_eq!(b.programs[&sh], format!("{GUEST_BIN_DIR}/0/sh"));
-        let paths: Vec<&str> = b.files.iter().map(|f| f.path.as_str()).collect();
-        assert!(paths.contains(&"/lib64/ld-linux-x86-64.so.2"), "{paths:?}");
-        assert!(paths.iter().any(|p| p.ends_with("/libc.so.6")), "{paths:?}");
-    }
-
-    #[test]
-    fn a_missing_shared_library_is_named() {
-        // /bin/true asking for a libc that no host has.
-        let mut elf = std::fs::read("/bin/true").unwrap();
-        let from = b"libc.so.6\0";
-        let at = elf
-            .windows(from.len())
-            .position(|w| w == from)
-            .expect("/bin/true needs libc.so.6");
-        elf[at..at + from.len()].copy_from_slice(b"libq.so.6\0");
-        let dir = tempfile::tempdir().unwrap();
-        let prog = dir.path().join("true");
-        std::fs::write(&prog, &elf).unwrap();
-        let name = prog.display().to_string();
-        let e = bundle(std::slice::from_ref(&name)).unwrap_err().to_string();
-        assert!(
-            e.contains(&name) && e.contains("needs libq.so.6") && e.contains("install"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn a_missing_program_is_named() {
-        let e = bundle(&["/no/such/prog".to_owned()])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("/no/such/prog") && e.contains("no such file"),
-            "{e}"
-        );
-    }
-}
-
 /// The `exec` ops of a traced run whose program did not exit with 0, each in words
 /// with the end of what it printed: a workload's program that fails (or hangs until
 /// its timeout) makes its crash states meaningless, so the run stops with these.
@@ -218,4 +171,51 @@ pub fn failures(ops: &[Op], results: &[crash_models::protocol::OpResult]) -> Vec
         out.push(msg);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_program_brings_its_loader_and_libc() {
+        let sh = "/bin/sh".to_owned();
+        let b = bundle(std::slice::from_ref(&sh)).unwrap();
+        assert_eq!(b.programs[&sh], format!("{GUEST_BIN_DIR}/0/sh"));
+        let paths: Vec<&str> = b.files.iter().map(|f| f.path.as_str()).collect();
+        assert!(paths.contains(&"/lib64/ld-linux-x86-64.so.2"), "{paths:?}");
+        assert!(paths.iter().any(|p| p.ends_with("/libc.so.6")), "{paths:?}");
+    }
+
+    #[test]
+    fn a_missing_shared_library_is_named() {
+        // /bin/true asking for a libc that no host has.
+        let mut elf = std::fs::read("/bin/true").unwrap();
+        let from = b"libc.so.6\0";
+        let at = elf
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("/bin/true needs libc.so.6");
+        elf[at..at + from.len()].copy_from_slice(b"libq.so.6\0");
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("true");
+        std::fs::write(&prog, &elf).unwrap();
+        let name = prog.display().to_string();
+        let e = bundle(std::slice::from_ref(&name)).unwrap_err().to_string();
+        assert!(
+            e.contains(&name) && e.contains("needs libq.so.6") && e.contains("install"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_program_is_named() {
+        let e = bundle(&["/no/such/prog".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/no/such/prog") && e.contains("no such file"),
+            "{e}"
+        );
+    }
 }

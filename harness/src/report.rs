@@ -148,6 +148,9 @@ pub struct PointRef {
 /// site, cause) (see [`crate::findings`]), the first state shown in full.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
+    /// The stable id of the group's first state ([`crate::findings::finding_id`]):
+    /// `pmcrash repro BUNDLE ID` checks that state again.
+    pub id: String,
     /// The state's verdict (its worst problem).
     pub verdict: Verdict,
     /// Where.
@@ -695,7 +698,8 @@ fn finding_line(f: &Finding) -> String {
         format!("records {}..={}", f.first_record, f.last_record)
     };
     format!(
-        "  finding: {} at {span} (op {} {}{}): {} state(s) at {} crash point(s); first at record {}, {} line(s) dropped",
+        "  finding {}: {} at {span} (op {} {}{}): {} state(s) at {} crash point(s); first at record {}, {} line(s) dropped",
+        f.id,
         f.verdict,
         f.point.op.map_or("-".into(), |o| o.to_string()),
         f.point.op_name.as_deref().unwrap_or("-"),

@@ -141,6 +141,11 @@ impl<L> Scheduler<L> {
             || (self.points.len() < MAX_POINTS_AHEAD && self.memory() < self.budget)
     }
 
+    /// Crash points waiting to be judged.
+    pub fn points_waiting(&self) -> usize {
+        self.points.len()
+    }
+
     /// Images made so far.
     pub fn images(&self) -> usize {
         self.images.len()
@@ -297,6 +302,9 @@ impl<L> Scheduler<L> {
     /// A recovery came back.
     pub fn done(&mut self, rec: Recovery) {
         let i = rec.index;
+        if std::env::var_os("PMCRASH_PRUNE_DEBUG").is_some() {
+            self.debug_checked(&rec);
+        }
         self.in_flight = self.in_flight.saturating_sub(1);
         self.checked += 1;
         if let (true, Some(reads), Some((snap, st))) = (
@@ -320,6 +328,47 @@ impl<L> Scheduler<L> {
         img.status = Status::Done;
         img.source = None;
         img.recovery = Some(Arc::new(rec));
+    }
+
+    /// `PMCRASH_PRUNE_DEBUG`: one line on stderr per checked image, saying which of
+    /// its point's in-flight lines its check read (what keeps its siblings from being
+    /// pruned).
+    fn debug_checked(&self, rec: &Recovery) {
+        let img = &self.images[rec.index];
+        let Some((snap, st)) = img.source.as_ref() else {
+            return;
+        };
+        let ls = u64::from(snap.line_size());
+        let in_flight = snap.in_flight();
+        let total = in_flight.len();
+        let mut inside = Vec::new();
+        for l in &in_flight {
+            let hit = rec
+                .read_set
+                .as_ref()
+                .is_some_and(|r| r.intersects(l.line_offset..l.line_offset + ls));
+            if hit {
+                inside.push(l.line_offset / ls);
+            }
+        }
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &l in &inside {
+            match ranges.last_mut() {
+                Some(r) if r.1 + 1 == l => r.1 = l,
+                _ => ranges.push((l, l)),
+            }
+        }
+        eprintln!(
+            "prune-debug: image {} point {} kept {} mount {:?} read {} lines; in-flight {} read {}: {:?}",
+            rec.index,
+            img.point,
+            st.kept.len(),
+            matches!(rec.mount, MountOutcome::Mounted { .. }),
+            rec.read_set.as_ref().map_or(0, |r| r.lines()),
+            total,
+            inside.len(),
+            ranges
+        );
     }
 
     /// Hand nothing more out (an interrupt): points waiting for images never handed

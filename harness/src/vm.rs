@@ -256,6 +256,49 @@ fn machine_args(spec: &VmSpec) -> Vec<String> {
     args
 }
 
+/// The machine, the kernel, the initramfs and the kernel command line of a guest of
+/// `spec`.
+fn boot_args(spec: &VmSpec) -> Vec<String> {
+    let mut args = machine_args(spec);
+    args.extend([
+        "-kernel".into(),
+        spec.kernel.display().to_string(),
+        "-initrd".into(),
+        spec.initramfs.display().to_string(),
+        "-append".into(),
+        kernel_cmdline(spec).join(" "),
+    ]);
+    args
+}
+
+/// The kernel command line of a guest of `spec`.
+fn kernel_cmdline(spec: &VmSpec) -> Vec<String> {
+    let mut cmdline = vec![
+        "console=ttyS0".to_owned(),
+        "panic=-1".into(),
+        "oops=panic".into(),
+        "loglevel=5".into(),
+        "rdinit=/init".into(),
+        // The NVDIMM is the only PM; keep the kernel's hands off the rest.
+        "nokaslr".into(),
+        "mitigations=off".into(),
+    ];
+    cmdline.extend(spec.extra_cmdline.iter().cloned());
+    if spec.deterministic {
+        cmdline.push(DETERMINISTIC_CMDLINE.into());
+    }
+    cmdline
+}
+
+/// The QEMU command line that boots `spec` for a person: the same machine, NVDIMM,
+/// kernel, initramfs and kernel command line as pmcrash's guests, the console on the
+/// terminal, and no agent channel or QMP socket (`pmcrash export` prints it).
+pub fn interactive_command(spec: &VmSpec) -> String {
+    let mut args = boot_args(spec);
+    args.extend(["-serial".into(), "mon:stdio".into()]);
+    shell_words(&spec.qemu, &args).trim_end().to_owned()
+}
+
 /// A running guest.
 pub struct Vm {
     child: tokio::process::Child,
@@ -303,28 +346,8 @@ impl Vm {
         let qmp_sock = dir.path().join("qmp.sock");
         let agent_sock = dir.path().join("agent.sock");
         let console = dir.path().join("console.log");
-        let mut args = machine_args(spec);
-        let mut cmdline = vec![
-            "console=ttyS0".to_owned(),
-            "panic=-1".into(),
-            "oops=panic".into(),
-            "loglevel=5".into(),
-            "rdinit=/init".into(),
-            // The NVDIMM is the only PM; keep the kernel's hands off the rest.
-            "nokaslr".into(),
-            "mitigations=off".into(),
-        ];
-        cmdline.extend(spec.extra_cmdline.iter().cloned());
-        if spec.deterministic {
-            cmdline.push(DETERMINISTIC_CMDLINE.into());
-        }
+        let mut args = boot_args(spec);
         args.extend([
-            "-kernel".into(),
-            spec.kernel.display().to_string(),
-            "-initrd".into(),
-            spec.initramfs.display().to_string(),
-            "-append".into(),
-            cmdline.join(" "),
             "-chardev".into(),
             format!("file,id=con,path={}", console.display()),
             "-serial".into(),

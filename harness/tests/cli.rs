@@ -16,6 +16,11 @@ fn every_command_has_help() {
         vec!["demo", "--help"],
         vec!["trace", "--help"],
         vec!["trace", "image", "--help"],
+        vec!["check", "--help"],
+        vec!["repro", "--help"],
+        vec!["export", "--help"],
+        vec!["fuzz", "--help"],
+        vec!["fuzz", "merge", "--help"],
     ] {
         let out = pmcrash().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
@@ -175,7 +180,9 @@ fn ctrl_c_during_checking_writes_the_partial_report() {
     let out = dir.path().join("out");
     // A short workload that finishes, then one with thousands of crash states at fence
     // points: the interrupt comes once the second one's trace is written, so the first
-    // is checked whole and the second is being enumerated or checked.
+    // is checked whole and the second is being enumerated or checked. `--no-prune`
+    // keeps the second one long: pruned, it can be checked whole before the signal
+    // lands, and then nothing was cut short (exit 1, a complete report).
     let first = dir.path().join("a-first.toml");
     std::fs::write(
         &first,
@@ -193,7 +200,7 @@ fn ctrl_c_during_checking_writes_the_partial_report() {
     .unwrap();
     let junit = dir.path().join("junit.xml");
     let mut child = pmcrash()
-        .args(["run", "--json", "--points", "fence", "--out"])
+        .args(["run", "--json", "--points", "fence", "--no-prune", "--out"])
         .arg(&out)
         .arg("--junit")
         .arg(&junit)

@@ -1,8 +1,13 @@
 //! Bounded memory (issue 15): a generated workload with 128 stores to one mapping at
 //! op points on XFS (every store an op, so hundreds of crash points, each with the
 //! log's in-flight lines) completes with the harness's peak resident memory under
-//! 1 GiB, and a tiny memory budget (64 MiB) gives the same verdict for every crash
+//! 1 GiB, and a tiny memory budget (1 MiB) gives the same verdict for every crash
 //! state as the default budget, only with fewer points in flight.
+//!
+//! It also guards the drive loop's progress: with the whole 64-point window sharing
+//! a few images, judging empties the window with nothing out, and the loop before
+//! the fix then waited for a recovery that could never come (the harness idle on a
+//! futex next to two idle checker guests).
 
 use crash_models::ops::{FsKind, Workload};
 use crash_models::points::Policy;
@@ -15,6 +20,9 @@ use std::fmt::Write as _;
 
 /// Stores to the mapping (one op each).
 const STORES: usize = 128;
+
+/// The tiny budget, in MiB.
+const TINY_MIB: u64 = 1;
 
 /// write 32 KiB, fallocate, mmap 8 KiB, `STORES` stores of 64 bytes, msync.
 fn workload() -> Loaded {
@@ -77,7 +85,6 @@ fn peak_rss() -> u64 {
 }
 
 #[test]
-#[ignore = "not yet seen to pass: on the session machine the run stalled before checking (harness idle on a futex, two idle guests) and the cause is not found; run with --ignored"]
 fn many_stores_on_xfs_stay_within_memory_and_a_tiny_budget_changes_no_verdict() {
     let full = run(pmcrash::memory::DEFAULT_BUDGET_MIB);
     let peak = peak_rss();
@@ -93,8 +100,19 @@ fn many_stores_on_xfs_stay_within_memory_and_a_tiny_budget_changes_no_verdict() 
         full.stats.crash_points,
         full.stats.distinct_images
     );
-    assert!(full.stats.peak_rss_bytes > 0 && full.stats.peak_rss_bytes <= peak);
-    let tiny = run(64);
+    // The kernel's RSS counters are per-CPU and read approximately (by up to a batch
+    // per CPU), so a later read of VmHWM can come out a little below an earlier one:
+    // the report's value must agree with ours within that, not exactly.
+    assert!(
+        full.stats.peak_rss_bytes > 0 && full.stats.peak_rss_bytes <= peak + (4 << 20),
+        "the report's peak {} B, VmHWM read after the run {} B",
+        full.stats.peak_rss_bytes,
+        peak
+    );
+    // 1 MiB: below what one XFS crash point of this workload holds (its durable
+    // lines alone are several MB), so points are made one at a time (the scheduler
+    // always admits one); 64 MiB would still hold the whole 64-point window here.
+    let tiny = run(TINY_MIB);
     let by_state = |w: &WorkloadReport| {
         w.points
             .iter()
@@ -104,10 +122,10 @@ fn many_stores_on_xfs_stay_within_memory_and_a_tiny_budget_changes_no_verdict() 
     assert_eq!(
         by_state(&tiny),
         by_state(&full),
-        "a 64 MiB budget changed verdicts"
+        "a {TINY_MIB} MiB budget changed verdicts"
     );
     eprintln!(
-        "{} crash points, {} states, {} distinct images ({} checked), peak {} MiB; default budget {} ms, 64 MiB {} ms",
+        "{} crash points, {} states, {} distinct images ({} checked), peak {} MiB; default budget {} ms, {TINY_MIB} MiB {} ms",
         full.stats.crash_points,
         full.stats.states,
         full.stats.distinct_images,

@@ -656,8 +656,9 @@ fn check_marker(rt: &mut Runtime, regs: &Regs) {
     }
 }
 
-/// Read-recording mode: every load of the guest (a memory callback on every
-/// instruction, so the first test must be cheap).
+/// Read-recording mode: every load and store of the guest's kernel (a memory callback
+/// on every instruction, so the first test must be cheap). Stores only mark bytes the
+/// check wrote itself ([`ReadRecorder::store`]).
 unsafe extern "C" fn on_load(
     _vcpu: c_uint,
     info: sys::qemu_plugin_meminfo_t,
@@ -669,7 +670,7 @@ unsafe extern "C" fn on_load(
     }
     let Some(cfg) = CONFIG.get() else { return };
     // SAFETY: called by QEMU inside a memory callback with a valid meminfo.
-    let (pa, size) = unsafe {
+    let (pa, size, is_store) = unsafe {
         let hw = sys::qemu_plugin_get_hwaddr(info, vaddr);
         if hw.is_null() {
             return;
@@ -677,6 +678,7 @@ unsafe extern "C" fn on_load(
         (
             sys::qemu_plugin_hwaddr_phys_addr(hw),
             1u64 << sys::qemu_plugin_mem_size_shift(info),
+            sys::qemu_plugin_mem_is_store(info),
         )
     };
     let off = pa.wrapping_sub(cfg.pm_base);
@@ -687,20 +689,34 @@ unsafe extern "C" fn on_load(
     with_rt(|rt| {
         let direct = vaddr.wrapping_sub(pa) == rt.direct_map;
         let Some(r) = rt.reads.as_mut() else { return };
-        if size <= page_left {
-            r.record(off, size);
+        // The parts of the access that lie in PM, and whether a part stays unplaced.
+        let (parts, unplaced) = if size <= page_left {
+            ([(off, size), (0, 0)], false)
         } else if direct {
             // The kernel's direct map is physically contiguous.
-            r.record(off, page_left);
-            r.record(off.wrapping_add(page_left), size - page_left);
+            let rest = (off.wrapping_add(page_left), size - page_left);
+            ([(off, page_left), rest], false)
         } else if off < cfg.pm_size {
             // A PM page mapped elsewhere, and the next page's address is unknown.
-            r.record(off, page_left);
+            ([(off, page_left), (0, 0)], true)
+        } else {
+            // The first page is not PM and the mapping is not the direct map: in a
+            // checker guest PM is mapped only there (docs/pruning.md), so the next page
+            // is not PM either.
+            ([(0, 0), (0, 0)], false)
+        };
+        for (o, n) in parts {
+            if is_store {
+                r.store(o, n);
+            } else {
+                r.record(o, n);
+            }
+        }
+        // A store not placed whole is only partly marked: fewer bytes count as written
+        // by the check, which keeps more loads in the set.
+        if unplaced && !is_store {
             r.unresolved();
         }
-        // Otherwise the first page is not PM and the mapping is not the direct map: in
-        // a checker guest PM is mapped only there (docs/pruning.md), so the next page
-        // is not PM either.
     });
 }
 
@@ -774,7 +790,7 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
                     insn,
                     Some(on_load),
                     sys::qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
-                    sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_R,
+                    sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW,
                     std::ptr::null_mut(),
                 );
             }

@@ -14,7 +14,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test    provision the machine (pmcrash setup), then run every test of the workspace
   bench   criterion benches of the pure crates, stage timings of the VM pipeline,
-          read-set pruning against --no-prune and peak memory (issues 9, 15)
+          read-set pruning against --no-prune and peak memory (issues 9, 15);
+          `bench memory`: only issue 15's peak memory and time figures
   lint    cargo fmt --check and cargo clippy --all-targets -- -D warnings
 ";
 
@@ -88,6 +89,12 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 fn bench(extra: &[String]) -> Result<()> {
+    if extra.first().map(String::as_str) == Some("memory") {
+        return run(
+            "streaming and bounded memory (issue 15): peak memory and time",
+            example("prune_bench").arg("memory"),
+        );
+    }
     run(
         "criterion benches (crash-models)",
         cargo().args(["bench", "-p", "crash-models"]).args(extra),

@@ -246,6 +246,29 @@ fn program_check(
     }
 }
 
+impl Recovery {
+    /// Image `index` mounted with DAX and nothing else known yet: what a check starts
+    /// from before its steps fill it in.
+    pub fn mounted(index: usize) -> Recovery {
+        Recovery {
+            index,
+            mount: MountOutcome::Mounted { dax: true },
+            entries: None,
+            dump_error: None,
+            unmount_error: None,
+            fsck: None,
+            console: Vec::new(),
+            block_bytes: BTreeMap::new(),
+            block_offsets: BTreeMap::new(),
+            state_id: String::new(),
+            read_set: None,
+            restarts: 0,
+            millis: 0,
+            program_checks: Vec::new(),
+        }
+    }
+}
+
 /// Block hashes the caller can already explain (zeros, data the workload wrote); a
 /// dumped block outside this set has its bytes fetched from the recovered image so
 /// the oracle can judge it byte by byte.
@@ -319,6 +342,20 @@ struct Shared {
     done: mpsc::UnboundedSender<Recovery>,
     live: Arc<Mutex<BTreeMap<usize, u32>>>,
     interrupt: Option<Interrupt>,
+    /// Requested when a worker ends, for whatever reason: the others take no new job.
+    /// A worker that failed (or panicked) lost the job it held, whose recovery the
+    /// caller waits for; were the others to keep waiting for jobs, the caller would
+    /// wait on them and they on it. So all end, and the caller sees `done` close.
+    ended: Interrupt,
+}
+
+/// Requests [`Shared::ended`] when dropped: when its worker returns or unwinds.
+struct EndsOthers<'a>(&'a Interrupt);
+
+impl Drop for EndsOthers<'_> {
+    fn drop(&mut self) {
+        self.0.request();
+    }
 }
 
 /// One long-lived checker guest per worker, for one (kernel, file system).
@@ -502,6 +539,7 @@ impl Checker {
             done,
             live: self.live.clone(),
             interrupt: self.interrupt.clone(),
+            ended: Interrupt::new(),
         });
         let mut tasks = Vec::new();
         for w in std::mem::take(&mut self.workers) {
@@ -545,12 +583,16 @@ impl Checker {
 type WorkerResult = Result<u32, CheckerError>;
 
 async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
+    let _ends_others = EndsOthers(&s.ended);
     let mut restarts = 0;
     loop {
         if s.interrupt.as_ref().is_some_and(Interrupt::is_requested) {
             return (w, Ok(restarts));
         }
-        let job = s.queue.lock().await.recv().await;
+        let job = tokio::select! {
+            job = async { s.queue.lock().await.recv().await } => job,
+            () = s.ended.requested() => None,
+        };
         let Some((index, job)) = job else {
             return (w, Ok(restarts));
         };
@@ -706,22 +748,7 @@ async fn recover_one(
             return Ok(Attempt::Retry(format!("refresh: {e}")));
         }
     }
-    let mut rec = Recovery {
-        index,
-        mount: MountOutcome::Mounted { dax: true },
-        entries: None,
-        dump_error: None,
-        unmount_error: None,
-        fsck: None,
-        console: Vec::new(),
-        block_bytes: BTreeMap::new(),
-        block_offsets: BTreeMap::new(),
-        state_id: String::new(),
-        read_set: None,
-        restarts: 0,
-        millis: 0,
-        program_checks: Vec::new(),
-    };
+    let mut rec = Recovery::mounted(index);
     let mounted = vm
         .request(
             &HostMsg::Mount {
@@ -766,6 +793,23 @@ async fn recover_one(
         for c in &s.opts.user_checkers {
             if dead {
                 break;
+            }
+            if let Some(path) = &c.if_exists {
+                let path = path.trim_start_matches("./").trim_end_matches('/');
+                let there = rec
+                    .entries
+                    .as_ref()
+                    .is_some_and(|es| es.iter().any(|e| e.path == path));
+                if !there {
+                    // Nothing made yet is consistent; a pool that is there is checked.
+                    rec.program_checks.push(ProgramCheck {
+                        program: c.program.clone(),
+                        code: Some(0),
+                        timed_out: false,
+                        output: format!("skipped: {path} does not exist"),
+                    });
+                    continue;
+                }
             }
             let op = c.as_op(crate::guest::GUEST_MOUNT_POINT);
             // The checker's own timeout is in guest time; the host's wait has room.

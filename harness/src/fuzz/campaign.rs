@@ -1,0 +1,1160 @@
+//! A fuzz campaign: its directory, the loop that runs the stream, and `merge`.
+//!
+//! The directory:
+//!
+//! | path | holds |
+//! | --- | --- |
+//! | `campaign.json` | [`State`]: the configuration, the next stream index, every finished workload ([`RunRecord`]) and the findings by signature |
+//! | `corpus/NNNNNNNN.toml` | each workload that gave a new signature (it joins the corpus) |
+//! | `findings/SIG/` | per signature, saved once: `finding.json` (the first finding in full), `workload.toml`, `bundle/` (the run bundle of [`crate::bundle`]) |
+//! | `.work/` | the trace and images of the workload being run (removed after it) |
+//!
+//! Crash safety: a workload's files (corpus entry, finding directories) are written
+//! first, each atomically, then `campaign.json` atomically
+//! ([`crate::cache::write_atomic`]). A kill at any moment leaves the state of the last
+//! finished workload; `--resume` goes on at the first workload not recorded there, so
+//! no recorded workload runs twice and nothing recorded is lost (a workload killed
+//! half-way was never recorded and runs again).
+//!
+//! Signatures ([`Signature`]): verdict, file system, the op kind at the crash point
+//! (during or after which op), the kernel functions that wrote the dropped lines, and
+//! the flush or fence that was missing, numbers masked. Each workload that hits a
+//! signature counts once for it.
+
+use super::gen::{self, Candidate, GenMode, Origin};
+use crate::bundle;
+use crate::findings::{mask_numbers, GroupKey};
+use crate::guest::GuestFactory;
+use crate::interrupt::Interrupt;
+use crate::pipeline::{Pipeline, PipelineError, RunConfig};
+use crate::report::{Finding, WorkloadReport};
+use crash_models::ops::FsKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The state file's name.
+pub const STATE: &str = "campaign.json";
+/// The layout version of `campaign.json`.
+pub const VERSION: u32 = 1;
+
+/// Why a campaign cannot go on (usage or infrastructure: exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum FuzzError {
+    /// Local I/O.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// An atomic write failed.
+    #[error(transparent)]
+    Write(#[from] crate::cache::FileError),
+    /// `campaign.json` does not parse.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    BadState {
+        /// The file.
+        path: PathBuf,
+        /// Line.
+        line: usize,
+        /// Column.
+        column: usize,
+        /// What serde said.
+        message: String,
+    },
+    /// A new campaign in a directory that has one.
+    #[error("{} already holds a campaign: add --resume to go on with it, or choose another --out", dir.display())]
+    Exists {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// `--resume` where there is no campaign.
+    #[error("--resume: {} holds no campaign ({STATE} is missing)", dir.display())]
+    NoCampaign {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The options differ from those the campaign was started (or a merged one was
+    /// run) with.
+    #[error("{}: {field} is {theirs} there, {ours} here; a campaign goes on (or merges) only with the same options", dir.display())]
+    Mismatch {
+        /// The campaign.
+        dir: PathBuf,
+        /// The option.
+        field: &'static str,
+        /// Its value in the campaign.
+        theirs: String,
+        /// Its value given now.
+        ours: String,
+    },
+    /// Two campaigns ran the same index to different workloads.
+    #[error("stream index {index} is another workload in {} than in {}", a.display(), b.display())]
+    Diverged {
+        /// The index.
+        index: u64,
+        /// One campaign.
+        a: PathBuf,
+        /// The other.
+        b: PathBuf,
+    },
+    /// The pipeline failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// A bundle could not be written.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FuzzError {
+    let path = path.to_path_buf();
+    move |source| FuzzError::Io { what, path, source }
+}
+
+/// `--shard I/N`: the stream indices `i` with `i % N == I`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// This shard, from 0.
+    pub index: u64,
+    /// Shards in all.
+    pub count: u64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let bad = || format!("`{s}` is not a shard: use I/N with 0 <= I < N (e.g. 0/4)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<u64>().map_err(|_| bad())?,
+            n.trim().parse::<u64>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// What decides a campaign's workloads and their crash states: a resumed or merged
+/// campaign must have the same (the shard aside, for merges).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignConfig {
+    /// The file system.
+    pub fs: FsKind,
+    /// The stream's seed.
+    pub seed: u64,
+    /// The generators.
+    pub gen: GenMode,
+    /// Crash points (`--points`).
+    pub points: String,
+    /// Crash states (`--states`, seed filled in).
+    pub states: String,
+    /// Persistency model.
+    pub model: String,
+    /// Most states per point.
+    pub max_states: usize,
+    /// Most points per workload.
+    pub max_points: Option<usize>,
+    /// `--sector-atomic`.
+    pub sector_atomic: Option<u64>,
+    /// The share of the stream; `None` for a merged campaign.
+    pub shard: Option<Shard>,
+}
+
+impl CampaignConfig {
+    /// The configuration of a run with these settings.
+    pub fn of(run: &RunConfig, seed: u64, gen: GenMode, shard: Shard) -> CampaignConfig {
+        CampaignConfig {
+            fs: run.fs,
+            seed,
+            gen,
+            points: run.points.to_string(),
+            states: run.strategy().to_string(),
+            model: run.model.name().to_owned(),
+            max_states: run.max_states,
+            max_points: run.max_points,
+            sector_atomic: run.sector_atomic,
+            shard: Some(shard),
+        }
+    }
+
+    fn check_same(
+        &self,
+        other: &CampaignConfig,
+        dir: &Path,
+        shard_too: bool,
+    ) -> Result<(), FuzzError> {
+        let fields: [(&'static str, String, String); 10] = [
+            ("--fs", self.fs.to_string(), other.fs.to_string()),
+            ("--seed", self.seed.to_string(), other.seed.to_string()),
+            ("--gen", self.gen.to_string(), other.gen.to_string()),
+            ("--points", self.points.clone(), other.points.clone()),
+            ("--states", self.states.clone(), other.states.clone()),
+            ("--model", self.model.clone(), other.model.clone()),
+            (
+                "--max-states",
+                self.max_states.to_string(),
+                other.max_states.to_string(),
+            ),
+            (
+                "--max-points",
+                format!("{:?}", self.max_points),
+                format!("{:?}", other.max_points),
+            ),
+            (
+                "--sector-atomic",
+                format!("{:?}", self.sector_atomic),
+                format!("{:?}", other.sector_atomic),
+            ),
+            (
+                "--shard",
+                if shard_too {
+                    format!("{:?}", self.shard)
+                } else {
+                    String::new()
+                },
+                if shard_too {
+                    format!("{:?}", other.shard)
+                } else {
+                    String::new()
+                },
+            ),
+        ];
+        for (field, theirs, ours) in fields {
+            if theirs != ours {
+                return Err(FuzzError::Mismatch {
+                    dir: dir.to_path_buf(),
+                    field,
+                    theirs,
+                    ours,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A finding's signature: what makes two findings the same bug.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Signature {
+    /// The verdict.
+    pub verdict: String,
+    /// The file system.
+    pub fs: FsKind,
+    /// The op kind at the crash point: `during op # fsync`, `after op # store returned`.
+    pub op: String,
+    /// The kernel functions that made the dropped lines' last stores (sorted,
+    /// `+offset` and module left out), empty for user stores or unknown.
+    pub writers: Vec<String>,
+    /// The flushes or fences missing for the dropped lines (sorted, numbers masked).
+    pub missing: Vec<String>,
+}
+
+impl Signature {
+    /// The signature of a finding of a workload on `fs`.
+    pub fn of(fs: FsKind, f: &Finding) -> Signature {
+        // The findings' own crash site, op index masked: `after op # fsync returned`.
+        let op = mask_numbers(&GroupKey::of(f.verdict, &f.point, &[]).site);
+        let mut writers: Vec<String> = f
+            .dropped_lines
+            .iter()
+            .filter_map(|d| d.writer.as_deref())
+            .map(|w| w.split(['+', ' ']).next().unwrap_or(w).to_owned())
+            .collect();
+        writers.sort();
+        writers.dedup();
+        let mut missing: Vec<String> = f
+            .dropped_lines
+            .iter()
+            .map(|d| mask_numbers(&d.missing))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        Signature {
+            verdict: f.verdict.to_string(),
+            fs,
+            op,
+            writers,
+            missing,
+        }
+    }
+
+    /// A short stable name: 16 hex digits of the blake3 of its JSON.
+    pub fn id(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a signature serialises");
+        blake3::hash(&json).to_hex()[..16].to_owned()
+    }
+}
+
+impl std::fmt::Display for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}-DAX {}", self.verdict, self.fs, self.op)?;
+        if !self.writers.is_empty() {
+            write!(f, ", written by {}", self.writers.join(", "))?;
+        }
+        if !self.missing.is_empty() {
+            write!(f, ", missing: {}", self.missing.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+/// One finished workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Its stream index.
+    pub index: u64,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Its description.
+    pub description: String,
+    /// blake3 of its ops (hex): the same index must be the same workload everywhere.
+    pub hash: String,
+    /// Crash points.
+    pub crash_points: usize,
+    /// Crash states.
+    pub states: usize,
+    /// Images checked in a guest.
+    pub checked_images: usize,
+    /// Crash states per verdict.
+    pub verdicts: BTreeMap<String, u64>,
+    /// The signatures it hit, with their crash states.
+    pub signatures: BTreeMap<String, u64>,
+    /// Wall-clock milliseconds (not part of what merges and comparisons look at).
+    pub ms: u64,
+}
+
+/// A signature's entry in the campaign.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignatureEntry {
+    /// The signature.
+    pub signature: Signature,
+    /// Workloads that hit it.
+    pub workloads: u64,
+    /// Crash states, over those workloads.
+    pub states: u64,
+    /// The first (lowest) stream index that hit it: whose workload and bundle are saved.
+    pub first_index: u64,
+    /// That workload's description.
+    pub first_workload: String,
+    /// One problem of the first finding, for the summary.
+    pub example: String,
+    /// Its `reproduce` line.
+    pub reproduce: String,
+}
+
+/// `campaign.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The layout version.
+    pub version: u32,
+    /// What decides the workloads and states.
+    pub config: CampaignConfig,
+    /// The next stream index this campaign runs.
+    pub next: u64,
+    /// The stream has ended (exhaustive only).
+    pub exhausted: bool,
+    /// Every finished workload, by stream index.
+    pub runs: Vec<RunRecord>,
+    /// The signatures seen, by id.
+    pub findings: BTreeMap<String, SignatureEntry>,
+    /// The campaigns a merged one came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<PathBuf>,
+}
+
+impl State {
+    /// A new campaign.
+    pub fn new(config: CampaignConfig) -> State {
+        let next = config.shard.unwrap_or_default().index;
+        State {
+            version: VERSION,
+            config,
+            next,
+            exhausted: false,
+            runs: Vec::new(),
+            findings: BTreeMap::new(),
+            merged_from: Vec::new(),
+        }
+    }
+
+    /// Read `DIR/campaign.json`.
+    pub fn load(dir: &Path) -> Result<State, FuzzError> {
+        let path = dir.join(STATE);
+        if !path.exists() {
+            return Err(FuzzError::NoCampaign {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+        serde_json::from_str(&text).map_err(|e| FuzzError::BadState {
+            path,
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Write `DIR/campaign.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), FuzzError> {
+        let json = serde_json::to_vec_pretty(self).expect("the state serialises");
+        crate::cache::write_atomic(&dir.join(STATE), &json)?;
+        Ok(())
+    }
+
+    /// Record a finished workload; returns the ids of the signatures it is the first
+    /// to hit.
+    pub fn record(&mut self, rec: RunRecord, findings: &[(Signature, &Finding)]) -> Vec<String> {
+        let mut new = Vec::new();
+        for (sig, f) in findings {
+            let id = sig.id();
+            match self.findings.get_mut(&id) {
+                Some(_) => {}
+                None => {
+                    new.push(id.clone());
+                    self.findings.insert(
+                        id.clone(),
+                        SignatureEntry {
+                            signature: sig.clone(),
+                            workloads: 0,
+                            states: 0,
+                            first_index: rec.index,
+                            first_workload: rec.description.clone(),
+                            example: f
+                                .problems
+                                .first()
+                                .map(|p| p.message.clone())
+                                .unwrap_or_default(),
+                            reproduce: f.reproduce.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        for (id, states) in &rec.signatures {
+            if let Some(e) = self.findings.get_mut(id) {
+                e.workloads += 1;
+                e.states += states;
+            }
+        }
+        self.runs.push(rec);
+        new.dedup();
+        new
+    }
+
+    /// The state without wall-clock times, guest check counts and provenance: what two
+    /// campaigns that ran the same workloads share (for comparisons).
+    pub fn canonical(&self) -> State {
+        let mut s = self.clone();
+        for r in &mut s.runs {
+            // Which images pruning leaves to a guest depends on the order recoveries
+            // come back from the checkers: a cost, not a result.
+            r.ms = 0;
+            r.checked_images = 0;
+        }
+        s.runs.sort_by_key(|r| r.index);
+        s.config.shard = None;
+        s.merged_from.clear();
+        s.next = 0;
+        s.exhausted = false;
+        s
+    }
+}
+
+/// How much a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// This many workloads (of this shard's share).
+    Workloads(u64),
+    /// Start no new workload after this long.
+    Time(Duration),
+}
+
+impl std::str::FromStr for Budget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Budget, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a budget: a number of workloads (10) or a duration (90s, 30m, 8h)"
+            )
+        };
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(Budget::Workloads(n));
+        }
+        let (num, unit) = s.split_at(s.len().saturating_sub(1));
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            _ => return Err(bad()),
+        };
+        Ok(Budget::Time(Duration::from_secs(secs)))
+    }
+}
+
+/// What one `pmcrash fuzz` session did, and the campaign so far.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The campaign directory.
+    pub campaign: PathBuf,
+    /// Its configuration.
+    pub config: CampaignConfig,
+    /// Workloads run in this session.
+    pub session_workloads: u64,
+    /// Seconds this session ran.
+    pub session_secs: f64,
+    /// Workloads in the campaign.
+    pub workloads: u64,
+    /// The next stream index.
+    pub next: u64,
+    /// The stream has ended.
+    pub exhausted: bool,
+    /// Crash states checked, over the campaign.
+    pub states: u64,
+    /// Images checked in a guest, over the campaign.
+    pub checked_images: u64,
+    /// Exhaustive sequences done per length, and how many there are.
+    pub exhaustive: Vec<ExhaustiveProgress>,
+    /// Signatures, by id.
+    pub findings: BTreeMap<String, SignatureEntry>,
+    /// Signatures first seen in this session.
+    pub new_signatures: Vec<String>,
+    /// Corpus entries (workloads that gave a new signature).
+    pub corpus: usize,
+    /// Kernel coverage (translation blocks of file-system code); not measured yet.
+    pub coverage_blocks: Option<u64>,
+    /// The session was interrupted (Ctrl-C).
+    pub interrupted: bool,
+}
+
+/// How far the exhaustive generator got for one sequence length.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExhaustiveProgress {
+    /// Sequence length.
+    pub k: u32,
+    /// Sequences of that length finished (in this campaign's share).
+    pub done: u64,
+    /// Sequences of that length in this campaign's share.
+    pub total: u64,
+}
+
+impl Summary {
+    fn of(
+        dir: &Path,
+        s: &State,
+        session: u64,
+        secs: f64,
+        new: Vec<String>,
+        interrupted: bool,
+    ) -> Summary {
+        let max_k = match s.config.gen {
+            GenMode::Exhaustive { max_k } | GenMode::Mixed { max_k } => max_k,
+            GenMode::Random => 0,
+        };
+        let shard = s.config.shard.unwrap_or_default();
+        let exhaustive = (1..=max_k)
+            .map(|k| {
+                let done = s
+                    .runs
+                    .iter()
+                    .filter(|r| matches!(r.origin, Origin::Exhaustive { pos } if pos.k == k))
+                    .count() as u64;
+                // This share's count: every stream index that maps to a sequence of
+                // length k, taken by this shard.
+                let first = gen::exhaustive_total(k - 1);
+                let count = gen::exhaustive_count(k);
+                let (lo, hi) = match s.config.gen {
+                    GenMode::Mixed { .. } => (2 * first, 2 * (first + count)),
+                    _ => (first, first + count),
+                };
+                let step = if matches!(s.config.gen, GenMode::Mixed { .. }) {
+                    2
+                } else {
+                    1
+                };
+                let total = if s.config.shard.is_none() {
+                    count
+                } else {
+                    (lo..hi)
+                        .step_by(step)
+                        .filter(|i| i % shard.count == shard.index)
+                        .count() as u64
+                };
+                ExhaustiveProgress { k, done, total }
+            })
+            .collect();
+        Summary {
+            campaign: dir.to_path_buf(),
+            config: s.config.clone(),
+            session_workloads: session,
+            session_secs: secs,
+            workloads: s.runs.len() as u64,
+            next: s.next,
+            exhausted: s.exhausted,
+            states: s.runs.iter().map(|r| r.states as u64).sum(),
+            checked_images: s.runs.iter().map(|r| r.checked_images as u64).sum(),
+            exhaustive,
+            findings: s.findings.clone(),
+            new_signatures: new,
+            corpus: s.findings.len(),
+            coverage_blocks: None,
+            interrupted,
+        }
+    }
+
+    /// The text summary.
+    pub fn render_text(&self) -> String {
+        use std::fmt::Write;
+        let c = &self.config;
+        let mut o = String::new();
+        let shard = c
+            .shard
+            .map_or_else(|| "merged".to_owned(), |s| format!("shard {s}"));
+        let _ = writeln!(
+            o,
+            "fuzz campaign {}: {}-DAX, seed {}, generator {}, points {}, states {}, {shard}",
+            self.campaign.display(),
+            c.fs,
+            c.seed,
+            c.gen,
+            c.points,
+            c.states
+        );
+        let _ =
+            writeln!(
+            o,
+            "workloads: {} this session ({:.0} s{}), {} in the campaign, next stream index {}{}",
+            self.session_workloads,
+            self.session_secs,
+            if self.session_workloads > 0 {
+                format!(
+                    ", {:.0} workloads/hour",
+                    self.session_workloads as f64 * 3600.0 / self.session_secs.max(1e-3)
+                )
+            } else {
+                String::new()
+            },
+            self.workloads,
+            self.next,
+            if self.exhausted { " (stream ended)" } else { "" }
+        );
+        for e in &self.exhaustive {
+            let _ = writeln!(
+                o,
+                "exhaustive seq-{}: {}/{} done{}",
+                e.k,
+                e.done,
+                e.total,
+                if e.done == e.total { " (all)" } else { "" }
+            );
+        }
+        let _ = writeln!(
+            o,
+            "crash states: {}, images checked: {}, coverage: not measured",
+            self.states, self.checked_images
+        );
+        let _ = writeln!(
+            o,
+            "signatures: {} ({} new this session)",
+            self.findings.len(),
+            self.new_signatures.len()
+        );
+        for (id, e) in &self.findings {
+            let _ = writeln!(
+                o,
+                "  [{id}] {}\n      {} workloads, {} states; first #{}: {}\n      e.g. {}\n      saved in findings/{id}/",
+                e.signature, e.workloads, e.states, e.first_index, e.first_workload, e.example
+            );
+        }
+        if self.interrupted {
+            let _ = writeln!(o, "interrupted: resume with the same command and --resume");
+        }
+        o
+    }
+}
+
+/// What a session is asked to do besides the campaign's configuration.
+#[derive(Debug, Clone)]
+pub struct FuzzOptions {
+    /// How much to run.
+    pub budget: Budget,
+    /// Go on with the campaign in the directory (start it when there is none).
+    pub resume: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Run a campaign session in `dir`. The pipeline's run configuration is `run`, with
+/// its `out_dir` set to the campaign's `.work/`.
+pub async fn run_campaign(
+    dir: &Path,
+    config: CampaignConfig,
+    mut run: RunConfig,
+    factory: GuestFactory,
+    opts: FuzzOptions,
+    interrupt: Interrupt,
+) -> Result<Summary, FuzzError> {
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    // `--resume` where nothing was recorded yet (a pod restarted before its first
+    // save) starts the campaign.
+    let mut state = if opts.resume && dir.join(STATE).exists() {
+        let s = State::load(dir)?;
+        s.config.check_same(&config, dir, true)?;
+        s
+    } else {
+        if dir.join(STATE).exists() {
+            return Err(FuzzError::Exists {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let s = State::new(config.clone());
+        s.save(dir)?;
+        s
+    };
+    let work = dir.join(".work");
+    // What a killed session left half-made.
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io("create", &work))?;
+    run.out_dir = Some(work.clone());
+    let mut pipeline = Pipeline::with_factory(factory, run.clone())?;
+    pipeline.set_interrupt(interrupt.clone());
+    // Every workload's bundle (with the traced results the oracle judged by); a new
+    // signature's is kept, the others are removed with the workload's trace.
+    pipeline.save_bundles(&work.join("bundles"));
+    let shard = state.config.shard.unwrap_or_default();
+    let (len, unit) = match opts.budget {
+        Budget::Workloads(n) => (n, "workloads"),
+        Budget::Time(d) => (d.as_secs(), "seconds"),
+    };
+    let bar = crate::progress::bar(len, opts.progress, unit);
+    let t0 = Instant::now();
+    let mut session = 0u64;
+    let mut new_sigs = Vec::new();
+    let stats = |s: &State| {
+        format!(
+            "{} workloads, {} states, {} images checked, {} findings, coverage n/a",
+            s.runs.len(),
+            s.runs.iter().map(|r| r.states).sum::<usize>(),
+            s.runs.iter().map(|r| r.checked_images).sum::<usize>(),
+            s.findings.len()
+        )
+    };
+    bar.set_message(stats(&state));
+    let result: Result<(), FuzzError> = async {
+        loop {
+            let more = match opts.budget {
+                Budget::Workloads(n) => session < n,
+                Budget::Time(d) => t0.elapsed() < d,
+            };
+            if !more || interrupt.is_requested() || state.exhausted {
+                return Ok(());
+            }
+            let index = state.next;
+            let Some(cand) = gen::candidate(state.config.seed, state.config.gen, index) else {
+                state.exhausted = true;
+                state.save(dir)?;
+                return Ok(());
+            };
+            let name = format!("w{index:08}");
+            let t = Instant::now();
+            let report = match pipeline.run_workload(&name, &cand.workload, false).await {
+                Ok(r) => r,
+                Err(PipelineError::Interrupted { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            // A workload cut short by Ctrl-C is not recorded: it runs again on resume.
+            if interrupt.is_requested() {
+                return Ok(());
+            }
+            let new = finish(dir, &mut state, &cand, &report, t.elapsed(), &work)?;
+            state.next = index + shard.count;
+            state.save(dir)?;
+            clean(&work, &name);
+            new_sigs.extend(new);
+            session += 1;
+            match opts.budget {
+                Budget::Workloads(_) => bar.inc(1),
+                Budget::Time(_) => bar.set_position(t0.elapsed().as_secs().min(len)),
+            }
+            bar.set_message(stats(&state));
+        }
+    }
+    .await;
+    bar.finish_and_clear();
+    pipeline.shutdown().await;
+    result?;
+    Ok(Summary::of(
+        dir,
+        &state,
+        session,
+        t0.elapsed().as_secs_f64(),
+        new_sigs,
+        interrupt.is_requested(),
+    ))
+}
+
+fn clean(work: &Path, name: &str) {
+    for ext in ["pmtrace", "base.img", "final.img"] {
+        let _ = std::fs::remove_file(work.join(format!("{name}.{ext}")));
+    }
+    let _ = std::fs::remove_dir_all(work.join("bundles").join(name));
+}
+
+/// Record one finished workload: corpus entry and finding directories first, the
+/// state after (by the caller).
+fn finish(
+    dir: &Path,
+    state: &mut State,
+    cand: &Candidate,
+    report: &WorkloadReport,
+    took: Duration,
+    work: &Path,
+) -> Result<Vec<String>, FuzzError> {
+    let fs = state.config.fs;
+    let sigs: Vec<(Signature, &Finding)> = report
+        .findings
+        .iter()
+        .map(|f| (Signature::of(fs, f), f))
+        .collect();
+    let mut signatures: BTreeMap<String, u64> = BTreeMap::new();
+    for (s, f) in &sigs {
+        *signatures.entry(s.id()).or_default() += f.states;
+    }
+    let rec = RunRecord {
+        index: cand.index,
+        origin: cand.origin.clone(),
+        description: cand.workload.description.clone(),
+        hash: blake3::Hash::from(cand.workload.hash())
+            .to_hex()
+            .to_string(),
+        crash_points: report.stats.crash_points,
+        states: report.stats.states,
+        checked_images: report.stats.checked_images,
+        verdicts: report
+            .verdicts
+            .iter()
+            .map(|(v, n)| (v.to_string(), *n))
+            .collect(),
+        signatures,
+        ms: took.as_millis() as u64,
+    };
+    let mut scratch = state.clone();
+    let new = scratch.record(rec.clone(), &sigs);
+    if !new.is_empty() {
+        let toml = gen::to_toml(&cand.workload);
+        let corpus = dir.join("corpus");
+        std::fs::create_dir_all(&corpus).map_err(io("create", &corpus))?;
+        crate::cache::write_atomic(
+            &corpus.join(format!("{:08}.toml", cand.index)),
+            toml.as_bytes(),
+        )?;
+        for id in &new {
+            let fdir = dir.join("findings").join(id);
+            std::fs::create_dir_all(&fdir).map_err(io("create", &fdir))?;
+            let f = sigs.iter().find(|(s, _)| s.id() == *id).map(|(_, f)| *f);
+            let json = serde_json::json!({
+                "signature": scratch.findings[id].signature,
+                "index": cand.index,
+                "origin": cand.origin,
+                "finding": f,
+            });
+            crate::cache::write_atomic(
+                &fdir.join("finding.json"),
+                &serde_json::to_vec_pretty(&json).expect("serialises"),
+            )?;
+            crate::cache::write_atomic(&fdir.join("workload.toml"), toml.as_bytes())?;
+            let name = format!("w{:08}", cand.index);
+            let bdir = fdir.join("bundle");
+            // A bundle a killed session made before its state was saved.
+            let _ = std::fs::remove_dir_all(&bdir);
+            let saved = work.join("bundles").join(&name);
+            std::fs::rename(&saved, &bdir).map_err(io("move the bundle", &saved))?;
+        }
+    }
+    *state = scratch;
+    Ok(new)
+}
+
+/// Merge campaigns into `out`: runs by stream index (each once; the same index must be
+/// the same workload), signatures counted over the merged runs, corpus and finding
+/// directories copied (each signature's from the campaign that hit it first).
+pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<State, FuzzError> {
+    let mut states = Vec::new();
+    for d in inputs {
+        states.push((d.clone(), State::load(d)?));
+    }
+    let Some((_, first)) = states.first().cloned() else {
+        return Err(FuzzError::NoCampaign {
+            dir: out.to_path_buf(),
+        });
+    };
+    if out.join(STATE).exists() {
+        return Err(FuzzError::Exists {
+            dir: out.to_path_buf(),
+        });
+    }
+    let mut config = first.config.clone();
+    config.shard = None;
+    let mut runs: BTreeMap<u64, (PathBuf, RunRecord)> = BTreeMap::new();
+    let mut details: BTreeMap<String, (u64, PathBuf, SignatureEntry)> = BTreeMap::new();
+    for (dir, s) in &states {
+        s.config.check_same(&first.config, dir, false)?;
+        for r in &s.runs {
+            match runs.get(&r.index) {
+                Some((other, prev)) if prev.hash != r.hash => {
+                    return Err(FuzzError::Diverged {
+                        index: r.index,
+                        a: other.clone(),
+                        b: dir.clone(),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    runs.insert(r.index, (dir.clone(), r.clone()));
+                }
+            }
+        }
+        for (id, e) in &s.findings {
+            if details.get(id).is_none_or(|(i, _, _)| e.first_index < *i) {
+                details.insert(id.clone(), (e.first_index, dir.clone(), e.clone()));
+            }
+        }
+    }
+    std::fs::create_dir_all(out).map_err(io("create", out))?;
+    let mut merged = State::new(config);
+    merged.merged_from = inputs.to_vec();
+    for (_, r) in runs.values() {
+        merged.runs.push(r.clone());
+    }
+    merged.next = runs.keys().next_back().map_or(0, |i| i + 1);
+    for (id, (_, dir, e)) in &details {
+        let mut e = e.clone();
+        e.workloads = 0;
+        e.states = 0;
+        for r in &merged.runs {
+            if let Some(n) = r.signatures.get(id) {
+                e.workloads += 1;
+                e.states += n;
+            }
+        }
+        merged.findings.insert(id.clone(), e);
+        copy_tree(
+            &dir.join("findings").join(id),
+            &out.join("findings").join(id),
+        )?;
+        let corpus = format!("{:08}.toml", merged.findings[id].first_index);
+        let from = dir.join("corpus").join(&corpus);
+        if from.exists() {
+            let to = out.join("corpus").join(&corpus);
+            std::fs::create_dir_all(out.join("corpus")).map_err(io("create", out))?;
+            let bytes = std::fs::read(&from).map_err(io("read", &from))?;
+            crate::cache::write_atomic(&to, &bytes)?;
+        }
+    }
+    merged.save(out)?;
+    Ok(merged)
+}
+
+/// Summarise a merged (or any) campaign.
+pub fn summary(dir: &Path, s: &State) -> Summary {
+    Summary::of(dir, s, 0, 0.0, Vec::new(), false)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), FuzzError> {
+    if !from.exists() || to.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(to).map_err(io("create", to))?;
+    for e in std::fs::read_dir(from).map_err(io("read", from))? {
+        let e = e.map_err(io("read", from))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            let bytes = std::fs::read(&src).map_err(io("read", &src))?;
+            crate::cache::write_atomic(&dst, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{DroppedLine, PointRef};
+    use crash_models::verdict::Verdict;
+
+    fn finding(op: u32, done: u32, writer: &str, offset: u64) -> Finding {
+        Finding {
+            id: crate::findings::finding_id(100 + offset, [(offset, 0)]),
+            verdict: Verdict::DurabilityViolation,
+            point: PointRef {
+                record: 100 + offset,
+                op: Some(op),
+                op_name: Some("fsync".into()),
+                ops_completed: done,
+                stores: 5,
+                after_marker: None,
+            },
+            problems: vec![],
+            dropped_lines: vec![DroppedLine {
+                pm_offset: offset,
+                owner: "file a".into(),
+                queued: 1,
+                kept: 0,
+                missing: format!(
+                    "no flush of line {offset} before the fence at record {}",
+                    offset + 9
+                ),
+                writer: Some(format!("{writer}+0x{offset:x} [ext4]")),
+            }],
+            kept_lines: 0,
+            states: 3,
+            crash_points: 1,
+            first_record: 0,
+            last_record: 0,
+            reproduce: String::new(),
+        }
+    }
+
+    fn rec(index: u64, sigs: &[(Signature, &Finding)]) -> RunRecord {
+        RunRecord {
+            index,
+            origin: Origin::Random { seed: index },
+            description: format!("w{index}"),
+            hash: format!("{index}"),
+            crash_points: 1,
+            states: 3,
+            checked_images: 1,
+            verdicts: BTreeMap::new(),
+            signatures: sigs.iter().map(|(s, f)| (s.id(), f.states)).collect(),
+            ms: 1,
+        }
+    }
+
+    /// Two workloads whose findings differ only in numbers (offsets, records) share a
+    /// signature: saved once, counted twice.
+    #[test]
+    fn same_signature_is_deduplicated_and_counted() {
+        let (a, b) = (
+            finding(2, 2, "ext4_da_write_end", 64),
+            finding(2, 2, "ext4_da_write_end", 4096),
+        );
+        let (sa, sb) = (
+            Signature::of(FsKind::Ext4, &a),
+            Signature::of(FsKind::Ext4, &b),
+        );
+        assert_eq!(sa, sb);
+        assert_eq!(sa.writers, vec!["ext4_da_write_end"]);
+        assert_eq!(sa.op, "during op # fsync");
+        let mut s = State::new(CampaignConfig::of(
+            &RunConfig::default(),
+            1,
+            GenMode::Random,
+            Shard::default(),
+        ));
+        let new = s.record(rec(0, &[(sa.clone(), &a)]), &[(sa.clone(), &a)]);
+        assert_eq!(new, vec![sa.id()]);
+        let new = s.record(rec(1, &[(sb.clone(), &b)]), &[(sb.clone(), &b)]);
+        assert!(new.is_empty());
+        let e = &s.findings[&sa.id()];
+        assert_eq!((e.workloads, e.states, e.first_index), (2, 6, 0));
+        // Another writer, or after the op returned: other signatures.
+        let c = finding(2, 3, "ext4_da_write_end", 64);
+        assert_ne!(Signature::of(FsKind::Ext4, &c), sa);
+        let d = finding(2, 2, "jbd2_journal_commit", 64);
+        assert_ne!(Signature::of(FsKind::Ext4, &d), sa);
+        assert_ne!(Signature::of(FsKind::Xfs, &a), sa);
+    }
+
+    #[test]
+    fn shards_budgets_and_state_round_trip() {
+        assert_eq!("1/4".parse::<Shard>(), Ok(Shard { index: 1, count: 4 }));
+        for bad in ["4/4", "1", "a/b", "0/0"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        assert_eq!("3".parse::<Budget>(), Ok(Budget::Workloads(3)));
+        assert_eq!(
+            "2m".parse::<Budget>(),
+            Ok(Budget::Time(Duration::from_secs(120)))
+        );
+        assert!("2d".parse::<Budget>().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let a = finding(2, 2, "f", 64);
+        let sa = Signature::of(FsKind::Ext4, &a);
+        let mut s = State::new(CampaignConfig::of(
+            &RunConfig::default(),
+            1,
+            GenMode::Random,
+            Shard { index: 1, count: 2 },
+        ));
+        assert_eq!(s.next, 1);
+        s.record(rec(1, &[(sa.clone(), &a)]), &[(sa, &a)]);
+        s.save(dir.path()).unwrap();
+        assert_eq!(State::load(dir.path()).unwrap(), s);
+        std::fs::write(dir.path().join(STATE), "{\"version\": 1,\n \"config\": 3}").unwrap();
+        let e = State::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("campaign.json:2:"), "{e}");
+    }
+
+    /// Shards merged give the state of one run over the same indices.
+    #[test]
+    fn merge_of_shards_equals_one_run() {
+        let f = |i: u64| finding(2, 2, if i % 2 == 0 { "a" } else { "b" }, i * 64);
+        let cfg = |shard| CampaignConfig::of(&RunConfig::default(), 1, GenMode::Random, shard);
+        let mut one = State::new(cfg(Shard::default()));
+        let mut shards = [
+            State::new(cfg("0/2".parse().unwrap())),
+            State::new(cfg("1/2".parse().unwrap())),
+        ];
+        for i in 0..6 {
+            let fi = f(i);
+            let s = [(Signature::of(FsKind::Ext4, &fi), &fi)];
+            one.record(rec(i, &s), &s);
+            shards[(i % 2) as usize].record(rec(i, &s), &s);
+        }
+        let root = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = (0..2).map(|i| root.path().join(format!("s{i}"))).collect();
+        for (d, s) in dirs.iter().zip(&shards) {
+            std::fs::create_dir_all(d).unwrap();
+            s.save(d).unwrap();
+        }
+        let merged = merge(&dirs, &root.path().join("m")).unwrap();
+        assert_eq!(merged.canonical(), one.canonical());
+        // Merging a shard with itself counts nothing twice.
+        let again = merge(&[dirs[0].clone(), dirs[0].clone()], &root.path().join("m2")).unwrap();
+        assert_eq!(again.canonical(), shards[0].canonical());
+        // Another seed does not merge.
+        let mut other = State::new(CampaignConfig::of(
+            &RunConfig::default(),
+            2,
+            GenMode::Random,
+            Shard::default(),
+        ));
+        other.next = 0;
+        let od = root.path().join("o");
+        std::fs::create_dir_all(&od).unwrap();
+        other.save(&od).unwrap();
+        let e = merge(&[dirs[0].clone(), od], &root.path().join("m3")).unwrap_err();
+        assert!(e.to_string().contains("--seed"), "{e}");
+    }
+}
