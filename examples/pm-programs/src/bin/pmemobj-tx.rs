@@ -8,7 +8,8 @@
 //! - `run-nodrain`: the same update by hand, the words copied with
 //!   `pmemobj_memcpy(.., PMEMOBJ_F_MEM_NONTEMPORAL | PMEMOBJ_F_MEM_NODRAIN)` (libpmem's
 //!   `pmem_memcpy_nodrain`) and then the generation persisted as a commit flag, with
-//!   no drain before it: the flag can reach PM before the words (expected: a finding).
+//!   no drain before it: the flag can reach PM before the words (expected: a finding,
+//!   at the `flag_flushed` marker).
 //! - `check`: opens the pool (libpmemobj recovers an interrupted transaction) and
 //!   exits 1 when a word differs from the generation.
 
@@ -58,7 +59,8 @@ extern "C" {
         len: usize,
         flags: u32,
     ) -> *mut c_void;
-    fn pmemobj_persist(pop: Pop, addr: *const c_void, len: usize);
+    fn pmemobj_flush(pop: Pop, addr: *const c_void, len: usize);
+    fn pmemobj_drain(pop: Pop);
 }
 
 fn fail(what: &str) -> ! {
@@ -179,9 +181,12 @@ fn run(transactional: bool) {
                 );
                 // The bug: no pmemobj_drain() here.
                 (&raw mut (*r).generation).write_volatile(g);
-                pmemobj_persist(pop, (&raw const (*r).generation).cast(), 8);
+                pmemobj_flush(pop, (&raw const (*r).generation).cast(), 8);
+                // The crash point that matters: the flag's line is on its way, and
+                // without a drain before it so are the copies.
+                pmcrash_marker::mark!("flag_flushed", g);
+                pmemobj_drain(pop);
             }
-            pmcrash_marker::mark!("tx_commit", g);
         }
         pmcrash_marker::mark!("tx_end", g);
     }
