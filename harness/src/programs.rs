@@ -118,6 +118,16 @@ pub fn write_bundle(cache: &Path, programs: &[String]) -> Result<Option<PathBuf>
     Ok(Some(path))
 }
 
+/// Give every guest `factory` starts from now on the programs of `workload` (none when
+/// it runs none): `pmcrash trace` and `run --no-check`; the pipeline does its own.
+pub fn ship(
+    factory: &mut crate::guest::GuestFactory,
+    workload: &crash_models::ops::Workload,
+) -> Result<(), ProgramError> {
+    factory.programs = write_bundle(&factory.assets.cache_dir, &programs_of(workload))?;
+    Ok(())
+}
+
 /// The `exec` ops of a traced run whose program did not exit with 0, each in words
 /// with the end of what it printed: a workload's program that fails (or hangs until
 /// its timeout) makes its crash states meaningless, so the run stops with these.
