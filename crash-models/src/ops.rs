@@ -1405,6 +1405,23 @@ fn check_xattr_name(name: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_stock_pmempool_checker_expands_and_conflicts_are_named() {
+        let w =
+            parse("[[ops]]\nop = \"sync\"\n[[checkers]]\npmempool_check = \"pool.obj\"\n").unwrap();
+        assert_eq!(w.checkers, vec![UserChecker::pmempool_check("pool.obj")]);
+        assert_eq!(w.checkers[0].program, PMEMPOOL);
+        assert_eq!(w.checkers[0].args, ["check", "pool.obj"]);
+        assert_eq!(w.checkers[0].if_exists.as_deref(), Some("pool.obj"));
+        let e = parse(
+            "[[ops]]\nop = \"sync\"\n[[checkers]]\npmempool_check = \"p\"\nprogram = \"/bin/true\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "checkers[0].pmempool_check", "{e}");
+        let e = parse("[[ops]]\nop = \"sync\"\n[[checkers]]\nargs = [\"x\"]\n").unwrap_err();
+        assert_eq!(e.field, "checkers[0].program", "{e}");
+    }
+
     fn parse(src: &str) -> Result<Workload, WorkloadError> {
         Workload::parse(src, "w.toml")
     }

@@ -634,6 +634,57 @@ mod tests {
     }
 
     #[test]
+    fn a_program_bundle_is_carried_and_checked_by_the_manifest() {
+        let t = tempfile::tempdir().unwrap();
+        let (run, workload, trace, base, report) = sample(t.path());
+        let programs = t.path().join("p.bundle");
+        std::fs::write(&programs, b"PMCPROG1 the programs").unwrap();
+        let dir = t.path().join("with-programs");
+        let parts = BundleParts {
+            run: &run,
+            workload: &workload,
+            source: None,
+            trace: &trace,
+            base_image: &base,
+            report: &report,
+            programs: Some(&programs),
+        };
+        save(&dir, &parts).unwrap();
+        let b = Bundle::open(&dir).unwrap();
+        let saved = b.programs().expect("programs.bundle");
+        assert_eq!(std::fs::read(&saved).unwrap(), b"PMCPROG1 the programs");
+        assert!(Bundle::open(&saved_dir_without_programs(t.path()))
+            .unwrap()
+            .programs()
+            .is_none());
+        std::fs::write(&saved, b"PMCPROG1 other programs").unwrap();
+        let e = Bundle::open(&dir).unwrap_err();
+        assert!(
+            matches!(e, BundleError::Size { .. } | BundleError::Checksum { .. }),
+            "{e}"
+        );
+    }
+
+    fn saved_dir_without_programs(root: &Path) -> PathBuf {
+        let (run, workload, trace, base, report) = sample(root);
+        let dir = root.join("without-programs");
+        save(
+            &dir,
+            &BundleParts {
+                run: &run,
+                workload: &workload,
+                source: None,
+                trace: &trace,
+                base_image: &base,
+                report: &report,
+                programs: None,
+            },
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
     fn truncated_edited_missing_and_foreign_files_are_named() {
         let (_t, dir, _) = saved();
         let base = dir.join(BASE);
