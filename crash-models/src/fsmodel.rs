@@ -660,6 +660,8 @@ impl FsModel {
             | Op::SyncFileRange { .. }
             | Op::Sync
             | Op::Syncfs { .. } => {}
+            // What a program does is not modelled (see `Op::Exec`).
+            Op::Exec { .. } => {}
             Op::Rename { from, to } => {
                 let (Some(from), Some(to)) = (self.resolve(from, false), self.resolve(to, false))
                 else {

@@ -180,6 +180,9 @@ pub enum OpClass {
     Setxattr,
     /// `removexattr`.
     Removexattr,
+    /// `exec` of a user program: never drawn (the generator has no programs), so not
+    /// in [`OpClass::ALL`].
+    Exec,
 }
 
 impl OpClass {
@@ -307,6 +310,7 @@ pub fn classify(ops: &[Op]) -> Vec<OpClass> {
             Op::Mkfifo { .. } => OpClass::Mkfifo,
             Op::Setxattr { .. } => OpClass::Setxattr,
             Op::Removexattr { .. } => OpClass::Removexattr,
+            Op::Exec { .. } => OpClass::Exec,
         })
         .collect()
 }
@@ -326,6 +330,7 @@ pub fn random_workload(seed: u64, cfg: &GenConfig) -> Workload {
                 ops,
                 op_locations: vec![ops::Location { line: 0, col: 0 }; n],
                 expect: None,
+                checkers: Vec::new(),
             };
         }
     }
@@ -705,6 +710,7 @@ impl<'a> Gen<'a> {
 
     fn draw(&mut self, class: OpClass) -> Option<Op> {
         Some(match class {
+            OpClass::Exec => return None,
             OpClass::Open | OpClass::OpenAppend => self.open_file()?,
             OpClass::OpenDir => {
                 let fd = self.free_fd()?;

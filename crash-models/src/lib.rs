@@ -16,6 +16,7 @@ pub mod history;
 pub mod model;
 pub mod ops;
 pub mod points;
+pub mod programs;
 pub mod promise;
 pub mod protocol;
 pub mod prune;

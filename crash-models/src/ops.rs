@@ -595,6 +595,39 @@ pub enum Op {
         /// The attribute's name.
         name: String,
     },
+    /// Run a user program in the guest with the mount point as its working directory
+    /// (`docs/programs.md`). The harness ships the binary, and for a dynamic one its
+    /// loader and `DT_NEEDED` closure, into the guest; its stores, flushes and fences
+    /// are traced like the agent's. The model does not know what it does to the file
+    /// system: it makes no promises, and the files it makes are not judged for stale
+    /// data (a user checker judges them).
+    Exec {
+        /// The program on the host: an absolute path, or relative to the directory
+        /// pmcrash runs in.
+        program: String,
+        /// Its arguments (after `argv[0]`).
+        #[serde(default)]
+        args: Vec<String>,
+        /// Its whole environment.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// Guest milliseconds before it is killed (the op then fails with `ETIMEDOUT`).
+        #[serde(default = "default_exec_timeout_ms")]
+        timeout_ms: u64,
+        /// Names of the program's own markers (`pmcrash-marker`), so crash points
+        /// and findings say `after tx_commit #3` instead of a number.
+        #[serde(default)]
+        markers: Vec<String>,
+    },
+}
+
+/// Default [`Op::Exec`] timeout: one minute of guest time.
+pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 60_000;
+/// Longest [`Op::Exec`] timeout: an hour.
+pub const MAX_EXEC_TIMEOUT_MS: u64 = 3_600_000;
+
+fn default_exec_timeout_ms() -> u64 {
+    DEFAULT_EXEC_TIMEOUT_MS
 }
 
 impl Op {
@@ -630,6 +663,7 @@ impl Op {
             Op::Mkfifo { .. } => "mkfifo",
             Op::Setxattr { .. } => "setxattr",
             Op::Removexattr { .. } => "removexattr",
+            Op::Exec { .. } => "exec",
         }
     }
 }
@@ -647,6 +681,105 @@ pub struct Workload {
     pub op_locations: Vec<Location>,
     /// What the workload expects of a run (its `[expect]` table).
     pub expect: Option<Expect>,
+    /// Programs that judge each recovered crash state (its `[[checkers]]` tables).
+    pub checkers: Vec<UserChecker>,
+}
+
+/// A user checker: a program run in the checker guest after each recovery, with the
+/// mount point as its working directory (and in `PMCRASH_MOUNT`). Exit 0 means the
+/// program's data is consistent; anything else is a `program-check-failed` finding
+/// with its output. The built-in oracle still judges the file system.
+///
+/// ```toml
+/// [[checkers]]
+/// program = "target/debug/redo-log"
+/// args = ["check", "log.pm"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserChecker {
+    /// The program on the host (as in [`Op::Exec`]).
+    #[serde(default)]
+    pub program: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Its environment (`PMCRASH_MOUNT` is added).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Guest milliseconds before it is killed (a kill is a failed check).
+    #[serde(default = "default_checker_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Run only when this path (relative to the mount point) exists after recovery;
+    /// otherwise the check passes: the program had not made its pool yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_exists: Option<String>,
+    /// The stock PMDK checker: `pmempool_check = "pool.obj"` stands for
+    /// `program = "/usr/bin/pmempool"`, `args = ["check", "pool.obj"]`,
+    /// `if_exists = "pool.obj"` (expanded when the workload is parsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmempool_check: Option<String>,
+}
+
+/// Where Debian's `pmdk-tools` puts `pmempool` (`pmcrash setup` installs it).
+pub const PMEMPOOL: &str = "/usr/bin/pmempool";
+
+/// Default [`UserChecker`] timeout: ten seconds of guest time.
+pub const DEFAULT_CHECKER_TIMEOUT_MS: u64 = 10_000;
+
+fn default_checker_timeout_ms() -> u64 {
+    DEFAULT_CHECKER_TIMEOUT_MS
+}
+
+impl UserChecker {
+    /// `pmempool check POOL` (when `POOL` exists), the stock checker of PMDK pools.
+    pub fn pmempool_check(pool: &str) -> UserChecker {
+        UserChecker {
+            program: PMEMPOOL.into(),
+            args: vec!["check".into(), pool.into()],
+            env: BTreeMap::new(),
+            timeout_ms: DEFAULT_CHECKER_TIMEOUT_MS,
+            if_exists: Some(pool.into()),
+            pmempool_check: None,
+        }
+    }
+
+    /// Expand [`UserChecker::pmempool_check`]; `Err` names the field at fault.
+    fn expand(mut self) -> Result<UserChecker, (&'static str, String)> {
+        if let Some(pool) = self.pmempool_check.take() {
+            if !self.program.is_empty() || !self.args.is_empty() {
+                return Err((
+                    "pmempool_check",
+                    "give either pmempool_check or program/args, not both".into(),
+                ));
+            }
+            let env = std::mem::take(&mut self.env);
+            let timeout_ms = self.timeout_ms;
+            self = UserChecker::pmempool_check(&pool);
+            self.env = env;
+            self.timeout_ms = timeout_ms;
+        }
+        if self.program.is_empty() {
+            return Err((
+                "program",
+                "missing: a checker names a program (or pmempool_check = POOL)".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The op that runs it in the guest, where the file system is mounted at `mount`.
+    pub fn as_op(&self, mount: &str) -> Op {
+        let mut env = self.env.clone();
+        env.insert("PMCRASH_MOUNT".into(), mount.into());
+        Op::Exec {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            env,
+            timeout_ms: self.timeout_ms,
+            markers: vec![],
+        }
+    }
 }
 
 /// A workload's `[expect]`: the verdicts a run must see and where losses may
@@ -762,6 +895,8 @@ struct RawWorkload {
     ops: Vec<toml::Spanned<SpannedTable>>,
     #[serde(default)]
     expect: Option<Expect>,
+    #[serde(default)]
+    checkers: Vec<UserChecker>,
 }
 
 fn line_col(src: &str, byte: usize) -> Location {
@@ -855,7 +990,28 @@ impl Workload {
             ops,
             op_locations,
             expect,
+            checkers: Vec::new(),
         };
+        let mut workload = workload;
+        for (i, c) in raw.checkers.into_iter().enumerate() {
+            let c = c.expand().map_err(|(field, message)| WorkloadError {
+                file: file.to_owned(),
+                line: 1,
+                col: 1,
+                field: format!("checkers[{i}].{field}"),
+                message,
+            })?;
+            workload.checkers.push(c);
+        }
+        for (i, c) in workload.checkers.iter().enumerate() {
+            validate(&[c.as_op("/mnt")]).map_err(|v| WorkloadError {
+                file: file.to_owned(),
+                line: 1,
+                col: 1,
+                field: format!("checkers[{i}].{}", v.field),
+                message: v.message,
+            })?;
+        }
         validate(&workload.ops).map_err(|v| {
             let loc = workload
                 .op_locations
@@ -1172,6 +1328,60 @@ pub fn validate(ops: &[Op]) -> Result<(), OpError> {
                     return Err(err(i, "target", "must not be empty".to_owned()));
                 }
             }
+            Op::Exec {
+                program,
+                args,
+                env,
+                timeout_ms,
+                markers,
+            } => {
+                if program.is_empty() || program.contains('\0') {
+                    return Err(err(
+                        i,
+                        "program",
+                        "expected the path of a program on the host".to_owned(),
+                    ));
+                }
+                if *timeout_ms == 0 || *timeout_ms > MAX_EXEC_TIMEOUT_MS {
+                    return Err(err(
+                        i,
+                        "timeout_ms",
+                        format!("expected 1 to {MAX_EXEC_TIMEOUT_MS} milliseconds"),
+                    ));
+                }
+                if args.iter().any(|a| a.contains('\0')) {
+                    return Err(err(i, "args", "an argument contains NUL".to_owned()));
+                }
+                if env
+                    .iter()
+                    .any(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
+                {
+                    return Err(err(
+                        i,
+                        "env",
+                        "expected NAME = \"value\" pairs, names without `=` or NUL".to_owned(),
+                    ));
+                }
+                let size: usize = args.iter().map(String::len).sum::<usize>()
+                    + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                if size as u64 > MAX_DATA_BYTES {
+                    return Err(err(
+                        i,
+                        "args",
+                        format!("arguments and environment exceed {MAX_DATA_BYTES} bytes"),
+                    ));
+                }
+                let mut seen = BTreeSet::new();
+                for m in markers {
+                    if m.is_empty() || !seen.insert(crate::protocol::marker::name_hash(m)) {
+                        return Err(err(
+                            i,
+                            "markers",
+                            format!("`{m}`: marker names must be non-empty and distinct"),
+                        ));
+                    }
+                }
+            }
         }
     }
     Ok(())
@@ -1194,6 +1404,23 @@ fn check_xattr_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stock_pmempool_checker_expands_and_conflicts_are_named() {
+        let w =
+            parse("[[ops]]\nop = \"sync\"\n[[checkers]]\npmempool_check = \"pool.obj\"\n").unwrap();
+        assert_eq!(w.checkers, vec![UserChecker::pmempool_check("pool.obj")]);
+        assert_eq!(w.checkers[0].program, PMEMPOOL);
+        assert_eq!(w.checkers[0].args, ["check", "pool.obj"]);
+        assert_eq!(w.checkers[0].if_exists.as_deref(), Some("pool.obj"));
+        let e = parse(
+            "[[ops]]\nop = \"sync\"\n[[checkers]]\npmempool_check = \"p\"\nprogram = \"/bin/true\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "checkers[0].pmempool_check", "{e}");
+        let e = parse("[[ops]]\nop = \"sync\"\n[[checkers]]\nargs = [\"x\"]\n").unwrap_err();
+        assert_eq!(e.field, "checkers[0].program", "{e}");
+    }
 
     fn parse(src: &str) -> Result<Workload, WorkloadError> {
         Workload::parse(src, "w.toml")

@@ -57,6 +57,7 @@ fn marker_name(k: MarkerKind) -> &'static str {
         MarkerKind::OpEnd => "op-end",
         MarkerKind::RunBegin => "run-begin",
         MarkerKind::RunEnd => "run-end",
+        MarkerKind::Program => "program",
     }
 }
 
@@ -79,7 +80,7 @@ impl fmt::Display for Policy {
 
 /// A crash-point policy string that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad crash-point policy `{input}`: {reason}; expected fence, fence:all, op, store, every:N (N >= 1), marker or marker:KIND[,KIND] (op-begin, op-end, run-begin, run-end)")]
+#[error("bad crash-point policy `{input}`: {reason}; expected fence, fence:all, op, store, every:N (N >= 1), marker or marker:KIND[,KIND] (op-begin, op-end, run-begin, run-end, program)")]
 pub struct PolicyError {
     /// The string given.
     pub input: String,
@@ -116,6 +117,7 @@ impl FromStr for Policy {
                     "op-end" => Ok(MarkerKind::OpEnd),
                     "run-begin" => Ok(MarkerKind::RunBegin),
                     "run-end" => Ok(MarkerKind::RunEnd),
+                    "program" => Ok(MarkerKind::Program),
                     other => Err(err(&format!("unknown marker kind `{other}`"))),
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -213,7 +215,7 @@ impl OpTracker {
                     self.in_progress = None;
                     self.completed += 1;
                 }
-                MarkerKind::RunBegin | MarkerKind::RunEnd => {}
+                MarkerKind::RunBegin | MarkerKind::RunEnd | MarkerKind::Program => {}
             }
         }
     }
@@ -544,5 +546,85 @@ mod tests {
             assert_eq!(e.input, bad);
             assert!(e.to_string().contains("expected fence"), "{e}");
         }
+    }
+}
+
+/// The last program marker (`pmcrash-marker`) before a crash point that applied
+/// `applied` records, inside the same op, in the program's words: `tx_commit #3` (the
+/// third `tx_commit` of that op), with the name from `names` (an `exec` op's
+/// `markers`; `marker 0x...` for a hash none of them has).
+pub fn program_marker_before(records: &[Record], applied: u64, names: &[String]) -> Option<String> {
+    let end = usize::try_from(applied).ok()?.min(records.len());
+    let mut found: Option<(usize, u32)> = None;
+    let mut begin = 0;
+    for (i, r) in records[..end].iter().enumerate().rev() {
+        if let Record::Marker { marker, op, .. } = *r {
+            match marker {
+                MarkerKind::Program if found.is_none() => found = Some((i, op)),
+                MarkerKind::Program => {}
+                _ => {
+                    begin = i;
+                    break;
+                }
+            }
+        }
+    }
+    let (at, hash) = found?;
+    let nth = records[begin..=at]
+        .iter()
+        .filter(
+            |r| matches!(r, Record::Marker { marker: MarkerKind::Program, op, .. } if *op == hash),
+        )
+        .count();
+    let name = names
+        .iter()
+        .find(|n| crate::protocol::marker::name_hash(n) == hash)
+        .cloned()
+        .unwrap_or_else(|| format!("marker {hash:#010x}"));
+    Some(format!("{name} #{nth}"))
+}
+
+#[cfg(test)]
+mod program_marker_tests {
+    use super::*;
+
+    fn marker(marker: MarkerKind, op: u32) -> Record {
+        Record::Marker {
+            marker,
+            op,
+            a: 0,
+            b: 0,
+            vcpu: 0,
+        }
+    }
+
+    #[test]
+    fn names_the_last_program_marker_of_the_op_and_counts_it() {
+        let h = crate::protocol::marker::name_hash;
+        let names = vec!["tx_commit".to_owned(), "tx_begin".to_owned()];
+        let recs = vec![
+            marker(MarkerKind::OpBegin, 0),
+            marker(MarkerKind::Program, h("tx_commit")),
+            marker(MarkerKind::Program, h("tx_begin")),
+            marker(MarkerKind::Program, h("tx_commit")),
+            marker(MarkerKind::Program, 7),
+            marker(MarkerKind::OpEnd, 0),
+        ];
+        assert_eq!(program_marker_before(&recs, 1, &names), None);
+        assert_eq!(
+            program_marker_before(&recs, 2, &names).as_deref(),
+            Some("tx_commit #1")
+        );
+        assert_eq!(
+            program_marker_before(&recs, 4, &names).as_deref(),
+            Some("tx_commit #2")
+        );
+        assert_eq!(
+            program_marker_before(&recs, 5, &names).as_deref(),
+            Some("marker 0x00000007 #1")
+        );
+        // After the op ended the program's markers no longer describe the point.
+        assert_eq!(program_marker_before(&recs, 6, &names), None);
+        assert_eq!(program_marker_before(&recs, 99, &names), None);
     }
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 /// Bumped whenever a message changes shape; the agent reports its version in
 /// [`AgentMsg::Ready`] and the harness refuses a mismatch (a stale initramfs).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Longest line either side sends or accepts, newline excluded.
 pub const MAX_LINE_BYTES: usize = 4 << 20;
@@ -181,7 +181,22 @@ pub enum OpDetail {
         /// Extents in file order.
         extents: Vec<Extent>,
     },
+    /// `exec`: how the program ended and what it printed.
+    Exec {
+        /// Its exit code; `None` when a signal ended it (or the timeout did).
+        code: Option<i32>,
+        /// It ran past its timeout and was killed.
+        timed_out: bool,
+        /// Its standard output (at most [`MAX_PROGRAM_OUTPUT`] bytes, the end kept).
+        stdout: String,
+        /// Its standard error (bounded the same way).
+        stderr: String,
+    },
 }
+
+/// The most of a program's standard output (and, separately, error) that the agent
+/// reports: the end is kept, where the reason for a failure usually is.
+pub const MAX_PROGRAM_OUTPUT: usize = 16 << 10;
 
 impl OpDetail {
     /// True for [`OpDetail::None`].
@@ -461,8 +476,9 @@ impl AgentMsg {
 /// user virtual address and length). The tracer reads the registers when the
 /// instruction executes; the guest just sees an unknown leaf and zeros.
 pub mod marker {
-    /// The cpuid leaf reserved for markers (outside Intel's and the hypervisor ranges).
-    pub const LEAF: u32 = 0x5043_4d00;
+    /// The cpuid leaf reserved for markers (outside Intel's and the hypervisor ranges);
+    /// defined with programs' markers in `pmcrash-marker`.
+    pub use pmcrash_marker::{name_hash, LEAF};
 
     /// What a marker says.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -477,6 +493,9 @@ pub mod marker {
         RunBegin = 3,
         /// A run of ops ended.
         RunEnd = 4,
+        /// A user program's own marker (`pmcrash-marker`): `edx` = [`name_hash`] of
+        /// its name, `rsi` = a value of the program's choosing.
+        Program = pmcrash_marker::PROGRAM,
     }
 
     /// Markers of a checker guest, bracketing the check of one crash image (`rsi` = the
@@ -497,6 +516,7 @@ pub mod marker {
                 2 => Kind::OpEnd,
                 3 => Kind::RunBegin,
                 4 => Kind::RunEnd,
+                5 => Kind::Program,
                 _ => return None,
             })
         }

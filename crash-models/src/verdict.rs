@@ -26,6 +26,9 @@ pub enum Verdict {
     AtomicityViolation,
     /// A contract promise was broken: a file-system bug.
     DurabilityViolation,
+    /// A workload's user checker (`[[checkers]]`) found the program's data
+    /// inconsistent: the program's (or the file system's) bug, in the program's words.
+    ProgramCheckFailed,
     /// Data protected only by the program's own flushes on a plain shared mapping (or
     /// stores it never flushed before `fmetadatasync`) was lost: the program's bug.
     UnsafeFlushOnly,
@@ -35,12 +38,13 @@ pub enum Verdict {
 
 impl Verdict {
     /// Every verdict, worst first.
-    pub const ALL: [Verdict; 7] = [
+    pub const ALL: [Verdict; 8] = [
         Verdict::FsCorruption,
         Verdict::TornWrite,
         Verdict::StaleData,
         Verdict::AtomicityViolation,
         Verdict::DurabilityViolation,
+        Verdict::ProgramCheckFailed,
         Verdict::UnsafeFlushOnly,
         Verdict::Ok,
     ];
@@ -55,6 +59,7 @@ impl Verdict {
             Verdict::AtomicityViolation => "atomicity-violation",
             Verdict::StaleData => "stale-data",
             Verdict::UnsafeFlushOnly => "unsafe-flush-only",
+            Verdict::ProgramCheckFailed => "program-check-failed",
         }
     }
 
@@ -82,7 +87,7 @@ impl std::str::FromStr for Verdict {
             .into_iter()
             .find(|v| v.name() == s)
             .ok_or_else(|| {
-                format!("unknown verdict `{s}`: expected ok, fs-corruption, torn-write, durability-violation, atomicity-violation, stale-data or unsafe-flush-only")
+                format!("unknown verdict `{s}`: expected ok, fs-corruption, torn-write, durability-violation, atomicity-violation, stale-data, program-check-failed or unsafe-flush-only")
             })
     }
 }

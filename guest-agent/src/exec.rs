@@ -36,6 +36,8 @@ pub struct Executor {
     maps: BTreeMap<String, Mapping>,
     /// Emit tracer markers around ops.
     pub markers: bool,
+    /// The errno of the last `exec` op, whose failure keeps its output.
+    program_errno: Option<i32>,
 }
 
 impl Executor {
@@ -46,6 +48,7 @@ impl Executor {
             fds: BTreeMap::new(),
             maps: BTreeMap::new(),
             markers: false,
+            program_errno: None,
         }
     }
 }
@@ -93,6 +96,10 @@ impl Executor {
                 sys::marker(marker::Kind::OpEnd as u32, index as u32, a, b);
             }
             let (ret, errno, detail) = match outcome {
+                // A program's failure keeps what it printed.
+                Ok((ret, detail @ OpDetail::Exec { .. })) => {
+                    (ret, self.program_errno.take(), detail)
+                }
                 Ok((ret, detail)) => (ret, None, detail),
                 Err(e) => (-1, Some(e), OpDetail::None),
             };
@@ -529,6 +536,27 @@ impl Executor {
                 none(check(
                     unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) } as libc::c_long
                 )?)
+            }
+            Op::Exec {
+                program,
+                args,
+                env,
+                timeout_ms,
+                ..
+            } => {
+                let (errno, detail) = crate::program::run(
+                    program,
+                    args,
+                    env,
+                    &self.root,
+                    std::time::Duration::from_millis(*timeout_ms),
+                );
+                let ret = match (&errno, &detail) {
+                    (None, OpDetail::Exec { code: Some(c), .. }) => i64::from(*c),
+                    _ => -1,
+                };
+                self.program_errno = errno;
+                Ok((ret, detail))
             }
         }
     }

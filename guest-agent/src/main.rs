@@ -11,6 +11,7 @@
 
 mod exec;
 mod fsck;
+mod program;
 mod symbols;
 mod sys;
 

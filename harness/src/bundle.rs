@@ -38,6 +38,8 @@ const WORKLOAD_SOURCE: &str = "workload.toml";
 const TRACE: &str = "trace.pmtrace.zst";
 const BASE: &str = "base.img.zst";
 const REPORT: &str = "report.json";
+/// The workload's programs (`crash_models::programs::Bundle`), when it runs any.
+const PROGRAMS: &str = "programs.bundle";
 
 /// Why a bundle cannot be written or used. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +247,9 @@ pub struct BundleParts<'a> {
     pub base_image: &'a Path,
     /// The workload's report (JSON).
     pub report: &'a serde_json::Value,
+    /// The program bundle its guests got (`exec` ops, user checkers), if any: a
+    /// check needs the same binaries, not whatever is at their host paths later.
+    pub programs: Option<&'a Path>,
 }
 
 /// Write a bundle at `dir`, which must not exist. It appears whole or not at all.
@@ -278,6 +283,10 @@ pub fn save(dir: &Path, parts: &BundleParts<'_>) -> Result<(), BundleError> {
         put(WORKLOAD_SOURCE, src.as_bytes())?;
     }
     put(REPORT, &pretty(parts.report))?;
+    if let Some(from) = parts.programs {
+        let bytes = std::fs::read(from).map_err(io("read", from))?;
+        put(PROGRAMS, &bytes)?;
+    }
     for (name, from) in [(TRACE, parts.trace), (BASE, parts.base_image)] {
         let to = tmp.path().join(name);
         compress(from, &to)?;
@@ -405,6 +414,14 @@ impl Bundle {
     /// The saved report.
     pub fn report(&self) -> Result<serde_json::Value, BundleError> {
         read_json(&self.dir.join(REPORT))
+    }
+
+    /// The program bundle the workload's guests got, when it runs programs.
+    pub fn programs(&self) -> Option<PathBuf> {
+        self.manifest
+            .files
+            .contains_key(PROGRAMS)
+            .then(|| self.dir.join(PROGRAMS))
     }
 
     /// Write the trace, uncompressed, to `to`.
@@ -565,6 +582,7 @@ mod tests {
                 trace: &trace,
                 base_image: &base,
                 report: &report,
+                programs: None,
             },
         )
         .unwrap();
@@ -608,10 +626,62 @@ mod tests {
                 trace: &trace,
                 base_image: &base,
                 report: &report,
+                programs: None,
             },
         )
         .unwrap_err();
         assert!(matches!(e, BundleError::Exists { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_program_bundle_is_carried_and_checked_by_the_manifest() {
+        let t = tempfile::tempdir().unwrap();
+        let (run, workload, trace, base, report) = sample(t.path());
+        let programs = t.path().join("p.bundle");
+        std::fs::write(&programs, b"PMCPROG1 the programs").unwrap();
+        let dir = t.path().join("with-programs");
+        let parts = BundleParts {
+            run: &run,
+            workload: &workload,
+            source: None,
+            trace: &trace,
+            base_image: &base,
+            report: &report,
+            programs: Some(&programs),
+        };
+        save(&dir, &parts).unwrap();
+        let b = Bundle::open(&dir).unwrap();
+        let saved = b.programs().expect("programs.bundle");
+        assert_eq!(std::fs::read(&saved).unwrap(), b"PMCPROG1 the programs");
+        assert!(Bundle::open(&saved_dir_without_programs(t.path()))
+            .unwrap()
+            .programs()
+            .is_none());
+        std::fs::write(&saved, b"PMCPROG1 other programs").unwrap();
+        let e = Bundle::open(&dir).unwrap_err();
+        assert!(
+            matches!(e, BundleError::Size { .. } | BundleError::Checksum { .. }),
+            "{e}"
+        );
+    }
+
+    fn saved_dir_without_programs(root: &Path) -> PathBuf {
+        let (run, workload, trace, base, report) = sample(root);
+        let dir = root.join("without-programs");
+        save(
+            &dir,
+            &BundleParts {
+                run: &run,
+                workload: &workload,
+                source: None,
+                trace: &trace,
+                base_image: &base,
+                report: &report,
+                programs: None,
+            },
+        )
+        .unwrap();
+        dir
     }
 
     #[test]

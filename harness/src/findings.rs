@@ -32,6 +32,10 @@ impl GroupKey {
             Some(op) => format!("during op {op} {name}"),
             None => "outside any op".to_owned(),
         };
+        let site = match &point.after_marker {
+            Some(m) => format!("{site}, after {m}"),
+            None => site,
+        };
         let mut causes: Vec<String> = problems
             .iter()
             .map(|p| format!("{}: {}", p.verdict, mask_numbers(&p.message)))
@@ -163,6 +167,7 @@ mod tests {
             op_name: Some("fsync".into()),
             ops_completed: op,
             stores: record,
+            after_marker: None,
         }
     }
 

@@ -58,6 +58,10 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> GuestEr
     move |source| GuestError::Io { what, path, source }
 }
 
+/// Where the agent mounts the file system under test (`guest-agent`'s `MOUNT_POINT`):
+/// programs run there.
+pub const GUEST_MOUNT_POINT: &str = "/mnt";
+
 /// Makes guests of one shape.
 #[derive(Debug, Clone)]
 pub struct GuestFactory {
@@ -76,6 +80,9 @@ pub struct GuestFactory {
     /// workload gives the same trace, record for record. Other guests (checkers,
     /// `run --no-check`) are not affected.
     pub deterministic_traces: bool,
+    /// The bundle of users' programs every guest gets (`programs`), when the
+    /// workload runs any.
+    pub programs: Option<PathBuf>,
 }
 
 impl GuestFactory {
@@ -88,6 +95,7 @@ impl GuestFactory {
             smp: 1,
             timeouts: Timeouts::default(),
             deterministic_traces: true,
+            programs: None,
         }
     }
 
@@ -123,6 +131,7 @@ impl GuestFactory {
             extra_cmdline: vec![],
             deterministic,
             script: vec![],
+            programs: self.programs.clone(),
         })
     }
 

@@ -862,6 +862,7 @@ pub fn verdict_colour(name: &str) -> &'static str {
         "durability-violation" => "#c9302c",
         "unsafe-flush-only" => "#d4a017",
         "torn-write" => "#8e44ad",
+        "program-check-failed" => "#a0522d",
         "none" => "#9aa0a6",
         _ => "#6c5ce7",
     }
@@ -1111,6 +1112,7 @@ mod tests {
                         op_name: Some(op_lines[op as usize].op.clone()),
                         ops_completed: op,
                         stores: 40,
+                        after_marker: None,
                     },
                     problems: vec![Problem {
                         verdict: Verdict::UnsafeFlushOnly,

@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod cache;
 pub mod checker;
+pub mod elf;
 pub mod findings;
 pub mod fuzz;
 pub mod guest;
@@ -18,6 +19,7 @@ pub mod memory;
 pub mod minimize;
 pub mod oracle;
 pub mod pipeline;
+pub mod programs;
 pub mod progress;
 pub mod report;
 pub mod repro;

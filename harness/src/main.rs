@@ -1220,6 +1220,7 @@ async fn trace(g: &Global, args: TraceArgs) -> anyhow::Result<Outcome> {
         snapshot_records: args.snapshot_at.clone(),
         coverage: symbols.as_ref().map(|s| s.fs_code_ranges()),
     };
+    pmcrash::programs::ship(&mut factory, &loaded[0].workload)?;
     let traced =
         pmcrash::trace::trace_workload_with(&factory, &loaded[0].workload, &out_dir, &stem, &opts)
             .await?;
@@ -1365,6 +1366,7 @@ async fn run_ops_only(
     for l in &loaded {
         bar.set_message(l.name.clone());
         let image = out_dir.join(format!("{}.{}.img", l.stem(), fs));
+        pmcrash::programs::ship(&mut factory, &l.workload)?;
         let report = pmcrash::run::run_ops(&factory, &l.workload, &l.name, &image)
             .await
             .with_context(|| format!("running {}", l.name))?;

@@ -128,7 +128,22 @@ pub fn judge(promised: &Promises, history: &History, rec: &Recovery) -> Vec<Prob
             file_offset: None,
         })
         .collect();
+    for c in rec.program_checks.iter().filter(|c| !c.passed()) {
+        let how = match (c.code, c.timed_out) {
+            (_, true) => "timed out".to_owned(),
+            (Some(code), false) => format!("exited with {code}"),
+            (None, false) => "was killed or could not start".to_owned(),
+        };
+        out.push(Problem {
+            verdict: Verdict::ProgramCheckFailed,
+            message: format!("user checker `{}` {how}: {}", c.program, c.output.trim()),
+            promised_by: None,
+            path: None,
+            file_offset: None,
+        });
+    }
     let Some(entries) = &rec.entries else {
+        out.sort_by(|a, b| a.verdict.cmp(&b.verdict).then(a.message.cmp(&b.message)));
         return out;
     };
     let blocks = Blocks { history, rec };
@@ -294,7 +309,38 @@ mod tests {
             read_set: None,
             restarts: 0,
             millis: 0,
+            program_checks: vec![],
         }
+    }
+
+    #[test]
+    fn a_failed_user_check_is_its_own_verdict_with_the_output() {
+        use crate::checker::ProgramCheck;
+        let mut r = rec(vec![]);
+        let check = |code, timed_out| ProgramCheck {
+            program: "./redo-log".into(),
+            code,
+            timed_out,
+            output: "commit set but entry 2 is zero".into(),
+        };
+        r.program_checks = vec![check(Some(0), false)];
+        let none = Promises::default();
+        let history = History::default();
+        assert!(judge(&none, &history, &r).is_empty());
+        for (code, timed_out) in [(Some(3), false), (Some(0), true), (None, false)] {
+            r.program_checks = vec![check(code, timed_out)];
+            let p = judge(&none, &history, &r);
+            assert_eq!(verdict_of(&p), Verdict::ProgramCheckFailed, "{p:?}");
+            assert!(p[0].message.contains("entry 2 is zero"), "{}", p[0].message);
+        }
+        // File-system corruption is still worse.
+        r.mount = MountOutcome::Failed {
+            message: "bad superblock".into(),
+        };
+        assert_eq!(
+            verdict_of(&judge(&none, &history, &r)),
+            Verdict::FsCorruption
+        );
     }
 
     fn file(path: &str, data: &[u8]) -> FsEntry {

@@ -33,7 +33,7 @@ use crate::workloads::Loaded;
 use crash_models::delta::PointSnapshot;
 use crash_models::history::History;
 use crash_models::model::{Model, ModelConfig, Replayer};
-use crash_models::ops::{FsKind, Workload};
+use crash_models::ops::{FsKind, Op, Workload};
 use crash_models::points::{CrashPoint, CrashPoints, PointConfig, Policy, Reason};
 use crash_models::promise;
 use crash_models::protocol::OpResult;
@@ -113,6 +113,14 @@ pub enum PipelineError {
     /// The guest kernel's symbols could not be read.
     #[error("{0}")]
     Symbols(#[from] crate::symbols::SymbolError),
+    /// A user program cannot be shipped into the guest, or it failed in the traced run.
+    #[error("{workload}: {message}")]
+    Program {
+        /// The workload.
+        workload: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Local I/O.
     #[error("{what}: {source}")]
     Io {
@@ -245,6 +253,11 @@ pub struct Pipeline {
     cut_short: bool,
     /// The guest kernel's code symbols, read once.
     symbols: Option<Arc<SymbolTable>>,
+    /// The user checkers the current checker guests run.
+    user_checkers: Vec<crash_models::ops::UserChecker>,
+    /// A saved program bundle to give the guests instead of building one from the
+    /// host paths (a run bundle's, for `pmcrash check`).
+    programs_from: Option<PathBuf>,
     /// Save a bundle of every workload here, one sub-directory each (`run --save`).
     save_dir: Option<PathBuf>,
     /// Check only the crash point of the state with this finding id (`repro`).
@@ -347,6 +360,8 @@ impl Pipeline {
             interrupt: Interrupt::new(),
             cut_short: false,
             symbols: None,
+            user_checkers: Vec::new(),
+            programs_from: None,
             save_dir: None,
             only_finding: None,
             repro: None,
@@ -440,6 +455,38 @@ impl Pipeline {
         Ok(report)
     }
 
+    /// Give the guests this saved program bundle (a run bundle's `programs.bundle`)
+    /// instead of collecting the workload's programs from the host again.
+    pub fn use_program_bundle(&mut self, path: &Path) {
+        self.programs_from = Some(path.to_path_buf());
+    }
+
+    /// Ship the workload's programs to every guest it starts: a checker whose guests
+    /// carry other programs is replaced (they are given at start, through `fw_cfg`).
+    async fn use_programs(&mut self, name: &str, workload: &Workload) -> Result<(), PipelineError> {
+        let bundle = match &self.programs_from {
+            Some(saved) => Some(saved.clone()),
+            None => {
+                let programs = crate::programs::programs_of(workload);
+                crate::programs::write_bundle(&self.factory.assets.cache_dir, &programs).map_err(
+                    |e| PipelineError::Program {
+                        workload: name.into(),
+                        message: e.to_string(),
+                    },
+                )?
+            }
+        };
+        if bundle != self.factory.programs || workload.checkers != self.user_checkers {
+            self.factory.programs = bundle;
+            self.user_checkers = workload.checkers.clone();
+            if let Some(c) = self.checker.take() {
+                c.shutdown().await;
+                let _ = std::fs::remove_file(self.tmp.path().join("warm.img"));
+            }
+        }
+        Ok(())
+    }
+
     /// Trace, enumerate, check and judge one workload.
     pub async fn run_workload(
         &mut self,
@@ -468,6 +515,7 @@ impl Pipeline {
             })
             .collect();
         let bar = crate::progress::bar(1, progress, name);
+        self.use_programs(name, workload).await?;
 
         // Trace, and meanwhile get the checker guests ready on a fresh image (the
         // same bytes as the base: images are made deterministically).
@@ -525,6 +573,13 @@ impl Pipeline {
         let trace = &traced.decoded;
         check_usable(name, trace)?;
         let results = traced.results.clone();
+        let failed = crate::programs::failures(&workload.ops, &results);
+        if !failed.is_empty() {
+            return Err(PipelineError::Program {
+                workload: name.into(),
+                message: failed.join("\n"),
+            });
+        }
         let report = self
             .check_decoded(
                 name,
@@ -706,6 +761,7 @@ impl Pipeline {
                 trace: &traced.trace,
                 base_image: &traced.base_image,
                 report: &value,
+                programs: self.factory.programs.as_deref(),
             },
         )?;
         Ok(())
@@ -716,8 +772,10 @@ impl Pipeline {
         if self.checker.is_none() {
             let opts = CheckerOptions {
                 workers: self.cfg.workers.max(1),
-                // Read sets are only for pruning.
-                record_reads: self.cfg.prune,
+                // Read sets are only for pruning; they hold the kernel's loads only,
+                // so a user checker's own reads of the pool would escape them.
+                record_reads: self.cfg.prune && self.user_checkers.is_empty(),
+                user_checkers: self.user_checkers.clone(),
                 ..CheckerOptions::default()
             };
             let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {
@@ -770,6 +828,7 @@ impl Pipeline {
         let mut timings = Timings::default();
         let bar = crate::progress::bar(1, progress, name);
         check_usable(name, trace)?;
+        self.use_programs(name, workload).await?;
         bar.set_message("starting checker guests");
         self.prepare(name, &bar).await?;
         let t = Instant::now();
@@ -1400,7 +1459,7 @@ impl<'a> Judge<'a> {
             oracle::torn_writes(&block_writes, &states, &mut judged, |w, st| {
                 torn_line(w, st, layout)
             });
-            let point = point_ref(p, workload);
+            let point = point_ref(p, workload, self.records);
             for ((st, img), problems) in pd.states.iter().zip(&judged) {
                 let v = oracle::verdict_of(problems);
                 let id = state_id(p.applied, &pd.lines, st);
@@ -1674,9 +1733,15 @@ fn reason_name(r: Reason) -> String {
     }
 }
 
-fn point_ref(p: &CrashPoint, w: &Workload) -> PointRef {
+fn point_ref(p: &CrashPoint, w: &Workload, records: &[Record]) -> PointRef {
     let op = p.op();
+    let markers = match op.and_then(|o| w.ops.get(o as usize)) {
+        Some(Op::Exec { markers, .. }) => Some(markers.as_slice()),
+        _ => None,
+    };
     PointRef {
+        after_marker: markers
+            .and_then(|m| crash_models::points::program_marker_before(records, p.applied, m)),
         record: p.applied,
         op,
         op_name: op

@@ -138,6 +138,10 @@ pub struct PointRef {
     pub ops_completed: u32,
     /// Stores applied.
     pub stores: u64,
+    /// The last marker of the op's own program before the point (`tx_commit #3`),
+    /// when the op is an `exec` whose program marks its operations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_marker: Option<String>,
 }
 
 /// A group of crash states that are not ok in the same way: one per (verdict, crash
@@ -698,11 +702,15 @@ fn finding_line(f: &Finding) -> String {
         format!("records {}..={}", f.first_record, f.last_record)
     };
     format!(
-        "  finding {}: {} at {span} (op {} {}): {} state(s) at {} crash point(s); first at record {}, {} line(s) dropped",
+        "  finding {}: {} at {span} (op {} {}{}): {} state(s) at {} crash point(s); first at record {}, {} line(s) dropped",
         f.id,
         f.verdict,
         f.point.op.map_or("-".into(), |o| o.to_string()),
         f.point.op_name.as_deref().unwrap_or("-"),
+        f.point
+            .after_marker
+            .as_ref()
+            .map_or(String::new(), |m| format!(", after {m}")),
         f.states,
         f.crash_points,
         f.point.record,

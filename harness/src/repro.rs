@@ -159,7 +159,12 @@ pub fn pipeline_for(
     let mut factory = GuestFactory::new(assets, b.run.fs);
     factory.pm_size = b.run.pm_size;
     factory.deterministic_traces = b.run.deterministic;
-    Pipeline::with_factory(factory, cfg).map_err(|e| ReproError::Pipeline(Box::new(e)))
+    let mut p =
+        Pipeline::with_factory(factory, cfg).map_err(|e| ReproError::Pipeline(Box::new(e)))?;
+    if let Some(programs) = b.programs() {
+        p.use_program_bundle(&programs);
+    }
+    Ok(p)
 }
 
 /// A bundle's trace, decoded, and its base image, unpacked (sparse) into a scratch

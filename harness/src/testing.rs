@@ -229,6 +229,7 @@ impl Check {
                 ops,
                 op_locations,
                 expect: None,
+                checkers: Vec::new(),
             },
         }]))
     }

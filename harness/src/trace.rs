@@ -366,6 +366,12 @@ pub fn marker_problems(records: &[Record]) -> Vec<String> {
                     problems.push(format!("record {i}: run ends inside op {o}"));
                 }
             }
+            // A program's own marker comes from inside its `exec` op.
+            MarkerKind::Program => {
+                if open.is_none() {
+                    problems.push(format!("record {i}: program marker outside any op"));
+                }
+            }
         }
     }
     if let Some(o) = open {

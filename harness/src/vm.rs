@@ -59,6 +59,9 @@ pub struct VmSpec {
     /// Requests the agent runs by itself after a restore, with no host input (read
     /// from `fw_cfg`; see [`Vm::request`]). Needs `deterministic`.
     pub script: Vec<HostMsg>,
+    /// Users' programs for `exec` ops and checkers: a `crash_models::programs` bundle
+    /// the guest reads from `fw_cfg` on first use.
+    pub programs: Option<PathBuf>,
 }
 
 /// `-icount` for [`VmSpec::deterministic`]: one instruction is one nanosecond of
@@ -402,6 +405,16 @@ impl Vm {
             args.extend([
                 "-fw_cfg".into(),
                 format!("name={SCRIPT_FW_CFG},file={}", path.display()),
+            ]);
+        }
+        if let Some(p) = &spec.programs {
+            args.extend([
+                "-fw_cfg".into(),
+                format!(
+                    "name={},file={}",
+                    crash_models::programs::FW_CFG_NAME,
+                    p.display()
+                ),
             ]);
         }
         let mut cmd = tokio::process::Command::new(&spec.qemu);

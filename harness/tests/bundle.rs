@@ -272,6 +272,7 @@ fn a_bundle_of_another_kernel_is_refused_with_how_to_give_it() {
             trace: &f,
             base_image: &f,
             report: &serde_json::json!({}),
+            programs: None,
         },
     )
     .unwrap();

@@ -108,6 +108,9 @@ pub struct CheckerOptions {
     /// Load the tracer in read-recording mode and fill [`Recovery::read_set`] (the key
     /// of pruning; off for `--no-prune`, or to measure its cost).
     pub record_reads: bool,
+    /// The workload's user checkers, run after each dump while the file system is
+    /// mounted; their programs must be in the factory's bundle (`programs`).
+    pub user_checkers: Vec<crash_models::ops::UserChecker>,
 }
 
 impl Default for CheckerOptions {
@@ -121,6 +124,7 @@ impl Default for CheckerOptions {
             max_retries: 3,
             fsck: true,
             record_reads: true,
+            user_checkers: Vec::new(),
         }
     }
 }
@@ -186,6 +190,60 @@ pub struct Recovery {
     pub restarts: u32,
     /// Time the check took.
     pub millis: u64,
+    /// What each user checker said, in the workload's order.
+    pub program_checks: Vec<ProgramCheck>,
+}
+
+/// What a user checker said about one recovered state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProgramCheck {
+    /// The program, as the workload names it.
+    pub program: String,
+    /// Its exit code (`None`: killed, or it could not start).
+    pub code: Option<i32>,
+    /// Killed at its timeout.
+    pub timed_out: bool,
+    /// Its standard output, then its standard error (each bounded).
+    pub output: String,
+}
+
+impl ProgramCheck {
+    /// Exit 0: the program's data is consistent.
+    pub fn passed(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+}
+
+/// A user checker's result as the agent reported it.
+fn program_check(
+    c: &crash_models::ops::UserChecker,
+    r: &crash_models::protocol::OpResult,
+) -> ProgramCheck {
+    use crash_models::protocol::OpDetail;
+    match &r.detail {
+        OpDetail::Exec {
+            code,
+            timed_out,
+            stdout,
+            stderr,
+        } => ProgramCheck {
+            program: c.program.clone(),
+            code: *code,
+            timed_out: *timed_out,
+            output: [stdout.trim_end(), stderr.trim_end()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n"),
+        },
+        other => ProgramCheck {
+            program: c.program.clone(),
+            code: None,
+            timed_out: false,
+            output: format!("no program result from the agent: {other:?}"),
+        },
+    }
 }
 
 impl Recovery {
@@ -206,6 +264,7 @@ impl Recovery {
             read_set: None,
             restarts: 0,
             millis: 0,
+            program_checks: Vec::new(),
         }
     }
 }
@@ -731,6 +790,42 @@ async fn recover_one(
                 }
             },
         }
+        for c in &s.opts.user_checkers {
+            if dead {
+                break;
+            }
+            if let Some(path) = &c.if_exists {
+                let path = path.trim_start_matches("./").trim_end_matches('/');
+                let there = rec
+                    .entries
+                    .as_ref()
+                    .is_some_and(|es| es.iter().any(|e| e.path == path));
+                if !there {
+                    // Nothing made yet is consistent; a pool that is there is checked.
+                    rec.program_checks.push(ProgramCheck {
+                        program: c.program.clone(),
+                        code: Some(0),
+                        timed_out: false,
+                        output: format!("skipped: {path} does not exist"),
+                    });
+                    continue;
+                }
+            }
+            let op = c.as_op(crate::guest::GUEST_MOUNT_POINT);
+            // The checker's own timeout is in guest time; the host's wait has room.
+            let wait = timeout + Duration::from_millis(c.timeout_ms.saturating_mul(4));
+            match crate::run::run_mounted(vm, std::slice::from_ref(&op), false, wait).await {
+                Ok(results) => rec.program_checks.push(program_check(c, &results[0])),
+                Err(GuestError::Vm(e)) => match earned(&e, "user checker", &mut rec) {
+                    Ok(()) => dead = true,
+                    Err(retry) => {
+                        w.vm = None;
+                        return Ok(retry);
+                    }
+                },
+                Err(e) => return Err(CheckerError::Guest(e)),
+            }
+        }
         if !dead {
             match vm.request(&HostMsg::Unmount, timeout).await {
                 Ok(_) => {}
@@ -810,9 +905,15 @@ async fn recover_one(
         rec.fsck = Some(fsck::fsck(s.factory.fs, &w.pm, &dir)?);
     }
     if let Some(entries) = &rec.entries {
-        rec.state_id = blake3::hash(&serde_json::to_vec(entries).unwrap_or_default())
-            .to_hex()
-            .to_string();
+        // A user checker's answer is part of the state (it may read what the dump
+        // does not: a pool's bytes past its file's size are still the dump's, but
+        // the answer is what is judged).
+        let mut h = blake3::Hasher::new();
+        h.update(&serde_json::to_vec(entries).unwrap_or_default());
+        if !rec.program_checks.is_empty() {
+            h.update(&serde_json::to_vec(&rec.program_checks).unwrap_or_default());
+        }
+        rec.state_id = h.finalize().to_hex().to_string();
         let wanted = unknown_blocks(entries, &s.known);
         if !wanted.is_empty() {
             find_blocks(&w.file, s.base.len, &wanted, &mut rec)

@@ -1079,6 +1079,7 @@ mod tests {
                 op_name: Some("fsync".into()),
                 ops_completed: done,
                 stores: 5,
+                after_marker: None,
             },
             problems: vec![],
             dropped_lines: vec![DroppedLine {

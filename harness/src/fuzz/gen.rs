@@ -445,6 +445,7 @@ fn workload(description: String, ops: Vec<Op>) -> Workload {
         ops,
         op_locations: vec![Location { line: 0, col: 0 }; n],
         expect: None,
+        checkers: Vec::new(),
     }
 }
 

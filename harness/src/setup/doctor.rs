@@ -316,7 +316,15 @@ pub(super) fn run(opts: &SetupOptions) -> DoctorReport {
             qemu_fix,
         )),
     }
-    for pkg in ["e2fsprogs", "xfsprogs", "dpkg", "apt"] {
+    for pkg in [
+        "e2fsprogs",
+        "xfsprogs",
+        "dpkg",
+        "apt",
+        "pmdk-tools",
+        "libpmemobj-dev",
+        "libpmem-dev",
+    ] {
         let tools: Vec<&str> = host_tools::TOOLS
             .iter()
             .filter(|(_, p)| *p == pkg)

@@ -11,8 +11,7 @@
 use super::host_tools;
 use super::kernel::{self, dpkg_version_cmp};
 use super::{FileStamp, SetupError, Ui};
-use object::read::elf::{Dyn, ElfFile64, FileHeader, ProgramHeader};
-use std::collections::{BTreeMap, VecDeque};
+pub use crate::elf::{elf_deps, ElfDeps, LIBRARY_DIRS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,17 +21,6 @@ pub const E2FSCK_PACKAGE: &str = "e2fsck-static";
 pub const GUEST_E2FSCK: &str = "sbin/e2fsck";
 /// Where the guest agent runs `xfs_repair` (`guest-agent/src/fsck.rs`).
 pub const GUEST_XFS_REPAIR: &str = "usr/sbin/xfs_repair";
-/// Directories searched for a `DT_NEEDED` library without a `RUNPATH`: Debian's
-/// multiarch directories first, as its loader does.
-pub const LIBRARY_DIRS: &[&str] = &[
-    "/lib/x86_64-linux-gnu",
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib64",
-    "/usr/lib64",
-    "/lib",
-    "/usr/lib",
-];
-
 /// One file for the initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestFile {
@@ -54,102 +42,16 @@ pub struct FsckFiles {
     pub inputs: Vec<FileStamp>,
 }
 
-/// What an ELF file asks of the dynamic loader.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ElfDeps {
-    /// `PT_INTERP`: the loader's path (`None` for a static executable or a library).
-    pub interp: Option<String>,
-    /// `DT_NEEDED` names, in order.
-    pub needed: Vec<String>,
-    /// `DT_RUNPATH` and `DT_RPATH` directories.
-    pub runpath: Vec<String>,
-}
-
-/// Reads [`ElfDeps`] from a 64-bit ELF file's bytes.
-pub fn elf_deps(data: &[u8]) -> Result<ElfDeps, String> {
-    let elf = ElfFile64::<object::Endianness>::parse(data).map_err(|e| e.to_string())?;
-    let e = elf.endian();
-    let mut out = ElfDeps::default();
-    for ph in elf.elf_program_headers() {
-        if let Some(i) = ph.interpreter(e, data).map_err(|e| e.to_string())? {
-            out.interp = Some(String::from_utf8_lossy(i).into_owned());
-        }
-    }
-    let sections = elf
-        .elf_header()
-        .sections(e, data)
-        .map_err(|e| e.to_string())?;
-    if let Some((dyns, link)) = sections.dynamic(e, data).map_err(|e| e.to_string())? {
-        let strings = sections.strings(e, data, link).map_err(|e| e.to_string())?;
-        for d in dyns {
-            let tag = d.tag32(e);
-            let name = || {
-                d.string(e, strings)
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .map_err(|e| e.to_string())
-            };
-            match tag {
-                Some(object::elf::DT_NEEDED) => out.needed.push(name()?),
-                Some(object::elf::DT_RUNPATH | object::elf::DT_RPATH) => {
-                    out.runpath.extend(name()?.split(':').map(str::to_owned))
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The files `bin` needs to run: itself, its loader and the `DT_NEEDED` closure, as
-/// (path inside the guest, the host file to read), the binary first. Each library is
-/// found in the object's `RUNPATH`, then in `dirs`; `$ORIGIN` is not supported.
+/// Every shared library of the host's `xfs_repair`, as (path inside the guest, host
+/// file), the binary first.
 pub fn needed_closure(bin: &Path, dirs: &[&str]) -> Result<Vec<(String, PathBuf)>, SetupError> {
-    let bad = |path: &Path, reason: String| SetupError::FsckTool {
-        path: path.to_path_buf(),
-        reason: format!("{reason} (a guest fsck tool; reinstall xfsprogs)"),
-    };
-    let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut order = vec![];
-    let mut queue = VecDeque::from([(guest_path(bin), bin.to_path_buf())]);
-    while let Some((guest, host)) = queue.pop_front() {
-        if out.contains_key(&guest) {
-            continue;
-        }
-        let data = std::fs::read(&host).map_err(|e| SetupError::io(&host, e))?;
-        let deps = elf_deps(&data).map_err(|r| bad(&host, r))?;
-        out.insert(guest.clone(), host.clone());
-        order.push(guest);
-        if let Some(i) = deps.interp {
-            queue.push_back((guest_path(Path::new(&i)), PathBuf::from(&i)));
-        }
-        for lib in &deps.needed {
-            let found = deps
-                .runpath
-                .iter()
-                .map(String::as_str)
-                .chain(dirs.iter().copied())
-                .map(|d| Path::new(d).join(lib))
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    bad(
-                        &host,
-                        format!("needs {lib}, found in none of {}", dirs.join(", ")),
-                    )
-                })?;
-            queue.push_back((guest_path(&found), found));
-        }
-    }
-    Ok(order
-        .into_iter()
-        .map(|g| {
-            let h = out[&g].clone();
-            (g, h)
-        })
-        .collect())
-}
-
-fn guest_path(p: &Path) -> String {
-    p.to_string_lossy().trim_start_matches('/').to_owned()
+    crate::elf::needed_closure(bin, dirs).map_err(|e| match e {
+        crate::elf::ElfError::Io { path, source } => SetupError::io(&path, source),
+        crate::elf::ElfError::Bad { path, reason } => SetupError::FsckTool {
+            path,
+            reason: format!("{reason} (a guest fsck tool; reinstall xfsprogs)"),
+        },
+    })
 }
 
 /// The XFS checker: the host's `xfs_repair` and its closure.

@@ -16,8 +16,9 @@ pub const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/pmcrash-backports.list
 /// The line written to [`BACKPORTS_LIST`].
 pub const BACKPORTS_LINE: &str = "deb http://deb.debian.org/debian bookworm-backports main";
 
-/// A file-system or packaging tool the harness runs, and the Debian package that has it.
-pub const TOOLS: [(&str, &str); 9] = [
+/// A file-system or packaging tool the harness runs, and the Debian package that has it
+/// (an absolute path names a file that must exist, e.g. a library's header).
+pub const TOOLS: [(&str, &str); 12] = [
     ("mkfs.ext4", "e2fsprogs"),
     ("debugfs", "e2fsprogs"),
     ("e2fsck", "e2fsprogs"),
@@ -28,7 +29,22 @@ pub const TOOLS: [(&str, &str); 9] = [
     ("apt-get", "apt"),
     // The tracer's acceptance test compares images with an independent tool.
     ("qemu-img", "qemu-utils"),
+    // PM programs (issue 12): `pmempool check` is a stock user checker, and
+    // examples/pm-programs links libpmemobj; the guest gets both from the host
+    // (`elf::needed_closure`).
+    ("pmempool", "pmdk-tools"),
+    ("/usr/include/libpmemobj.h", "libpmemobj-dev"),
+    ("/usr/include/libpmem.h", "libpmem-dev"),
 ];
+
+/// The tool, or the file, of a [`TOOLS`] entry is there.
+pub fn present(tool: &str) -> bool {
+    if tool.starts_with('/') {
+        Path::new(tool).is_file()
+    } else {
+        which(tool).is_some()
+    }
+}
 
 /// Looks `name` up in `$PATH`, then in the sbin directories that a non-root `$PATH` often
 /// lacks (mkfs.ext4 and friends live in /usr/sbin).
@@ -180,7 +196,7 @@ pub fn host_facts() -> HostFacts {
         .unwrap_or(QemuStatus::Missing);
     let missing_tools = TOOLS
         .iter()
-        .filter(|(t, _)| which(t).is_none())
+        .filter(|(t, _)| !present(t))
         .map(|(t, _)| t.to_string())
         .collect();
     let (os_id, codename) =
@@ -474,6 +490,29 @@ mod tests {
                 "DEBIAN_FRONTEND=noninteractive apt-get install -y e2fsprogs xfsprogs".into(),
             ]
         );
+    }
+
+    #[test]
+    fn pmdk_comes_from_the_stock_suite() {
+        let f = facts(
+            ok(),
+            &[
+                "pmempool",
+                "/usr/include/libpmemobj.h",
+                "/usr/include/libpmem.h",
+            ],
+            "bookworm",
+            true,
+        );
+        let plan: Vec<String> = install_plan(&f).iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            plan,
+            [
+                "DEBIAN_FRONTEND=noninteractive apt-get update".to_string(),
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y pmdk-tools libpmemobj-dev libpmem-dev".into(),
+            ]
+        );
+        assert!(present("/bin/sh") && present("sh") && !present("/no/such/header.h"));
     }
 
     #[test]

@@ -416,7 +416,7 @@ fn ensure_host_tools(opts: &SetupOptions, ui: &Ui) -> Result<(PathBuf, String), 
     let tools_ok = || {
         host_tools::TOOLS
             .iter()
-            .all(|(t, _)| host_tools::which(t).is_some())
+            .all(|(t, _)| host_tools::present(t))
     };
     // Fast path: the same QEMU binary as last time, and every tool still on the PATH.
     if let Some(qemu) = host_tools::which("qemu-system-x86_64") {
