@@ -936,7 +936,7 @@ impl Pipeline {
         let owners = promise::extent_owners(&workload.ops, results, FSDAX_DATA_OFFSET);
         let layout = fs_layout(self.cfg.fs, base_image);
         Ok(Some(FindingState {
-            point: point_ref(p, workload),
+            point: point_ref(p, workload, &trace.records),
             snap: made.snap.clone(),
             state: st.clone(),
             lines: made.lines.iter().map(|l| (l.offset, l.queued)).collect(),
