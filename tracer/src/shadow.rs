@@ -105,15 +105,14 @@ impl Shadows {
         self.runs + new as usize <= self.limit
     }
 
-    /// Byte `ram` now holds a copy of PM byte `pm`; the byte holds no other copy.
-    fn set(&mut self, ram: u64, pm: u64) {
-        let (line, bit) = (ram / LINE, 1u64 << (ram % LINE));
-        let delta = pm.wrapping_sub(ram);
+    /// The bytes `mask` of RAM line `line` (holding no copy) now hold copies at
+    /// offset `delta`.
+    fn add(&mut self, line: u64, delta: u64, mask: u64) {
         let runs = self.lines.entry(line).or_default();
         match runs.iter_mut().find(|r| r.delta == delta) {
-            Some(r) => r.mask |= bit,
+            Some(r) => r.mask |= mask,
             None => {
-                runs.push(Run { delta, mask: bit });
+                runs.push(Run { delta, mask });
                 self.runs += 1;
             }
         }
@@ -132,15 +131,7 @@ impl Shadows {
         }
         let delta = pm.wrapping_sub(ram);
         for line in lines(ram, len) {
-            let m = line_mask(line, ram, len);
-            let runs = self.lines.entry(line).or_default();
-            match runs.iter_mut().find(|r| r.delta == delta) {
-                Some(r) => r.mask |= m,
-                None => {
-                    runs.push(Run { delta, mask: m });
-                    self.runs += 1;
-                }
-            }
+            self.add(line, delta, line_mask(line, ram, len));
         }
         true
     }
@@ -160,7 +151,8 @@ impl Shadows {
         }
         self.overwrite(dst, len);
         for (i, pm) in copied {
-            self.set(dst + i, pm);
+            let ram = dst + i;
+            self.add(ram / LINE, pm.wrapping_sub(ram), 1 << (ram % LINE));
         }
         true
     }
