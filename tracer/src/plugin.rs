@@ -697,6 +697,12 @@ struct PendingMove {
     src: Parts,
 }
 
+/// Follow string moves as copies (`PMCRASH_FOLLOW_COPIES=1` in QEMU's environment; off
+/// by default: on XFS which copies a check loads varies between checks of one image,
+/// `docs/pruning.md`). Off, only kernel code is instrumented and every PM load is a
+/// read, as before.
+static FOLLOW_COPIES: AtomicBool = AtomicBool::new(false);
+
 /// A [`PendingMove`] is waiting (checked without the lock).
 static PENDING: AtomicBool = AtomicBool::new(false);
 /// Some page may hold copies of PM (see [`SHADOW_PAGES`]).
@@ -976,9 +982,14 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
         // moved into user pages (`read(2)` of a DAX file, `O_DIRECT`), and its string
         // moves (glibc's `memcpy` of a block, e2fsck's cache) carry copies along. Its
         // other stores only overwrite copies, and missing that only adds reads.
-        if read_mode {
+        let follow = FOLLOW_COPIES.load(Ordering::Relaxed);
+        if read_mode && (follow || privilege(pc) == Privilege::Kernel) {
             let pc48 = pc & ((1 << 48) - 1);
-            let mv = if is_string_move(code) { UD_MOVE } else { 0 };
+            let mv = if follow && is_string_move(code) {
+                UD_MOVE
+            } else {
+                0
+            };
             let (rw, ud) = if privilege(pc) == Privilege::Kernel {
                 (sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW, pc48 | mv)
             } else if mv != 0 {
@@ -1227,6 +1238,10 @@ impl Register for Tracer {
             _ => None,
         };
         LOGGING.store(reads_log.is_some(), Ordering::Relaxed);
+        FOLLOW_COPIES.store(
+            std::env::var_os("PMCRASH_FOLLOW_COPIES").is_some_and(|v| v == "1"),
+            Ordering::Relaxed,
+        );
         let snap_fences = cfg.snap_fences;
         let mut snap_records = cfg.snap_records.clone();
         snap_records.reverse();

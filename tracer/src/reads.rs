@@ -18,8 +18,8 @@
 //!
 //! Copies are followed ([`ReadRecorder::move_to_ram`] and the `ram_*` calls): a string
 //! move from PM into RAM is not a read; the RAM bytes remember the PM bytes they copy
-//! ([`crate::shadow`]), and the PM line counts as read when a later load (kernel or
-//! user) reads the copy, or when a string move carries the copy into PM. The glue
+//! ([`crate::shadow`]), and the PM block ([`COPY_BLOCK`]) counts as read when a later
+//! load (kernel or user) reads the copy, or when a string move carries the copy into PM. The glue
 //! decides what a move is; `docs/pruning.md` argues why this keeps the read set
 //! deciding the check.
 

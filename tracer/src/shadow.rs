@@ -6,8 +6,8 @@
 //! a value and stores it unchanged, with no branch on it, so the copy alone makes the
 //! execution depend on nothing: only a later load of the copy does. This map records,
 //! per RAM byte, which PM byte its value was copied from, so that such a later load can
-//! be charged to the PM line (see `docs/pruning.md` for the soundness argument and
-//! [`crate::reads::ReadRecorder`] for its use).
+//! be charged to the PM byte's block (see `docs/pruning.md` for the soundness argument
+//! and [`crate::reads::ReadRecorder`] for its use).
 //!
 //! Per RAM line of 64 bytes the map keeps a few runs, each a byte mask with one offset
 //! from RAM to PM (a block copy gives one run per line, a copy that shifts by a
