@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod reads;
+pub mod shadow;
 pub mod snap;
 pub mod x86;
 

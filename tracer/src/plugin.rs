@@ -6,8 +6,8 @@
 //! MTTCG it still keeps the trace consistent, but the order across vCPUs is then only
 //! the order callbacks happened to take the lock).
 
-use crate::reads::ReadRecorder;
-use crate::x86::{classify, Class, MemOperand, Segment};
+use crate::reads::{Parts, Place, ReadRecorder};
+use crate::x86::{classify, is_string_move, Class, MemOperand, Segment};
 use crash_models::coverage::{Blocks, CodeRanges};
 use crash_models::protocol::marker;
 use crash_models::trace::{
@@ -20,7 +20,7 @@ use qemu_plugin_sys as sys;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_uint, c_void, CStr};
 use std::io::BufWriter;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -268,6 +268,13 @@ struct Runtime {
     snap_due: bool,
     /// Read-recording mode: the lines of the open check.
     reads: Option<ReadRecorder>,
+    /// Read-recording mode: a string move's load waiting for its store.
+    pending: Option<PendingMove>,
+    /// Read-recording mode with `PMCRASH_READS_LOG=PATH` in QEMU's environment: one
+    /// line per line read, `check line pc how` (a debugging aid for docs/pruning.md).
+    reads_log: Option<BufWriter<std::fs::File>>,
+    /// The open check's id, for the log.
+    check_id: u64,
 }
 
 fn privilege(pc: u64) -> Privilege {
@@ -659,7 +666,26 @@ fn cpuid(rt: &mut Runtime, vcpu: u32, pc: u64) {
 fn check_marker(rt: &mut Runtime, regs: &Regs) {
     let ecx = rt.read_reg(regs.gpr[1]).unwrap_or(0) as u32;
     let id = rt.read_reg(regs.gpr[6]).unwrap_or(0);
+    let pending = if matches!(ecx, marker::check::BEGIN | marker::check::END) {
+        PENDING.store(false, Ordering::Relaxed);
+        clear_pages();
+        rt.pending.take()
+    } else {
+        None
+    };
+    if ecx == marker::check::BEGIN {
+        rt.check_id = id;
+    }
+    if let Some(l) = rt.reads_log.as_mut() {
+        use std::io::Write as _;
+        let _ = l.flush();
+    }
     let Some(r) = rt.reads.as_mut() else { return };
+    if let Some(p) = pending {
+        // A move whose store never came: its load was a load (harmless at a begin,
+        // where the recorder is not open yet).
+        r.load_parts(&p.src);
+    }
     let file = match ecx {
         marker::check::BEGIN => {
             r.begin(id);
@@ -684,25 +710,144 @@ fn check_marker(rt: &mut Runtime, regs: &Regs) {
     }
 }
 
-/// Read-recording mode: every load and store of the guest's kernel (a memory callback
-/// on every instruction, so the first test must be cheap). Stores only mark bytes the
-/// check wrote itself ([`ReadRecorder::store`]).
-unsafe extern "C" fn on_load(
-    _vcpu: c_uint,
+/// Read-recording mode: user data of a memory callback (bits 0..48: the pc).
+const UD_MOVE: u64 = 1 << 49;
+/// ... of a user-mode instruction (loads only).
+const UD_USER: u64 = 1 << 50;
+
+/// A string move's load from PM (or from RAM holding copies), waiting for the store of
+/// the same instruction, which QEMU reports next ([`on_load`]).
+#[derive(Debug, Clone, Copy)]
+struct PendingMove {
+    vcpu: u32,
+    udata: u64,
+    size: u64,
+    src: Parts,
+}
+
+/// Follow string moves as copies (`PMCRASH_FOLLOW_COPIES=1` in QEMU's environment; off
+/// by default: on XFS which copies a check loads varies between checks of one image,
+/// `docs/pruning.md`). Off, only kernel code is instrumented and every PM load is a
+/// read, as before.
+static FOLLOW_COPIES: AtomicBool = AtomicBool::new(false);
+
+/// A [`PendingMove`] is waiting (checked without the lock).
+static PENDING: AtomicBool = AtomicBool::new(false);
+/// Some page may hold copies of PM (see [`SHADOW_PAGES`]).
+static ANY_SHADOW: AtomicBool = AtomicBool::new(false);
+/// One bit per guest-physical page below PM: set when a string move copied PM (or a
+/// copy of it) into the page during the open check. Lets loads and stores of other RAM
+/// return without the lock. A move into RAM above it charges its source instead.
+static SHADOW_PAGES: OnceLock<Vec<AtomicU64>> = OnceLock::new();
+
+fn page_shadowed(pa: u64) -> bool {
+    let p = pa >> 12;
+    SHADOW_PAGES
+        .get()
+        .and_then(|v| v.get((p / 64) as usize))
+        .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (p % 64)) != 0)
+}
+
+/// Mark the pages of RAM `pa..pa + n` as maybe holding copies; false when they lie
+/// past the bitmap.
+fn mark_pages(pa: u64, n: u64) -> bool {
+    let Some(v) = SHADOW_PAGES.get() else {
+        return false;
+    };
+    let (first, last) = (pa >> 12, (pa + n - 1) >> 12);
+    if last / 64 >= v.len() as u64 {
+        return false;
+    }
+    for p in first..=last {
+        v[(p / 64) as usize].fetch_or(1 << (p % 64), Ordering::Relaxed);
+    }
+    ANY_SHADOW.store(true, Ordering::Relaxed);
+    true
+}
+
+/// A check begins or ends: no page holds a copy.
+fn clear_pages() {
+    if ANY_SHADOW.swap(false, Ordering::Relaxed) {
+        if let Some(v) = SHADOW_PAGES.get() {
+            for w in v {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Where an access of `size` bytes at `vaddr` (first byte at guest-physical `pa`)
+/// lies, in up to two page parts.
+///
+/// # Safety
+/// Inside a memory callback, with its `info`.
+unsafe fn place(
+    cfg: &Config,
     info: sys::qemu_plugin_meminfo_t,
     vaddr: u64,
-    _udata: *mut c_void,
+    pa: u64,
+    size: u64,
+) -> Parts {
+    let at = |pa: u64| {
+        let off = pa.wrapping_sub(cfg.pm_base);
+        if off < cfg.pm_size {
+            Place::Pm(off)
+        } else {
+            Place::Ram(pa)
+        }
+    };
+    let page_left = 0x1000 - (pa & 0xfff);
+    if size <= page_left {
+        return [(at(pa), size), (Place::Unknown, 0)];
+    }
+    let second = if vaddr.wrapping_sub(pa) == cfg.direct_map {
+        // The kernel's direct map is physically contiguous.
+        at(pa + page_left)
+    } else {
+        // The access just went through both pages, so the TLB holds the second.
+        // SAFETY: per this function's contract.
+        let hw = unsafe { sys::qemu_plugin_get_hwaddr(info, vaddr.wrapping_add(page_left)) };
+        if hw.is_null() {
+            Place::Unknown
+        } else {
+            // SAFETY: a non-null hwaddr from QEMU.
+            at(unsafe { sys::qemu_plugin_hwaddr_phys_addr(hw) })
+        }
+    };
+    [(at(pa), page_left), (second, size - page_left)]
+}
+
+/// Read-recording mode: every load and store of the guest's kernel, every load of user
+/// code and every access of a user string move (a memory callback on every
+/// instruction, so the first tests must be cheap). PM loads are reads; a string move (`UD_MOVE`) from PM into RAM is followed
+/// instead ([`ReadRecorder::move_parts`]); loads of RAM holding such copies are reads
+/// of their PM lines; stores mark bytes the check wrote itself or overwrote.
+unsafe extern "C" fn on_load(
+    vcpu: c_uint,
+    info: sys::qemu_plugin_meminfo_t,
+    vaddr: u64,
+    udata: *mut c_void,
 ) {
     if !RECORDING.load(Ordering::Relaxed) {
         return;
     }
     let Some(cfg) = CONFIG.get() else { return };
+    let ud = udata as u64;
     // SAFETY: called by QEMU inside a memory callback with a valid meminfo.
-    let (pa, size, is_store) = unsafe {
-        let hw = sys::qemu_plugin_get_hwaddr(info, vaddr);
-        if hw.is_null() {
-            return;
+    let hw = unsafe { sys::qemu_plugin_get_hwaddr(info, vaddr) };
+    if hw.is_null() {
+        if PENDING.load(Ordering::Relaxed) {
+            with_rt(|rt| {
+                if let (Some(p), Some(r)) = (rt.pending.take(), rt.reads.as_mut()) {
+                    r.load_parts(&p.src);
+                }
+                PENDING.store(false, Ordering::Relaxed);
+            });
         }
+        return;
+    }
+    // SAFETY: as above.
+    let (pa, size, is_store) = unsafe {
         (
             sys::qemu_plugin_hwaddr_phys_addr(hw),
             1u64 << sys::qemu_plugin_mem_size_shift(info),
@@ -710,42 +855,93 @@ unsafe extern "C" fn on_load(
         )
     };
     let off = pa.wrapping_sub(cfg.pm_base);
-    let page_left = 0x1000 - (pa & 0xfff);
-    if off >= cfg.pm_size && size <= page_left {
+    let crossing = size > 0x1000 - (pa & 0xfff);
+    let slow = off < cfg.pm_size
+        || crossing
+        || PENDING.load(Ordering::Relaxed)
+        || (ANY_SHADOW.load(Ordering::Relaxed) && page_shadowed(pa));
+    if !slow {
         return;
     }
+    // SAFETY: inside the memory callback, with its info.
+    let parts = unsafe { place(cfg, info, vaddr, pa, size) };
+    let is_move = ud & UD_MOVE != 0;
     with_rt(|rt| {
-        let direct = vaddr.wrapping_sub(pa) == rt.direct_map;
+        let pending = rt.pending.take();
+        PENDING.store(false, Ordering::Relaxed);
         let Some(r) = rt.reads.as_mut() else { return };
-        // The parts of the access that lie in PM, and whether a part stays unplaced.
-        let (parts, unplaced) = if size <= page_left {
-            ([(off, size), (0, 0)], false)
-        } else if direct {
-            // The kernel's direct map is physically contiguous.
-            let rest = (off.wrapping_add(page_left), size - page_left);
-            ([(off, page_left), rest], false)
-        } else if off < cfg.pm_size {
-            // A PM page mapped elsewhere, and the next page's address is unknown.
-            ([(off, page_left), (0, 0)], true)
-        } else {
-            // The first page is not PM and the mapping is not the direct map: in a
-            // checker guest PM is mapped only there (docs/pruning.md), so the next page
-            // is not PM either.
-            ([(0, 0), (0, 0)], false)
-        };
-        for (o, n) in parts {
-            if is_store {
-                r.store(o, n);
-            } else {
-                r.record(o, n);
+        if let Some(p) = pending {
+            if is_store && p.vcpu == vcpu && p.udata == ud && p.size == size {
+                // Copies land only in pages the bitmap covers, or the fast path
+                // would miss their loads: elsewhere the move charges its source.
+                let mut dst = parts;
+                for (place, n) in &mut dst {
+                    if let Place::Ram(a) = *place {
+                        if *n > 0 && !mark_pages(a, *n) {
+                            *place = Place::Unknown;
+                        }
+                    }
+                }
+                r.move_parts(&p.src, &dst);
+                return;
+            }
+            // The move's store did not follow (it faulted): its load was a load.
+            r.load_parts(&p.src);
+        }
+        if is_move && !is_store {
+            let copies = parts.iter().any(|&(place, n)| {
+                n > 0
+                    && match place {
+                        Place::Pm(_) => true,
+                        Place::Ram(a) => r.has_shadows() && page_shadowed(a),
+                        Place::Unknown => false,
+                    }
+            });
+            if copies {
+                rt.pending = Some(PendingMove {
+                    vcpu,
+                    udata: ud,
+                    size,
+                    src: parts,
+                });
+                PENDING.store(true, Ordering::Relaxed);
+                return;
             }
         }
-        // A store not placed whole is only partly marked: fewer bytes count as written
-        // by the check, which keeps more loads in the set.
-        if unplaced && !is_store {
-            r.unresolved();
+        if is_store {
+            r.store_parts(&parts);
+        } else {
+            r.load_parts(&parts);
         }
     });
+    if LOGGING.load(Ordering::Relaxed) {
+        with_rt(|rt| log_new(rt, ud, is_store));
+    }
+}
+
+/// `PMCRASH_READS_LOG` is set.
+static LOGGING: AtomicBool = AtomicBool::new(false);
+
+/// Log the lines the last access read (`PMCRASH_READS_LOG`).
+fn log_new(rt: &mut Runtime, ud: u64, is_store: bool) {
+    use std::io::Write as _;
+    let Some(r) = rt.reads.as_mut() else { return };
+    let lines = r.take_new();
+    let (Some(log), false) = (rt.reads_log.as_mut(), lines.is_empty()) else {
+        return;
+    };
+    let pc = unpack_pc(ud);
+    let how = match (ud & UD_USER != 0, ud & UD_MOVE != 0, is_store) {
+        (false, false, _) => "kernel-load",
+        (false, true, false) => "kernel-move-load",
+        (false, true, true) => "kernel-move",
+        (true, false, _) => "user-load",
+        (true, true, false) => "user-move-load",
+        (true, true, true) => "user-move",
+    };
+    for l in lines {
+        let _ = writeln!(log, "{} {l} {pc:#x} {how}", rt.check_id);
+    }
 }
 
 fn flush(rt: &mut Runtime, vcpu: u32, pc: u64, kind: FlushKind, m: MemOperand) {
@@ -836,18 +1032,38 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
         let code = &bytes[..len.min(16)];
         let class = classify(code, pc);
         let read_mode = CONFIG.get().is_some_and(|c| c.reads.is_some());
-        // Only kernel code loads PM in a checker guest: it reaches PM through its
-        // direct map (the pmem driver, DAX reads), and no user process there maps a
-        // DAX file (docs/pruning.md). User code (fsck, the agent) runs uninstrumented.
-        if read_mode && privilege(pc) == Privilege::Kernel {
+        // Kernel code loads PM through its direct map (the pmem driver, DAX reads);
+        // no user process in a checker guest maps a DAX file (docs/pruning.md).
+        // User code's loads are instrumented too, for the copies of PM that the kernel
+        // moved into user pages (`read(2)` of a DAX file, `O_DIRECT`), and its string
+        // moves (glibc's `memcpy` of a block, e2fsck's cache) carry copies along. Its
+        // other stores only overwrite copies, and missing that only adds reads.
+        let follow = FOLLOW_COPIES.load(Ordering::Relaxed);
+        if read_mode && (follow || privilege(pc) == Privilege::Kernel) {
+            let pc48 = pc & ((1 << 48) - 1);
+            let mv = if follow && is_string_move(code) {
+                UD_MOVE
+            } else {
+                0
+            };
+            let (rw, ud) = if privilege(pc) == Privilege::Kernel {
+                (sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW, pc48 | mv)
+            } else if mv != 0 {
+                (
+                    sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW,
+                    pc48 | mv | UD_USER,
+                )
+            } else {
+                (sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_R, pc48 | UD_USER)
+            };
             // SAFETY: registering on a valid insn during translation.
             unsafe {
                 sys::qemu_plugin_register_vcpu_mem_cb(
                     insn,
                     Some(on_load),
                     sys::qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
-                    sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW,
-                    std::ptr::null_mut(),
+                    rw,
+                    ud as usize as *mut c_void,
                 );
             }
         }
@@ -1055,6 +1271,8 @@ impl Register for Tracer {
         };
         let (tx, w, reads) = if cfg.reads.is_some() {
             let line = cfg.header.line_size;
+            let pages = cfg.pm_base >> 12;
+            let _ = SHADOW_PAGES.set((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect());
             (None, None, Some(ReadRecorder::new(cfg.pm_size, line)))
         } else {
             let file = match std::fs::File::create(&cfg.out) {
@@ -1082,6 +1300,24 @@ impl Register for Tracer {
             },
             None => None,
         };
+        let mut reads = reads;
+        let reads_log = match (&mut reads, std::env::var_os("PMCRASH_READS_LOG")) {
+            (Some(r), Some(path)) => {
+                r.keep_new_lines();
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .ok()
+                    .map(BufWriter::new)
+            }
+            _ => None,
+        };
+        LOGGING.store(reads_log.is_some(), Ordering::Relaxed);
+        FOLLOW_COPIES.store(
+            std::env::var_os("PMCRASH_FOLLOW_COPIES").is_some_and(|v| v == "1"),
+            Ordering::Relaxed,
+        );
         let snap_fences = cfg.snap_fences;
         let mut snap_records = cfg.snap_records.clone();
         snap_records.reverse();
@@ -1113,6 +1349,9 @@ impl Register for Tracer {
             snap_records,
             snap_due: false,
             reads,
+            pending: None,
+            reads_log,
+            check_id: 0,
         }));
         // SAFETY: registering callbacks with the id QEMU gave us.
         unsafe {

@@ -15,9 +15,30 @@
 //! making images differ on lines no step of the check took from the image. Bytes are
 //! tracked per line (a mask of the bytes stored), so a line only partly stored before
 //! its load stays in the set.
+//!
+//! Copies are followed ([`ReadRecorder::move_to_ram`] and the `ram_*` calls): a string
+//! move from PM into RAM is not a read; the RAM bytes remember the PM bytes they copy
+//! ([`crate::shadow`]), and the PM block ([`COPY_BLOCK`]) counts as read when a later
+//! load (kernel or user) reads the copy, or when a string move carries the copy into PM. The glue
+//! decides what a move is; `docs/pruning.md` argues why this keeps the read set
+//! deciding the check.
 
+use crate::shadow::Shadows;
 use crash_models::readset::{ReadSet, ReadSetFile};
 use std::collections::HashMap;
+
+/// At most this many shadow runs (each up to 64 bytes of RAM) per check: 4 Mi runs
+/// cover 256 MiB of copies in well under 100 MiB of plugin memory. Past it, a copy is
+/// charged as a read at once.
+pub const SHADOW_LIMIT: usize = 1 << 22;
+
+/// A load of a copy reads the whole PM block (this many bytes, aligned) it was copied
+/// from, not only the loaded bytes' lines. The pmem driver copies whole 4 KiB blocks,
+/// and which bytes of a block a check loads can vary from run to run of the same
+/// image (XFS: the lines of a btree block looked at differed in one check of twenty,
+/// `tests/tests/check_determinism.rs`); charging blocks makes the read set as robust
+/// to that as it was when every copied block was read (`docs/pruning.md`).
+pub const COPY_BLOCK: u64 = 4096;
 
 /// The lines loaded during the current check.
 #[derive(Debug)]
@@ -33,12 +54,22 @@ pub struct ReadRecorder {
     /// The open check's id.
     open: Option<u64>,
     unresolved: u64,
+    /// RAM bytes that hold copies of PM bytes, made by the open check.
+    shadows: Shadows,
+    /// Lines put in the set since the last [`ReadRecorder::take_new`], when kept.
+    new_lines: Option<Vec<u64>>,
 }
 
 impl ReadRecorder {
     /// A recorder for a PM range of `pm_size` bytes in lines of `line_size` bytes (a
     /// power of two).
     pub fn new(pm_size: u64, line_size: u32) -> ReadRecorder {
+        ReadRecorder::with_shadow_limit(pm_size, line_size, SHADOW_LIMIT)
+    }
+
+    /// [`ReadRecorder::new`] with room for `limit` shadow runs ([`SHADOW_LIMIT`] by
+    /// default).
+    pub fn with_shadow_limit(pm_size: u64, line_size: u32, limit: usize) -> ReadRecorder {
         let line_shift = line_size.max(1).trailing_zeros();
         let lines = pm_size.div_ceil(1 << line_shift);
         ReadRecorder {
@@ -49,6 +80,8 @@ impl ReadRecorder {
             written: HashMap::new(),
             open: None,
             unresolved: 0,
+            shadows: Shadows::new(limit),
+            new_lines: None,
         }
     }
 
@@ -59,6 +92,7 @@ impl ReadRecorder {
         }
         self.touched.clear();
         self.written.clear();
+        self.shadows.clear();
         self.unresolved = 0;
         self.open = Some(check);
     }
@@ -99,10 +133,121 @@ impl ReadRecorder {
                     }
                 }
             }
-            if self.bits[w] == 0 {
-                self.touched.push(w);
+            self.mark(line);
+        }
+    }
+
+    /// Put line `line` in the set.
+    fn mark(&mut self, line: u64) {
+        let (w, b) = ((line / 64) as usize, line % 64);
+        if self.bits[w] == 0 {
+            self.touched.push(w);
+        }
+        if self.bits[w] & (1 << b) == 0 {
+            if let Some(n) = &mut self.new_lines {
+                n.push(line);
             }
-            self.bits[w] |= 1 << b;
+        }
+        self.bits[w] |= 1 << b;
+    }
+
+    /// Keep the lines each access adds, for [`ReadRecorder::take_new`] (a debugging
+    /// aid: which instruction first read each line).
+    pub fn keep_new_lines(&mut self) {
+        self.new_lines = Some(Vec::new());
+    }
+
+    /// The lines added since the last call (empty unless kept).
+    pub fn take_new(&mut self) -> Vec<u64> {
+        self.new_lines
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// True when the open check stored every byte of PM `offset..offset + size` itself
+    /// (and lines are tracked per byte).
+    fn all_stored(&self, offset: u64, size: u64) -> bool {
+        if self.line_shift > 6 || size == 0 {
+            return false;
+        }
+        let last = offset + size - 1;
+        ((offset >> self.line_shift)..=(last >> self.line_shift)).all(|line| {
+            let m = self.mask(line, offset, last);
+            self.written.get(&line).is_some_and(|&s| s & m == m)
+        })
+    }
+
+    /// True while some RAM byte holds a copy of PM made by the open check.
+    pub fn has_shadows(&self) -> bool {
+        !self.shadows.is_empty()
+    }
+
+    /// A string move copied PM bytes `offset..offset + size` to RAM `ram..`: not a
+    /// read. The RAM bytes remember their source, and a later load of them
+    /// ([`ReadRecorder::ram_load`]) reads the source's lines. Bytes all stored by the
+    /// check itself copy the check's own values: the RAM bytes then hold no copy, as
+    /// after any store. A copy past the bound is charged at once.
+    pub fn move_to_ram(&mut self, ram: u64, offset: u64, size: u64) {
+        if self.open.is_none() || size == 0 {
+            return;
+        }
+        if offset.saturating_add(size) > self.pm_size {
+            // Not all PM: the glue splits accesses at the range's end, so this is a
+            // caller's mistake; charging it is always safe.
+            self.record(offset, size);
+            self.shadows.overwrite(ram, size);
+            return;
+        }
+        if self.all_stored(offset, size) {
+            self.shadows.overwrite(ram, size);
+        } else if !self.shadows.copy_from_pm(ram, offset, size) {
+            // As if the copy were loaded at once.
+            let (first, last) = (offset / COPY_BLOCK, (offset + size - 1) / COPY_BLOCK);
+            (first..=last).for_each(|b| self.charge_block(b));
+        }
+    }
+
+    /// A load of RAM bytes `ram..ram + size`: the lines of the PM blocks
+    /// ([`COPY_BLOCK`]) of the copies it reads enter the set, whatever the check stored
+    /// there since (the copy holds the value the line had when it was copied).
+    pub fn ram_load(&mut self, ram: u64, size: u64) {
+        if self.open.is_none() || self.shadows.is_empty() {
+            return;
+        }
+        let mut blocks = Vec::new();
+        self.shadows
+            .load(ram, size, |pm| blocks.push(pm / COPY_BLOCK));
+        blocks.dedup();
+        blocks.into_iter().for_each(|b| self.charge_block(b));
+    }
+
+    /// Every line of PM block `b` ([`COPY_BLOCK`]) is read.
+    fn charge_block(&mut self, b: u64) {
+        let lines = self.bits.len() as u64 * 64;
+        let first = (b * COPY_BLOCK) >> self.line_shift;
+        let last = ((b + 1) * COPY_BLOCK - 1) >> self.line_shift;
+        for line in first..=last.min(lines - 1) {
+            self.mark(line);
+        }
+    }
+
+    /// A store to RAM bytes `ram..ram + size` (anything but a string move): they hold
+    /// no copy any more.
+    pub fn ram_store(&mut self, ram: u64, size: u64) {
+        if self.open.is_some() {
+            self.shadows.overwrite(ram, size);
+        }
+    }
+
+    /// A string move within RAM, `src..src + size` to `dst..`: the copies move along.
+    pub fn ram_move(&mut self, dst: u64, src: u64, size: u64) {
+        if self.open.is_none() {
+            return;
+        }
+        if !self.shadows.copy_within(dst, src, size) {
+            self.ram_load(src, size);
+            self.shadows.overwrite(dst, size);
         }
     }
 
@@ -135,6 +280,7 @@ impl ReadRecorder {
             unresolved += 1;
         }
         self.open = None;
+        self.shadows.clear();
         self.touched.sort_unstable();
         let lines = self.touched.iter().flat_map(|&w| {
             let word = self.bits[w];
@@ -146,6 +292,107 @@ impl ReadRecorder {
             check,
             unresolved,
             reads: ReadSet::from_lines(1 << self.line_shift, lines),
+        }
+    }
+}
+
+/// Where one part of a guest access lies, as the glue placed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// At this byte offset of PM.
+    Pm(u64),
+    /// At this guest-physical address outside PM (RAM).
+    Ram(u64),
+    /// Somewhere the glue could not find (a page-crossing access whose second page
+    /// it could not translate).
+    Unknown,
+}
+
+impl Place {
+    fn at(self, k: u64) -> Place {
+        match self {
+            Place::Pm(o) => Place::Pm(o + k),
+            Place::Ram(a) => Place::Ram(a + k),
+            Place::Unknown => Place::Unknown,
+        }
+    }
+}
+
+/// An access in at most two parts (it may cross one page boundary), each a place and a
+/// length; unused parts have length 0.
+pub type Parts = [(Place, u64); 2];
+
+/// The pieces where both `src` and `dst` are contiguous, byte for byte.
+fn pieces(src: &Parts, dst: &Parts) -> Vec<(Place, Place, u64)> {
+    let (mut out, mut i, mut j, mut si, mut dj) = (Vec::new(), 0, 0, 0, 0);
+    while i < 2 && j < 2 {
+        if src[i].1 == si {
+            (i, si) = (i + 1, 0);
+            continue;
+        }
+        if dst[j].1 == dj {
+            (j, dj) = (j + 1, 0);
+            continue;
+        }
+        let n = (src[i].1 - si).min(dst[j].1 - dj);
+        out.push((src[i].0.at(si), dst[j].0.at(dj), n));
+        si += n;
+        dj += n;
+    }
+    out
+}
+
+impl ReadRecorder {
+    /// A load (kernel or user) of `parts`.
+    pub fn load_parts(&mut self, parts: &Parts) {
+        for &(place, n) in parts {
+            match place {
+                _ if n == 0 => {}
+                Place::Pm(o) => self.record(o, n),
+                Place::Ram(a) => self.ram_load(a, n),
+                // A PM page mapped elsewhere, or RAM that may hold copies, and the
+                // next page unknown: the set would be incomplete. Else the first page
+                // is RAM outside the direct map, where no PM is mapped in a checker
+                // guest (docs/pruning.md), and no copy exists to miss.
+                Place::Unknown => {
+                    if self.has_shadows() || matches!(parts[0].0, Place::Pm(_)) {
+                        self.unresolved();
+                    }
+                }
+            }
+        }
+    }
+
+    /// A store (not a string move) to `parts`. A part not placed stays unmarked: fewer
+    /// PM bytes count as stored by the check, and RAM keeps copies it may no longer
+    /// hold, both of which only add reads.
+    pub fn store_parts(&mut self, parts: &Parts) {
+        for &(place, n) in parts {
+            match place {
+                Place::Pm(o) => self.store(o, n),
+                Place::Ram(a) => self.ram_store(a, n),
+                Place::Unknown => {}
+            }
+        }
+    }
+
+    /// A string move of `src` to `dst` (the same length). Only PM to RAM and RAM to
+    /// RAM are followed; a copy into PM or into an unknown place charges its source,
+    /// because the check may load the destination without that load being a read.
+    pub fn move_parts(&mut self, src: &Parts, dst: &Parts) {
+        for (s, d, n) in pieces(src, dst) {
+            match (s, d) {
+                (Place::Pm(o), Place::Ram(a)) => self.move_to_ram(a, o, n),
+                (Place::Ram(s), Place::Ram(a)) => self.ram_move(a, s, n),
+                (Place::Pm(o), _) => self.record(o, n),
+                (Place::Ram(s), _) => self.ram_load(s, n),
+                (Place::Unknown, _) => self.unresolved(),
+            }
+            match (s, d) {
+                (_, Place::Pm(o)) => self.store(o, n),
+                (Place::Unknown, Place::Ram(a)) => self.ram_store(a, n),
+                _ => {}
+            }
         }
     }
 }
@@ -212,6 +459,231 @@ mod tests {
         assert_eq!(r.end(5).unresolved, 1);
         r.begin(6);
         assert_eq!(r.end(7).unresolved, 1);
+    }
+
+    fn lines_of(f: &ReadSetFile) -> BTreeSet<u64> {
+        f.reads
+            .ranges()
+            .iter()
+            .flat_map(|x| x.start / 64..x.end / 64)
+            .collect()
+    }
+
+    #[test]
+    fn a_copy_is_read_only_where_its_ram_is_loaded() {
+        let mut r = ReadRecorder::new(1 << 20, 64);
+        r.begin(1);
+        // The pmem driver copies three blocks into RAM pages 0x5000, 0x9000, 0xa000;
+        // nothing loads the third.
+        r.move_to_ram(0x5000, 0x1000, 4096);
+        r.move_to_ram(0x9000, 0x2000, 4096);
+        r.move_to_ram(0xa000, 0x3000, 4096);
+        assert!(r.has_shadows());
+        // The kernel parses 8 bytes of the first block's line 3.
+        r.ram_load(0x5000 + 3 * 64 + 8, 8);
+        // It overwrites a line of the second block, then loads it: not a read.
+        r.ram_store(0x9000, 64);
+        r.ram_load(0x9000, 8);
+        // copy_to_user of the second block's line 1, then user code loads it.
+        r.ram_move(0x40_0000, 0x9000 + 64, 64);
+        r.ram_load(0x40_0000 + 60, 4);
+        // The check rewrites the first block's line 5 in PM, then loads its copy: the
+        // copy holds the image's value, so the line is read.
+        r.store(0x1000 + 5 * 64, 64);
+        r.ram_load(0x5000 + 5 * 64, 1);
+        // A second copy of line 7, loaded: a read.
+        r.move_to_ram(0x7000, 0x1000 + 7 * 64, 64);
+        r.ram_load(0x7000 + 1, 1);
+        let f = r.end(1);
+        // Each load of a copy reads the whole 4 KiB block it came from.
+        let blocks =
+            |bs: &[u64]| -> BTreeSet<u64> { bs.iter().flat_map(|b| b * 64..b * 64 + 64).collect() };
+        assert_eq!(lines_of(&f), blocks(&[1, 2]));
+        assert!(!r.has_shadows(), "the end of a check forgets its copies");
+    }
+
+    #[test]
+    fn a_copy_of_bytes_the_check_stored_is_no_copy() {
+        let mut r = ReadRecorder::new(1 << 16, 64);
+        r.begin(1);
+        r.store(0, 64);
+        r.move_to_ram(0x8000, 0, 64);
+        r.ram_load(0x8000, 64);
+        // Partly stored: a copy, and its load reads the line.
+        r.store(64, 8);
+        r.move_to_ram(0x9000, 64, 16);
+        r.ram_load(0x9000 + 15, 1);
+        assert_eq!(lines_of(&r.end(1)), (0..64).collect::<BTreeSet<_>>());
+    }
+
+    #[test]
+    fn outside_a_check_copies_are_forgotten() {
+        let mut r = ReadRecorder::new(1 << 16, 64);
+        r.move_to_ram(0x8000, 0, 64);
+        r.begin(1);
+        r.ram_load(0x8000, 64);
+        r.move_to_ram(0x8000, 128, 64);
+        let _ = r.end(1);
+        r.begin(2);
+        r.ram_load(0x8000, 64);
+        assert!(lines_of(&r.end(2)).is_empty());
+    }
+
+    /// One guest memory event, for the property tests.
+    #[derive(Debug, Clone)]
+    enum Ev {
+        PmLoad(u64, u64),
+        PmStore(u64, u64),
+        MoveToRam(u64, u64, u64),
+        RamLoad(u64, u64),
+        RamStore(u64, u64),
+        RamMove(u64, u64, u64),
+    }
+
+    /// PM of the property tests: four blocks.
+    const PM: u64 = 4 * COPY_BLOCK;
+
+    /// PM is 16 KiB and RAM addresses lie in 0..8 KiB, so events collide often.
+    fn ev() -> impl proptest::strategy::Strategy<Value = Ev> {
+        use proptest::prelude::*;
+        let pm = || 0u64..PM;
+        let ram = || 0u64..8192;
+        let len = || 1u64..80;
+        prop_oneof![
+            (pm(), len()).prop_map(|(o, n)| Ev::PmLoad(o, n)),
+            (pm(), len()).prop_map(|(o, n)| Ev::PmStore(o, n)),
+            (ram(), pm(), len()).prop_map(|(r, o, n)| Ev::MoveToRam(r, o, n.min(PM - o))),
+            (ram(), len()).prop_map(|(r, n)| Ev::RamLoad(r, n)),
+            (ram(), len()).prop_map(|(r, n)| Ev::RamStore(r, n)),
+            (ram(), ram(), len()).prop_map(|(d, s, n)| Ev::RamMove(d, s, n)),
+        ]
+    }
+
+    /// The obvious reference: per RAM byte the PM byte it copies, per PM byte whether
+    /// the check stored it, per line whether it was read.
+    fn reference(evs: &[Ev]) -> BTreeSet<u64> {
+        let mut src: HashMap<u64, u64> = HashMap::new();
+        let mut stored = std::collections::HashSet::new();
+        let mut read = BTreeSet::new();
+        for e in evs {
+            match *e {
+                Ev::PmLoad(o, n) => {
+                    let last = (o + n - 1).min(PM - 1);
+                    for line in o / 64..=last / 64 {
+                        let bytes = o.max(line * 64)..=last.min(line * 64 + 63);
+                        if bytes.clone().any(|b| !stored.contains(&b)) {
+                            read.insert(line);
+                        }
+                    }
+                }
+                Ev::PmStore(o, n) => stored.extend(o..(o + n).min(PM)),
+                Ev::MoveToRam(r, o, n) => {
+                    let own = (o..o + n).all(|b| stored.contains(&b));
+                    for i in 0..n {
+                        if own {
+                            src.remove(&(r + i));
+                        } else {
+                            src.insert(r + i, o + i);
+                        }
+                    }
+                }
+                Ev::RamLoad(r, n) => {
+                    for b in r..r + n {
+                        if let Some(p) = src.get(&b) {
+                            let block = p / COPY_BLOCK * COPY_BLOCK;
+                            read.extend(block / 64..(block + COPY_BLOCK) / 64);
+                        }
+                    }
+                }
+                Ev::RamStore(r, n) => {
+                    for b in r..r + n {
+                        src.remove(&b);
+                    }
+                }
+                Ev::RamMove(d, s, n) => {
+                    let moved: Vec<_> = (0..n).map(|i| src.get(&(s + i)).copied()).collect();
+                    for (i, p) in moved.into_iter().enumerate() {
+                        match p {
+                            Some(p) => src.insert(d + i as u64, p),
+                            None => src.remove(&(d + i as u64)),
+                        };
+                    }
+                }
+            }
+        }
+        read
+    }
+
+    fn run(r: &mut ReadRecorder, evs: &[Ev]) -> BTreeSet<u64> {
+        r.begin(7);
+        for e in evs {
+            match *e {
+                Ev::PmLoad(o, n) => r.record(o, n),
+                Ev::PmStore(o, n) => r.store(o, n),
+                Ev::MoveToRam(ram, o, n) => r.move_to_ram(ram, o, n),
+                Ev::RamLoad(ram, n) => r.ram_load(ram, n),
+                Ev::RamStore(ram, n) => r.ram_store(ram, n),
+                Ev::RamMove(d, s, n) => r.ram_move(d, s, n),
+            }
+        }
+        lines_of(&r.end(7))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn follows_copies_like_the_reference(
+            evs in proptest::collection::vec(ev(), 0..60)
+        ) {
+            let mut r = ReadRecorder::new(PM, 64);
+            proptest::prop_assert_eq!(run(&mut r, &evs), reference(&evs));
+        }
+
+        /// With a small bound copies are charged early: never fewer lines read.
+        #[test]
+        fn the_bound_only_adds_reads(
+            evs in proptest::collection::vec(ev(), 0..60),
+            limit in 0usize..6,
+        ) {
+            let mut r = ReadRecorder::with_shadow_limit(PM, 64, limit);
+            let got = run(&mut r, &evs);
+            let want = reference(&evs);
+            proptest::prop_assert!(got.is_superset(&want), "{:?} misses {:?}", got, want.difference(&got).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn moves_split_at_page_boundaries() {
+        let mut r = ReadRecorder::new(1 << 16, 64);
+        r.begin(1);
+        // An 8-byte move from PM 0x0ffc (crossing into PM page 0x1000) to RAM 0x5ffe
+        // (crossing into RAM page 0x9000).
+        let src = [(Place::Pm(0x0ffc), 4), (Place::Pm(0x1000), 4)];
+        let dst = [(Place::Ram(0x5ffe), 2), (Place::Ram(0x9000), 6)];
+        r.move_parts(&src, &dst);
+        // Byte 5 of the move: PM 0x1001, now at RAM 0x9003: block 1 is read.
+        r.load_parts(&[(Place::Ram(0x9003), 1), (Place::Unknown, 0)]);
+        assert_eq!(lines_of(&r.end(1)), (64..128).collect::<BTreeSet<_>>());
+        // A move into PM or into an unknown place charges its source.
+        r.begin(2);
+        r.move_parts(
+            &[(Place::Pm(0), 8), (Place::Unknown, 0)],
+            &[(Place::Pm(4096), 8), (Place::Unknown, 0)],
+        );
+        r.move_parts(
+            &[(Place::Pm(64), 4), (Place::Pm(128), 4)],
+            &[(Place::Ram(0x5ffc), 4), (Place::Unknown, 4)],
+        );
+        r.load_parts(&[(Place::Pm(4096), 8), (Place::Unknown, 0)]);
+        let f = r.end(2);
+        assert_eq!(lines_of(&f), BTreeSet::from([0, 2]));
+        assert_eq!(f.unresolved, 0);
+        // An unknown source makes the set incomplete.
+        r.begin(3);
+        r.move_parts(
+            &[(Place::Ram(0x5ffc), 4), (Place::Unknown, 4)],
+            &[(Place::Ram(0x7000), 8), (Place::Unknown, 0)],
+        );
+        assert_eq!(r.end(3).unresolved, 1);
     }
 
     #[test]

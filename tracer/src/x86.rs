@@ -266,6 +266,24 @@ fn classify_inner(bytes: &[u8], pc: u64) -> Option<Class> {
     })
 }
 
+/// True for a string move (`movs` with any operand size, with or without a `rep`
+/// prefix): one instruction that loads `[rsi]` and stores the loaded value to `[rdi]`,
+/// with no branch on the value. Read recording treats its load from PM as a move
+/// (`crate::reads`, `docs/pruning.md`).
+pub fn is_string_move(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            0x66 | 0x67 | 0xf2 | 0xf3 | 0x64 | 0x65 | 0x2e | 0x36 | 0x3e | 0x26 => i += 1,
+            _ => break,
+        }
+    }
+    if bytes.get(i).is_some_and(|b| b & 0xf0 == 0x40) {
+        i += 1;
+    }
+    matches!(bytes.get(i), Some(0xa4 | 0xa5))
+}
+
 fn has_memory_modrm(c: &Cursor) -> bool {
     c.b.get(c.i).is_some_and(|m| m >> 6 != 3)
 }
@@ -381,6 +399,33 @@ mod tests {
         );
         // plain mov %rax,(%rdi)
         assert_eq!(classify(&[0x48, 0x89, 0x07], 0), Class::Other);
+    }
+
+    #[test]
+    fn string_moves() {
+        // movsb; rep movsb; rep movsq; movsw; rep movsl with a segment override
+        for m in [
+            &[0xa4][..],
+            &[0xf3, 0xa4],
+            &[0xf3, 0x48, 0xa5],
+            &[0x66, 0xa5],
+            &[0x65, 0xf3, 0xa5],
+        ] {
+            assert!(is_string_move(m), "{m:x?}");
+        }
+        // stosb, cmpsb, lodsq, mov (%rsi),%al, a lone prefix, nothing
+        for m in [
+            &[0xf3, 0xaa][..],
+            &[0xf3, 0xa6],
+            &[0x48, 0xad],
+            &[0x8a, 0x06],
+            &[0xf3],
+            &[],
+        ] {
+            assert!(!is_string_move(m), "{m:x?}");
+        }
+        // A string move is no flush, fence or non-temporal store.
+        assert_eq!(classify(&[0xf3, 0x48, 0xa5], 0), Class::Other);
     }
 
     #[test]
