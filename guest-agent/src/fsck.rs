@@ -21,7 +21,10 @@ const MAX_OUTPUT: usize = 64 << 10;
 pub fn command(fs: FsKind, dev: &str) -> (&'static str, Vec<String>) {
     match fs {
         FsKind::Ext4 => (E2FSCK, vec!["-f".into(), "-n".into(), dev.into()]),
-        FsKind::Xfs => (XFS_REPAIR, vec!["-n".into(), dev.into()]),
+        // `-P`: no prefetch threads. Which blocks xfs_repair looks at must not depend on
+        // how its threads interleave: read-set pruning takes a check to be a function of
+        // the bytes it loads (docs/pruning.md, "Copies are moves").
+        FsKind::Xfs => (XFS_REPAIR, vec!["-n".into(), "-P".into(), dev.into()]),
     }
 }
 

@@ -102,8 +102,9 @@ pub struct CheckerOptions {
     /// Restarts allowed per image when the guest dies for reasons that are not the
     /// image's (e.g. killed from outside).
     pub max_retries: u32,
-    /// Run fsck after each recovery, in the checker guest, inside the recorded check
-    /// (on the host only when the guest died during the check).
+    /// Run fsck after each recovery: in the checker guest, inside the recorded check,
+    /// when reads are recorded; on the host otherwise (the same tool on the same bytes,
+    /// native instead of under TCG), and when the guest died during the check.
     pub fsck: bool,
     /// Load the tracer in read-recording mode and fill [`Recovery::read_set`] (the key
     /// of pruning; off for `--no-prune`, or to measure its cost).
@@ -844,8 +845,11 @@ async fn recover_one(
             }
         }
     }
-    // fsck in the guest, on the unmounted device, inside the recorded check.
-    if s.opts.fsck && !dead {
+    // fsck in the guest, on the unmounted device, inside the recorded check: what it
+    // reads must be in the read set. With no read set to record, the host's fsck of
+    // the same bytes (below) gives the same answer without TCG's cost
+    // (docs/pruning.md, "What it costs").
+    if s.opts.fsck && record && !dead {
         let req = HostMsg::Fsck {
             fs: s.factory.fs,
             timeout_ms: timeout.as_millis() as u64,
@@ -900,7 +904,8 @@ async fn recover_one(
         }
     }
     if s.opts.fsck && rec.fsck.is_none() {
-        // The guest died before fsck: check what it left from the host.
+        // No read set is recorded, or the guest died before fsck: check what the
+        // recovery left, from the host.
         let dir = w._dir.path().to_path_buf();
         rec.fsck = Some(fsck::fsck(s.factory.fs, &w.pm, &dir)?);
     }
