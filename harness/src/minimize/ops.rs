@@ -232,9 +232,11 @@ pub struct MinimizedOps {
     pub tries: usize,
     /// Candidates not run (no op of the kind, empty, or the same as an earlier one).
     pub skipped: usize,
-    /// Tries whose run failed (a program failed, or the trace was unusable), taken as
-    /// not giving the finding.
+    /// Tries whose run failed (a program failed, or the trace was unusable: a flush
+    /// of a page no op touched cannot be translated), taken as not giving the finding.
     pub failed_runs: usize,
+    /// Why they failed: each one's ops (indices) and error.
+    pub failures: Vec<String>,
     /// Wall time, guests' start and the saving run included, in milliseconds.
     pub elapsed_ms: u64,
     /// Where it was written (`--out`).
@@ -297,6 +299,7 @@ pub async fn minimize_ops(
     let mut search = OpSearch::new(ops, op_name.as_deref());
     let bar = crate::progress::bar(0, progress, "minimize --ops");
     let mut failed_runs = 0;
+    let mut failures: Vec<String> = Vec::new();
     while let Some(c) = search.next_try() {
         bar.set_message(format!(
             "try {}: {} of {} ops (fewest so far {})",
@@ -308,8 +311,9 @@ pub async fn minimize_ops(
         let w = candidate(&b.workload, &c, name);
         let gave = match p.run_workload(name, &w, false).await {
             Ok(r) => !matching(&r, verdict, op_name.as_deref()).is_empty(),
-            Err(PipelineError::Program { .. } | PipelineError::BadTrace { .. }) => {
+            Err(e @ (PipelineError::Program { .. } | PipelineError::BadTrace { .. })) => {
                 failed_runs += 1;
+                failures.push(format!("ops {c:?}: {e}"));
                 false
             }
             Err(e) => return Err(ReproError::Pipeline(Box::new(e))),
@@ -354,6 +358,7 @@ pub async fn minimize_ops(
         tries: search.tries(),
         skipped: search.skipped(),
         failed_runs,
+        failures,
         elapsed_ms: t0.elapsed().as_millis() as u64,
         saved,
     }))
@@ -390,9 +395,12 @@ impl MinimizedOps {
         if self.failed_runs > 0 {
             let _ = writeln!(
                 s,
-                "  ({} runs failed, a program or the trace, and counted as not giving it)",
+                "  ({} runs failed and count as not giving it)",
                 self.failed_runs
             );
+            for f in &self.failures {
+                let _ = writeln!(s, "    {f}");
+            }
         }
         match &self.saved {
             Some(saved) => {
