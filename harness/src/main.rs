@@ -91,7 +91,9 @@ enum Command {
     /// ends the guest (Ctrl-A X quits QEMU)
     Shell(ShellArgs),
     /// Minimise a finding: the fewest of its dropped lines that still give its verdict
-    /// (delta debugging; each try is one crash image checked by a guest)
+    /// (delta debugging; each try is one crash image checked by a guest); with `--ops`,
+    /// the fewest ops of its workload that still give a finding of that verdict at an
+    /// op of the same kind (each try traces and checks a smaller workload)
     Minimize(MinimizeArgs),
     /// Fuzz sync orderings: run a campaign of generated workloads (exhaustive
     /// sequences, random and mutated ones), findings deduplicated by signature, state
@@ -189,6 +191,17 @@ struct MinimizeArgs {
     /// Checker guests in parallel (default: 2, or 1 on a single core)
     #[arg(long)]
     workers: Option<usize>,
+    /// Minimise the workload's ops instead: delta debugging over the ops, each
+    /// candidate made valid (an op on a dropped op's descriptor or mapping goes too),
+    /// traced and checked with the bundle's file system, model, points, states and
+    /// caps (not its --crash-at), and kept when it gives a finding with the same
+    /// verdict at an op of the same kind. No randomness: the same bundle, the same tries
+    #[arg(long)]
+    ops: bool,
+    /// With --ops: write the minimal workload as DIR/workload.toml and its run bundle
+    /// as DIR/workload (`pmcrash minimize DIR/workload ID` then minimises its lines)
+    #[arg(long, value_name = "DIR", requires = "ops")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -1016,17 +1029,27 @@ async fn minimize(g: &Global, args: MinimizeArgs) -> anyhow::Result<Outcome> {
     finding_id_arg(id)?;
     let b = Bundle::open(&args.bundle)?;
     let assets = bundle_assets(g, std::slice::from_ref(&b))?;
-    let mut p = repro::pipeline_for(&b, assets, args.workers)?;
-    let workers = p.config().workers;
-    let res = pmcrash::minimize::minimize_lines(&mut p, &b, id, workers, !g.json).await;
-    p.shutdown().await;
-    let Some(m) = res? else {
-        return Err(no_such_finding(&b, id));
+    // (JSON, text) of either minimisation.
+    let (json, text) = if args.ops {
+        use pmcrash::minimize::ops;
+        let cfg = ops::search_config(&b, args.workers)?;
+        let mut p = repro::pipeline_with(&b, assets, cfg)?;
+        let res = ops::minimize_ops(&mut p, &b, id, args.out.as_deref(), !g.json).await;
+        p.shutdown().await;
+        let m = res?.ok_or_else(|| no_such_finding(&b, id))?;
+        (serde_json::to_string_pretty(&m)?, m.render_text(&b))
+    } else {
+        let mut p = repro::pipeline_for(&b, assets, args.workers)?;
+        let workers = p.config().workers;
+        let res = pmcrash::minimize::minimize_lines(&mut p, &b, id, workers, !g.json).await;
+        p.shutdown().await;
+        let m = res?.ok_or_else(|| no_such_finding(&b, id))?;
+        (serde_json::to_string_pretty(&m)?, m.render_text(&b))
     };
     if g.json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        println!("{json}");
     } else {
-        print!("{}", m.render_text(&b));
+        print!("{text}");
     }
     Ok(Outcome::Findings)
 }

@@ -8,6 +8,8 @@
 //!
 //! [`Ddmin`] is the pure search (unit- and property-tested); [`minimize_lines`] runs
 //! it with real checks, a batch of tries at a time (one per checker guest).
+//! [`ops`] is the other minimisation (`minimize --ops`): the fewest ops of the workload
+//! that still give a finding of the same verdict at the same kind of op.
 
 use crate::bundle::Bundle;
 use crate::oracle::{Problem, Verdict};
@@ -17,6 +19,8 @@ use crate::repro::{unpack, ReproError};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
+
+pub mod ops;
 
 /// Delta debugging over `n` items (indices), as a state machine: [`Ddmin::candidates`]
 /// gives the subsets to try now, in order, and [`Ddmin::advance`] takes the first of
@@ -84,13 +88,20 @@ impl Ddmin {
     /// Take the answer to [`Ddmin::candidates`]: the index of the first candidate
     /// that failed, or `None`.
     pub fn advance(&mut self, failed: Option<usize>) {
+        let failed = failed.map(|i| self.candidates().swap_remove(i));
+        self.advance_to(failed);
+    }
+
+    /// Like [`Ddmin::advance`], but the set that failed is given: a non-empty subset
+    /// of one of [`Ddmin::candidates`] (the op search tries a candidate less the ops
+    /// that would be invalid without the ones it drops).
+    pub fn advance_to(&mut self, failed: Option<Vec<usize>>) {
         if self.done {
             return;
         }
         let n = self.granularity.min(self.current.len());
         match failed {
-            Some(i) => {
-                let c = self.candidates().swap_remove(i);
+            Some(c) => {
                 self.granularity = if self.complements { (n - 1).max(2) } else { 2 };
                 self.current = c;
                 self.complements = false;

@@ -155,7 +155,12 @@ pub fn pipeline_for(
     assets: Assets,
     workers: Option<usize>,
 ) -> Result<Pipeline, ReproError> {
-    let cfg = run_config(b, workers)?;
+    pipeline_with(b, assets, run_config(b, workers)?)
+}
+
+/// A pipeline on the bundle's guests (file system, PM size, deterministic mode,
+/// programs) with the configuration `cfg` (`minimize --ops` changes the bundle's).
+pub fn pipeline_with(b: &Bundle, assets: Assets, cfg: RunConfig) -> Result<Pipeline, ReproError> {
     let mut factory = GuestFactory::new(assets, b.run.fs);
     factory.pm_size = b.run.pm_size;
     factory.deterministic_traces = b.run.deterministic;

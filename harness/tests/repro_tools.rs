@@ -279,3 +279,76 @@ fn minimize_finds_the_one_unflushed_line_among_hundreds_dropped() {
         .unwrap();
     assert_eq!(none.status.code(), Some(2), "{none:?}");
 }
+
+#[test]
+fn minimize_ops_keeps_only_ops_the_finding_needs_and_saves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("padded.toml");
+    std::fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/padded-01.toml"),
+        &w,
+    )
+    .unwrap();
+    let save = dir.path().join("bundles");
+    let out = pmcrash()
+        .args(["run", "--json", "--fs", "ext4", "--points", "op", "--save"])
+        .arg(&save)
+        .arg(&w)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let saved = json(&out);
+    let bundle = save.join("padded");
+    let f = saved["workloads"][0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["verdict"] == "unsafe-flush-only" && f["point"]["op_name"] == "fence")
+        .unwrap_or_else(|| panic!("no unsafe-flush-only finding at the fence: {saved}"));
+    let id = f["id"].as_str().unwrap();
+    let min = dir.path().join("min");
+    let minimize = || {
+        pmcrash()
+            .args(["minimize", "--json", "--ops"])
+            .arg(&bundle)
+            .arg(id)
+            .arg("--out")
+            .arg(&min)
+            .output()
+            .unwrap()
+    };
+    let out = minimize();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let m = json(&out);
+    eprintln!(
+        "minimize --ops {id}: {} -> {} ops, {} runs, {} skipped, {} ms",
+        m["ops_before"], m["ops_after"], m["tries"], m["skipped"], m["elapsed_ms"]
+    );
+    assert_eq!(m["ops_before"], 10, "{m}");
+    let kept: Vec<u64> = m["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_u64().unwrap())
+        .collect();
+    // At most LSFMM 01's own ops (1, 2, 3, 5, 6, 7, 8), the store and the fence among
+    // them; strictly fewer than the padded workload's.
+    assert!(kept.len() < 10, "{m}");
+    assert!(
+        kept.iter().all(|k| [1, 2, 3, 5, 6, 7, 8].contains(k)),
+        "an unrelated op kept: {m}"
+    );
+    assert!(kept.contains(&6) && kept.contains(&8), "{m}");
+    assert_eq!(m["ops_after"], kept.len(), "{m}");
+    assert!(m["tries"].as_u64().unwrap() >= 1, "{m}");
+    // The minimal workload and its bundle were written, and its run gave the finding.
+    let toml = std::fs::read_to_string(min.join("workload.toml")).unwrap();
+    assert_eq!(toml.matches("[[ops]]").count(), kept.len(), "{toml}");
+    assert!(!toml.contains("junk") && !toml.contains("other"), "{toml}");
+    assert!(min.join("workload/manifest.json").is_file());
+    let found = m["saved"]["findings"].as_array().unwrap();
+    assert!(!found.is_empty(), "{m}");
+    // Writing over it is refused before any run (exit 2).
+    let again = minimize();
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+}

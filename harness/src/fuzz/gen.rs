@@ -1017,17 +1017,23 @@ fn random_or_mutated(seed: u64, index: u64, feedback: &[CorpusEntry]) -> Candida
     }
 }
 
-/// The workload as a TOML file (description and ops), which [`Workload::parse`] reads
-/// back to the same ops.
+/// The workload as a TOML file (description, file systems, ops and user checkers;
+/// not its `[expect]`), which [`Workload::parse`] reads back to the same ops.
 pub fn to_toml(w: &Workload) -> String {
     #[derive(Serialize)]
     struct Saved<'a> {
         description: &'a str,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        fs: &'a [crash_models::ops::FsKind],
         ops: &'a [Op],
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        checkers: &'a [crash_models::ops::UserChecker],
     }
     toml::to_string(&Saved {
         description: &w.description,
+        fs: &w.fs,
         ops: &w.ops,
+        checkers: &w.checkers,
     })
     .expect("ops serialise to TOML")
 }
