@@ -249,8 +249,8 @@ fn pmemobj_commit_flag_after_nodrain_copy_is_found() {
 /// program ends (ext4's superblock, the jbd2 journal superblock) tear on fsdax
 /// (`torn-write`, 24 states in a run without it; `docs/torn-writes.md`): they are
 /// the file system's, not libpmemobj's, so they are made sector-atomic here. Long
-/// under TCG (25 points, 600 images, each opened by libpmemobj and `pmempool check`:
-/// about 23 minutes on 2 busy cores), so not in CI
+/// under TCG (25 points, 997 states, 355 images, each opened by libpmemobj and
+/// `pmempool check`: 15 minutes on 2 busy cores), so not in CI
 /// (`cargo test -p pmcrash-e2e --test programs -- --ignored`).
 #[test]
 #[ignore]
