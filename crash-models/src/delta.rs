@@ -537,16 +537,12 @@ impl PointSnapshot {
         let mut out = Vec::with_capacity(state.kept.len());
         let mut buf = vec![0u8; self.line_size];
         let mut mask = vec![0u64; self.line_size.div_ceil(64)];
-        for &(off, k) in &state.kept {
-            let Some(pieces) = self.kept_pieces(off, k) else {
-                continue;
-            };
+        for (line, pieces) in self.kept_lines(state) {
             if pieces.is_empty() {
                 continue;
             }
-            let line = off >> self.shift;
             let durable = self.durable.index(line);
-            self.overlay(durable, line, pieces, &mut buf, &mut mask);
+            self.overlay(durable, line, &pieces, &mut buf, &mut mask);
             let mut d = hash_line(line, &buf, &mask);
             if let Some(i) = durable {
                 sub(&mut d, &self.durable.hashes[i]);
@@ -570,13 +566,56 @@ impl PointSnapshot {
         ImageId(id)
     }
 
-    fn kept_pieces(&self, line_offset: u64, k: u32) -> Option<&[crate::model::Piece]> {
-        let i = self
-            .in_flight
-            .binary_search_by_key(&line_offset, |l| l.line_offset)
-            .ok()?;
-        let stores = &self.in_flight[i].stores;
-        Some(&stores[..(k as usize).min(stores.len())])
+    /// The pieces a state keeps, per in-flight line (sorted by line number): a prefix
+    /// of the line's queue (the entry at its offset), plus the first `j` of its
+    /// `ahead` pieces (the lane entry at its offset + 1, `x86-adr-nt`), in queue order.
+    fn kept_lines<'s>(
+        &'s self,
+        state: &CrashState,
+    ) -> Vec<(u64, std::borrow::Cow<'s, [crate::model::Piece]>)> {
+        let mut out: Vec<(u64, std::borrow::Cow<'s, [crate::model::Piece]>)> =
+            Vec::with_capacity(state.kept.len());
+        let mut kept = state.kept.iter().peekable();
+        while let Some(&(off, k)) = kept.next() {
+            let line = off >> self.shift;
+            let line_offset = line << self.shift;
+            let (prefix, lane) = if off == line_offset {
+                match kept.peek() {
+                    Some(&&(lane_off, j)) if lane_off == line_offset + 1 => {
+                        kept.next();
+                        (k, j)
+                    }
+                    _ => (k, 0),
+                }
+            } else {
+                (0, k)
+            };
+            let Ok(i) = self
+                .in_flight
+                .binary_search_by_key(&line_offset, |l| l.line_offset)
+            else {
+                continue;
+            };
+            let stores = &self.in_flight[i].stores;
+            let prefix = (prefix as usize).min(stores.len());
+            if lane == 0 {
+                out.push((line, std::borrow::Cow::Borrowed(&stores[..prefix])));
+                continue;
+            }
+            let mut ahead = 0;
+            let pieces = stores
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| {
+                    let take = *i < prefix || (p.ahead && ahead < lane);
+                    ahead += p.ahead as u32;
+                    take
+                })
+                .map(|(_, p)| *p)
+                .collect();
+            out.push((line, std::borrow::Cow::Owned(pieces)));
+        }
+        out
     }
 
     /// The line's durable content (slot `durable`) with `pieces` written over it.
@@ -618,11 +657,8 @@ impl PointSnapshot {
         let mut mask = vec![0u64; self.line_size.div_ceil(64)];
         let d = &self.durable;
         // Merge the sorted durable lines with the sorted kept lines.
-        let mut kept = state
-            .kept
-            .iter()
-            .filter_map(|&(off, k)| Some((off >> self.shift, self.kept_pieces(off, k)?)))
-            .peekable();
+        let kept_lines = self.kept_lines(state);
+        let mut kept = kept_lines.iter().map(|(l, p)| (*l, &p[..])).peekable();
         let mut dl = d.lines.iter().copied().enumerate().peekable();
         loop {
             let line = match (dl.peek(), kept.peek()) {

@@ -331,6 +331,7 @@ pub fn random_workload(seed: u64, cfg: &GenConfig) -> Workload {
                 op_locations: vec![ops::Location { line: 0, col: 0 }; n],
                 expect: None,
                 checkers: Vec::new(),
+                crash_from_op: None,
             };
         }
     }

@@ -41,6 +41,55 @@
 //! * Lines are independent between fences: a crash state is any combination of
 //!   per-line prefixes.
 //!
+//! # Non-temporal stores to a cached line: [`Model::X86AdrNt`]
+//!
+//! What does x86 allow when a non-temporal store hits a line that holds an older,
+//! not yet written back, cached store? The sources:
+//!
+//! * Intel SDM Vol. 2, `MOVNTI` / `MOVNTDQ`: the non-temporal hint is implemented
+//!   with the write-combining (WC) protocol; the processor neither writes the data into
+//!   the cache hierarchy nor fetches the line; WC is weakly ordered, so a fence is
+//!   needed. Vol. 1 §10.4.6.2 ("Caching of Temporal vs. Non-Temporal Data") sends the
+//!   reader to the memory-type rules.
+//! * Intel 64 and IA-32 Optimization Reference Manual, "Memory Type and Non-temporal
+//!   Stores": for a non-temporal store to WB memory whose line *is* cached, "the
+//!   instruction will ensure consistency"; the probable implementations are
+//!   (a) updating the cached line in place, or (b) evicting the line and writing the
+//!   non-temporal data to memory with WC semantics, and they "can be different for
+//!   future processors". NT stores are "weakly ordered: no ordering is preserved
+//!   between WC stores or between WC stores and other loads or stores".
+//! * Px86 (Raad, Wickerson, Neiger, Vafeiadis, POPL 2020) models `clflush`,
+//!   `clflushopt`, `clwb` and fences but not non-temporal stores; its extension
+//!   (Raad, Maranget, Vafeiadis, "Extending Intel-x86 Consistency and Persistency:
+//!   Formalising the Semantics of Intel-x86 Memory Types and Non-Temporal Stores",
+//!   POPL 2022, doi:10.1145/3498683) adds them. (Its text was not at hand when this
+//!   was written; this summary rests on the Intel manuals.)
+//!
+//! The conclusion: "ensure consistency" is a coherence promise (a later load sees the
+//! NT value; the evicted older data never overwrites it), not a persistence order.
+//! Under (b) the eviction's write-back of the older cached data and the WC write of
+//! the NT data travel separately to the memory controller, and nothing orders their
+//! arrival before a fence: a power failure may find the NT data durable and the older
+//! cached store of the same line lost. That is the state the default model's prefix
+//! view skips. Two things stay ordered: a *later* cached store to the line re-fetches
+//! it with the NT data in it (coherence), so its write-back carries the NT data and
+//! everything older; and at the fence both the NT data and the evicted data are
+//! durable (the default rule above).
+//!
+//! `x86-adr-nt` ([`Model::X86AdrNt`], opt-in, weaker than the default) adds exactly
+//! those states. Its durable content evolves as under `x86-adr`; at a crash, a line
+//! keeps a prefix of its queue *plus the first `j` of its non-temporal pieces*
+//! ([`Piece::ahead`]), for any `j`: an NT piece may persist without the older cached
+//! pieces of its line, a cached piece still only with everything older. Bounds (what
+//! it still does not explore): the line's NT pieces persist in program order among
+//! themselves (WC would allow any order within a line, as it does across lines); an
+//! unfenced `clflush`'s orderings are checked on the prefix only, and a state they
+//! lower loses the lowered line's NT pieces too ([`close`]), so no state has NT pieces
+//! of a line the orderings cut.
+//! [`crate::states::CrashStates`] enumerates the NT pieces as one more unit per line
+//! (a "lane" at the line's offset + 1, see [`crate::states`]), so every strategy and
+//! cap applies to them as to lines.
+//!
 //! Under [`Model::X86Eadr`] the caches are in the persistence domain: every store is
 //! durable at once, in program order. Nothing is ever in flight, so the only crash
 //! states are the prefixes of the store order, i.e. the crash points themselves.
@@ -102,6 +151,9 @@ pub enum Model {
     X86Adr,
     /// Caches are persistent: every store is durable at once, in program order.
     X86Eadr,
+    /// `x86-adr`, and a non-temporal store not yet fenced may persist before the
+    /// older cached stores to its line (see the module docs): more crash states.
+    X86AdrNt,
 }
 
 impl Model {
@@ -110,6 +162,7 @@ impl Model {
         match self {
             Model::X86Adr => "x86-adr",
             Model::X86Eadr => "x86-eadr",
+            Model::X86AdrNt => "x86-adr-nt",
         }
     }
 }
@@ -126,8 +179,9 @@ impl std::str::FromStr for Model {
         match s {
             "x86-adr" | "adr" => Ok(Model::X86Adr),
             "x86-eadr" | "eadr" => Ok(Model::X86Eadr),
+            "x86-adr-nt" | "adr-nt" => Ok(Model::X86AdrNt),
             other => Err(format!(
-                "unknown persistency model `{other}`: expected x86-adr or x86-eadr"
+                "unknown persistency model `{other}`: expected x86-adr, x86-eadr or x86-adr-nt"
             )),
         }
     }
@@ -187,6 +241,10 @@ pub struct Piece {
     pub record: u64,
     /// The vCPU that stored it (a `clflush` orders only its own vCPU's younger stores).
     pub vcpu: u16,
+    /// It may persist before the older pieces of its line: a non-temporal store under
+    /// [`Model::X86AdrNt`] (a crash keeps a prefix of the line's queue plus some of
+    /// these, in order).
+    pub ahead: bool,
 }
 
 impl Piece {
@@ -222,6 +280,7 @@ pub fn split_store(
             size: size as u8,
             record,
             vcpu,
+            ahead: false,
         });
         return;
     }
@@ -234,6 +293,7 @@ pub fn split_store(
         size: first as u8,
         record,
         vcpu,
+        ahead: false,
     });
     f(Piece {
         offset: offset + first,
@@ -241,6 +301,7 @@ pub fn split_store(
         size: rest as u8,
         record,
         vcpu,
+        ahead: false,
     });
 }
 
@@ -555,6 +616,11 @@ pub fn close(kept: &mut Vec<(u64, u32)>, orderings: &[Ordering]) {
                 } else {
                     kept[i].1 = o.from;
                 }
+                // The line's lane of NT pieces (`x86-adr-nt`) goes with it: the lowered
+                // state is then the prefix state the orderings allow.
+                if let Ok(j) = kept.binary_search_by_key(&(o.line + 1), |k| k.0) {
+                    kept.remove(j);
+                }
                 changed = true;
             }
         }
@@ -778,6 +844,7 @@ impl Replayer {
                         size,
                         record: index,
                         vcpu,
+                        ahead: non_temporal && self.cfg.model == Model::X86AdrNt,
                     };
                     if eadr {
                         self.persist_now(p);
@@ -938,7 +1005,9 @@ impl Replayer {
         non_temporal: bool,
         vcpu: u16,
     ) {
-        split_store(offset, size, value, index, vcpu, |p| {
+        let ahead = non_temporal && self.cfg.model == Model::X86AdrNt;
+        split_store(offset, size, value, index, vcpu, |mut p| {
+            p.ahead = ahead;
             if self.cfg.model == Model::X86Eadr {
                 self.persist_now(p)
             } else {
@@ -1104,5 +1173,20 @@ fn note_youngest(youngest: &mut Vec<Option<u64>>, pieces: &[Piece]) {
             youngest.resize(v + 1, None);
         }
         youngest[v] = youngest[v].max(Some(p.record));
+    }
+}
+
+#[cfg(test)]
+mod model_name_tests {
+    use super::Model;
+
+    #[test]
+    fn model_names_round_trip() {
+        for m in [Model::X86Adr, Model::X86Eadr, Model::X86AdrNt] {
+            assert_eq!(m.name().parse::<Model>(), Ok(m));
+        }
+        assert_eq!("adr-nt".parse::<Model>(), Ok(Model::X86AdrNt));
+        let e = "x86-nt".parse::<Model>().unwrap_err();
+        assert!(e.contains("x86-adr-nt"), "{e}");
     }
 }

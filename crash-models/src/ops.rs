@@ -683,6 +683,11 @@ pub struct Workload {
     pub expect: Option<Expect>,
     /// Programs that judge each recovered crash state (its `[[checkers]]` tables).
     pub checkers: Vec<UserChecker>,
+    /// Crash points only from this op on (`crash_from_op = N`, ops counted from 0):
+    /// the ops before it set the stage (a PMDK pool's creation) and are not
+    /// crash-tested. `None`: every op.
+    #[serde(default)]
+    pub crash_from_op: Option<u32>,
 }
 
 /// A user checker: a program run in the checker guest after each recovery, with the
@@ -897,6 +902,8 @@ struct RawWorkload {
     expect: Option<Expect>,
     #[serde(default)]
     checkers: Vec<UserChecker>,
+    #[serde(default)]
+    crash_from_op: Option<toml::Spanned<i64>>,
 }
 
 fn line_col(src: &str, byte: usize) -> Location {
@@ -943,7 +950,15 @@ impl Workload {
                 (None, Some(t), _) => t,
                 (Some(f), None, 0) => f,
                 (Some(f), None, i) => format!("ops[{}].{f}", i - 1),
-                (None, None, 0) => "workload".to_owned(),
+                // A top-level value of the wrong type: the key on its line.
+                (None, None, 0) => src
+                    .lines()
+                    .nth(loc.line - 1)
+                    .and_then(|l| l.split_once('='))
+                    .map(|(k, _)| k.trim())
+                    .filter(|k| !k.is_empty() && !k.contains(['[', ' ', '"']))
+                    .unwrap_or("workload")
+                    .to_owned(),
                 (None, None, i) => format!("ops[{}]", i - 1),
             };
             WorkloadError {
@@ -984,6 +999,26 @@ impl Workload {
             ops.push(op);
         }
         let expect = raw.expect;
+        let crash_from_op = match raw.crash_from_op {
+            None => None,
+            Some(n) => {
+                let v = *n.get_ref();
+                if v < 0 || v as usize >= ops.len() {
+                    let loc = line_col(src, n.span().start);
+                    return Err(WorkloadError {
+                        file: file.to_owned(),
+                        line: loc.line,
+                        col: loc.col,
+                        field: "crash_from_op".to_owned(),
+                        message: format!(
+                            "{v} is not an op of this workload: expected 0 to {} (ops are counted from 0)",
+                            ops.len().saturating_sub(1)
+                        ),
+                    });
+                }
+                Some(v as u32)
+            }
+        };
         let workload = Workload {
             description: raw.description,
             fs: raw.fs,
@@ -991,6 +1026,7 @@ impl Workload {
             op_locations,
             expect,
             checkers: Vec::new(),
+            crash_from_op,
         };
         let mut workload = workload;
         for (i, c) in raw.checkers.into_iter().enumerate() {
@@ -1027,6 +1063,12 @@ impl Workload {
             }
         })?;
         Ok(workload)
+    }
+
+    /// The ops whose crash points are checked (as
+    /// [`crate::points::PointConfig::ops`]): from `crash_from_op` to the last.
+    pub fn crash_ops(&self) -> std::ops::Range<u32> {
+        self.crash_from_op.unwrap_or(0)..self.ops.len() as u32
     }
 
     /// A stable identity of the op sequence (blake3 of its canonical JSON), recorded in
@@ -1477,6 +1519,24 @@ map = "m"
 [[ops]]
 op = "sync"
 "#;
+
+    #[test]
+    fn crash_from_op_is_checked_against_the_ops() {
+        let w =
+            parse("crash_from_op = 1\n[[ops]]\nop = \"sync\"\n[[ops]]\nop = \"sync\"\n").unwrap();
+        assert_eq!(w.crash_from_op, Some(1));
+        assert_eq!(w.crash_ops(), 1..2);
+        for bad in ["crash_from_op = 2", "crash_from_op = -1"] {
+            let e = parse(&format!(
+                "{bad}\n[[ops]]\nop = \"sync\"\n[[ops]]\nop = \"sync\"\n"
+            ))
+            .unwrap_err();
+            assert_eq!((e.field.as_str(), e.line), ("crash_from_op", 1), "{e}");
+            assert!(e.message.contains("expected 0 to 1"), "{e}");
+        }
+        let e = parse("crash_from_op = \"x\"\n[[ops]]\nop = \"sync\"\n").unwrap_err();
+        assert_eq!(e.field, "crash_from_op", "{e}");
+    }
 
     #[test]
     fn parses_a_full_workload() {

@@ -521,6 +521,26 @@ mod tests {
         assert_eq!(points(cfg), vec![(4, Some(0), 0, 1)]);
     }
 
+    /// `crash_from_op = 1`: the fence points of op 1 only (the PMDK test's pool is
+    /// made by op 0 and not crash-tested), and the end of the trace.
+    #[test]
+    fn a_workloads_crash_from_op_keeps_only_the_later_ops_points() {
+        let w = crate::ops::Workload::parse(
+            "crash_from_op = 1\n[[ops]]\nop = \"sync\"\n[[ops]]\nop = \"sync\"\n",
+            "w.toml",
+        )
+        .unwrap();
+        assert_eq!(w.crash_ops(), 1..2);
+        let cfg = PointConfig {
+            ops: Some(w.crash_ops()),
+            ..with("fence")
+        };
+        assert_eq!(points(cfg), vec![(10, Some(1), 1, 1), (13, None, 2, 0)]);
+        // Without the field, every op's points.
+        let all = crate::ops::Workload::parse("[[ops]]\nop = \"sync\"\n", "w.toml").unwrap();
+        assert_eq!(all.crash_ops(), 0..1);
+    }
+
     #[test]
     fn policies_parse_and_print() {
         for s in [

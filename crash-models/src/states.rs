@@ -4,6 +4,13 @@
 //! its queued pieces (see [`crate::model`]). A [`CrashState`] picks that prefix length
 //! per line; [`CrashStates`] enumerates states under one or more [`Strategy`]s, within
 //! caps that are reported, never silently applied.
+//!
+//! Under `x86-adr-nt` a line whose non-temporal pieces may persist ahead of older
+//! cached ones ([`crate::model::Piece::ahead`]) gets a second unit, its *lane*, keyed
+//! at the line's offset + 1 (never a line offset: lines are at least 8 bytes): a state
+//! entry `(offset + 1, j)` keeps the first `j` of those pieces on top of the line's
+//! prefix. Strategies treat a lane like a line (kept whole, dropped, torn, ...); a
+//! lane whose line belongs to an atomic group joins the group.
 
 use crate::model::{close, FxSet, InFlightLine, Ordering};
 use rand::{Rng, SeedableRng};
@@ -256,12 +263,7 @@ impl CrashStates {
     /// The states of a point whose in-flight lines are `in_flight` (sorted by offset,
     /// as [`crate::model::Replayer::in_flight`] returns them).
     pub fn new(in_flight: &[InFlightLine<'_>], cfg: &StateConfig) -> Self {
-        let lines: Vec<(u64, u32)> = in_flight
-            .iter()
-            .filter(|l| !l.stores.is_empty())
-            .map(|l| (l.line_offset, l.stores.len() as u32))
-            .collect();
-        Self::from_lines(lines, cfg)
+        Self::from_lines(units_in_flight(in_flight), cfg)
     }
 
     /// The same from (line offset, queue length) pairs.
@@ -279,12 +281,7 @@ impl CrashStates {
         groups: &[Vec<u64>],
         cfg: &StateConfig,
     ) -> Self {
-        let lines: Vec<(u64, u32)> = in_flight
-            .iter()
-            .filter(|l| !l.stores.is_empty())
-            .map(|l| (l.line_offset, l.stores.len() as u32))
-            .collect();
-        Self::from_lines_grouped(lines, groups, cfg)
+        Self::from_lines_grouped(units_in_flight(in_flight), groups, cfg)
     }
 
     /// [`CrashStates::new_grouped`] from (line offset, queue length) pairs.
@@ -501,6 +498,23 @@ impl CrashStates {
     }
 }
 
+/// (offset, queue length) of each in-flight line, and (offset + 1, count) of its lane
+/// when one of its `ahead` pieces has an older piece that is not `ahead` (otherwise
+/// the lane adds no state the prefixes do not already give).
+fn units_in_flight(in_flight: &[InFlightLine<'_>]) -> Vec<(u64, u32)> {
+    let mut out = Vec::with_capacity(in_flight.len());
+    for l in in_flight.iter().filter(|l| !l.stores.is_empty()) {
+        out.push((l.line_offset, l.stores.len() as u32));
+        let ahead = l.stores.iter().filter(|p| p.ahead).count() as u32;
+        let first_cached = l.stores.iter().position(|p| !p.ahead);
+        let jumps = first_cached.is_some_and(|c| l.stores[c..].iter().any(|p| p.ahead));
+        if jumps {
+            out.push((l.line_offset + 1, ahead));
+        }
+    }
+    out
+}
+
 /// The units of `lines` (sorted, distinct): the groups (merged where they share a
 /// line, restricted to `lines`), then every other line alone; sorted by first line.
 fn units_of(lines: &[(u64, u32)], groups: &[Vec<u64>]) -> Vec<Vec<(u64, u32)>> {
@@ -515,7 +529,8 @@ fn units_of(lines: &[(u64, u32)], groups: &[Vec<u64>]) -> Vec<Vec<(u64, u32)>> {
         i
     }
     for g in groups {
-        let mut members = g.iter().filter_map(|&o| index(o));
+        // A lane (offset + 1) goes with its line.
+        let mut members = g.iter().flat_map(|&o| [o, o + 1]).filter_map(index);
         if let Some(first) = members.next() {
             for m in members {
                 let (a, b) = (root(&mut parent, first), root(&mut parent, m));
@@ -661,6 +676,55 @@ mod tests {
         let s: Vec<_> = CrashStates::from_lines(lines(3), &cfg).collect();
         assert_eq!(s.len(), 8);
         assert!(distinct(&s));
+    }
+
+    /// `x86-adr-nt`: a line whose NT piece follows an older cached piece gets a lane
+    /// at offset + 1; a line of NT pieces only, or of cached pieces only, does not.
+    #[test]
+    fn lanes_for_nt_pieces_behind_cached_ones() {
+        let piece = |offset: u64, ahead: bool| crate::model::Piece {
+            offset,
+            value: 1,
+            size: 8,
+            record: offset,
+            vcpu: 0,
+            ahead,
+        };
+        let mixed = [
+            piece(0, false),
+            piece(8, true),
+            piece(16, false),
+            piece(24, true),
+        ];
+        let nt_only = [piece(64, true), piece(72, false)];
+        let cached = [piece(128, false)];
+        let line = |line_offset, stores| InFlightLine {
+            line_offset,
+            stores,
+            flushed_prefix_len: 0,
+        };
+        let in_flight = [
+            line(0, &mixed[..]),
+            line(64, &nt_only[..]),
+            line(128, &cached[..]),
+        ];
+        let cfg = StateConfig {
+            strategies: vec![Strategy::EachLine],
+            ..StateConfig::default()
+        };
+        let it = CrashStates::new(&in_flight, &cfg);
+        assert_eq!(it.lines(), &[(0, 4), (1, 2), (64, 2), (128, 1)]);
+        let s: Vec<_> = it.collect();
+        // none, all, 4 units alone, 4 units dropped.
+        assert_eq!(s.len(), 10);
+        assert!(s.iter().any(|s| s.kept == vec![(1, 2)]));
+        // In an atomic group the lane goes with its line.
+        let g = CrashStates::new_grouped(&in_flight, &[vec![0, 128]], &cfg);
+        let s: Vec<_> = g.collect();
+        assert!(
+            s.iter().all(|s| s.kept_of(1) == 0 || s.kept_of(0) == 4),
+            "{s:?}"
+        );
     }
 
     #[test]

@@ -347,6 +347,7 @@ mod tests {
                 size: 8,
                 record: r as u64,
                 vcpu: 0,
+                ahead: false,
             }
         };
         let l0: Vec<Piece> = (0..8).map(piece).collect();

@@ -7,6 +7,10 @@
 //! Its reachable images are the product of those ranges, less the states a
 //! `clflush` forbids: after `st x; clflush x; st y` on one vCPU, `y` is never kept
 //! without what the `clflush` wrote back of `x`'s line.
+//!
+//! Under `x86-adr-nt` a line may also keep the first `j` of its in-flight
+//! non-temporal pieces on top of its prefix, for any `j` (an NT store may persist
+//! before the older cached stores of its line; `crash_models::model`'s docs).
 
 use crash_models::delta::ImageBuilder;
 use crash_models::model::{Model, ModelConfig, Replayer};
@@ -24,6 +28,8 @@ struct RefPiece {
     vcpu: u16,
     line: u64,
     bytes: Vec<(u64, u8)>,
+    /// From a non-temporal store.
+    nt: bool,
 }
 
 struct Reference {
@@ -34,7 +40,13 @@ struct Reference {
     /// are older, and per other line, the index of its first piece that is younger and
     /// of the same vCPU).
     orders: Vec<(u64, usize, BTreeMap<u64, usize>)>,
+    /// `x86-adr-nt`: in-flight NT pieces may persist ahead of their line's prefix.
+    nt_ahead: bool,
 }
+
+/// Per line: its prefix length, and how many of its in-flight NT pieces persist
+/// besides (always 0 unless `x86-adr-nt`).
+type Choice = BTreeMap<u64, (usize, usize)>;
 
 fn pieces_of(
     record: usize,
@@ -43,6 +55,7 @@ fn pieces_of(
     size: u8,
     value: u64,
     line_size: u64,
+    nt: bool,
 ) -> Vec<RefPiece> {
     let mut by_word: BTreeMap<u64, Vec<(u64, u8)>> = BTreeMap::new();
     for b in 0..size as u64 {
@@ -59,6 +72,7 @@ fn pieces_of(
             vcpu,
             line: bytes[0].0 / line_size,
             bytes,
+            nt,
         })
         .collect()
 }
@@ -81,7 +95,7 @@ impl Reference {
                     vcpu,
                     ..
                 } => {
-                    let ps = pieces_of(i, vcpu, offset, size, value, ls);
+                    let ps = pieces_of(i, vcpu, offset, size, value, ls, non_temporal);
                     if non_temporal {
                         for p in &ps {
                             flushes.push((i, p.line, vcpu, true));
@@ -122,7 +136,9 @@ impl Reference {
                     flush: FlushKind::Clflush,
                     vcpu,
                     ..
-                } if cfg.model == Model::X86Adr && !fenced(i, vcpu) => Some((i, offset / ls, vcpu)),
+                } if cfg.model != Model::X86Eadr && !fenced(i, vcpu) => {
+                    Some((i, offset / ls, vcpu))
+                }
                 _ => None,
             })
             .collect();
@@ -162,7 +178,74 @@ impl Reference {
                 Some((x, older, younger))
             })
             .collect();
-        Reference { lines, orders }
+        Reference {
+            lines,
+            orders,
+            nt_ahead: cfg.model == Model::X86AdrNt,
+        }
+    }
+
+    /// In-flight NT pieces of a line (that may persist ahead under `x86-adr-nt`).
+    fn nt_in_flight(&self, line: u64) -> usize {
+        let (ps, must) = &self.lines[&line];
+        ps[*must..].iter().filter(|p| p.nt).count()
+    }
+
+    /// Every choice: prefixes within their ranges, and each line's count of NT
+    /// pieces kept besides the prefix.
+    fn each_full_choice(&self, f: &mut dyn FnMut(&Choice)) {
+        let lines: Vec<u64> = self.lines.keys().copied().collect();
+        self.each_choice(&mut |prefix| {
+            let ranges: Vec<usize> = lines
+                .iter()
+                .map(|l| {
+                    if self.nt_ahead {
+                        self.nt_in_flight(*l)
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let mut js = vec![0usize; lines.len()];
+            loop {
+                let c: Choice = lines
+                    .iter()
+                    .zip(&js)
+                    .map(|(l, j)| (*l, (prefix[l], *j)))
+                    .collect();
+                f(&c);
+                // Next combination of lane counts (odometer).
+                let mut i = 0;
+                while i < js.len() && js[i] == ranges[i] {
+                    js[i] = 0;
+                    i += 1;
+                }
+                if i == js.len() {
+                    break;
+                }
+                js[i] += 1;
+            }
+        });
+    }
+
+    /// The image of a full choice: per line, its prefix and then the first `j` of its
+    /// in-flight NT pieces, applied in program order.
+    fn image_full(&self, choice: &Choice) -> Image {
+        let mut img = Image::new();
+        for (line, (ps, must)) in &self.lines {
+            let (k, j) = choice[line];
+            let mut ahead = 0;
+            for (i, p) in ps.iter().enumerate() {
+                let lane = i >= *must && p.nt && {
+                    ahead += 1;
+                    ahead <= j
+                };
+                if i < k || lane {
+                    img.extend(p.bytes.iter().copied());
+                }
+            }
+        }
+        img
     }
 
     /// True when a choice of prefixes obeys every clflush.
@@ -232,9 +315,10 @@ impl Reference {
 
     fn reachable(&self) -> BTreeSet<Image> {
         let mut out = BTreeSet::new();
-        self.each_choice(&mut |c| {
-            if self.obeys(c) {
-                out.insert(self.image(c));
+        self.each_full_choice(&mut |c| {
+            let prefix: BTreeMap<u64, usize> = c.iter().map(|(l, (k, _))| (*l, *k)).collect();
+            if self.obeys(&prefix) {
+                out.insert(self.image_full(c));
             }
         });
         out
@@ -354,6 +438,28 @@ fn check_point(trace: &[Record], upto: usize, replayer: &Replayer) -> Result<(),
             line
         );
     }
+    // x86-adr-nt: each line's NT pieces alone (a lane kept whole, every other unit
+    // at its least), when they are not a prefix already: the state the prefix view
+    // skips.
+    if reference.nt_ahead {
+        for (line, (ps, must)) in &reference.lines {
+            let n = reference.nt_in_flight(*line);
+            let jumps = ps[*must..]
+                .iter()
+                .position(|p| !p.nt)
+                .is_some_and(|c| ps[*must + c..].iter().any(|p| p.nt));
+            if !jumps {
+                continue;
+            }
+            let mut c: Choice = mins.iter().map(|(l, k)| (*l, (*k, 0))).collect();
+            c.insert(*line, (mins[line], n));
+            prop_assert!(
+                images.contains(&reference.image_full(&c)),
+                "line {}'s NT pieces alone missing",
+                line
+            );
+        }
+    }
     // Whatever a fence made durable is in every state: the `none` image holds it.
     let none = image_of(&builder.build(&CrashState::default()));
     prop_assert_eq!(&none, &reference.image(&mins));
@@ -377,6 +483,12 @@ proptest! {
     fn adr_matches_reference(trace in prop::collection::vec(record(), 0..24), wide in any::<bool>()) {
         let ls = if wide { 64 } else { 32 };
         run(&trace, ModelConfig::new(Model::X86Adr, ls).unwrap())?;
+    }
+
+    #[test]
+    fn adr_nt_matches_reference(trace in prop::collection::vec(record(), 0..20), wide in any::<bool>()) {
+        let ls = if wide { 64 } else { 32 };
+        run(&trace, ModelConfig::new(Model::X86AdrNt, ls).unwrap())?;
     }
 
     #[test]

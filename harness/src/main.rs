@@ -136,7 +136,8 @@ struct FuzzArgs {
     /// PM size in MiB (default: 64 for ext4, 320 for xfs)
     #[arg(long)]
     pm_size_mib: Option<u64>,
-    /// Persistency model: x86-adr or x86-eadr
+    /// Persistency model: x86-adr, x86-eadr or x86-adr-nt (x86-adr, and an unfenced
+    /// non-temporal store may persist before older cached stores to its line)
     #[arg(long, default_value = "x86-adr")]
     model: Model,
     /// Crash points: fence, fence:all, op, store, every:N
@@ -272,7 +273,9 @@ struct RunArgs {
     /// Keep the PM images in this directory (default: a temporary directory)
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Persistency model: x86-adr (caches lost at a crash) or x86-eadr (caches persist)
+    /// Persistency model: x86-adr (caches lost at a crash), x86-eadr (caches persist)
+    /// or x86-adr-nt (x86-adr, and an unfenced non-temporal store may persist before
+    /// older cached stores to its line: more states)
     #[arg(long, default_value = "x86-adr")]
     model: Model,
     /// Crash points: fence, fence:all, op, store, every:N

@@ -1221,13 +1221,12 @@ impl<'a> Producer<'a> {
             records,
             FSDAX_DATA_OFFSET,
         ));
-        let n = workload.ops.len() as u32;
         let points = CrashPoints::new(
             records.iter().copied(),
             replayer,
             PointConfig {
                 policy: cfg.points.clone(),
-                ops: Some(0..n),
+                ops: Some(workload.crash_ops()),
                 end_of_trace: true,
             },
         );
@@ -1712,9 +1711,14 @@ pub fn builtin_lsfmm2016() -> Vec<Loaded> {
 
 /// The finding id of state `st` at the crash point after `record` records.
 fn state_id(record: u64, lines: &[LineInfo], st: &CrashState) -> String {
+    // Lanes (odd offsets, `x86-adr-nt` only) tell apart states with equal prefixes.
+    let lanes = st.kept.iter().copied().filter(|&(off, _)| off & 1 == 1);
     crate::findings::finding_id(
         record,
-        lines.iter().map(|l| (l.offset, st.kept_of(l.offset))),
+        lines
+            .iter()
+            .map(|l| (l.offset, st.kept_of(l.offset)))
+            .chain(lanes),
     )
 }
 

@@ -19,7 +19,7 @@ pub const REPORT_SCHEMA_VERSION: u32 = 2;
 pub struct ConfigReport {
     /// The file system.
     pub fs: FsKind,
-    /// The persistency model (`x86-adr`, `x86-eadr`).
+    /// The persistency model (`x86-adr`, `x86-eadr`, `x86-adr-nt`).
     pub model: String,
     /// The crash-point policy.
     pub points: String,

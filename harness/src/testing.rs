@@ -230,6 +230,7 @@ impl Check {
                 op_locations,
                 expect: None,
                 checkers: Vec::new(),
+                crash_from_op: None,
             },
         }]))
     }

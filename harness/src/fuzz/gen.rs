@@ -446,6 +446,7 @@ fn workload(description: String, ops: Vec<Op>) -> Workload {
         op_locations: vec![Location { line: 0, col: 0 }; n],
         expect: None,
         checkers: Vec::new(),
+        crash_from_op: None,
     }
 }
 
