@@ -228,6 +228,7 @@ mod tests {
                         kept: 0,
                         missing: "flushed, but no fence after the flush before the crash".into(),
                         writer: Some("__memcpy_flushcache+0x5a".into()),
+                        label: None,
                     }],
                     kept_lines: 1,
                     ..finding(&p, problems.clone())

@@ -612,17 +612,22 @@ fn finding(h: &mut String, i: usize, k: usize, f: &Value, point: Option<usize>) 
         let _ = write!(
             h,
             "<table class=\"dropped\"><caption>{} line(s) dropped, {} kept whole</caption><thead><tr>\
-             <th>PM offset</th><th>owner</th><th>stores kept / queued</th><th>missing</th></tr></thead><tbody>",
+             <th>PM offset</th><th>structure</th><th>owner</th><th>stores kept / queued</th><th>missing</th></tr></thead><tbody>",
             dropped.len(),
             esc(&text(f.get("kept_lines")))
         );
         for d in dropped {
             let _ = write!(
                 h,
-                "<tr><td class=\"num\">{}</td><td class=\"owner\">{}</td><td class=\"num\">{} / {}</td><td class=\"missing\">{}</td></tr>",
+                "<tr><td class=\"num\">{}</td><td class=\"label\">{}</td><td class=\"owner\">{}</td><td class=\"num\">{} / {}</td><td class=\"missing\">{}</td></tr>",
                 d.get("pm_offset")
                     .and_then(Value::as_u64)
                     .map_or_else(|| text(d.get("pm_offset")), |o| format!("{o:#x}")),
+                d.get("label")
+                    .and_then(|v| {
+                        serde_json::from_value::<crate::labels::LineLabel>(v.clone()).ok()
+                    })
+                    .map_or_else(|| "-".to_owned(), |l| esc(&l.to_string())),
                 esc(&text(d.get("owner"))),
                 esc(&text(d.get("kept"))),
                 esc(&text(d.get("queued"))),
@@ -1131,6 +1136,7 @@ mod tests {
                                 "no flush of the line after record {record} (its last store is record {record})"
                             ),
                             writer: None,
+                            label: None,
                         })
                         .collect(),
                     kept_lines: 2,

@@ -15,6 +15,7 @@ pub mod guest;
 pub mod html;
 pub mod image;
 pub mod interrupt;
+pub mod labels;
 pub mod memory;
 pub mod minimize;
 pub mod oracle;

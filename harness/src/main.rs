@@ -1046,7 +1046,14 @@ async fn minimize(g: &Global, args: MinimizeArgs) -> anyhow::Result<Outcome> {
         let workers = p.config().workers;
         let res = pmcrash::minimize::minimize_lines(&mut p, &b, id, workers, !g.json).await;
         p.shutdown().await;
-        let m = res?.ok_or_else(|| no_such_finding(&b, id))?;
+        let mut m = res?.ok_or_else(|| no_such_finding(&b, id))?;
+        // Say what each minimal line is, from the workload's final image (`labels`).
+        let u = repro::unpack(&b)?;
+        if let Err(e) = pmcrash::labels::final_image_from_trace(&u.trace, &u.base_image)
+            .and_then(|f| pmcrash::labels::label_dropped(b.run.fs, f.path(), &mut m.lines))
+        {
+            eprintln!("pmcrash: the minimal lines are not labelled: {e}");
+        }
         (serde_json::to_string_pretty(&m)?, m.render_text(&b))
     };
     if g.json {

@@ -594,6 +594,7 @@ impl Pipeline {
             .await?;
         let mut report = report;
         report.coverage = traced.coverage.clone();
+        label_findings(self.cfg.fs, &traced.final_image, &mut report);
         if let Some(dir) = &self.save_dir {
             self.save_bundle(&dir.join(&stem), name, workload, &traced, &report)?;
         }
@@ -843,10 +844,19 @@ impl Pipeline {
             }),
         }
         timings.guest_ready_ms = t.elapsed().as_millis() as u64;
-        self.check_decoded(
-            name, workload, trace, base_image, results, timings, t0, &bar,
-        )
-        .await
+        let mut report = self
+            .check_decoded(
+                name, workload, trace, base_image, results, timings, t0, &bar,
+            )
+            .await?;
+        if report.findings.iter().any(|f| !f.dropped_lines.is_empty()) {
+            // The bundle keeps no final image: the trace's every store on the base is it.
+            match crate::labels::final_image_from_trace(trace, base_image) {
+                Ok(f) => label_findings(self.cfg.fs, f.path(), &mut report),
+                Err(e) => eprintln!("pmcrash: dropped lines not labelled: final image: {e}"),
+            }
+        }
+        Ok(report)
     }
 
     /// Write the crash image of the state with finding id `id` to `out`: the base
@@ -1765,9 +1775,14 @@ fn dropped(
     layout: &Layout,
 ) -> Vec<DroppedLine> {
     dropped_lines(lines, st, owners, records, symbols, layout)
-        .take(16)
+        .take(MAX_DROPPED_LISTED)
         .collect()
 }
+
+/// The most dropped lines a finding lists: enough for a journal commit's lines and the
+/// file data behind them (the text report folds runs of lines with one label, see
+/// [`crate::labels::fold`]), few enough to keep the JSON small.
+pub const MAX_DROPPED_LISTED: usize = 256;
 
 /// Every line `st` drops (wholly or partly), described.
 fn dropped_lines<'a>(
@@ -1818,8 +1833,18 @@ fn dropped_lines<'a>(
             kept,
             missing,
             writer,
+            label: None,
         })
     })
+}
+
+/// Label the findings' dropped lines from the workload's final image
+/// ([`crate::labels`]); a failure leaves them unlabelled and says why on stderr (the
+/// verdicts do not depend on labels).
+fn label_findings(fs: FsKind, final_image: &Path, report: &mut WorkloadReport) {
+    if let Err(e) = crate::labels::label_report(fs, final_image, report) {
+        eprintln!("pmcrash: dropped lines not labelled: {e}");
+    }
 }
 
 /// The named regions of the file system in a base image (for saying what tore).

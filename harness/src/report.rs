@@ -121,6 +121,11 @@ pub struct DroppedLine {
     /// [module]`), when the store was the kernel's and its symbols are known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,
+    /// The file-system structure the line belongs to, read from the workload's final
+    /// image with the file system's tools ([`crate::labels`]); set on the lines of
+    /// reported findings only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<crate::labels::LineLabel>,
 }
 
 /// The crash point a finding was made at.
@@ -238,6 +243,9 @@ pub struct Timings {
     pub total_ms: u64,
     /// Images a checker guest recovered, per second of checking.
     pub images_per_sec: f64,
+    /// Labelling the findings' dropped lines with the file system's tools, after the
+    /// check (not part of `total_ms`).
+    pub label_ms: u64,
 }
 
 /// The result for one workload.
@@ -481,8 +489,8 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "  time: guest ready {} ms, trace {} ms, enumerate {} ms, check {} ms ({:.1} images/s), oracle {} ms, total {} ms",
-                t.guest_ready_ms, t.trace_ms, t.enumerate_ms, t.check_ms, t.images_per_sec, t.oracle_ms, t.total_ms
+                "  time: guest ready {} ms, trace {} ms, enumerate {} ms, check {} ms ({:.1} images/s), oracle {} ms, total {} ms, then labels {} ms",
+                t.guest_ready_ms, t.trace_ms, t.enumerate_ms, t.check_ms, t.images_per_sec, t.oracle_ms, t.total_ms, t.label_ms
             );
             let _ = writeln!(
                 s,
@@ -552,17 +560,33 @@ impl Report {
                 for p in f.problems.iter().take(3) {
                     let _ = writeln!(s, "    {}: {}", p.verdict, p.message);
                 }
-                for l in f.dropped_lines.iter().take(3) {
+                let labels: Vec<_> = f.dropped_lines.iter().map(|l| l.label.as_ref()).collect();
+                let rows = crate::labels::fold(&labels, &Default::default());
+                for r in rows.iter().take(3) {
+                    let l = &f.dropped_lines[r.line];
                     let _ = writeln!(
                         s,
                         "    dropped line {:#x} ({}{}): {}",
                         l.pm_offset,
-                        l.owner,
+                        l.label
+                            .as_ref()
+                            .map_or_else(|| l.owner.clone(), |x| x.to_string()),
                         l.writer
                             .as_deref()
                             .map(|w| format!(", written by {w}"))
                             .unwrap_or_default(),
                         l.missing
+                    );
+                    if r.more > 0 {
+                        let _ = writeln!(s, "      and {} more lines {}", r.more, r.phrase);
+                    }
+                }
+                let shown: usize = rows.iter().take(3).map(|r| 1 + r.more).sum();
+                if shown < f.dropped_lines.len() {
+                    let _ = writeln!(
+                        s,
+                        "    ... {} more dropped line(s) in --json",
+                        f.dropped_lines.len() - shown
                     );
                 }
                 let _ = writeln!(s, "    reproduce: {}", f.reproduce);

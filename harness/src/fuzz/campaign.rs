@@ -1092,6 +1092,7 @@ mod tests {
                     offset + 9
                 ),
                 writer: Some(format!("{writer}+0x{offset:x} [ext4]")),
+                label: None,
             }],
             kept_lines: 0,
             states: 3,

@@ -1018,14 +1018,17 @@ fn random_or_mutated(seed: u64, index: u64, feedback: &[CorpusEntry]) -> Candida
     }
 }
 
-/// The workload as a TOML file (description, file systems, ops and user checkers;
-/// not its `[expect]`), which [`Workload::parse`] reads back to the same ops.
+/// The workload as a TOML file (description, file systems, first op to crash in, ops
+/// and user checkers; not its `[expect]`), which [`Workload::parse`] reads back to the
+/// same workload.
 pub fn to_toml(w: &Workload) -> String {
     #[derive(Serialize)]
     struct Saved<'a> {
         description: &'a str,
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         fs: &'a [crash_models::ops::FsKind],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        crash_from_op: Option<u32>,
         ops: &'a [Op],
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         checkers: &'a [crash_models::ops::UserChecker],
@@ -1033,6 +1036,7 @@ pub fn to_toml(w: &Workload) -> String {
     toml::to_string(&Saved {
         description: &w.description,
         fs: &w.fs,
+        crash_from_op: w.crash_from_op,
         ops: &w.ops,
         checkers: &w.checkers,
     })

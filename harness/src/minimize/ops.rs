@@ -174,6 +174,12 @@ pub fn candidate(w: &Workload, keep: &[usize], origin: &str) -> Workload {
             .collect(),
         expect: None,
         checkers: w.checkers.clone(),
+        // The same first op to crash in, renumbered; none when it and every later op
+        // were dropped.
+        crash_from_op: w.crash_from_op.and_then(|from| {
+            let before = keep.iter().filter(|&&i| (i as u32) < from).count();
+            (before < keep.len()).then_some(before as u32)
+        }),
     }
 }
 
