@@ -25,7 +25,7 @@
 //! ([`CrashImage::apply`], [`CrashImage::undo`]).
 
 use crate::model::{FxSet, InFlightLine, ModelConfig, Replayer};
-use crate::states::CrashState;
+use crate::states::{is_lane, lane_key, CrashState};
 use crate::trace::{FenceKind, FlushKind, Privilege, Record};
 use std::fmt;
 use std::fs::File;
@@ -579,9 +579,9 @@ impl PointSnapshot {
         while let Some(&(off, k)) = kept.next() {
             let line = off >> self.shift;
             let line_offset = line << self.shift;
-            let (prefix, lane) = if off == line_offset {
+            let (prefix, lane) = if !is_lane(off) {
                 match kept.peek() {
-                    Some(&&(lane_off, j)) if lane_off == line_offset + 1 => {
+                    Some(&&(lane_off, j)) if lane_off == lane_key(line_offset) => {
                         kept.next();
                         (k, j)
                     }

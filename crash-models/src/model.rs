@@ -618,7 +618,8 @@ pub fn close(kept: &mut Vec<(u64, u32)>, orderings: &[Ordering]) {
                 }
                 // The line's lane of NT pieces (`x86-adr-nt`) goes with it: the lowered
                 // state is then the prefix state the orderings allow.
-                if let Ok(j) = kept.binary_search_by_key(&(o.line + 1), |k| k.0) {
+                if let Ok(j) = kept.binary_search_by_key(&crate::states::lane_key(o.line), |k| k.0)
+                {
                     kept.remove(j);
                 }
                 changed = true;

@@ -498,6 +498,17 @@ impl CrashStates {
     }
 }
 
+/// The state key of the lane of the line at `line_offset` (`x86-adr-nt`, see the
+/// module docs): never a line's offset, as lines are at least 8 bytes.
+pub fn lane_key(line_offset: u64) -> u64 {
+    line_offset + 1
+}
+
+/// True when a state key is a lane's ([`lane_key`]), not a line's.
+pub fn is_lane(key: u64) -> bool {
+    key & 1 == 1
+}
+
 /// (offset, queue length) of each in-flight line, and (offset + 1, count) of its lane
 /// when one of its `ahead` pieces has an older piece that is not `ahead` (otherwise
 /// the lane adds no state the prefixes do not already give).
@@ -509,7 +520,7 @@ fn units_in_flight(in_flight: &[InFlightLine<'_>]) -> Vec<(u64, u32)> {
         let first_cached = l.stores.iter().position(|p| !p.ahead);
         let jumps = first_cached.is_some_and(|c| l.stores[c..].iter().any(|p| p.ahead));
         if jumps {
-            out.push((l.line_offset + 1, ahead));
+            out.push((lane_key(l.line_offset), ahead));
         }
     }
     out
@@ -530,7 +541,7 @@ fn units_of(lines: &[(u64, u32)], groups: &[Vec<u64>]) -> Vec<Vec<(u64, u32)>> {
     }
     for g in groups {
         // A lane (offset + 1) goes with its line.
-        let mut members = g.iter().flat_map(|&o| [o, o + 1]).filter_map(index);
+        let mut members = g.iter().flat_map(|&o| [o, lane_key(o)]).filter_map(index);
         if let Some(first) = members.next() {
             for m in members {
                 let (a, b) = (root(&mut parent, first), root(&mut parent, m));

@@ -294,15 +294,17 @@ pub fn final_image_from_trace(
         let what = what.to_owned();
         move |source| LabelError::Io { what, source }
     };
-    let base = std::fs::read(base_image).map_err(io(&format!("read {}", base_image.display())))?;
-    let img = crate::trace::all_persisted_at(
+    // The base file copied (sparse where the file system allows) and the trace's delta
+    // written over it: an XFS image is hundreds of MiB, never held in memory.
+    let f = tempfile::NamedTempFile::new().map_err(io("make a temporary file"))?;
+    std::fs::copy(base_image, f.path()).map_err(io(&format!("copy {}", base_image.display())))?;
+    crate::trace::all_persisted_delta(
         &trace.records,
         trace.header.line_size,
-        &base,
         trace.records.len() as u64,
-    );
-    let f = tempfile::NamedTempFile::new().map_err(io("make a temporary file"))?;
-    std::fs::write(f.path(), img).map_err(io("write the final image"))?;
+    )
+    .apply(f.as_file())
+    .map_err(io("write the final image"))?;
     Ok(f)
 }
 

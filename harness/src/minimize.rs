@@ -291,7 +291,7 @@ impl Minimized {
                 s,
                 "  line {:#x} ({}): kept {} of {} store(s); {}{}",
                 l.pm_offset,
-                l.label.as_ref().map_or(l.owner.clone(), |x| x.to_string()),
+                l.what(),
                 l.kept,
                 l.queued,
                 l.missing,

@@ -1722,7 +1722,11 @@ pub fn builtin_lsfmm2016() -> Vec<Loaded> {
 /// The finding id of state `st` at the crash point after `record` records.
 fn state_id(record: u64, lines: &[LineInfo], st: &CrashState) -> String {
     // Lanes (odd offsets, `x86-adr-nt` only) tell apart states with equal prefixes.
-    let lanes = st.kept.iter().copied().filter(|&(off, _)| off & 1 == 1);
+    let lanes = st
+        .kept
+        .iter()
+        .copied()
+        .filter(|&(off, _)| crash_models::states::is_lane(off));
     crate::findings::finding_id(
         record,
         lines

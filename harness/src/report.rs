@@ -128,6 +128,16 @@ pub struct DroppedLine {
     pub label: Option<crate::labels::LineLabel>,
 }
 
+impl DroppedLine {
+    /// What the line is, for people: its [`DroppedLine::label`] when labelled, else its
+    /// owner.
+    pub fn what(&self) -> String {
+        self.label
+            .as_ref()
+            .map_or_else(|| self.owner.clone(), |l| l.to_string())
+    }
+}
+
 /// The crash point a finding was made at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PointRef {
@@ -568,9 +578,7 @@ impl Report {
                         s,
                         "    dropped line {:#x} ({}{}): {}",
                         l.pm_offset,
-                        l.label
-                            .as_ref()
-                            .map_or_else(|| l.owner.clone(), |x| x.to_string()),
+                        l.what(),
                         l.writer
                             .as_deref()
                             .map(|w| format!(", written by {w}"))

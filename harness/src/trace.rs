@@ -571,6 +571,18 @@ impl<'a> GroundTruth<'a> {
 /// The image pmcrash builds for "every line persisted" after `applied` records: the
 /// base image with the durable content and every in-flight line kept whole.
 pub fn all_persisted_at(records: &[Record], line_size: u32, base: &[u8], applied: u64) -> Vec<u8> {
+    let mut img = base.to_vec();
+    all_persisted_delta(records, line_size, applied).apply_to_slice(&mut img);
+    img
+}
+
+/// [`all_persisted_at`] as a delta over the base image, for callers that write it into
+/// a copy of the base file instead of holding the whole image in memory.
+pub fn all_persisted_delta(
+    records: &[Record],
+    line_size: u32,
+    applied: u64,
+) -> crash_models::delta::CrashImage {
     use crash_models::delta::ImageBuilder;
     use crash_models::model::{ModelConfig, Replayer};
     use crash_models::states::{CrashStates, StateConfig, Strategy};
@@ -586,11 +598,10 @@ pub fn all_persisted_at(records: &[Record], line_size: u32, base: &[u8], applied
         max_states: 1,
         max_lines: usize::MAX,
     };
-    let mut img = base.to_vec();
-    if let Some(state) = CrashStates::new(b.in_flight(), &all).next() {
-        b.build(&state).apply_to_slice(&mut img);
+    match CrashStates::new(b.in_flight(), &all).next() {
+        Some(state) => b.build(&state),
+        None => b.build(&Default::default()),
     }
-    img
 }
 
 /// The traced guest's PM file after exactly `applied` records, from its snapshots; an
