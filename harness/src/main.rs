@@ -133,6 +133,11 @@ struct FuzzArgs {
     /// holds none yet: what a restarted shard wants)
     #[arg(long)]
     resume: bool,
+    /// Minimise each new signature's first workload (`minimize --ops`, a try counting
+    /// only when it gives the same signature) with at most this many runs, into
+    /// CAMPAIGN/findings/SIG/minimal/; 0 does not minimise
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    minimize_tries: usize,
     /// PM size in MiB (default: 64 for ext4, 320 for xfs)
     #[arg(long)]
     pm_size_mib: Option<u64>,
@@ -882,6 +887,7 @@ async fn fuzz(g: &Global, args: FuzzArgs, interrupt: Interrupt) -> anyhow::Resul
         budget: args.budget,
         resume: args.resume,
         progress: !g.json,
+        minimize_tries: args.minimize_tries,
     };
     let s = campaign::run_campaign(&dir, config, cfg, factory, opts, interrupt).await?;
     print(&s)?;

@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `campaign.json` | [`State`]: the configuration, the next stream index, every finished workload ([`RunRecord`]) and the findings by signature |
 //! | `corpus/NNNNNNNN.toml` | each workload that reached new file-system code or gave a new signature (the corpus `--gen guided` mutates) |
-//! | `findings/SIG/` | per signature, saved once: `finding.json` (the first finding in full), `workload.toml`, `bundle/` (the run bundle of [`crate::bundle`]) |
+//! | `findings/SIG/` | per signature, saved once: `finding.json` (the first finding in full), `workload.toml`, `bundle/` (the run bundle of [`crate::bundle`]), and `minimal/` (that workload minimised: `workload.toml` and its bundle `workload/`, [`MinimalRecord`]) |
 //! | `.work/` | the trace and images of the workload being run (removed after it) |
 //!
 //! Crash safety: a workload's files (corpus entry, finding directories) are written
@@ -383,6 +383,34 @@ pub struct SignatureEntry {
     pub example: String,
     /// Its `reproduce` line.
     pub reproduce: String,
+    /// Its first workload minimised (`findings/SIG/minimal/`), once that is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimal: Option<MinimalRecord>,
+}
+
+/// What minimising a signature's first workload gave: `pmcrash minimize --ops` run on
+/// its saved bundle, a try counting only when it gives a finding of the same signature.
+/// `findings/SIG/minimal/` holds the workload (`workload.toml`) and its bundle
+/// (`workload/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MinimalRecord {
+    /// Ops of the first workload.
+    pub ops_before: usize,
+    /// Ops of the minimal workload.
+    pub ops_after: usize,
+    /// Which ops of the first workload it keeps.
+    pub kept: Vec<usize>,
+    /// Candidate workloads run.
+    pub tries: usize,
+    /// No single op less gives the signature (false: stopped at `--minimize-tries`).
+    pub complete: bool,
+    /// The saved minimal workload's run gave the signature again.
+    pub confirmed: bool,
+    /// Why it could not be minimised (the first workload stays the example).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Wall-clock milliseconds (not compared between campaigns).
+    pub ms: u64,
 }
 
 /// `campaign.json`.
@@ -472,6 +500,7 @@ impl State {
                                 .map(|p| p.message.clone())
                                 .unwrap_or_default(),
                             reproduce: f.reproduce.clone(),
+                            minimal: None,
                         },
                     );
                 }
@@ -501,6 +530,11 @@ impl State {
             r.first_signature = false;
         }
         s.runs.sort_by_key(|r| r.index);
+        for e in s.findings.values_mut() {
+            if let Some(m) = &mut e.minimal {
+                m.ms = 0;
+            }
+        }
         s.config.shard = None;
         s.merged_from.clear();
         s.next = 0;
@@ -552,6 +586,8 @@ pub struct Summary {
     pub session_workloads: u64,
     /// Seconds this session ran.
     pub session_secs: f64,
+    /// Of those, seconds spent minimising new signatures' workloads.
+    pub minimise_secs: f64,
     /// Workloads in the campaign.
     pub workloads: u64,
     /// The next stream index.
@@ -592,7 +628,7 @@ impl Summary {
         dir: &Path,
         s: &State,
         session: u64,
-        secs: f64,
+        (secs, minimise_secs): (f64, f64),
         new: Vec<String>,
         interrupted: bool,
     ) -> Summary {
@@ -630,6 +666,7 @@ impl Summary {
             config: s.config.clone(),
             session_workloads: session,
             session_secs: secs,
+            minimise_secs,
             workloads: s.runs.len() as u64,
             next: s.next,
             exhausted: s.exhausted,
@@ -665,13 +702,19 @@ impl Summary {
         let _ =
             writeln!(
             o,
-            "workloads: {} this session ({:.0} s{}), {} in the campaign, next stream index {}{}",
+            "workloads: {} this session ({:.0} s{}{}), {} in the campaign, next stream index {}{}",
             self.session_workloads,
             self.session_secs,
+            if self.minimise_secs > 0.0 {
+                format!(", {:.0} s of it minimising", self.minimise_secs)
+            } else {
+                String::new()
+            },
             if self.session_workloads > 0 {
                 format!(
                     ", {:.0} workloads/hour",
-                    self.session_workloads as f64 * 3600.0 / self.session_secs.max(1e-3)
+                    self.session_workloads as f64 * 3600.0
+                        / (self.session_secs - self.minimise_secs).max(1e-3)
                 )
             } else {
                 String::new()
@@ -707,6 +750,25 @@ impl Summary {
                 "  [{id}] {}\n      {} workloads, {} states; first #{}: {}\n      e.g. {}\n      saved in findings/{id}/",
                 e.signature, e.workloads, e.states, e.first_index, e.first_workload, e.example
             );
+            match &e.minimal {
+                Some(MinimalRecord {
+                    error: Some(err), ..
+                }) => {
+                    let _ = writeln!(o, "      not minimised: {err}");
+                }
+                Some(m) => {
+                    let _ = writeln!(
+                        o,
+                        "      minimised: {} -> {} ops in {} runs{}{}: findings/{id}/minimal/workload.toml",
+                        m.ops_before,
+                        m.ops_after,
+                        m.tries,
+                        if m.complete { "" } else { " (stopped at the bound)" },
+                        if m.confirmed { "" } else { " (its saved run did not give it again)" }
+                    );
+                }
+                None => {}
+            }
         }
         if self.interrupted {
             let _ = writeln!(o, "interrupted: resume with the same command and --resume");
@@ -724,6 +786,9 @@ pub struct FuzzOptions {
     pub resume: bool,
     /// Show a progress bar.
     pub progress: bool,
+    /// Minimise each new signature's first workload with at most this many runs (0:
+    /// do not minimise).
+    pub minimize_tries: usize,
 }
 
 /// Run a campaign session in `dir`. The pipeline's run configuration is `run`, with
@@ -760,11 +825,15 @@ pub async fn run_campaign(
     run.out_dir = Some(work.clone());
     run.coverage = true;
     let mut corpus = load_corpus(dir, &state)?;
-    let mut pipeline = Pipeline::with_factory(factory, run.clone())?;
-    pipeline.set_interrupt(interrupt.clone());
-    // Every workload's bundle (with the traced results the oracle judged by); a new
-    // signature's is kept, the others are removed with the workload's trace.
-    pipeline.save_bundles(&work.join("bundles"));
+    let campaign_pipeline = || -> Result<Pipeline, FuzzError> {
+        let mut p = Pipeline::with_factory(factory.clone(), run.clone())?;
+        p.set_interrupt(interrupt.clone());
+        // Every workload's bundle (with the traced results the oracle judged by); a new
+        // signature's is kept, the others are removed with the workload's trace.
+        p.save_bundles(&work.join("bundles"));
+        Ok(p)
+    };
+    let mut pipeline = campaign_pipeline()?;
     let shard = state.config.shard.unwrap_or_default();
     let (len, unit) = match opts.budget {
         Budget::Workloads(n) => (n, "workloads"),
@@ -774,6 +843,7 @@ pub async fn run_campaign(
     let t0 = Instant::now();
     let mut session = 0u64;
     let mut new_sigs = Vec::new();
+    let mut minimising = Duration::ZERO;
     let stats = |s: &State| {
         format!(
             "{} workloads, {} states, {} images checked, {} findings, coverage {} blocks",
@@ -791,7 +861,38 @@ pub async fn run_campaign(
                 Budget::Workloads(n) => session < n,
                 Budget::Time(d) => t0.elapsed() < d,
             };
-            if !more || interrupt.is_requested() || state.exhausted {
+            if interrupt.is_requested() {
+                return Ok(());
+            }
+            // A new signature's workload is minimised before the next workload runs,
+            // and what a killed session left unminimised is on `--resume`.
+            if opts.minimize_tries > 0 {
+                if let Some(id) = unminimised(&state) {
+                    // One set of guests at a time: the campaign's stop while the
+                    // minimisation's run.
+                    std::mem::replace(&mut pipeline, campaign_pipeline()?)
+                        .shutdown()
+                        .await;
+                    bar.set_message(format!(
+                        "minimising the workload of signature {id} (at most {} runs)",
+                        opts.minimize_tries
+                    ));
+                    let t = Instant::now();
+                    minimise_signature(
+                        dir,
+                        &mut state,
+                        &id,
+                        &factory,
+                        opts.minimize_tries,
+                        &interrupt,
+                    )
+                    .await?;
+                    minimising += t.elapsed();
+                    bar.set_message(stats(&state));
+                    continue;
+                }
+            }
+            if !more || state.exhausted {
                 return Ok(());
             }
             let index = state.next;
@@ -836,10 +937,100 @@ pub async fn run_campaign(
         dir,
         &state,
         session,
-        t0.elapsed().as_secs_f64(),
+        (t0.elapsed().as_secs_f64(), minimising.as_secs_f64()),
         new_sigs,
         interrupt.is_requested(),
     ))
+}
+
+/// The first signature (by id) whose workload is not minimised yet.
+fn unminimised(state: &State) -> Option<String> {
+    state
+        .findings
+        .iter()
+        .find(|(_, e)| e.minimal.is_none())
+        .map(|(id, _)| id.clone())
+}
+
+/// Minimise the first workload of signature `id` into `findings/ID/minimal/` and
+/// record it in the state (saved). Cut short by the interrupt, nothing is recorded
+/// and a resumed session does it again; any other failure is recorded as the
+/// signature's `minimal.error` (the campaign goes on: its first workload stays the
+/// example).
+async fn minimise_signature(
+    dir: &Path,
+    state: &mut State,
+    id: &str,
+    factory: &GuestFactory,
+    max_tries: usize,
+    interrupt: &Interrupt,
+) -> Result<(), FuzzError> {
+    use crate::minimize::ops;
+    let t0 = Instant::now();
+    let fdir = dir.join("findings").join(id);
+    let out = fdir.join("minimal");
+    // What a killed session left half-written: the state is the record.
+    let _ = std::fs::remove_dir_all(&out);
+    let fs = state.config.fs;
+    let same = |f: &Finding| Signature::of(fs, f).id() == id;
+    let result: Result<ops::MinimizedOps, String> = async {
+        let finding = std::fs::read_to_string(fdir.join("finding.json"))
+            .map_err(|e| format!("read {}: {e}", fdir.join("finding.json").display()))?;
+        let finding: serde_json::Value = serde_json::from_str(&finding)
+            .map_err(|e| format!("{}: {e}", fdir.join("finding.json").display()))?;
+        let fid = finding["finding"]["id"]
+            .as_str()
+            .ok_or_else(|| format!("{}: no finding.id", fdir.join("finding.json").display()))?
+            .to_owned();
+        let b = bundle::Bundle::open(&fdir.join("bundle")).map_err(|e| e.to_string())?;
+        let cfg = ops::search_config(&b, None).map_err(|e| e.to_string())?;
+        let mut p = Pipeline::with_factory(factory.clone(), cfg).map_err(|e| e.to_string())?;
+        p.set_interrupt(interrupt.clone());
+        if let Some(programs) = b.programs() {
+            p.use_program_bundle(&programs);
+        }
+        let search = ops::OpsSearch {
+            out: Some(&out),
+            progress: false,
+            max_tries: Some(max_tries),
+            same: Some(&same),
+        };
+        let res = ops::minimize_ops_with(&mut p, &b, &fid, search).await;
+        p.shutdown().await;
+        res.map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the bundle's report has no finding {fid}"))
+    }
+    .await;
+    if interrupt.is_requested() {
+        return Ok(());
+    }
+    let ms = t0.elapsed().as_millis() as u64;
+    let record = match result {
+        Ok(m) => MinimalRecord {
+            ops_before: m.ops_before,
+            ops_after: m.ops_after,
+            kept: m.kept,
+            tries: m.tries,
+            complete: m.complete,
+            confirmed: m.saved.is_some_and(|s| !s.findings.is_empty()),
+            error: None,
+            ms,
+        },
+        Err(error) => MinimalRecord {
+            ops_before: 0,
+            ops_after: 0,
+            kept: Vec::new(),
+            tries: 0,
+            complete: false,
+            confirmed: false,
+            error: Some(error),
+            ms,
+        },
+    };
+    if let Some(e) = state.findings.get_mut(id) {
+        e.minimal = Some(record);
+    }
+    state.save(dir)
 }
 
 /// Whether a finished workload joined the corpus: it ran new file-system code or was
@@ -931,6 +1122,9 @@ fn finish(
             &corpus.join(format!("{:08}.toml", cand.index)),
             toml.as_bytes(),
         )?;
+        // A workload can be the first to hit several signatures: its bundle moves to
+        // the first one's directory and is copied from there to the others'.
+        let mut first_bundle: Option<PathBuf> = None;
         for id in &new {
             let fdir = dir.join("findings").join(id);
             std::fs::create_dir_all(&fdir).map_err(io("create", &fdir))?;
@@ -950,8 +1144,14 @@ fn finish(
             let bdir = fdir.join("bundle");
             // A bundle a killed session made before its state was saved.
             let _ = std::fs::remove_dir_all(&bdir);
-            let saved = work.join("bundles").join(&name);
-            std::fs::rename(&saved, &bdir).map_err(io("move the bundle", &saved))?;
+            match &first_bundle {
+                None => {
+                    let saved = work.join("bundles").join(&name);
+                    std::fs::rename(&saved, &bdir).map_err(io("move the bundle", &saved))?;
+                    first_bundle = Some(bdir);
+                }
+                Some(first) => copy_tree(first, &bdir)?,
+            }
         }
     }
     *state = scratch;
@@ -1042,7 +1242,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<State, FuzzError> {
 
 /// Summarise a merged (or any) campaign.
 pub fn summary(dir: &Path, s: &State) -> Summary {
-    Summary::of(dir, s, 0, 0.0, Vec::new(), false)
+    Summary::of(dir, s, 0, (0.0, 0.0), Vec::new(), false)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), FuzzError> {
@@ -1154,6 +1354,61 @@ mod tests {
         let d = finding(2, 2, "jbd2_journal_commit", 64);
         assert_ne!(Signature::of(FsKind::Ext4, &d), sa);
         assert_ne!(Signature::of(FsKind::Xfs, &a), sa);
+    }
+
+    /// Signatures wait for minimisation in id order; its record's time is not part of
+    /// what campaigns compare, and a state written before minimisation existed loads.
+    #[test]
+    fn signatures_are_minimised_in_order_and_times_are_not_compared() {
+        let fs = FsKind::Ext4;
+        let (a, b) = (
+            finding(2, 2, "ext4_da_write_end", 64),
+            finding(2, 2, "jbd2_journal_commit", 64),
+        );
+        let (sa, sb) = (Signature::of(fs, &a), Signature::of(fs, &b));
+        let mut s = State::new(CampaignConfig::of(
+            &RunConfig::default(),
+            1,
+            GenMode::Random,
+            Shard::default(),
+        ));
+        let both = [(sa.clone(), &a), (sb.clone(), &b)];
+        s.record(rec(0, &both), &both);
+        let mut ids = [sa.id(), sb.id()];
+        ids.sort();
+        assert_eq!(unminimised(&s), Some(ids[0].clone()));
+        let record = |ms| MinimalRecord {
+            ops_before: 9,
+            ops_after: 3,
+            kept: vec![1, 4, 8],
+            tries: 12,
+            complete: true,
+            confirmed: true,
+            error: None,
+            ms,
+        };
+        s.findings.get_mut(&ids[0]).unwrap().minimal = Some(record(5_000));
+        assert_eq!(unminimised(&s), Some(ids[1].clone()));
+        s.findings.get_mut(&ids[1]).unwrap().minimal = Some(record(7_000));
+        assert_eq!(unminimised(&s), None);
+        let mut t = s.clone();
+        t.findings.get_mut(&ids[0]).unwrap().minimal = Some(record(1));
+        assert_eq!(s.canonical(), t.canonical());
+        t.findings
+            .get_mut(&ids[0])
+            .unwrap()
+            .minimal
+            .as_mut()
+            .unwrap()
+            .kept = vec![1, 8];
+        assert_ne!(s.canonical(), t.canonical());
+        // Without the field (an older campaign.json): to be minimised.
+        let mut json = serde_json::to_value(&s).unwrap();
+        for e in json["findings"].as_object_mut().unwrap().values_mut() {
+            e.as_object_mut().unwrap().remove("minimal");
+        }
+        let old: State = serde_json::from_value(json).unwrap();
+        assert_eq!(unminimised(&old), Some(ids[0].clone()));
     }
 
     #[test]

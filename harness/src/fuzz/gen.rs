@@ -31,7 +31,7 @@
 use crash_models::generate::{random_workload, GenConfig};
 use crash_models::ops::{
     self, Data, FallocateFlag, FenceInsn, FlushInsn, Location, MapKind, MsyncMode, Op, StoreKind,
-    Workload,
+    SyncFileRangeFlag, Workload,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -503,7 +503,9 @@ fn is_sync(op: &Op) -> bool {
             | Op::Fsync { .. }
             | Op::Fdatasync { .. }
             | Op::Fmetadatasync { .. }
+            | Op::SyncFileRange { .. }
             | Op::Sync
+            | Op::Syncfs { .. }
     )
 }
 
@@ -569,7 +571,7 @@ fn draw_sync(rng: &mut ChaCha8Rng, ops: &[Op], at: usize) -> Op {
         .filter(|(_, _, dir)| !dir)
         .map(|(f, _, _)| f.clone())
         .collect();
-    match rng.gen_range(0..6) {
+    match rng.gen_range(0..8) {
         0 if !live.maps.is_empty() => {
             let (map, len) = pick(rng, &live.maps).expect("non-empty");
             let offset = rng.gen_range(0..len.min(8192)) & !63;
@@ -597,6 +599,15 @@ fn draw_sync(rng: &mut ChaCha8Rng, ops: &[Op], at: usize) -> Op {
             fd: pick(rng, &files).expect("non-empty"),
         },
         4 => Op::Sync,
+        5 if !files.is_empty() => Op::SyncFileRange {
+            fd: pick(rng, &files).expect("non-empty"),
+            offset: 0,
+            len: 0,
+            flags: SyncFileRangeFlag::all(),
+        },
+        6 if !files.is_empty() => Op::Syncfs {
+            fd: pick(rng, &files).expect("non-empty"),
+        },
         _ => Op::Fence {
             insn: if rng.gen_bool(0.8) {
                 FenceInsn::Sfence
@@ -1134,11 +1145,15 @@ mod tests {
     fn mutations_all_occur_and_never_name_the_fifo() {
         let mut seen = BTreeSet::new();
         let mut kinds = BTreeSet::new();
+        let mut syncs = BTreeSet::new();
         for i in 0..400 {
             let c = candidate(3, GenMode::Random, i, &[]).unwrap();
             kinds.insert(matches!(c.origin, Origin::Mutated { .. }));
             if let Origin::Mutated { mutations, .. } = &c.origin {
                 seen.extend(mutations.iter().copied());
+                if mutations.contains(&Mutation::AddSync) {
+                    syncs.extend(c.workload.ops.iter().filter(|o| is_sync(o)).map(Op::name));
+                }
             }
             for op in &c.workload.ops {
                 if let Op::Open { path, .. } | Op::Truncate { path, .. } = op {
@@ -1152,6 +1167,20 @@ mod tests {
         assert_eq!(kinds.len(), 2, "random and mutated both drawn");
         let missing: Vec<&Mutation> = Mutation::ALL.iter().filter(|m| !seen.contains(m)).collect();
         assert!(missing.is_empty(), "never applied: {missing:?}");
+        // Every kind of sync op is drawn (as added syncs, which `is_sync` then moves,
+        // duplicates and drops).
+        for name in [
+            "flush",
+            "fence",
+            "msync",
+            "fsync",
+            "fdatasync",
+            "sync",
+            "sync-file-range",
+            "syncfs",
+        ] {
+            assert!(syncs.contains(name), "{name} never drawn: {syncs:?}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::Ddmin;
 use crate::bundle::{Bundle, BundleError};
 use crate::oracle::Verdict;
 use crate::pipeline::{Pipeline, PipelineError, RunConfig};
-use crate::report::WorkloadReport;
+use crate::report::{Finding, WorkloadReport};
 use crate::repro::ReproError;
 use crash_models::ops::{validate, Op, Workload};
 use std::collections::BTreeMap;
@@ -236,6 +236,9 @@ pub struct MinimizedOps {
     pub workload_toml: String,
     /// Candidate workloads run (traced, checked and judged).
     pub tries: usize,
+    /// The search ran to its end: no single op less gives the finding (1-minimal).
+    /// False when it stopped at its bound of runs.
+    pub complete: bool,
     /// Candidates not run (no op of the kind, empty, or the same as an earlier one).
     pub skipped: usize,
     /// Tries whose run failed (a program failed, or the trace was unusable: a flush
@@ -273,6 +276,23 @@ fn target(b: &Bundle, id: &str) -> Result<Option<(Verdict, Option<String>)>, Rep
     )))
 }
 
+/// How [`minimize_ops_with`] searches, besides the bundle's configuration.
+#[derive(Default, Clone, Copy)]
+pub struct OpsSearch<'a> {
+    /// Write the minimal workload here as `workload.toml`, and its run bundle as
+    /// `workload/`.
+    pub out: Option<&'a Path>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Run at most this many candidates, then keep the fewest ops found so far (which
+    /// give the finding, but may not be 1-minimal: [`MinimizedOps::complete`]).
+    pub max_tries: Option<usize>,
+    /// A finding of a try counts only if it also passes this test (a fuzz campaign's
+    /// signature: the same writer and missing flush or fence, not only the verdict at
+    /// the op kind).
+    pub same: Option<&'a (dyn Fn(&Finding) -> bool + Sync)>,
+}
+
 /// Minimise the ops of finding `id` of bundle `b` with pipeline `p` (made with
 /// [`search_config`]); with `out`, write the minimal workload there as `workload.toml`
 /// and its run bundle as `workload/`. `Ok(None)` when the bundle's report lists no
@@ -284,6 +304,28 @@ pub async fn minimize_ops(
     out: Option<&Path>,
     progress: bool,
 ) -> Result<Option<MinimizedOps>, ReproError> {
+    let opts = OpsSearch {
+        out,
+        progress,
+        ..OpsSearch::default()
+    };
+    minimize_ops_with(p, b, id, opts).await
+}
+
+/// [`minimize_ops`] with a bound on the runs and a finer test of what counts as the
+/// finding again.
+pub async fn minimize_ops_with(
+    p: &mut Pipeline,
+    b: &Bundle,
+    id: &str,
+    opts: OpsSearch<'_>,
+) -> Result<Option<MinimizedOps>, ReproError> {
+    let OpsSearch {
+        out,
+        progress,
+        max_tries,
+        same,
+    } = opts;
     let t0 = Instant::now();
     let io = |what: String| move |source: std::io::Error| ReproError::Io { what, source };
     let Some((verdict, op_name)) = target(b, id)? else {
@@ -302,11 +344,24 @@ pub async fn minimize_ops(
     }
     let name = b.run.workload.as_str();
     let ops = &b.workload.ops;
+    let gives = |r: &WorkloadReport| -> Vec<String> {
+        matching(r, verdict, op_name.as_deref())
+            .into_iter()
+            .filter(|fid| {
+                same.is_none_or(|same| r.findings.iter().any(|f| &f.id == fid && same(f)))
+            })
+            .collect()
+    };
     let mut search = OpSearch::new(ops, op_name.as_deref());
+    let mut complete = true;
     let bar = crate::progress::bar(0, progress, "minimize --ops");
     let mut failed_runs = 0;
     let mut failures: Vec<String> = Vec::new();
     while let Some(c) = search.next_try() {
+        if max_tries.is_some_and(|m| search.tries() >= m) {
+            complete = false;
+            break;
+        }
         bar.set_message(format!(
             "try {}: {} of {} ops (fewest so far {})",
             search.tries() + 1,
@@ -316,7 +371,7 @@ pub async fn minimize_ops(
         ));
         let w = candidate(&b.workload, &c, name);
         let gave = match p.run_workload(name, &w, false).await {
-            Ok(r) => !matching(&r, verdict, op_name.as_deref()).is_empty(),
+            Ok(r) => !gives(&r).is_empty(),
             Err(e @ (PipelineError::Program { .. } | PipelineError::BadTrace { .. })) => {
                 failed_runs += 1;
                 failures.push(format!("ops {c:?}: {e}"));
@@ -349,7 +404,7 @@ pub async fn minimize_ops(
         saved = Some(SavedMinimal {
             workload: toml_path,
             bundle,
-            findings: matching(&r, verdict, op_name.as_deref()),
+            findings: gives(&r),
         });
     }
     bar.finish_and_clear();
@@ -362,6 +417,7 @@ pub async fn minimize_ops(
         kept,
         workload_toml,
         tries: search.tries(),
+        complete,
         skipped: search.skipped(),
         failed_runs,
         failures,
@@ -395,6 +451,13 @@ impl MinimizedOps {
             self.skipped,
             self.elapsed_ms as f64 / 1000.0
         );
+        if !self.complete {
+            let _ = writeln!(
+                s,
+                "  (stopped at its bound of {} runs: fewer ops may still give it)",
+                self.tries
+            );
+        }
         for &i in &self.kept {
             let _ = writeln!(s, "  op {i}: {}", b.workload.ops[i].name());
         }
