@@ -974,13 +974,14 @@ async fn minimise_signature(
     let fs = state.config.fs;
     let same = |f: &Finding| Signature::of(fs, f).id() == id;
     let result: Result<ops::MinimizedOps, String> = async {
-        let finding = std::fs::read_to_string(fdir.join("finding.json"))
-            .map_err(|e| format!("read {}: {e}", fdir.join("finding.json").display()))?;
-        let finding: serde_json::Value = serde_json::from_str(&finding)
-            .map_err(|e| format!("{}: {e}", fdir.join("finding.json").display()))?;
+        let path = fdir.join("finding.json");
+        let finding =
+            std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        let finding: serde_json::Value =
+            serde_json::from_str(&finding).map_err(|e| format!("{}: {e}", path.display()))?;
         let fid = finding["finding"]["id"]
             .as_str()
-            .ok_or_else(|| format!("{}: no finding.id", fdir.join("finding.json").display()))?
+            .ok_or_else(|| format!("{}: no finding.id", path.display()))?
             .to_owned();
         let b = bundle::Bundle::open(&fdir.join("bundle")).map_err(|e| e.to_string())?;
         let cfg = ops::search_config(&b, None).map_err(|e| e.to_string())?;

@@ -183,12 +183,22 @@ pub fn candidate(w: &Workload, keep: &[usize], origin: &str) -> Workload {
     }
 }
 
-/// The ids of the findings of `report` with `verdict` at an op named `op_name`.
-pub fn matching(report: &WorkloadReport, verdict: Verdict, op_name: Option<&str>) -> Vec<String> {
+/// The ids of the findings of `report` with `verdict` at an op named `op_name` that
+/// also pass `same`, when given.
+pub fn matching(
+    report: &WorkloadReport,
+    verdict: Verdict,
+    op_name: Option<&str>,
+    same: Option<&(dyn Fn(&Finding) -> bool + Sync)>,
+) -> Vec<String> {
     report
         .findings
         .iter()
-        .filter(|f| f.verdict == verdict && f.point.op_name.as_deref() == op_name)
+        .filter(|f| {
+            f.verdict == verdict
+                && f.point.op_name.as_deref() == op_name
+                && same.is_none_or(|same| same(f))
+        })
         .map(|f| f.id.clone())
         .collect()
 }
@@ -344,14 +354,7 @@ pub async fn minimize_ops_with(
     }
     let name = b.run.workload.as_str();
     let ops = &b.workload.ops;
-    let gives = |r: &WorkloadReport| -> Vec<String> {
-        matching(r, verdict, op_name.as_deref())
-            .into_iter()
-            .filter(|fid| {
-                same.is_none_or(|same| r.findings.iter().any(|f| &f.id == fid && same(f)))
-            })
-            .collect()
-    };
+    let gives = |r: &WorkloadReport| matching(r, verdict, op_name.as_deref(), same);
     let mut search = OpSearch::new(ops, op_name.as_deref());
     let mut complete = true;
     let bar = crate::progress::bar(0, progress, "minimize --ops");
