@@ -257,12 +257,21 @@ pub fn marker(kind: u32, op: u32, a: u64, b: u64) {
 
 /// Flush the cache line holding `addr`.
 ///
+/// The line is read first. On x86 the flush instructions fault like a read (SDM:
+/// CLFLUSH "is treated as a load" for permission and page-fault purposes), so a flush
+/// of a page the program never touched maps it, as a read would. Under TCG they never
+/// fault: the page would stay unmapped, and the tracer, which translates a flush
+/// through the guest's page tables, could not tell which PM line it flushed. The read
+/// does what the hardware's fault would do and changes nothing else.
+///
 /// # Safety
-/// `addr` must be mapped.
+/// `addr` must be mapped and readable (every shared file mapping the agent makes is).
 pub unsafe fn flush_line(insn: crash_models::ops::FlushInsn, addr: *const u8) {
     use crash_models::ops::FlushInsn;
-    // SAFETY: the caller guarantees the address is mapped; flushes do not write.
+    // SAFETY: the caller guarantees the address is mapped and readable; flushes do
+    // not write.
     unsafe {
+        std::ptr::read_volatile(addr);
         match insn {
             FlushInsn::Clwb => {
                 std::arch::asm!("clwb [{0}]", in(reg) addr, options(nostack, preserves_flags))

@@ -893,6 +893,9 @@ async fn fuzz(g: &Global, args: FuzzArgs, interrupt: Interrupt) -> anyhow::Resul
     print(&s)?;
     Ok(if s.interrupted {
         Outcome::Interrupted
+    } else if s.session_failed > 0 {
+        // Printed in the summary: workloads the harness could not check.
+        Outcome::Reported
     } else if s.findings.is_empty() {
         Outcome::Clean
     } else {

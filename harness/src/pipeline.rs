@@ -1873,6 +1873,16 @@ fn fs_layout(fs: FsKind, base_image: &std::path::Path) -> Layout {
     }
 }
 
+/// How a torn block write's problem line starts; [`torn_structure`] reads it back.
+const TORN_PREFIX: &str = "torn kernel block write to the ";
+
+/// The structure a torn-write problem line (made by [`torn_line`]) names: `jbd2
+/// journal superblock`, `block 17 of the file system`; `None` for any other line.
+pub fn torn_structure(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix(TORN_PREFIX)?;
+    rest.split_once(": ").map(|(what, _)| what)
+}
+
 /// The problem line of a torn block write: which structure, how much persisted, why
 /// fsdax allows it.
 fn torn_line(w: &BlockWrite, st: &CrashState, layout: &Layout) -> String {
@@ -1883,7 +1893,7 @@ fn torn_line(w: &BlockWrite, st: &CrashState, layout: &Layout) -> String {
         )
     });
     format!(
-        "torn kernel block write to the {what}: {} of the {} bytes at PM {:#x} (records {}..{}) persisted; \
+        "{TORN_PREFIX}{what}: {} of the {} bytes at PM {:#x} (records {}..{}) persisted; \
          fsdax gives no sector atomicity (the pmem driver copies a bio with memcpy_flushcache; \
          only BTT, which rules out DAX, makes a sector atomic)",
         w.kept_by(st) * 8,

@@ -510,3 +510,79 @@ fn deterministic_traces_of_every_kind_of_traffic_are_identical() {
         hashes[1].1.display()
     );
 }
+
+/// A flush through a mapping that never touched its page: on x86 the flush faults like
+/// a read and so maps the page; under TCG it does not fault at all. The agent reads the
+/// line first, so the tracer can translate the flush. Here the store goes through one
+/// mapping and its flush through another of the same file (the alias case where the
+/// flush matters): the flush must name the stored line.
+#[test]
+fn a_flush_through_an_untouched_mapping_names_the_stored_line() {
+    const ALIAS: &str = r#"
+[[ops]]
+op = "open"
+path = "f"
+fd = "a"
+create = true
+[[ops]]
+op = "write"
+fd = "a"
+data = { fill = 65, len = 8192 }
+[[ops]]
+op = "fsync"
+fd = "a"
+[[ops]]
+op = "mmap"
+fd = "a"
+map = "m"
+len = 8192
+[[ops]]
+op = "mmap"
+fd = "a"
+map = "n"
+len = 8192
+[[ops]]
+op = "store"
+map = "m"
+offset = 4160
+data = "through m"
+[[ops]]
+op = "flush"
+map = "n"
+offset = 4160
+len = 9
+insn = "clwb"
+[[ops]]
+op = "fence"
+"#;
+    let t = traced_run(FsKind::Ext4, 1, ALIAS);
+    assert_eq!(
+        t.trace.footer.unresolved_flushes, 0,
+        "the flush through the untouched mapping could not be translated"
+    );
+    let lines = |op: u32, flush: bool| -> BTreeSet<u64> {
+        op_records(&t.trace, op)
+            .iter()
+            .filter_map(|r| match *r {
+                Record::Store {
+                    offset,
+                    privilege: Privilege::User,
+                    ..
+                } if !flush => Some(offset & !63),
+                Record::Flush {
+                    offset,
+                    privilege: Privilege::User,
+                    ..
+                } if flush => Some(offset & !63),
+                _ => None,
+            })
+            .collect()
+    };
+    let stored = lines(5, false);
+    assert_eq!(stored.len(), 1, "one line stored through m: {stored:?}");
+    assert_eq!(
+        lines(6, true),
+        stored,
+        "the flush through n names that line"
+    );
+}

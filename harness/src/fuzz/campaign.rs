@@ -34,6 +34,7 @@ use crate::pipeline::{Pipeline, PipelineError, RunConfig};
 use crate::report::{Finding, WorkloadReport};
 use crash_models::coverage::Blocks;
 use crash_models::ops::FsKind;
+use crash_models::verdict::Verdict;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -273,6 +274,9 @@ pub struct Signature {
     /// The file system.
     pub fs: FsKind,
     /// The op kind at the crash point: `during op # fsync`, `after op # store returned`.
+    /// For a `torn-write`, the structures that tore instead (`of the jbd2 journal
+    /// superblock`): the kernel's block write tears the same way whatever op is
+    /// running, and one signature per op would bury the other findings of a night.
     pub op: String,
     /// The kernel functions that made the dropped lines' last stores (sorted,
     /// `+offset` and module left out), empty for user stores or unknown.
@@ -284,8 +288,20 @@ pub struct Signature {
 impl Signature {
     /// The signature of a finding of a workload on `fs`.
     pub fn of(fs: FsKind, f: &Finding) -> Signature {
-        // The findings' own crash site, op index masked: `after op # fsync returned`.
-        let op = mask_numbers(&GroupKey::of(f.verdict, &f.point, &[]).site);
+        let op = if f.verdict == Verdict::TornWrite {
+            let mut torn: Vec<String> = f
+                .problems
+                .iter()
+                .filter_map(|p| crate::pipeline::torn_structure(&p.message))
+                .map(mask_numbers)
+                .collect();
+            torn.sort();
+            torn.dedup();
+            format!("of the {}", torn.join(", the "))
+        } else {
+            // The findings' own crash site, op index masked: `after op # fsync returned`.
+            mask_numbers(&GroupKey::of(f.verdict, &f.point, &[]).site)
+        };
         let mut writers: Vec<String> = f
             .dropped_lines
             .iter()
@@ -362,8 +378,38 @@ pub struct RunRecord {
     /// dependent, like `new_blocks`).
     #[serde(default)]
     pub first_signature: bool,
+    /// Why it could not be checked (its trace was unusable, or a program of it
+    /// failed): the harness's problem or the workload's, not a finding. It is saved as
+    /// `errors/INDEX.toml` and is not run again on `--resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Wall-clock milliseconds (not part of what merges and comparisons look at).
     pub ms: u64,
+}
+
+impl RunRecord {
+    /// The record of `cand`, run in `took`, before its results: nothing checked, no
+    /// blocks, no signature, no error.
+    fn of(cand: &Candidate, took: Duration) -> RunRecord {
+        RunRecord {
+            index: cand.index,
+            origin: cand.origin.clone(),
+            description: cand.workload.description.clone(),
+            hash: blake3::Hash::from(cand.workload.hash())
+                .to_hex()
+                .to_string(),
+            crash_points: 0,
+            states: 0,
+            checked_images: 0,
+            verdicts: BTreeMap::new(),
+            signatures: BTreeMap::new(),
+            blocks: 0,
+            new_blocks: 0,
+            first_signature: false,
+            error: None,
+            ms: took.as_millis() as u64,
+        }
+    }
 }
 
 /// A signature's entry in the campaign.
@@ -608,8 +654,53 @@ pub struct Summary {
     pub corpus: usize,
     /// Kernel coverage: translation blocks of file-system code run, over the campaign.
     pub coverage_blocks: u64,
+    /// How coverage grew: the blocks after the first 1, 10, 100, 1,000, ... workloads
+    /// (in the order they ran; empty for a merged campaign, whose shards ran side by
+    /// side).
+    pub coverage_after: Vec<CoverageAfter>,
+    /// Workloads that could not be checked (by stream index, with why), over the
+    /// campaign; each is saved as `errors/INDEX.toml`.
+    pub failed: Vec<FailedWorkload>,
+    /// Of those, how many this session ran.
+    pub session_failed: u64,
     /// The session was interrupted (Ctrl-C).
     pub interrupted: bool,
+}
+
+/// The campaign's coverage after its first `workloads` workloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CoverageAfter {
+    /// Workloads run.
+    pub workloads: u64,
+    /// Blocks of file-system code they ran together.
+    pub blocks: u64,
+}
+
+/// Coverage after 1, 10, 100, ... runs of `runs` (in the order they ran: each one's
+/// `new_blocks` counts what it added).
+fn coverage_growth(runs: &[RunRecord]) -> Vec<CoverageAfter> {
+    let mut out = Vec::new();
+    let (mut blocks, mut next) = (0u64, 1u64);
+    for (i, r) in runs.iter().enumerate() {
+        blocks += r.new_blocks;
+        if i as u64 + 1 == next {
+            out.push(CoverageAfter {
+                workloads: next,
+                blocks,
+            });
+            next *= 10;
+        }
+    }
+    out
+}
+
+/// A workload the campaign could not check (a [`RunRecord`] with an `error`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedWorkload {
+    /// Its stream index.
+    pub index: u64,
+    /// Why.
+    pub error: String,
 }
 
 /// How far the exhaustive generator got for one sequence length.
@@ -677,8 +768,29 @@ impl Summary {
             new_signatures: new,
             corpus: s.runs.iter().filter(|r| joins_corpus(r)).count(),
             coverage_blocks: s.coverage.len() as u64,
+            coverage_after: if s.merged_from.is_empty() {
+                coverage_growth(&s.runs)
+            } else {
+                Vec::new()
+            },
+            failed: s
+                .runs
+                .iter()
+                .filter_map(|r| {
+                    Some(FailedWorkload {
+                        index: r.index,
+                        error: r.error.clone()?,
+                    })
+                })
+                .collect(),
+            session_failed: 0,
             interrupted,
         }
+    }
+
+    fn with_session_failures(mut self, n: u64) -> Summary {
+        self.session_failed = n;
+        self
     }
 
     /// The text summary.
@@ -738,6 +850,14 @@ impl Summary {
             "crash states: {}, images checked: {}, coverage: {} blocks of file-system code, corpus: {} workloads",
             self.states, self.checked_images, self.coverage_blocks, self.corpus
         );
+        if self.coverage_after.len() > 1 {
+            let growth: Vec<String> = self
+                .coverage_after
+                .iter()
+                .map(|c| format!("{} after {}", c.blocks, c.workloads))
+                .collect();
+            let _ = writeln!(o, "coverage grew: {} workloads", growth.join(", "));
+        }
         let _ = writeln!(
             o,
             "signatures: {} ({} new this session)",
@@ -768,6 +888,21 @@ impl Summary {
                     );
                 }
                 None => {}
+            }
+        }
+        if !self.failed.is_empty() {
+            let _ = writeln!(
+                o,
+                "could not check {} workloads ({} this session): a problem of the harness or of the workload, not a finding; each is saved in errors/",
+                self.failed.len(),
+                self.session_failed
+            );
+            const SHOWN: usize = 10;
+            for f in self.failed.iter().take(SHOWN) {
+                let _ = writeln!(o, "  #{}: {}", f.index, f.error);
+            }
+            if self.failed.len() > SHOWN {
+                let _ = writeln!(o, "  and {} more", self.failed.len() - SHOWN);
             }
         }
         if self.interrupted {
@@ -844,6 +979,7 @@ pub async fn run_campaign(
     let mut session = 0u64;
     let mut new_sigs = Vec::new();
     let mut minimising = Duration::ZERO;
+    let mut failed_this_session = 0u64;
     let stats = |s: &State| {
         format!(
             "{} workloads, {} states, {} images checked, {} findings, coverage {} blocks",
@@ -905,15 +1041,27 @@ pub async fn run_campaign(
             let name = format!("w{index:08}");
             let t = Instant::now();
             let report = match pipeline.run_workload(&name, &cand.workload, false).await {
-                Ok(r) => r,
+                Ok(r) => Some(r),
                 Err(PipelineError::Interrupted { .. }) => return Ok(()),
+                // What the workload itself decides (the same trace every time): one
+                // such workload must not end a night's campaign.
+                Err(e @ (PipelineError::BadTrace { .. } | PipelineError::Program { .. })) => {
+                    finish_failed(dir, &mut state, &cand, &e.to_string(), t.elapsed())?;
+                    None
+                }
                 Err(e) => return Err(e.into()),
             };
             // A workload cut short by Ctrl-C is not recorded: it runs again on resume.
-            if interrupt.is_requested() {
+            if interrupt.is_requested() && report.is_some() {
                 return Ok(());
             }
-            let new = finish(dir, &mut state, &cand, &report, t.elapsed(), &work)?;
+            let new = match &report {
+                Some(report) => finish(dir, &mut state, &cand, report, t.elapsed(), &work)?,
+                None => {
+                    failed_this_session += 1;
+                    Vec::new()
+                }
+            };
             if state.runs.last().is_some_and(joins_corpus) {
                 corpus.push((cand.index, cand.workload.clone()));
             }
@@ -940,7 +1088,8 @@ pub async fn run_campaign(
         (t0.elapsed().as_secs_f64(), minimising.as_secs_f64()),
         new_sigs,
         interrupt.is_requested(),
-    ))
+    )
+    .with_session_failures(failed_this_session))
 }
 
 /// The first signature (by id) whose workload is not minimised yet.
@@ -1065,6 +1214,36 @@ fn clean(work: &Path, name: &str) {
     let _ = std::fs::remove_dir_all(work.join("bundles").join(name));
 }
 
+/// Record a workload that could not be checked: saved as `errors/INDEX.toml` (the
+/// error on top, as a comment) first, the state after (by the caller).
+fn finish_failed(
+    dir: &Path,
+    state: &mut State,
+    cand: &Candidate,
+    error: &str,
+    took: Duration,
+) -> Result<(), FuzzError> {
+    let errors = dir.join("errors");
+    std::fs::create_dir_all(&errors).map_err(io("create", &errors))?;
+    let path = errors.join(format!("{:08}.toml", cand.index));
+    let mut text = String::new();
+    for line in error.lines() {
+        text.push_str(&format!("# {line}\n"));
+    }
+    text.push_str(&format!(
+        "# run it again: pmcrash run {} --fs {}\n",
+        path.display(),
+        state.config.fs
+    ));
+    text.push_str(&gen::to_toml(&cand.workload));
+    crate::cache::write_atomic(&path, text.as_bytes())?;
+    state.runs.push(RunRecord {
+        error: Some(error.to_owned()),
+        ..RunRecord::of(cand, took)
+    });
+    Ok(())
+}
+
 /// Record one finished workload: corpus entry and finding directories first, the
 /// state after (by the caller).
 fn finish(
@@ -1086,12 +1265,6 @@ fn finish(
         *signatures.entry(s.id()).or_default() += f.states;
     }
     let rec = RunRecord {
-        index: cand.index,
-        origin: cand.origin.clone(),
-        description: cand.workload.description.clone(),
-        hash: blake3::Hash::from(cand.workload.hash())
-            .to_hex()
-            .to_string(),
         crash_points: report.stats.crash_points,
         states: report.stats.states,
         checked_images: report.stats.checked_images,
@@ -1102,9 +1275,7 @@ fn finish(
             .collect(),
         signatures,
         blocks: report.coverage.as_ref().map_or(0, |b| b.len() as u64),
-        new_blocks: 0,
-        first_signature: false,
-        ms: took.as_millis() as u64,
+        ..RunRecord::of(cand, took)
     };
     let mut scratch = state.clone();
     let mut rec = rec;
@@ -1268,7 +1439,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), FuzzError> {
 mod tests {
     use super::*;
     use crate::report::{DroppedLine, PointRef};
-    use crash_models::verdict::Verdict;
 
     fn finding(op: u32, done: u32, writer: &str, offset: u64) -> Finding {
         Finding {
@@ -1318,6 +1488,7 @@ mod tests {
             blocks: 0,
             new_blocks: 0,
             first_signature: false,
+            error: None,
             ms: 1,
         }
     }
@@ -1410,6 +1581,105 @@ mod tests {
         }
         let old: State = serde_json::from_value(json).unwrap();
         assert_eq!(unminimised(&old), Some(ids[0].clone()));
+    }
+
+    /// A workload whose trace is unusable is saved with its error, recorded (not run
+    /// again on resume, no corpus entry), and listed in the summary; the state still
+    /// round-trips.
+    #[test]
+    fn a_workload_that_cannot_be_checked_is_saved_recorded_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = State::new(CampaignConfig::of(
+            &RunConfig::default(),
+            1,
+            GenMode::Random,
+            Shard::default(),
+        ));
+        let cand = gen::candidate(1, GenMode::Random, 3, &[]).unwrap();
+        let why = "the trace of w00000003 is unusable: 1 flushes could not be translated";
+        finish_failed(dir.path(), &mut s, &cand, why, Duration::from_millis(7)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("errors/00000003.toml")).unwrap();
+        assert!(text.starts_with(&format!("# {why}\n# run it again: pmcrash run ")));
+        let back = crash_models::ops::Workload::parse(&text, "errors/00000003.toml").unwrap();
+        assert_eq!(back.hash(), cand.workload.hash());
+        let r = s.runs.last().unwrap();
+        assert_eq!((r.index, r.error.as_deref()), (3, Some(why)));
+        assert!(!joins_corpus(r));
+        let summary =
+            Summary::of(dir.path(), &s, 1, (1.0, 0.0), Vec::new(), false).with_session_failures(1);
+        assert_eq!(summary.failed.len(), 1);
+        let text = summary.render_text();
+        assert!(
+            text.contains("could not check 1 workloads (1 this session)") && text.contains(why),
+            "{text}"
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
+        // A run that did not fail has no `error` key (older campaign.json files load).
+        let mut ok = s.clone();
+        ok.runs[0].error = None;
+        assert!(!serde_json::to_string(&ok).unwrap().contains("\"error\""));
+    }
+
+    #[test]
+    fn coverage_growth_is_read_at_powers_of_ten() {
+        let runs: Vec<RunRecord> = (0..120u64)
+            .map(|i| RunRecord {
+                new_blocks: if i == 0 { 1000 } else { i % 3 },
+                ..rec(i, &[])
+            })
+            .collect();
+        let at = |n: usize| runs[..n].iter().map(|r| r.new_blocks).sum::<u64>();
+        assert_eq!(
+            coverage_growth(&runs),
+            [1, 10, 100]
+                .map(|n| CoverageAfter {
+                    workloads: n as u64,
+                    blocks: at(n),
+                })
+                .to_vec()
+        );
+        assert!(coverage_growth(&[]).is_empty());
+    }
+
+    /// A torn kernel block write is one signature per structure, whatever op was
+    /// running; other verdicts keep the op.
+    #[test]
+    fn torn_writes_are_one_signature_per_structure() {
+        let torn = |op_name: &str, what: &str| {
+            let mut f = finding(2, 2, "__memcpy_flushcache", 64);
+            f.verdict = Verdict::TornWrite;
+            f.point.op_name = Some(op_name.into());
+            f.problems = vec![crate::oracle::Problem {
+                verdict: Verdict::TornWrite,
+                message: format!(
+                    "torn kernel block write to the {what}: 64 of the 4096 bytes at PM 0x20f000 \
+                     (records 1..2) persisted; fsdax gives no sector atomicity"
+                ),
+                promised_by: None,
+                path: None,
+                file_offset: None,
+            }];
+            Signature::of(FsKind::Ext4, &f)
+        };
+        let a = torn("fsync", "jbd2 journal superblock");
+        assert_eq!(a.op, "of the jbd2 journal superblock");
+        assert_eq!(a, torn("sync", "jbd2 journal superblock"));
+        assert_ne!(a, torn("fsync", "ext4 superblock"));
+        assert_eq!(
+            torn("fsync", "block 17 of the file system"),
+            torn("close", "block 902 of the file system")
+        );
+        let (mut x, mut y) = (
+            finding(2, 2, "jbd2_journal_commit", 64),
+            finding(2, 2, "jbd2_journal_commit", 64),
+        );
+        y.point.op_name = Some("sync".into());
+        x.verdict = Verdict::DurabilityViolation;
+        assert_ne!(
+            Signature::of(FsKind::Ext4, &x),
+            Signature::of(FsKind::Ext4, &y)
+        );
     }
 
     #[test]
