@@ -6,13 +6,18 @@
 //! tracer records the loads of a check (mount with journal or log recovery, dump,
 //! unmount, fsck) at line granularity; this type holds them. Line granularity is
 //! conservative: images equal on every line read are equal on every byte read.
+//!
+//! The same file says which PM bytes the check stored ([`Stored`]): an image that
+//! takes another's recovery also takes that recovery's stores, so the host can build
+//! what the recovery left of it (its own bytes, overwritten where the check stored)
+//! and run fsck on that, outside the guest (`docs/pruning.md`).
 
 use std::ops::Range;
 
 /// The first bytes of a read-set file.
 pub const MAGIC: &[u8; 4] = b"PMRS";
 /// The file format's version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// What the tracer writes at the end of one check (`reads=` mode): which check it was,
 /// whether every load could be placed, and the lines read.
@@ -21,7 +26,10 @@ pub const VERSION: u8 = 1;
 /// the check id (u64), the count of loads that could not be placed on a PM line (u64,
 /// e.g. a load crossing into a page whose physical address is unknown), the number of
 /// ranges (u64), then per range two LEB128 numbers: the gap in lines since the end of
-/// the previous range (from line 0 for the first) and the range's length in lines.
+/// the previous range (from line 0 for the first) and the range's length in lines;
+/// then the stored bytes: a flag byte (1: tracked, 0: not, and nothing follows), the
+/// number of lines stored to (u64), and per line the gap in lines since the previous
+/// one (LEB128; the first from line 0) and its 64-bit mask of bytes stored (u64).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadSetFile {
     /// The id the agent gave the check (its begin and end markers carry it).
@@ -31,6 +39,67 @@ pub struct ReadSetFile {
     pub unresolved: u64,
     /// The lines read.
     pub reads: ReadSet,
+    /// The bytes the check stored, when tracked (lines of at most 64 bytes).
+    pub stored: Option<Stored>,
+}
+
+/// The PM bytes one check stored: per line (of at most 64 bytes), a mask of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stored {
+    line_size: u32,
+    /// (line number, mask of bytes), sorted by line, masks non-zero.
+    lines: Vec<(u64, u64)>,
+}
+
+impl Stored {
+    /// The stored bytes of these (line, mask) pairs, in any order, with repeats (masks
+    /// are merged; empty masks are dropped). `line_size` is at most 64.
+    pub fn from_masks(line_size: u32, masks: impl IntoIterator<Item = (u64, u64)>) -> Stored {
+        let mut v: Vec<(u64, u64)> = masks.into_iter().filter(|m| m.1 != 0).collect();
+        v.sort_unstable();
+        let mut lines: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+        for (l, m) in v {
+            match lines.last_mut() {
+                Some(last) if last.0 == l => last.1 |= m,
+                _ => lines.push((l, m)),
+            }
+        }
+        Stored { line_size, lines }
+    }
+
+    /// The (line number, byte mask) pairs, sorted by line.
+    pub fn masks(&self) -> &[(u64, u64)] {
+        &self.lines
+    }
+
+    /// The stored bytes as sorted, disjoint, non-adjacent byte ranges of the PM file.
+    pub fn ranges(&self) -> Vec<Range<u64>> {
+        let ls = u64::from(self.line_size);
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for &(line, mask) in &self.lines {
+            let mut m = mask;
+            while m != 0 {
+                let a = u64::from(m.trailing_zeros());
+                let run = u64::from((m >> a).trailing_ones());
+                let start = line * ls + a;
+                match out.last_mut() {
+                    Some(r) if r.end == start => r.end = start + run,
+                    _ => out.push(start..start + run),
+                }
+                m = if a + run >= 64 {
+                    0
+                } else {
+                    m & !(((1u64 << run) - 1) << a)
+                };
+            }
+        }
+        out
+    }
+
+    /// Bytes stored.
+    pub fn bytes(&self) -> u64 {
+        self.lines.iter().map(|l| u64::from(l.1.count_ones())).sum()
+    }
 }
 
 /// Why a read-set file could not be decoded.
@@ -51,6 +120,16 @@ pub enum ReadSetError {
         /// The range's index.
         index: u64,
     },
+    /// A stored line repeats the previous one, ends past 2^64 bytes, or has an empty
+    /// mask or one wider than the line.
+    #[error("stored line {index} of the read-set file repeats the previous one, is out of bounds or has a bad mask")]
+    BadStored {
+        /// The entry's index.
+        index: u64,
+    },
+    /// The stored-bytes flag is neither 0 nor 1 (or 1 with lines over 64 bytes).
+    #[error("bad stored-bytes flag {0} in the read-set file")]
+    BadStoredFlag(u8),
     /// A LEB128 number is longer than 64 bits or not in its shortest form.
     #[error("malformed LEB128 number at byte {0} of the read-set file")]
     BadNumber(usize),
@@ -77,6 +156,19 @@ impl ReadSetFile {
             leb128(&mut out, start - prev);
             leb128(&mut out, end - start);
             prev = end;
+        }
+        match &self.stored {
+            None => out.push(0),
+            Some(st) => {
+                out.push(1);
+                out.extend_from_slice(&(st.lines.len() as u64).to_le_bytes());
+                let mut prev = 0u64;
+                for &(line, mask) in &st.lines {
+                    leb128(&mut out, line - prev);
+                    out.extend_from_slice(&mask.to_le_bytes());
+                    prev = line;
+                }
+            }
         }
         out
     }
@@ -122,6 +214,50 @@ impl ReadSetFile {
             ranges.push(bs..be);
             prev = end;
         }
+        let flag = *bytes.get(at).ok_or(ReadSetError::Truncated(bytes.len()))?;
+        at += 1;
+        let stored = match flag {
+            0 => None,
+            1 if line_size <= 64 => {
+                let n = u64_le(
+                    bytes
+                        .get(at..at + 8)
+                        .ok_or(ReadSetError::Truncated(bytes.len()))?,
+                );
+                at += 8;
+                let mut lines = Vec::new();
+                let mut prev = 0u64;
+                for index in 0..n {
+                    let bad = ReadSetError::BadStored { index };
+                    let gap = read_leb128(bytes, &mut at)?;
+                    if index > 0 && gap == 0 {
+                        return Err(bad);
+                    }
+                    let line = prev.checked_add(gap).ok_or(bad.clone())?;
+                    line.checked_add(1)
+                        .and_then(|e| e.checked_mul(ls))
+                        .ok_or(bad.clone())?;
+                    let mask = u64_le(
+                        bytes
+                            .get(at..at + 8)
+                            .ok_or(ReadSetError::Truncated(bytes.len()))?,
+                    );
+                    at += 8;
+                    let valid = if line_size >= 64 {
+                        u64::MAX
+                    } else {
+                        (1u64 << line_size) - 1
+                    };
+                    if mask == 0 || mask & !valid != 0 {
+                        return Err(bad);
+                    }
+                    lines.push((line, mask));
+                    prev = line;
+                }
+                Some(Stored { line_size, lines })
+            }
+            _ => return Err(ReadSetError::BadStoredFlag(flag)),
+        };
         if at != bytes.len() {
             return Err(ReadSetError::Trailing(bytes.len() - at));
         }
@@ -129,6 +265,7 @@ impl ReadSetFile {
             check,
             unresolved,
             reads: ReadSet { line_size, ranges },
+            stored,
         })
     }
 }
@@ -259,14 +396,22 @@ mod tests {
             check: 7,
             unresolved: 0,
             reads: ReadSet::from_lines(64, [2, 3, 200]),
+            stored: Some(Stored::from_masks(64, [(5, 0xff), (1, 1)])),
         };
         let b = f.encode();
-        assert_eq!(&b[..5], b"PMRS\x01");
+        assert_eq!(&b[..5], b"PMRS\x02");
         assert_eq!(&b[5..9], &64u32.to_le_bytes());
         assert_eq!(&b[9..17], &7u64.to_le_bytes());
         assert_eq!(&b[25..33], &2u64.to_le_bytes());
         // Gap 2, length 2; gap 200 - 4 = 196 (two LEB128 bytes), length 1.
-        assert_eq!(&b[33..], &[2, 2, 0xc4, 0x01, 1]);
+        assert_eq!(&b[33..38], &[2, 2, 0xc4, 0x01, 1]);
+        // Stored: tracked, 2 lines; line 1 (gap 1) mask 1, line 5 (gap 4) mask 0xff.
+        assert_eq!(b[38], 1);
+        assert_eq!(&b[39..47], &2u64.to_le_bytes());
+        assert_eq!(b[47], 1);
+        assert_eq!(&b[48..56], &1u64.to_le_bytes());
+        assert_eq!(b[56], 4);
+        assert_eq!(&b[57..], &0xffu64.to_le_bytes());
         assert_eq!(ReadSetFile::decode(&b), Ok(f));
     }
 
@@ -276,6 +421,7 @@ mod tests {
             check: 1,
             unresolved: 3,
             reads: ReadSet::from_lines(64, [0, 5]),
+            stored: None,
         }
         .encode();
         assert_eq!(ReadSetFile::decode(b"PMRX"), Err(ReadSetError::BadMagic));
@@ -295,10 +441,16 @@ mod tests {
             ReadSetFile::decode(&bad_ls),
             Err(ReadSetError::BadLineSize(48))
         );
+        let mut bad_flag = good.clone();
+        *bad_flag.last_mut().unwrap() = 2;
+        assert_eq!(
+            ReadSetFile::decode(&bad_flag),
+            Err(ReadSetError::BadStoredFlag(2))
+        );
         // A second range adjacent to the first (gap 0) is not canonical.
         let mut adjacent = good.clone();
         let n = adjacent.len();
-        adjacent[n - 2] = 0;
+        adjacent[n - 3] = 0;
         assert_eq!(
             ReadSetFile::decode(&adjacent),
             Err(ReadSetError::BadRange { index: 1 })
@@ -326,16 +478,45 @@ mod tests {
                     prop_oneof![0u64..4096, any::<u64>().prop_map(|l| l >> 13)], 0..200),
                 check in any::<u64>(),
                 unresolved in any::<u64>(),
+                stored in proptest::collection::vec((0u64..100_000, any::<u64>()), 0..50),
             ) {
                 let f = ReadSetFile {
                     check,
                     unresolved,
                     reads: ReadSet::from_lines(1 << shift, lines.iter().copied()),
+                    stored: (shift <= 6).then(|| Stored::from_masks(
+                        1 << shift,
+                        stored.iter().map(|&(l, m)| (l, m & ((1u128 << (1u32 << shift)) - 1) as u64)),
+                    )),
                 };
                 let back = ReadSetFile::decode(&f.encode()).unwrap();
                 prop_assert_eq!(&back, &f);
                 let want: std::collections::BTreeSet<u64> = lines.iter().copied().collect();
                 prop_assert_eq!(lines_of(&back.reads), want);
+            }
+
+            /// The ranges of stored bytes are exactly the bytes of the masks.
+            #[test]
+            fn stored_ranges_are_the_masks_bytes(
+                masks in proptest::collection::vec((0u64..64, any::<u64>()), 0..40),
+            ) {
+                let st = Stored::from_masks(64, masks.iter().copied());
+                let mut want = std::collections::BTreeSet::new();
+                for &(l, m) in &masks {
+                    for b in 0..64 {
+                        if m & (1 << b) != 0 {
+                            want.insert(l * 64 + b);
+                        }
+                    }
+                }
+                let ranges = st.ranges();
+                let got: std::collections::BTreeSet<u64> =
+                    ranges.iter().flat_map(|r| r.clone()).collect();
+                prop_assert_eq!(&got, &want);
+                prop_assert_eq!(st.bytes(), want.len() as u64);
+                for w in ranges.windows(2) {
+                    prop_assert!(w[0].end < w[1].start);
+                }
             }
 
             #[test]

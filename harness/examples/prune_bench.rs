@@ -1,9 +1,10 @@
 //! Read-set pruning and streaming, measured (`cargo xtask bench` runs it, release):
 //!
 //! * the single-op workload (create, 4 KiB write, fsync) at defaults on ext4 and XFS,
-//!   pruned and `--no-prune`: total time, images checked vs distinct images, and the
-//!   same verdict for every crash state;
-//! * the 11-op rename workload (`corpora/bench/rename-11.toml`), both ways;
+//!   pruned, `--no-prune` and pruned with `--fsck-in-guest` (the layout before fsck
+//!   moved to the host, the baseline of the ratio printed): total time, images checked
+//!   vs distinct images, and the same verdict for every crash state;
+//! * the 11-op rename workload (`corpora/bench/rename-11.toml`), the same three ways;
 //! * the whole LSFMM 2016 corpus at fence points on both file systems, both ways,
 //!   compared state by state;
 //! * issue 15's workload (write 32 KiB, fallocate, mmap 8 KiB, 128 stores of 64 bytes,
@@ -75,7 +76,8 @@ fn case(args: &[String]) -> Value {
         points: points.parse::<Policy>().expect("points"),
         states: states.parse().expect("states"),
         workers: 2,
-        prune: prune == "prune",
+        prune: prune != "no-prune",
+        fsck_in_guest: prune == "prune-fsck-in-guest",
         memory_mib: memory.parse().expect("memory"),
         state_verdicts: true,
         ..RunConfig::default()
@@ -192,23 +194,38 @@ fn main() {
         }
         return;
     }
-    let mut pair = |fs: &str, points: &str, name: &str| {
+    // Pruned and `--no-prune`, and with `baseline` also pruned with fsck in the guest.
+    let mut compare = |fs: &str, points: &str, name: &str, baseline: bool| {
         let a = spawn(fs, points, "each-line", "prune", "1024", name);
         let b = spawn(fs, points, "each-line", "no-prune", "1024", name);
-        let same =
+        let mut same =
             a.get("state_verdicts").is_some() && a.get("state_verdicts") == b.get("state_verdicts");
-        mismatches += usize::from(!same);
         println!("{}", row(&format!("{name} {fs} {points} pruned"), &a));
         println!("{}", row(&format!("{name} {fs} {points} --no-prune"), &b));
+        if baseline {
+            let c = spawn(fs, points, "each-line", "prune-fsck-in-guest", "1024", name);
+            same &= a.get("state_verdicts") == c.get("state_verdicts");
+            println!(
+                "{}",
+                row(&format!("{name} {fs} {points} pruned, --fsck-in-guest"), &c)
+            );
+            let t = |v: &Value| v["total_s"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| pruned vs --fsck-in-guest: {:.1}x faster, {:.1}x vs --no-prune |",
+                t(&c) / t(&a),
+                t(&b) / t(&a)
+            );
+        }
+        mismatches += usize::from(!same);
         println!("| same verdict for every state: {same} |");
     };
     for fs in ["ext4", "xfs"] {
-        pair(fs, "fence", "corpora/bench/single-op.toml");
+        compare(fs, "fence", "corpora/bench/single-op.toml", true);
     }
     if !quick {
         for fs in ["ext4", "xfs"] {
-            pair(fs, "fence", "corpora/bench/rename-11.toml");
-            pair(fs, "fence", "lsfmm2016");
+            compare(fs, "fence", "corpora/bench/rename-11.toml", true);
+            compare(fs, "fence", "lsfmm2016", false);
         }
         for fs in ["ext4", "xfs"] {
             let v = spawn(fs, "op", "each-line", "prune", "1024", "stores-128");

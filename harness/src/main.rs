@@ -329,6 +329,11 @@ struct RunArgs {
     /// recovery)
     #[arg(long)]
     no_prune: bool,
+    /// Run fsck inside the checker guests, where its reads join each check's read set,
+    /// instead of natively on the host (slower: the layout before fsck moved out, kept
+    /// to compare)
+    #[arg(long)]
+    fsck_in_guest: bool,
     /// Memory budget, in MiB, of the crash points waiting to be checked (images are
     /// made lazily and streamed to the checkers; over the budget, enumeration waits)
     #[arg(long, default_value_t = pmcrash::memory::DEFAULT_BUDGET_MIB, value_parser = clap::value_parser!(u64).range(1..))]
@@ -612,6 +617,7 @@ async fn dispatch(cli: Cli, interrupt: Interrupt) -> anyhow::Result<Outcome> {
                 pm_size: args.pm_size_mib.map(|m| m << 20),
                 out_dir: args.out.clone(),
                 prune: !args.no_prune,
+                fsck_in_guest: args.fsck_in_guest,
                 memory_mib: args.memory_mib,
                 sector_atomic: args.sector_atomic,
                 // A bundle's report keeps every state's verdict, for `check` to compare.

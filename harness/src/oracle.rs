@@ -307,6 +307,7 @@ mod tests {
             block_offsets: BTreeMap::new(),
             state_id: String::new(),
             read_set: None,
+            stores: None,
             restarts: 0,
             millis: 0,
             program_checks: vec![],

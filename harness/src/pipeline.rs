@@ -164,6 +164,9 @@ pub struct RunConfig {
     /// Read-set pruning: an image equal to a checked one on every line that check
     /// read takes its recovery without a guest run (`--no-prune` turns it off).
     pub prune: bool,
+    /// Run fsck inside the checker guests, in the recorded check, as pmcrash did
+    /// before fsck moved to the host (`--fsck-in-guest`; slower, kept to compare).
+    pub fsck_in_guest: bool,
     /// The memory budget of the crash points waiting to be checked, in MiB: over it,
     /// no new point is made until one is judged.
     pub memory_mib: u64,
@@ -199,6 +202,7 @@ impl Default for RunConfig {
             max_findings: 50,
             out_dir: None,
             prune: true,
+            fsck_in_guest: false,
             memory_mib: crate::memory::DEFAULT_BUDGET_MIB,
             state_verdicts: false,
             sector_atomic: None,
@@ -777,6 +781,7 @@ impl Pipeline {
                 // so a user checker's own reads of the pool would escape them.
                 record_reads: self.cfg.prune && self.user_checkers.is_empty(),
                 user_checkers: self.user_checkers.clone(),
+                fsck_in_guest: self.cfg.fsck_in_guest,
                 ..CheckerOptions::default()
             };
             let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {
@@ -1998,10 +2003,28 @@ mod tests {
     }
 
     /// The pipeline's producer, and a judge that notes the points in the order judged
-    /// and that each of their images has a recovery.
+    /// and that each of their images has a recovery; and per image judged, what became
+    /// of it, whether its recovery is (the same allocation as) its class's, and what
+    /// fsck said.
     struct Sim<'a> {
         producer: Producer<'a>,
         judged: Vec<u64>,
+        seen: Vec<(usize, Fate, bool, Option<bool>)>,
+    }
+
+    impl<'a> Sim<'a> {
+        fn new(
+            cfg: &'a RunConfig,
+            workload: &'a Workload,
+            records: &'a [Record],
+            symbols: &'a SymbolTable,
+        ) -> Sim<'a> {
+            Sim {
+                producer: Producer::new(cfg, workload, &[], records, 64, symbols),
+                judged: Vec::new(),
+                seen: Vec::new(),
+            }
+        }
     }
 
     impl PointStream<()> for Sim<'_> {
@@ -2015,7 +2038,16 @@ mod tests {
 
         fn judge(&mut self, point: PointWork<()>, sched: &Scheduler<()>) {
             for (_, i) in &point.states {
-                assert_eq!(sched.recovery(*i).index, *i);
+                let fate = sched.fate(*i);
+                let shared = match fate {
+                    Fate::Pruned(c, _) => std::ptr::eq(sched.recovery(*i), sched.recovery(c)),
+                    Fate::Checked => {
+                        assert_eq!(sched.recovery(*i).index, *i);
+                        false
+                    }
+                };
+                let problems = sched.recovery(*i).fsck.as_ref().map(|f| f.problems);
+                self.seen.push((*i, fate, shared, problems));
             }
             self.judged.push(point.point.applied);
         }
@@ -2038,10 +2070,7 @@ mod tests {
             ..RunConfig::default()
         };
         let symbols = SymbolTable::default();
-        let mut sim = Sim {
-            producer: Producer::new(&cfg, &workload, &[], &records, 64, &symbols),
-            judged: Vec::new(),
-        };
+        let mut sim = Sim::new(&cfg, &workload, &records, &symbols);
         let mut sched = Scheduler::new(false, budget);
         let (jobs, mut job_rx) = mpsc::channel::<(usize, ImageJob)>(1);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -2084,6 +2113,88 @@ mod tests {
         assert_eq!(simulate(70, 16, 1 << 10).await, many);
     }
 
+    fn fsck_outcome(problems: bool) -> crate::checker::fsck::FsckOutcome {
+        crate::checker::fsck::FsckOutcome {
+            command: "fsck".into(),
+            code: Some(i32::from(problems) * 4),
+            problems,
+            output: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_image_equal_on_the_read_set_gets_its_own_fsck_and_shares_the_rest() {
+        // Every check reads only line 0, which no store writes: every image equals the
+        // first one checked there. Its check ran fsck on the host, so the others go out
+        // as `Equal` jobs, whose fsck (here: problems for odd images) is theirs.
+        let (workload, records) = stores(6);
+        let cfg = RunConfig {
+            points: Policy::Op,
+            max_states: 16,
+            ..RunConfig::default()
+        };
+        let symbols = SymbolTable::default();
+        let mut sim = Sim::new(&cfg, &workload, &records, &symbols);
+        let mut sched = Scheduler::new(true, 1 << 30);
+        let (jobs, mut job_rx) = mpsc::channel::<(usize, ImageJob)>(1);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let checker = tokio::spawn(async move {
+            let (mut checked, mut equal) = (0, 0);
+            while let Some((i, job)) = job_rx.recv().await {
+                let rec = match job {
+                    ImageJob::Equal { class, .. } => {
+                        equal += 1;
+                        assert!(class.stores.is_some(), "only a class with stores");
+                        Recovery {
+                            index: i,
+                            read_set: None,
+                            stores: None,
+                            fsck: Some(fsck_outcome(i % 2 == 1)),
+                            ..(*class).clone()
+                        }
+                    }
+                    _ => {
+                        checked += 1;
+                        Recovery {
+                            read_set: Some(Arc::new(crash_models::readset::ReadSet::from_lines(
+                                64,
+                                [0],
+                            ))),
+                            stores: Some(Arc::new(crate::checker::CheckStores::default())),
+                            fsck: Some(fsck_outcome(false)),
+                            ..recovery(i)
+                        }
+                    }
+                };
+                if done_tx.send(rec).is_err() {
+                    break;
+                }
+            }
+            (checked, equal)
+        });
+        let stopped = drive(&mut sched, &mut sim, jobs, &mut done_rx, &Interrupt::new())
+            .await
+            .expect("the drive loop never stalls");
+        assert!(!stopped);
+        let (checked, equal) = checker.await.expect("the checker task");
+        assert_eq!((sched.checked, sched.pruned), (checked, equal));
+        assert!(
+            equal > 10 && checked <= 2,
+            "{checked} checked, {equal} equal"
+        );
+        assert_eq!(checked + equal, sched.images());
+        for (i, fate, shared, problems) in &sim.seen {
+            match fate {
+                Fate::Checked => assert_eq!(*problems, Some(false)),
+                Fate::Pruned(..) => {
+                    assert_eq!(*problems, Some(i % 2 == 1), "image {i} has its own fsck");
+                    // The class's verdict is clean: the same verdict shares its recovery.
+                    assert_eq!(*shared, i % 2 == 0, "image {i}");
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_checker_that_ends_ends_the_loop() {
         // The checker's workers all ended (an error) with a job out: the loop returns
@@ -2094,10 +2205,7 @@ mod tests {
             ..RunConfig::default()
         };
         let symbols = SymbolTable::default();
-        let mut sim = Sim {
-            producer: Producer::new(&cfg, &workload, &[], &records, 64, &symbols),
-            judged: Vec::new(),
-        };
+        let mut sim = Sim::new(&cfg, &workload, &records, &symbols);
         let mut sched = Scheduler::new(false, 1 << 30);
         let (jobs, mut job_rx) = mpsc::channel::<(usize, ImageJob)>(1);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Recovery>();

@@ -9,7 +9,9 @@
 //!
 //! Read-set pruning (see `docs/pruning.md`): when a worker is free, the next image is
 //! first looked up in a [`ClassTable`] of the images checked so far; if it equals one
-//! on every line that image's check read, it takes that recovery without a guest run.
+//! on every line that image's check read, it takes that recovery without a guest run
+//! (when fsck ran on the host, a worker still runs fsck on what that recovery leaves
+//! of it: [`ImageJob::Equal`]).
 //! So classes are found early, each point's all-persisted image is handed out first,
 //! and while it is being checked the workers take the next points' all-persisted
 //! images rather than its siblings (which it will likely prune).
@@ -281,12 +283,21 @@ impl<L> Scheduler<L> {
                 continue;
             }
             if let Some(c) = self.class_of(i) {
-                let recovery = self.images[c].recovery.clone();
+                let class = self.images[c].recovery.clone();
                 let img = &mut self.images[i];
+                img.equal_to = Some(c);
+                if let Some(class) = class.as_ref().filter(|r| r.stores.is_some()) {
+                    // fsck read outside the check: it runs on this image.
+                    let class = class.clone();
+                    let (snap, st) = img.source.clone()?;
+                    img.status = Status::Checking;
+                    self.in_flight += 1;
+                    let image = Box::new(ImageJob::State(snap, st));
+                    return Some((i, ImageJob::Equal { image, class }));
+                }
                 img.status = Status::Done;
                 img.source = None;
-                img.equal_to = Some(c);
-                img.recovery = recovery;
+                img.recovery = class;
                 self.pruned += 1;
                 continue;
             }
@@ -302,18 +313,35 @@ impl<L> Scheduler<L> {
     /// A recovery came back.
     pub fn done(&mut self, rec: Recovery) {
         let i = rec.index;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(c) = self.images[i].equal_to {
+            // An `ImageJob::Equal`: the class's recovery with this image's fsck. The
+            // same verdict (the usual case) shares the class's; another keeps its own.
+            let class = self.images[c].recovery.clone();
+            let img = &mut self.images[i];
+            img.status = Status::Done;
+            img.source = None;
+            img.recovery = match class {
+                Some(k) if k.fsck == rec.fsck => Some(k),
+                _ => Some(Arc::new(rec)),
+            };
+            self.pruned += 1;
+            return;
+        }
         if std::env::var_os("PMCRASH_PRUNE_DEBUG").is_some() {
             self.debug_checked(&rec);
         }
-        self.in_flight = self.in_flight.saturating_sub(1);
         self.checked += 1;
+        let mut rec = rec;
+        let mut class = false;
         if let (true, Some(reads), Some((snap, st))) = (
             self.prune && usable_for_pruning(&rec),
             rec.read_set.as_ref(),
             self.images[i].source.as_ref(),
         ) {
             let changes = snap.changes(st);
-            self.table
+            class = self
+                .table
                 .get_or_insert_with(|| ClassTable::new(snap.line_size()))
                 .insert(
                     reads,
@@ -323,6 +351,13 @@ impl<L> Scheduler<L> {
                     },
                     i,
                 );
+        }
+        // The table keeps each distinct read set once; a recovery kept for judging
+        // needs neither it nor, unless it is a class, its stores (an XFS check's read
+        // set is thousands of ranges, and most images checked are kept to the end).
+        rec.read_set = None;
+        if !class {
+            rec.stores = None;
         }
         let img = &mut self.images[i];
         img.status = Status::Done;

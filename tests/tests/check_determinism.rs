@@ -1,6 +1,7 @@
-//! Deterministic checks: the same crash image checked again reads the same PM lines and
-//! gets the same outcome (mount, dump, fsck, console). Read-set pruning rests on it
-//! (`docs/pruning.md`): a check must be a function of the bytes it loads.
+//! Deterministic checks: the same crash image checked again reads the same PM lines,
+//! stores to the same PM bytes and gets the same outcome (mount, dump, fsck, console).
+//! Read-set pruning rests on it (`docs/pruning.md`): a check must be a function of the
+//! bytes it loads.
 //!
 //! On ext4 and XFS, a small workload is traced; a few crash images are taken (the
 //! all-persisted image of two fence points and, at each, two states with a line
@@ -170,6 +171,13 @@ fn checks_are_deterministic(fs: FsKind) {
             .as_ref()
             .unwrap_or_else(|| panic!("{fs} image {i}: the check recorded no read set"));
         assert!(first.fsck.is_some(), "{fs} image {i}: fsck ran");
+        // What the check stored decides what fsck of an equal image runs on
+        // (docs/pruning.md, "fsck on the host"): the same bytes every time.
+        let stored = |r: &Recovery| r.stores.as_ref().map(|s| s.ranges());
+        assert!(
+            stored(first).is_some(),
+            "{fs} image {i}: the check kept its stores"
+        );
         if persisted.contains(&i) {
             // Everything in flight persisted at a fence of a workload that syncs: the
             // file system mounts and its tree is dumped.
@@ -200,6 +208,12 @@ fn checks_are_deterministic(fs: FsKind) {
                 outcome(r),
                 outcome(first),
                 "{fs} image {i}: check {} differs from the first",
+                r.index
+            );
+            assert_eq!(
+                stored(r),
+                stored(first),
+                "{fs} image {i}: check {} stored other bytes than the first",
                 r.index
             );
             let other = r.read_set.as_ref().unwrap_or_else(|| {
@@ -243,11 +257,28 @@ fn measure_read_recording_and_guest_fsck() {
         let (base, imgs, _) = images(fs, dir.path());
         let n = imgs.len();
         let imgs: Vec<Arc<CrashImage>> = imgs.into_iter().map(Arc::new).collect();
-        for (label, record_reads, fsck) in [
-            ("read recording + fsck in the guest", true, true),
-            ("no read recording, fsck in the guest", false, true),
-            ("read recording, no fsck", true, false),
-            ("no read recording, no fsck", false, false),
+        for (label, record_reads, fsck, fsck_in_guest) in [
+            (
+                "read recording + fsck in the guest (--fsck-in-guest)",
+                true,
+                true,
+                true,
+            ),
+            (
+                "read recording + fsck on the host (the default)",
+                true,
+                true,
+                false,
+            ),
+            ("no read recording, fsck in the guest", false, true, true),
+            (
+                "no read recording, fsck on the host (--no-prune)",
+                false,
+                true,
+                false,
+            ),
+            ("read recording, no fsck", true, false, false),
+            ("no read recording, no fsck", false, false, false),
         ] {
             let queue: Vec<Arc<CrashImage>> =
                 (0..REPEAT * n).map(|i| imgs[i % n].clone()).collect();
@@ -258,6 +289,7 @@ fn measure_read_recording_and_guest_fsck() {
                         workers: 1,
                         record_reads,
                         fsck,
+                        fsck_in_guest,
                         ..CheckerOptions::default()
                     },
                 )

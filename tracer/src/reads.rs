@@ -24,8 +24,8 @@
 //! deciding the check.
 
 use crate::shadow::Shadows;
-use crash_models::readset::{ReadSet, ReadSetFile};
-use std::collections::HashMap;
+use crash_models::model::FxMap;
+use crash_models::readset::{ReadSet, ReadSetFile, Stored};
 
 /// At most this many shadow runs (each up to 64 bytes of RAM) per check: 4 Mi runs
 /// cover 256 MiB of copies in well under 100 MiB of plugin memory. Past it, a copy is
@@ -50,7 +50,10 @@ pub struct ReadRecorder {
     touched: Vec<usize>,
     /// Per line, the bytes the open check stored (lines of at most 64 bytes; with
     /// longer lines stores are not tracked, which only keeps more lines in the set).
-    written: HashMap<u64, u64>,
+    written: FxMap<u64, u64>,
+    /// A store of the open check could not be placed whole: `written` may miss PM
+    /// bytes, so the check's file says its stores are not known.
+    stores_lost: bool,
     /// The open check's id.
     open: Option<u64>,
     unresolved: u64,
@@ -77,7 +80,8 @@ impl ReadRecorder {
             pm_size,
             bits: vec![0; lines.div_ceil(64) as usize],
             touched: Vec::new(),
-            written: HashMap::new(),
+            written: FxMap::default(),
+            stores_lost: false,
             open: None,
             unresolved: 0,
             shadows: Shadows::new(limit),
@@ -92,6 +96,7 @@ impl ReadRecorder {
         }
         self.touched.clear();
         self.written.clear();
+        self.stores_lost = false;
         self.shadows.clear();
         self.unresolved = 0;
         self.open = Some(check);
@@ -288,10 +293,14 @@ impl ReadRecorder {
                 .filter(move |b| word & (1 << b) != 0)
                 .map(move |b| w as u64 * 64 + b)
         });
+        let reads = ReadSet::from_lines(1 << self.line_shift, lines);
+        let stored = (self.line_shift <= 6 && !self.stores_lost)
+            .then(|| Stored::from_masks(1 << self.line_shift, self.written.drain()));
         ReadSetFile {
             check,
             unresolved,
-            reads: ReadSet::from_lines(1 << self.line_shift, lines),
+            reads,
+            stored,
         }
     }
 }
@@ -365,14 +374,23 @@ impl ReadRecorder {
 
     /// A store (not a string move) to `parts`. A part not placed stays unmarked: fewer
     /// PM bytes count as stored by the check, and RAM keeps copies it may no longer
-    /// hold, both of which only add reads.
+    /// hold, both of which only add reads; but the check's stores are then not known
+    /// (the part may have been PM), and its file says so.
     pub fn store_parts(&mut self, parts: &Parts) {
         for &(place, n) in parts {
             match place {
                 Place::Pm(o) => self.store(o, n),
                 Place::Ram(a) => self.ram_store(a, n),
+                Place::Unknown if n > 0 => self.lost_store(),
                 Place::Unknown => {}
             }
+        }
+    }
+
+    /// A store of the open check went somewhere unknown.
+    fn lost_store(&mut self) {
+        if self.open.is_some() {
+            self.stores_lost = true;
         }
     }
 
@@ -391,6 +409,7 @@ impl ReadRecorder {
             match (s, d) {
                 (_, Place::Pm(o)) => self.store(o, n),
                 (Place::Unknown, Place::Ram(a)) => self.ram_store(a, n),
+                (_, Place::Unknown) => self.lost_store(),
                 _ => {}
             }
         }
@@ -400,7 +419,7 @@ impl ReadRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeSet, HashMap};
 
     #[test]
     fn records_lines_between_markers_only() {
@@ -451,6 +470,32 @@ mod tests {
         r.begin(2);
         r.record(64, 8);
         assert_eq!(r.end(2).reads.ranges(), std::slice::from_ref(&(64..128)));
+    }
+
+    #[test]
+    fn the_file_says_which_bytes_the_check_stored() {
+        let mut r = ReadRecorder::new(1 << 16, 64);
+        r.store(0, 64); // outside a check: forgotten
+        r.begin(1);
+        r.store(64, 64);
+        r.store(130, 4);
+        r.store(190, 4); // lines 2 and 3
+        r.store(1 << 16, 8); // past PM
+        let st = r.end(1).stored.expect("stores are tracked");
+        assert_eq!(st.ranges(), vec![64..128, 130..134, 190..194]);
+        // A store that could not be placed whole: the stores are not known.
+        r.begin(2);
+        r.store(0, 8);
+        r.store_parts(&[(Place::Pm(4092), 4), (Place::Unknown, 4)]);
+        assert_eq!(r.end(2).stored, None);
+        // The next check starts with nothing stored and nothing lost.
+        r.begin(3);
+        assert_eq!(r.end(3).stored.map(|s| s.bytes()), Some(0));
+        // Lines longer than 64 bytes: stores are not tracked.
+        let mut wide = ReadRecorder::new(1 << 16, 128);
+        wide.begin(1);
+        wide.store(0, 8);
+        assert_eq!(wide.end(1).stored, None);
     }
 
     #[test]
@@ -560,8 +605,9 @@ mod tests {
     }
 
     /// The obvious reference: per RAM byte the PM byte it copies, per PM byte whether
-    /// the check stored it, per line whether it was read.
-    fn reference(evs: &[Ev]) -> BTreeSet<u64> {
+    /// the check stored it, per line whether it was read. Returns the lines read and
+    /// the bytes stored.
+    fn reference(evs: &[Ev]) -> (BTreeSet<u64>, BTreeSet<u64>) {
         let mut src: HashMap<u64, u64> = HashMap::new();
         let mut stored = std::collections::HashSet::new();
         let mut read = BTreeSet::new();
@@ -611,10 +657,10 @@ mod tests {
                 }
             }
         }
-        read
+        (read, stored.into_iter().collect())
     }
 
-    fn run(r: &mut ReadRecorder, evs: &[Ev]) -> BTreeSet<u64> {
+    fn run(r: &mut ReadRecorder, evs: &[Ev]) -> (BTreeSet<u64>, BTreeSet<u64>) {
         r.begin(7);
         for e in evs {
             match *e {
@@ -626,11 +672,14 @@ mod tests {
                 Ev::RamMove(d, s, n) => r.ram_move(d, s, n),
             }
         }
-        lines_of(&r.end(7))
+        let f = r.end(7);
+        let stored = f.stored.as_ref().expect("stores are tracked").ranges();
+        (lines_of(&f), stored.into_iter().flatten().collect())
     }
 
     proptest::proptest! {
         #[test]
+        /// Lines read and bytes stored.
         fn follows_copies_like_the_reference(
             evs in proptest::collection::vec(ev(), 0..60)
         ) {
@@ -645,8 +694,8 @@ mod tests {
             limit in 0usize..6,
         ) {
             let mut r = ReadRecorder::with_shadow_limit(PM, 64, limit);
-            let got = run(&mut r, &evs);
-            let want = reference(&evs);
+            let (got, _) = run(&mut r, &evs);
+            let (want, _) = reference(&evs);
             proptest::prop_assert!(got.is_superset(&want), "{:?} misses {:?}", got, want.difference(&got).collect::<Vec<_>>());
         }
     }

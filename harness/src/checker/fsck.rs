@@ -2,12 +2,14 @@
 //! recovery (mount + unmount), so the journal or log is already replayed (`xfs_repair
 //! -n` refuses a dirty log).
 //!
-//! They run in the checker guest, on the unmounted `/dev/pmem0`, inside the check the
-//! tracer records: what fsck reads is then in the read set ([`from_guest`] turns the
-//! agent's answer into an [`FsckOutcome`]). [`fsck`] runs them on the host instead, for
-//! a guest that died before its fsck: ext4 is read in place through `?offset=` (which
-//! e2fsprogs 1.47 cannot use to replay a journal); XFS has no offset syntax, so its
-//! device area is copied (sparsely) into a temporary file.
+//! [`fsck`] runs them on the host, natively, on the scratch file the recovery left (or,
+//! for an image that takes another's recovery, on its own bytes with that check's
+//! stores written over them; `docs/pruning.md`): ext4 is read in place through
+//! `?offset=` (which e2fsprogs 1.47 cannot use to replay a journal); XFS has no offset
+//! syntax, so its device area is copied (sparsely) into a temporary file. With
+//! `--fsck-in-guest` they run in the checker guest, on the unmounted `/dev/pmem0`,
+//! inside the check the tracer records, so what fsck reads is in the read set
+//! ([`from_guest`] turns the agent's answer into an [`FsckOutcome`]).
 
 use crate::image::{ImageError, FSDAX_DATA_OFFSET};
 use crash_models::ops::FsKind;
@@ -48,8 +50,13 @@ pub enum FsckError {
     Extract(#[source] ImageError),
 }
 
+/// The last `n` lines of fsck's output that say something: not blank, and not
+/// `xfs_repair`'s per-AG progress (`- agno = 3`), whose order follows its threads.
 fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = s
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim().starts_with("- agno = "))
+        .collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
@@ -70,6 +77,7 @@ pub fn fsck(fs: FsKind, image: &Path, scratch_dir: &Path) -> Result<FsckOutcome,
                     .arg(&target)
                     .env("E2FSCK_CONFIG", "/dev/null"),
                 format!("e2fsck -fn '{target}'"),
+                image,
             )
         }
         FsKind::Xfs => {
@@ -93,6 +101,7 @@ pub fn fsck(fs: FsKind, image: &Path, scratch_dir: &Path) -> Result<FsckOutcome,
                     "dd if={} bs=2M skip=1 of=dev.img && xfs_repair -n -f dev.img",
                     image.display()
                 ),
+                dev.path(),
             )
         }
     }
@@ -118,8 +127,17 @@ pub fn from_guest(
     }
 }
 
-/// Run a checker; any exit code but 0 means problems.
-fn run(tool: &'static str, cmd: &mut Command, command: String) -> Result<FsckOutcome, FsckError> {
+/// What fsck's output calls the image it checked, in place of its scratch path (which
+/// differs between workers and runs, so outcomes would too).
+pub const IMAGE_NAME: &str = "<image>";
+
+/// Run a checker on `path`; any exit code but 0 means problems.
+fn run(
+    tool: &'static str,
+    cmd: &mut Command,
+    command: String,
+    path: &Path,
+) -> Result<FsckOutcome, FsckError> {
     let out = cmd
         .output()
         .map_err(|source| FsckError::Spawn { tool, source })?;
@@ -128,7 +146,8 @@ fn run(tool: &'static str, cmd: &mut Command, command: String) -> Result<FsckOut
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    )
+    .replace(&*path.to_string_lossy(), IMAGE_NAME);
     Ok(FsckOutcome {
         command,
         code,
@@ -148,4 +167,24 @@ pub fn extract_device(image: &Path, dst: &std::fs::File) -> Result<(), ImageErro
     dst.set_len(len.saturating_sub(FSDAX_DATA_OFFSET))
         .map_err(io("size a device copy of"))?;
     crate::image::copy_sparse(image, FSDAX_DATA_OFFSET, dst, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_keeps_what_fsck_said_not_how_its_threads_ran() {
+        let a = "Phase 4 - check for duplicate blocks...\n        - agno = 1\n        - agno = 0\n\nPhase 7 - verify link counts...\n";
+        let b = a.replace(
+            "agno = 1\n        - agno = 0",
+            "agno = 0\n        - agno = 1",
+        );
+        assert_eq!(tail(a, 12), tail(&b, 12));
+        assert_eq!(
+            tail(a, 12),
+            "Phase 4 - check for duplicate blocks...\nPhase 7 - verify link counts..."
+        );
+        assert_eq!(tail(a, 1), "Phase 7 - verify link counts...");
+    }
 }

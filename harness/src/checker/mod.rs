@@ -7,11 +7,15 @@
 //! image or its recovery changed: journal replay writes to PM too, so the whole data
 //! part of the file is compared, not just the last delta) and writes the image's delta;
 //! the guest forgets its caches (`refresh`), mounts (the kernel's own journal or log
-//! recovery), dumps the tree with per-block hashes, unmounts and runs fsck on the
-//! device (`e2fsck -fn`, `xfs_repair -n`, from the initramfs); the host reads what the
-//! kernel printed meanwhile. The check runs between the agent's check markers, and the
-//! tracer plugin, loaded in read-recording mode, writes the PM lines the check loaded
-//! ([`Recovery::read_set`]; why that decides the recovery: `docs/pruning.md`). A guest that panics or hangs is
+//! recovery), dumps the tree with per-block hashes and unmounts; the host reads what the
+//! kernel printed meanwhile, and runs fsck (`e2fsck -fn`, `xfs_repair -n`) natively on
+//! what the recovery left in the scratch file. The check runs between the agent's check
+//! markers, and the tracer plugin, loaded in read-recording mode, writes the PM lines
+//! the check loaded and the bytes it stored ([`Recovery::read_set`],
+//! [`Recovery::stores`]; why that decides the recovery: `docs/pruning.md`). An image
+//! equal to a checked one on that read set ([`ImageJob::Equal`]) takes its recovery
+//! without a guest run; only fsck runs again, on the image with the check's stores
+//! written over it, which is what that recovery would have left of it. A guest that panics or hangs is
 //! replaced and the image keeps the verdict it earned; a guest that dies for other
 //! reasons (killed from outside) is replaced and the image is checked again.
 
@@ -29,7 +33,7 @@ use console::{ConsoleCursor, ConsoleIssue};
 use crash_models::delta::{CrashImage, PointSnapshot};
 use crash_models::ops::FsKind;
 use crash_models::protocol::{AgentMsg, FsEntry, HostMsg};
-use crash_models::readset::{ReadSet, ReadSetFile};
+use crash_models::readset::ReadSetFile;
 use crash_models::states::CrashState;
 use fsck::FsckOutcome;
 use serde::Serialize;
@@ -102,10 +106,17 @@ pub struct CheckerOptions {
     /// Restarts allowed per image when the guest dies for reasons that are not the
     /// image's (e.g. killed from outside).
     pub max_retries: u32,
-    /// Run fsck after each recovery: in the checker guest, inside the recorded check,
-    /// when reads are recorded; on the host otherwise (the same tool on the same bytes,
-    /// native instead of under TCG), and when the guest died during the check.
+    /// Run fsck after each recovery: on the host, natively, on what the recovery left
+    /// in the scratch file (and for an image that takes another's recovery, on its own
+    /// bytes with that check's stores over them), or in the checker guest with
+    /// `fsck_in_guest`.
     pub fsck: bool,
+    /// Run fsck in the checker guest, inside the recorded check, so that what it reads
+    /// is in the read set and an equal image takes its verdict too. Off by default:
+    /// `xfs_repair` under TCG costs ~240 ms an image, and every line fsck reads
+    /// narrows pruning (`docs/pruning.md`). A guest that died before fsck still gets
+    /// the host's.
+    pub fsck_in_guest: bool,
     /// Load the tracer in read-recording mode and fill [`Recovery::read_set`] (the key
     /// of pruning; off for `--no-prune`, or to measure its cost).
     pub record_reads: bool,
@@ -124,6 +135,7 @@ impl Default for CheckerOptions {
             request_timeout: Duration::from_secs(90),
             max_retries: 3,
             fsck: true,
+            fsck_in_guest: false,
             record_reads: true,
             user_checkers: Vec::new(),
         }
@@ -183,10 +195,18 @@ pub struct Recovery {
     pub block_offsets: BTreeMap<String, u64>,
     /// Identity of the recovered state (blake3 of the dump), for deduplication.
     pub state_id: String,
-    /// The PM lines the check read (mount, dump, unmount, fsck), when the guest
-    /// recorded them: the key of read-set pruning (`crash_models::readset`).
+    /// The PM lines the check read (mount, dump, unmount; fsck too when it ran in the
+    /// guest), when the guest recorded them: the key of read-set pruning
+    /// (`crash_models::readset`). Set only when an image equal on it can take this
+    /// recovery: then fsck ran inside the check, or not at all, or `stores` is set.
     #[serde(skip)]
     pub read_set: Option<Arc<crash_models::readset::ReadSet>>,
+    /// The bytes the check stored to PM and their values when it ended, when fsck ran
+    /// on the host after a recorded check: an image equal on `read_set` is left by the
+    /// same recovery as itself with these bytes written over it, and fsck runs on that
+    /// ([`ImageJob::Equal`]).
+    #[serde(skip)]
+    pub stores: Option<Arc<CheckStores>>,
     /// Guest restarts this image cost.
     pub restarts: u32,
     /// Time the check took.
@@ -263,10 +283,75 @@ impl Recovery {
             block_offsets: BTreeMap::new(),
             state_id: String::new(),
             read_set: None,
+            stores: None,
             restarts: 0,
             millis: 0,
             program_checks: Vec::new(),
         }
+    }
+}
+
+/// What a check stored to PM: byte runs of the PM file with the values they held when
+/// the check ended, compressed (an XFS check stores about 2 MiB, mostly log blocks,
+/// and every checked image that can prune keeps its stores for the rest of the
+/// workload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckStores {
+    /// (offset in the PM file, length) of each run, in order.
+    runs: Vec<(u64, u64)>,
+    /// The runs' bytes one after the other, zstd-compressed.
+    packed: Vec<u8>,
+    /// Bytes before compression.
+    len: usize,
+}
+
+impl CheckStores {
+    /// The bytes of `stored` as `file` (the scratch file the check ran on) holds them.
+    fn read(file: &File, stored: &crash_models::readset::Stored) -> std::io::Result<CheckStores> {
+        let mut runs = Vec::new();
+        let mut bytes = Vec::new();
+        for r in stored.ranges() {
+            let at = bytes.len();
+            bytes.resize(at + (r.end - r.start) as usize, 0);
+            file.read_exact_at(&mut bytes[at..], r.start)?;
+            runs.push((r.start, r.end - r.start));
+        }
+        let mut packed = zstd::bulk::compress(&bytes, 1)?;
+        // It comes with room for the worst case (the input's size): kept per class,
+        // that room would be most of the memory.
+        packed.shrink_to_fit();
+        Ok(CheckStores {
+            runs,
+            packed,
+            len: bytes.len(),
+        })
+    }
+
+    /// Write the stored bytes over `file`.
+    fn apply(&self, file: &File) -> std::io::Result<()> {
+        let bytes = zstd::bulk::decompress(&self.packed, self.len)?;
+        let mut at = 0usize;
+        for &(off, n) in &self.runs {
+            let n = n as usize;
+            file.write_all_at(&bytes[at..at + n], off)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// The byte ranges of the PM file the check stored to, in order.
+    pub fn ranges(&self) -> Vec<std::ops::Range<u64>> {
+        self.runs.iter().map(|&(o, n)| o..o + n).collect()
+    }
+
+    /// Bytes stored by the check.
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes held in memory.
+    pub fn memory(&self) -> usize {
+        self.packed.len() + self.runs.len() * std::mem::size_of::<(u64, u64)>()
     }
 }
 
@@ -309,6 +394,18 @@ struct Worker {
     _dir: tempfile::TempDir,
 }
 
+impl Worker {
+    /// Make the scratch file hold exactly `base` with `image`'s delta.
+    fn write_image(&self, base: &Base, image: &CrashImage) -> Result<(), CheckerError> {
+        base.restore(&self.file)
+            .map_err(io_err(format!("restore {}", self.pm.display())))?;
+        image.apply(&self.file).map_err(io_err(format!(
+            "write the crash image into {}",
+            self.pm.display()
+        )))
+    }
+}
+
 /// A crash image to check: built already, or a crash state of a crash point whose
 /// bytes are materialised only when a worker writes them into its scratch file (and
 /// dropped once the image is checked).
@@ -318,6 +415,17 @@ pub enum ImageJob {
     Built(Arc<CrashImage>),
     /// A crash point and one of its states.
     State(Arc<PointSnapshot>, CrashState),
+    /// An image equal to a checked one on every line its check read, so its recovery
+    /// is that check's (`docs/pruning.md`), except fsck, which read other bytes: no
+    /// guest runs; the worker writes the image, then `class`'s stores over it (what
+    /// the same recovery leaves of it), runs fsck on the host and returns `class`'s
+    /// recovery with that fsck result.
+    Equal {
+        /// The image.
+        image: Box<ImageJob>,
+        /// The recovery of the checked image it equals, with its stores.
+        class: Arc<Recovery>,
+    },
 }
 
 impl ImageJob {
@@ -326,6 +434,7 @@ impl ImageJob {
         match self {
             ImageJob::Built(i) => i.clone(),
             ImageJob::State(p, st) => Arc::new(p.build(st)),
+            ImageJob::Equal { image, .. } => image.materialise(),
         }
     }
 }
@@ -597,6 +706,15 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
         let Some((index, job)) = job else {
             return (w, Ok(restarts));
         };
+        if let ImageJob::Equal { image, class } = job {
+            match recover_equal(&w, &s, index, &image.materialise(), &class) {
+                Ok(r) => {
+                    let _ = s.done.send(r);
+                    continue;
+                }
+                Err(e) => return (w, Err(e)),
+            }
+        }
         // The bytes live only while this image is checked.
         let image = job.materialise();
         drop(job);
@@ -685,11 +803,11 @@ async fn start_guest(
     Ok(())
 }
 
-/// The read set the tracer wrote for check `id`: `None` when the file is missing or
-/// malformed, belongs to another check, or is incomplete (a load it could not place).
-fn read_set_of(path: &Path, id: u64) -> Option<Arc<ReadSet>> {
+/// The file the tracer wrote for check `id`: `None` when it is missing or malformed,
+/// belongs to another check, or is incomplete (a load it could not place).
+fn read_set_file(path: &Path, id: u64) -> Option<ReadSetFile> {
     let file = ReadSetFile::decode(&std::fs::read(path).ok()?).ok()?;
-    (file.check == id && file.unresolved == 0).then(|| Arc::new(file.reads))
+    (file.check == id && file.unresolved == 0).then_some(file)
 }
 
 /// How much longer than fsck's own timeout (enforced by the agent) the host waits for
@@ -718,13 +836,7 @@ async fn recover_one(
     let timeout = s.opts.request_timeout;
     let record = s.opts.record_reads;
     // The scratch file must hold exactly base + delta before the guest looks.
-    s.base
-        .restore(&w.file)
-        .map_err(io_err(format!("restore {}", w.pm.display())))?;
-    image.apply(&w.file).map_err(io_err(format!(
-        "write the crash image into {}",
-        w.pm.display()
-    )))?;
+    w.write_image(&s.base, image)?;
     let fresh = w.vm.is_none();
     if fresh {
         // Start includes a refresh of the new image: nothing of it is read yet, so a
@@ -849,7 +961,8 @@ async fn recover_one(
     // reads must be in the read set. With no read set to record, the host's fsck of
     // the same bytes (below) gives the same answer without TCG's cost
     // (docs/pruning.md, "What it costs").
-    if s.opts.fsck && record && !dead {
+    let fsck_in_check = s.opts.fsck && s.opts.fsck_in_guest && record;
+    if fsck_in_check && !dead {
         let req = HostMsg::Fsck {
             fs: s.factory.fs,
             timeout_ms: timeout.as_millis() as u64,
@@ -881,9 +994,15 @@ async fn recover_one(
             },
         }
     }
+    let mut stored = None;
     if record && !dead {
         match vm.request(&HostMsg::CheckEnd { id }, timeout).await {
-            Ok(_) => rec.read_set = read_set_of(&w.reads, id),
+            Ok(_) => {
+                if let Some(file) = read_set_file(&w.reads, id) {
+                    rec.read_set = Some(Arc::new(file.reads));
+                    stored = file.stored;
+                }
+            }
             Err(e) => match earned(&e, "check-end", &mut rec) {
                 Ok(()) => dead = true,
                 Err(retry) => {
@@ -903,9 +1022,29 @@ async fn recover_one(
             l.remove(&w.id);
         }
     }
+    if s.opts.fsck && !fsck_in_check && rec.read_set.is_some() {
+        // fsck reads outside the check: an equal image takes this recovery only with
+        // fsck run again on what it leaves of that image, which needs these stores.
+        match &stored {
+            Some(st) => {
+                let stores = CheckStores::read(&w.file, st)
+                    .map_err(io_err("read what the check stored from the scratch image"))?;
+                if std::env::var_os("PMCRASH_PRUNE_DEBUG").is_some() {
+                    eprintln!(
+                        "prune-debug: check {id} stored {} bytes in {} runs, {} bytes held",
+                        stores.bytes(),
+                        stores.runs.len(),
+                        stores.memory()
+                    );
+                }
+                rec.stores = Some(Arc::new(stores));
+            }
+            None => rec.read_set = None,
+        }
+    }
     if s.opts.fsck && rec.fsck.is_none() {
-        // No read set is recorded, or the guest died before fsck: check what the
-        // recovery left, from the host.
+        // fsck on the host, on what the recovery left (also when the guest died before
+        // its fsck in the guest).
         let dir = w._dir.path().to_path_buf();
         rec.fsck = Some(fsck::fsck(s.factory.fs, &w.pm, &dir)?);
     }
@@ -932,6 +1071,35 @@ async fn recover_one(
     }
     rec.millis = t0.elapsed().as_millis() as u64;
     Ok(Attempt::Done(Box::new(rec)))
+}
+
+/// An [`ImageJob::Equal`]: `class`'s recovery for image `index`, with fsck run on the
+/// host on the image with `class`'s stores written over it. No guest runs.
+fn recover_equal(
+    w: &Worker,
+    s: &Shared,
+    index: usize,
+    image: &CrashImage,
+    class: &Recovery,
+) -> Result<Recovery, CheckerError> {
+    let t0 = Instant::now();
+    let mut rec = class.clone();
+    rec.index = index;
+    rec.read_set = None;
+    rec.stores = None;
+    rec.restarts = 0;
+    if s.opts.fsck {
+        w.write_image(&s.base, image)?;
+        if let Some(stores) = &class.stores {
+            stores.apply(&w.file).map_err(io_err(format!(
+                "write the equal check's stores into {}",
+                w.pm.display()
+            )))?;
+        }
+        rec.fsck = Some(fsck::fsck(s.factory.fs, &w.pm, w._dir.path())?);
+    }
+    rec.millis = t0.elapsed().as_millis() as u64;
+    Ok(rec)
 }
 
 /// (length, hash) of every dumped file block whose hash is not known.
