@@ -194,9 +194,11 @@ fn corrupt_images_are_fs_corruption_and_foreign_bytes_are_stale_data() {
     );
     let stores = recs[0].stores.as_ref().expect("the check kept its stores");
     assert!(stores.bytes() >= 1024, "{} bytes stored", stores.bytes());
-    // The base's check read every line that the corrupt images changed: the primary
-    // superblock, a's inode table block, b's data block (so none of these images could
-    // take the base's outcome by read-set pruning).
+    // The base's check read some line of each range that the corrupt images changed:
+    // the primary superblock, a's inode table block, b's data block (so none of these
+    // images could take the base's outcome by read-set pruning). On ext4 copies are
+    // followed by line, so of the inode table block only the inodes' lines looked at
+    // count.
     let reads = recs[0]
         .read_set
         .as_ref()
@@ -207,8 +209,8 @@ fn corrupt_images_are_fs_corruption_and_foreign_bytes_are_stale_data() {
         ("b's data block", dev(b_data_block), 4096),
     ] {
         assert!(
-            (at..at + len).step_by(64).all(|o| reads.contains(o)),
-            "the check of the base did not read the {what} at {at:#x}: {:x?}",
+            reads.intersects(at..at + len),
+            "the check of the base read nothing of the {what} at {at:#x}: {:x?}",
             reads.ranges()
         );
     }

@@ -49,6 +49,9 @@ struct Config {
     out: String,
     /// The read-set file (read-recording mode, see [`crate::reads`]).
     reads: Option<String>,
+    /// Read-recording mode: follow string moves as copies (`copies=blocks|lines`;
+    /// `off` by default), charging a loaded copy's whole 4 KiB block or only its lines.
+    copies: Copies,
     header: Header,
     direct_map: u64,
     verbose: bool,
@@ -63,6 +66,17 @@ struct Config {
     /// Coverage (trace mode, see [`crash_models::coverage`]): the code whose blocks
     /// count, and the file the blocks reached are written to at exit.
     coverage: Option<(CodeRanges, String)>,
+}
+
+/// How copies of PM are followed in read-recording mode (`docs/pruning.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copies {
+    /// Not followed: every PM load is a read, only kernel code is instrumented.
+    Off,
+    /// Followed; a load of a copy reads its whole 4 KiB block.
+    Blocks,
+    /// Followed; a load of a copy reads the lines of the bytes it loads.
+    Lines,
 }
 
 fn parse_u64(key: &str, v: &str) -> Result<u64, String> {
@@ -96,6 +110,7 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
     let mut snap_fences = true;
     let mut snap_records = Vec::new();
     let mut reads = None;
+    let mut copies = Copies::Off;
     let mut cov_ranges = None;
     let mut cov_out = None;
     for a in &args.raw {
@@ -107,6 +122,18 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
             "pm_size" => pm_size = Some(parse_u64(k, v)?),
             "out" => out = Some(v.to_string()),
             "reads" => reads = Some(v.to_string()),
+            "copies" => {
+                copies = match v {
+                    "off" => Copies::Off,
+                    "blocks" => Copies::Blocks,
+                    "lines" => Copies::Lines,
+                    _ => {
+                        return Err(format!(
+                            "pmcrash-tracer: bad copies={v}: expected off, blocks or lines"
+                        ))
+                    }
+                }
+            }
             "kernel" => kernel = v.to_string(),
             "qemu" => qemu = v.to_string(),
             "direct_map" => direct_map = parse_u64(k, v)?,
@@ -175,6 +202,7 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
         pm_size,
         out,
         reads,
+        copies,
         header: Header {
             pm_base,
             pm_size,
@@ -725,10 +753,9 @@ struct PendingMove {
     src: Parts,
 }
 
-/// Follow string moves as copies (`PMCRASH_FOLLOW_COPIES=1` in QEMU's environment; off
-/// by default: on XFS which copies a check loads varies between checks of one image,
-/// `docs/pruning.md`). Off, only kernel code is instrumented and every PM load is a
-/// read, as before.
+/// Follow string moves as copies (`copies=blocks|lines`; the harness chooses per file
+/// system, `docs/pruning.md`). Off, only kernel code is instrumented and every PM load
+/// is a read.
 static FOLLOW_COPIES: AtomicBool = AtomicBool::new(false);
 
 /// A [`PendingMove`] is waiting (checked without the lock).
@@ -1314,10 +1341,10 @@ impl Register for Tracer {
             _ => None,
         };
         LOGGING.store(reads_log.is_some(), Ordering::Relaxed);
-        FOLLOW_COPIES.store(
-            std::env::var_os("PMCRASH_FOLLOW_COPIES").is_some_and(|v| v == "1"),
-            Ordering::Relaxed,
-        );
+        FOLLOW_COPIES.store(cfg.copies != Copies::Off, Ordering::Relaxed);
+        if let (Some(r), Copies::Lines) = (reads.as_mut(), cfg.copies) {
+            r.charge_lines();
+        }
         let snap_fences = cfg.snap_fences;
         let mut snap_records = cfg.snap_records.clone();
         snap_records.reverse();

@@ -61,6 +61,9 @@ pub struct ReadRecorder {
     shadows: Shadows,
     /// Lines put in the set since the last [`ReadRecorder::take_new`], when kept.
     new_lines: Option<Vec<u64>>,
+    /// A load of a copy reads this many bytes (aligned) of PM around each byte it
+    /// loads: [`COPY_BLOCK`], or a line ([`ReadRecorder::charge_lines`]).
+    grain: u64,
 }
 
 impl ReadRecorder {
@@ -86,7 +89,16 @@ impl ReadRecorder {
             unresolved: 0,
             shadows: Shadows::new(limit),
             new_lines: None,
+            grain: COPY_BLOCK,
         }
+    }
+
+    /// A load of a copy reads only the lines of the bytes it loads, not their whole
+    /// [`COPY_BLOCK`] (`PMCRASH_FOLLOW_COPIES=lines`): more pruning, and sound only if
+    /// which bytes of a copied block a check loads is itself a function of the image
+    /// (`docs/pruning.md`, *Why whole blocks*).
+    pub fn charge_lines(&mut self) {
+        self.grain = 1 << self.line_shift;
     }
 
     /// A check opens: forget the last one.
@@ -208,7 +220,7 @@ impl ReadRecorder {
             self.shadows.overwrite(ram, size);
         } else if !self.shadows.copy_from_pm(ram, offset, size) {
             // As if the copy were loaded at once.
-            let (first, last) = (offset / COPY_BLOCK, (offset + size - 1) / COPY_BLOCK);
+            let (first, last) = (offset / self.grain, (offset + size - 1) / self.grain);
             (first..=last).for_each(|b| self.charge_block(b));
         }
     }
@@ -222,16 +234,16 @@ impl ReadRecorder {
         }
         let mut blocks = Vec::new();
         self.shadows
-            .load(ram, size, |pm| blocks.push(pm / COPY_BLOCK));
+            .load(ram, size, |pm| blocks.push(pm / self.grain));
         blocks.dedup();
         blocks.into_iter().for_each(|b| self.charge_block(b));
     }
 
-    /// Every line of PM block `b` ([`COPY_BLOCK`]) is read.
+    /// Every line of PM grain `b` (of [`ReadRecorder::charge_lines`]'s size) is read.
     fn charge_block(&mut self, b: u64) {
         let lines = self.bits.len() as u64 * 64;
-        let first = (b * COPY_BLOCK) >> self.line_shift;
-        let last = ((b + 1) * COPY_BLOCK - 1) >> self.line_shift;
+        let first = (b * self.grain) >> self.line_shift;
+        let last = ((b + 1) * self.grain - 1) >> self.line_shift;
         for line in first..=last.min(lines - 1) {
             self.mark(line);
         }
