@@ -94,7 +94,7 @@ impl ReadRecorder {
     }
 
     /// A load of a copy reads only the lines of the bytes it loads, not their whole
-    /// [`COPY_BLOCK`] (`PMCRASH_FOLLOW_COPIES=lines`): more pruning, and sound only if
+    /// [`COPY_BLOCK`] (the plugin's `copies=lines`): more pruning, and sound only if
     /// which bytes of a copied block a check loads is itself a function of the image
     /// (`docs/pruning.md`, *Why whole blocks*).
     pub fn charge_lines(&mut self) {
