@@ -677,6 +677,7 @@ impl Pipeline {
             drive(&mut sched, &mut stream, job_tx, &mut done_rx, &interrupt)
         );
         let (enumerate, judging) = (stream.enumerate, stream.judging);
+        let fsck_reused = checker.fsck_reused();
         self.checker = Some(checker);
         checked.map_err(|source| PipelineError::Check {
             workload: name.into(),
@@ -709,6 +710,7 @@ impl Pipeline {
         report.stats.checked_images = sched.checked;
         report.stats.pruned_images = sched.pruned;
         report.stats.prune_read_sets = sched.read_sets();
+        report.stats.fsck_reused = fsck_reused;
         report.stats.peak_rss_bytes = crate::memory::peak_rss_bytes();
         timings.total_ms = t0.elapsed().as_millis() as u64;
         report.timings = timings;

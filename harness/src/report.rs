@@ -231,6 +231,9 @@ pub struct WorkloadStats {
     pub pruned_images: usize,
     /// Distinct read sets among the checked images kept for pruning.
     pub prune_read_sets: usize,
+    /// Distinct images whose fsck outcome was an equal image's: equal on every byte
+    /// that image's fsck read (ext4, with pruning on).
+    pub fsck_reused: u64,
     /// Peak resident memory of the harness (VmHWM) when the workload was done, in
     /// bytes (the process's peak so far: it includes earlier workloads).
     pub peak_rss_bytes: u64,
@@ -492,9 +495,10 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "  images: {} checked, {} pruned (equal on what a check read); peak memory {} MiB",
+                "  images: {} checked, {} pruned (equal on what a check read), {} with an equal image's fsck (equal on what fsck read); peak memory {} MiB",
                 st.checked_images,
                 st.pruned_images,
+                st.fsck_reused,
                 st.peak_rss_bytes >> 20
             );
             let _ = writeln!(

@@ -860,36 +860,46 @@ unsafe extern "C" fn on_load(
     }
     let Some(cfg) = CONFIG.get() else { return };
     let ud = udata as u64;
-    // SAFETY: called by QEMU inside a memory callback with a valid meminfo.
-    let hw = unsafe { sys::qemu_plugin_get_hwaddr(info, vaddr) };
-    if hw.is_null() {
-        if PENDING.load(Ordering::Relaxed) {
-            with_rt(|rt| {
-                if let (Some(p), Some(r)) = (rt.pending.take(), rt.reads.as_mut()) {
-                    r.load_parts(&p.src);
+    let pa = match direct_pa(cfg, vaddr) {
+        Some(pa) => pa,
+        None => {
+            // SAFETY: called by QEMU inside a memory callback with a valid meminfo.
+            let hw = unsafe { sys::qemu_plugin_get_hwaddr(info, vaddr) };
+            if hw.is_null() {
+                if PENDING.load(Ordering::Relaxed) {
+                    with_rt(|rt| {
+                        if let (Some(p), Some(r)) = (rt.pending.take(), rt.reads.as_mut()) {
+                            r.load_parts(&p.src);
+                        }
+                        PENDING.store(false, Ordering::Relaxed);
+                    });
                 }
-                PENDING.store(false, Ordering::Relaxed);
-            });
+                return;
+            }
+            // SAFETY: a non-null hwaddr from QEMU.
+            let pa = unsafe { sys::qemu_plugin_hwaddr_phys_addr(hw) };
+            learn_direct_map(cfg, vaddr, pa);
+            pa
         }
-        return;
-    }
-    // SAFETY: as above.
-    let (pa, size, is_store) = unsafe {
-        (
-            sys::qemu_plugin_hwaddr_phys_addr(hw),
-            1u64 << sys::qemu_plugin_mem_size_shift(info),
-            sys::qemu_plugin_mem_is_store(info),
-        )
     };
     let off = pa.wrapping_sub(cfg.pm_base);
-    let crossing = size > 0x1000 - (pa & 0xfff);
+    // No access is wider than 64 bytes: one that starts further from its page's end
+    // stays in its page, whatever its size (asked only when needed).
+    let maybe_crossing = pa & 0xfff > 0x1000 - 64;
     let slow = off < cfg.pm_size
-        || crossing
+        || maybe_crossing
         || PENDING.load(Ordering::Relaxed)
         || (ANY_SHADOW.load(Ordering::Relaxed) && page_shadowed(pa));
     if !slow {
         return;
     }
+    // SAFETY: called by QEMU inside a memory callback with a valid meminfo.
+    let (size, is_store) = unsafe {
+        (
+            1u64 << sys::qemu_plugin_mem_size_shift(info),
+            sys::qemu_plugin_mem_is_store(info),
+        )
+    };
     // SAFETY: inside the memory callback, with its info.
     let parts = unsafe { place(cfg, info, vaddr, pa, size) };
     let is_move = ud & UD_MOVE != 0;
@@ -943,6 +953,84 @@ unsafe extern "C" fn on_load(
     });
     if LOGGING.load(Ordering::Relaxed) {
         with_rt(|rt| log_new(rt, ud, is_store));
+    }
+}
+
+/// The kernel's direct map in read-recording mode: where it starts, once QEMU's own
+/// translations confirmed it ([`learn_direct_map`]); 0 while not known, `u64::MAX`
+/// once refuted.
+///
+/// Asking QEMU for the physical address of every kernel access (`get_hwaddr`, a walk
+/// of its TLB) was a third of a check's time. The direct map (slab, page cache,
+/// per-CPU data, and PM itself through the pmem driver and DAX) is linear by the
+/// kernel's construction (`__va(pa) = PAGE_OFFSET + pa`; `nokaslr` fixes
+/// `PAGE_OFFSET` at one of two values), so its accesses need no walk. Every
+/// [`DIRECT_CHECK_EVERY`]th of them is still checked against QEMU; a difference
+/// turns the fast path off and marks the open check's read set incomplete.
+static DIRECT_BASE: AtomicU64 = AtomicU64::new(0);
+/// Consistent translations seen before [`DIRECT_BASE`] is trusted.
+static DIRECT_SEEN: AtomicU64 = AtomicU64::new(0);
+/// Fast translations made (for the sampled checks).
+static DIRECT_FAST: AtomicU64 = AtomicU64::new(0);
+const DIRECT_CONFIRMATIONS: u64 = 64;
+const DIRECT_CHECK_EVERY: u64 = 4096;
+/// `PAGE_OFFSET` without KASLR, with 4- and 5-level paging.
+const PAGE_OFFSET_L4: u64 = 0xffff_8880_0000_0000;
+const PAGE_OFFSET_L5: u64 = 0xff11_0000_0000_0000;
+
+/// The physical address of `vaddr` when it lies in the confirmed direct map, below
+/// the end of PM (the highest guest-physical address the check cares about).
+#[inline]
+fn direct_pa(cfg: &Config, vaddr: u64) -> Option<u64> {
+    let base = DIRECT_BASE.load(Ordering::Relaxed);
+    if base == 0 || base == u64::MAX {
+        return None;
+    }
+    let pa = vaddr.wrapping_sub(base);
+    if pa >= cfg.pm_base + cfg.pm_size {
+        return None;
+    }
+    // Not a read-modify-write: a lost count among vCPUs only moves the sampling.
+    let n = DIRECT_FAST.load(Ordering::Relaxed).wrapping_add(1);
+    DIRECT_FAST.store(n, Ordering::Relaxed);
+    if n % DIRECT_CHECK_EVERY == 0 {
+        // Let the slow path ask QEMU and compare (`learn_direct_map`).
+        return None;
+    }
+    Some(pa)
+}
+
+/// QEMU translated kernel address `vaddr` to `pa`: confirm the direct map's start, or
+/// refute it.
+fn learn_direct_map(cfg: &Config, vaddr: u64, pa: u64) {
+    let limit = cfg.pm_base + cfg.pm_size;
+    let base = DIRECT_BASE.load(Ordering::Relaxed);
+    if base == u64::MAX {
+        return;
+    }
+    let in_map = |b: u64| vaddr.wrapping_sub(b) < limit;
+    if base != 0 {
+        if in_map(base) && vaddr.wrapping_sub(base) != pa {
+            DIRECT_BASE.store(u64::MAX, Ordering::Relaxed);
+            with_rt(|rt| {
+                if let Some(r) = rt.reads.as_mut() {
+                    r.doubt();
+                }
+                rt.warn(|| format!("direct map refuted: {vaddr:#x} is {pa:#x}"));
+            });
+        }
+        return;
+    }
+    for b in [PAGE_OFFSET_L4, PAGE_OFFSET_L5] {
+        if in_map(b) {
+            if vaddr.wrapping_sub(b) == pa {
+                if DIRECT_SEEN.fetch_add(1, Ordering::Relaxed) + 1 >= DIRECT_CONFIRMATIONS {
+                    DIRECT_BASE.store(b, Ordering::Relaxed);
+                }
+            } else {
+                DIRECT_BASE.store(u64::MAX, Ordering::Relaxed);
+            }
+        }
     }
 }
 

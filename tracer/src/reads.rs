@@ -399,6 +399,14 @@ impl ReadRecorder {
         }
     }
 
+    /// Something of the open check may have been placed wrongly (the glue's fast
+    /// translation was refuted): its file is marked incomplete, so it is never a class.
+    pub fn doubt(&mut self) {
+        if self.open.is_some() {
+            self.unresolved += 1;
+        }
+    }
+
     /// A store of the open check went somewhere unknown.
     fn lost_store(&mut self) {
         if self.open.is_some() {

@@ -14,7 +14,8 @@
 //! non-multiple of 64 two). Memory is bounded: past `limit` runs a copy is refused, and
 //! the caller charges its source at once, as for a plain load.
 
-use std::collections::HashMap;
+use crash_models::model::FxMap;
+use smallvec::SmallVec;
 
 /// Bytes of RAM per tracked line.
 const LINE: u64 = 64;
@@ -31,7 +32,9 @@ struct Run {
 /// The RAM bytes that hold copies of PM bytes, and of which.
 #[derive(Debug)]
 pub struct Shadows {
-    lines: HashMap<u64, Vec<Run>>,
+    /// Keyed by RAM line (checked on every load of a page holding copies, so a cheap
+    /// hash and no allocation for the usual one or two runs).
+    lines: FxMap<u64, SmallVec<[Run; 2]>>,
     runs: usize,
     limit: usize,
 }
@@ -55,7 +58,7 @@ impl Shadows {
     /// An empty map that holds at most `limit` runs (one run covers up to 64 bytes).
     pub fn new(limit: usize) -> Shadows {
         Shadows {
-            lines: HashMap::new(),
+            lines: FxMap::default(),
             runs: 0,
             limit,
         }
@@ -63,7 +66,7 @@ impl Shadows {
 
     /// Forget everything (a check's end).
     pub fn clear(&mut self) {
-        self.lines = HashMap::new();
+        self.lines = FxMap::default();
         self.runs = 0;
     }
 

@@ -501,6 +501,8 @@ struct Shared {
     opts: CheckerOptions,
     base: Base,
     known: KnownBlocks,
+    /// fsck outcomes by what fsck read, when pruning (`None` with `--no-prune`).
+    fsck_memo: Option<Arc<fsck::FsckMemo>>,
     /// The images to check, as the caller makes them; a worker takes the next one
     /// when it is free, so the caller decides late (pruning) and memory stays bounded.
     queue: tokio::sync::Mutex<mpsc::Receiver<(usize, ImageJob)>>,
@@ -513,6 +515,17 @@ struct Shared {
     /// caller waits for; were the others to keep waiting for jobs, the caller would
     /// wait on them and they on it. So all end, and the caller sees `done` close.
     ended: Interrupt,
+}
+
+impl Shared {
+    /// fsck on the host of what worker `w`'s scratch file holds.
+    fn host_fsck(&self, w: &Worker) -> Result<FsckOutcome, CheckerError> {
+        let dir = w._dir.path();
+        Ok(match &self.fsck_memo {
+            Some(m) => m.fsck(self.factory.fs, &w.pm, &w.file, dir)?,
+            None => fsck::fsck(self.factory.fs, &w.pm, dir)?,
+        })
+    }
 }
 
 /// Requests [`Shared::ended`] when dropped: when its worker returns or unwinds.
@@ -531,6 +544,7 @@ pub struct Checker {
     workers: Vec<Worker>,
     live: Arc<Mutex<BTreeMap<usize, u32>>>,
     restarts: u32,
+    fsck_reused: u64,
     interrupt: Option<Interrupt>,
 }
 
@@ -576,6 +590,7 @@ impl Checker {
             workers,
             live: Arc::new(Mutex::new(BTreeMap::new())),
             restarts: 0,
+            fsck_reused: 0,
             interrupt: None,
         })
     }
@@ -595,6 +610,12 @@ impl Checker {
     /// prove the checker recovers).
     pub fn live_guests(&self) -> Arc<Mutex<BTreeMap<usize, u32>>> {
         self.live.clone()
+    }
+
+    /// Images of the last [`Checker::recover_stream`] whose fsck outcome was taken
+    /// from an equal image's run ([`fsck::FsckMemo`]).
+    pub fn fsck_reused(&self) -> u64 {
+        self.fsck_reused
     }
 
     /// Guest restarts so far (panics, hangs, deaths).
@@ -701,6 +722,9 @@ impl Checker {
             opts: self.opts.clone(),
             base,
             known,
+            // Reusing fsck outcomes is pruning too: off with `--no-prune`, whose runs
+            // the soundness test compares with.
+            fsck_memo: (self.opts.record_reads && !self.opts.fsck_in_guest).then(Arc::default),
             queue: tokio::sync::Mutex::new(jobs),
             done,
             live: self.live.clone(),
@@ -712,6 +736,7 @@ impl Checker {
             let s = shared.clone();
             tasks.push(tokio::spawn(async move { run_worker(w, s).await }));
         }
+        let memo = shared.fsck_memo.clone();
         drop(shared);
         let mut first_err = None;
         for t in tasks {
@@ -727,6 +752,7 @@ impl Checker {
             }
         }
         self.workers.sort_by_key(|w| w.id);
+        self.fsck_reused = memo.map_or(0, |m| m.hits());
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -905,17 +931,19 @@ async fn recover_one(
     w.checks += 1;
     let id = ((w.id as u64) << 48) | w.checks;
     let vm = w.vm.as_mut().expect("guest");
+    // The refresh loads nothing of PM (it drops caches): outside the recorded window
+    // it costs a third of what the plugin's callbacks make of it inside.
+    if !fresh {
+        if let Err(e) = vm.request(&HostMsg::Refresh, timeout).await {
+            w.vm = None;
+            return Ok(Attempt::Retry(format!("refresh: {e}")));
+        }
+    }
     if record {
         let _ = std::fs::remove_file(&w.reads);
         if let Err(e) = vm.request(&HostMsg::CheckBegin { id }, timeout).await {
             w.vm = None;
             return Ok(Attempt::Retry(format!("check-begin: {e}")));
-        }
-    }
-    if !fresh {
-        if let Err(e) = vm.request(&HostMsg::Refresh, timeout).await {
-            w.vm = None;
-            return Ok(Attempt::Retry(format!("refresh: {e}")));
         }
     }
     let mut rec = Recovery::mounted(index);
@@ -1102,8 +1130,7 @@ async fn recover_one(
     if s.opts.fsck && rec.fsck.is_none() {
         // fsck on the host, on what the recovery left (also when the guest died before
         // its fsck in the guest).
-        let dir = w._dir.path().to_path_buf();
-        rec.fsck = Some(fsck::fsck(s.factory.fs, &w.pm, &dir)?);
+        rec.fsck = Some(s.host_fsck(w)?);
     }
     if let Some(entries) = &rec.entries {
         // A user checker's answer is part of the state (it may read what the dump
@@ -1153,7 +1180,7 @@ fn recover_equal(
                 w.pm.display()
             )))?;
         }
-        rec.fsck = Some(fsck::fsck(s.factory.fs, &w.pm, w._dir.path())?);
+        rec.fsck = Some(s.host_fsck(w)?);
     }
     rec.millis = t0.elapsed().as_millis() as u64;
     Ok(rec)
