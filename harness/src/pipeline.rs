@@ -816,6 +816,9 @@ impl Pipeline {
             };
             self.symbols = Some(Arc::new(table));
         }
+        if let (Some(c), Some(t)) = (self.checker.as_mut(), self.symbols.as_ref()) {
+            c.set_copy_routine(t.copy_routine());
+        }
         Ok(())
     }
 

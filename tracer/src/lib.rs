@@ -14,7 +14,10 @@
 //! (`crash_models::protocol::marker::check`; loads of kernel code only: user code in a
 //! checker guest maps no PM), and writes each check's read set to PATH
 //! (a `crash_models::readset::ReadSetFile`, replaced at every check's end) before the
-//! end marker completes. See [`reads`].
+//! end marker completes. `copies=off|blocks|lines` follows string moves of PM into
+//! RAM as copies, and with it `copyback=0xSTART-0xEND` names the kernel's write-back
+//! copy routine, whose copies put back where they came from are neither read nor
+//! stored. See [`reads`].
 #![warn(missing_docs)]
 
 pub mod reads;

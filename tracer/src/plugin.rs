@@ -66,6 +66,10 @@ struct Config {
     /// Coverage (trace mode, see [`crash_models::coverage`]): the code whose blocks
     /// count, and the file the blocks reached are written to at exit.
     coverage: Option<(CodeRanges, String)>,
+    /// Read-recording mode with copies followed: the kernel's write-back copy routine
+    /// (`copyback=0xSTART-0xEND`, the pmem driver's `__memcpy_flushcache`), whose
+    /// loads and stores pair up as copies ([`crate::reads::ReadRecorder::copy_load`]).
+    copyback: Option<(u64, u64)>,
 }
 
 /// How copies of PM are followed in read-recording mode (`docs/pruning.md`).
@@ -112,6 +116,7 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
     let mut reads = None;
     let mut copies = Copies::Off;
     let mut cov_ranges = None;
+    let mut copyback = None;
     let mut cov_out = None;
     for a in &args.raw {
         let (k, v) = a
@@ -141,6 +146,15 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
             "pm_file" => pm_file = Some(v.to_string()),
             "snap" => snap_out = Some(v.to_string()),
             "cov_ranges" => cov_ranges = Some(v.to_string()),
+            "copyback" => {
+                let bad = || format!("pmcrash-tracer: bad copyback={v}: expected 0xSTART-0xEND");
+                let (a, b) = v.split_once('-').ok_or_else(bad)?;
+                let (a, b) = (parse_u64(k, a)?, parse_u64(k, b)?);
+                if a >= b {
+                    return Err(bad());
+                }
+                copyback = Some((a, b));
+            }
             "cov" => cov_out = Some(v.to_string()),
             "snap_fences" => snap_fences = matches!(v, "on" | "true" | "yes" | "1"),
             // Colon-separated: QEMU splits plugin arguments at commas.
@@ -218,6 +232,7 @@ fn parse_args(args: &Args, info: &Info) -> Result<Config, String> {
         snap_fences,
         snap_records,
         coverage,
+        copyback,
     })
 }
 
@@ -518,6 +533,26 @@ fn unpack_pc(ud: u64) -> u64 {
     (((ud << 16) as i64) >> 16) as u64
 }
 
+/// The value an access loaded or stored, as (low, high) 64-bit halves.
+///
+/// # Safety
+/// Inside a memory callback, with its `info`.
+unsafe fn mem_value(info: sys::qemu_plugin_meminfo_t) -> (u64, u64) {
+    // SAFETY: per this function's contract.
+    let value = unsafe { sys::qemu_plugin_mem_get_value(info) };
+    // SAFETY: the union member read is the one `type_` names.
+    unsafe {
+        use sys::qemu_plugin_mem_value_type::*;
+        match value.type_ {
+            QEMU_PLUGIN_MEM_VALUE_U8 => (value.data.u8_ as u64, 0),
+            QEMU_PLUGIN_MEM_VALUE_U16 => (value.data.u16_ as u64, 0),
+            QEMU_PLUGIN_MEM_VALUE_U32 => (value.data.u32_ as u64, 0),
+            QEMU_PLUGIN_MEM_VALUE_U64 => (value.data.u64_, 0),
+            QEMU_PLUGIN_MEM_VALUE_U128 => (value.data.u128_.low, value.data.u128_.high),
+        }
+    }
+}
+
 unsafe extern "C" fn on_store(
     vcpu: c_uint,
     info: sys::qemu_plugin_meminfo_t,
@@ -542,17 +577,7 @@ unsafe extern "C" fn on_store(
         return;
     }
     // SAFETY: as above.
-    let value = unsafe { sys::qemu_plugin_mem_get_value(info) };
-    let (lo, hi) = unsafe {
-        use sys::qemu_plugin_mem_value_type::*;
-        match value.type_ {
-            QEMU_PLUGIN_MEM_VALUE_U8 => (value.data.u8_ as u64, 0),
-            QEMU_PLUGIN_MEM_VALUE_U16 => (value.data.u16_ as u64, 0),
-            QEMU_PLUGIN_MEM_VALUE_U32 => (value.data.u32_ as u64, 0),
-            QEMU_PLUGIN_MEM_VALUE_U64 => (value.data.u64_, 0),
-            QEMU_PLUGIN_MEM_VALUE_U128 => (value.data.u128_.low, value.data.u128_.high),
-        }
-    };
+    let (lo, hi) = unsafe { mem_value(info) };
     let ud = udata as usize as u64;
     let pc = unpack_pc(ud);
     let nt = ud & UD_NT != 0;
@@ -740,8 +765,10 @@ fn check_marker(rt: &mut Runtime, regs: &Regs) {
 
 /// Read-recording mode: user data of a memory callback (bits 0..48: the pc).
 const UD_MOVE: u64 = 1 << 49;
-/// ... of a user-mode instruction (loads only).
+/// ... of a user-mode instruction (loads only, unless copies are written back).
 const UD_USER: u64 = 1 << 50;
+/// ... of the kernel's write-back copy routine (`copyback=`).
+const UD_COPYBACK: u64 = 1 << 51;
 
 /// A string move's load from PM (or from RAM holding copies), waiting for the store of
 /// the same instruction, which QEMU reports next ([`on_load`]).
@@ -886,8 +913,10 @@ unsafe extern "C" fn on_load(
     // No access is wider than 64 bytes: one that starts further from its page's end
     // stays in its page, whatever its size (asked only when needed).
     let maybe_crossing = pa & 0xfff > 0x1000 - 64;
+    let is_copyback = ud & UD_COPYBACK != 0;
     let slow = off < cfg.pm_size
         || maybe_crossing
+        || is_copyback
         || PENDING.load(Ordering::Relaxed)
         || (ANY_SHADOW.load(Ordering::Relaxed) && page_shadowed(pa));
     if !slow {
@@ -903,10 +932,30 @@ unsafe extern "C" fn on_load(
     // SAFETY: inside the memory callback, with its info.
     let parts = unsafe { place(cfg, info, vaddr, pa, size) };
     let is_move = ud & UD_MOVE != 0;
+    let value = if is_copyback {
+        // SAFETY: inside the memory callback, with its info.
+        Some(unsafe { mem_value(info) })
+    } else {
+        None
+    };
     with_rt(|rt| {
         let pending = rt.pending.take();
         PENDING.store(false, Ordering::Relaxed);
         let Some(r) = rt.reads.as_mut() else { return };
+        if let Some(value) = value {
+            if let Some(p) = pending {
+                r.load_parts(&p.src);
+            }
+            if is_store {
+                r.copy_store(&parts, size, value);
+            } else {
+                r.copy_load(&parts, size, value);
+            }
+            return;
+        }
+        if r.has_copy_loads() {
+            r.flush_copy_loads();
+        }
         if let Some(p) = pending {
             if is_store && p.vcpu == vcpu && p.udata == ud && p.size == size {
                 // Copies land only in pages the bitmap covers, or the fast path
@@ -954,6 +1003,12 @@ unsafe extern "C" fn on_load(
     if LOGGING.load(Ordering::Relaxed) {
         with_rt(|rt| log_new(rt, ud, is_store));
     }
+}
+
+/// Copies written back are followed: copies are followed and `copyback=` names the
+/// routine.
+fn copyback_on() -> bool {
+    FOLLOW_COPIES.load(Ordering::Relaxed) && CONFIG.get().is_some_and(|c| c.copyback.is_some())
 }
 
 /// The kernel's direct map in read-recording mode: where it starts, once QEMU's own
@@ -1161,9 +1216,16 @@ unsafe extern "C" fn on_tb_trans(_id: sys::qemu_plugin_id_t, tb: *mut sys::qemu_
             } else {
                 0
             };
+            let copyback = CONFIG
+                .get()
+                .and_then(|c| c.copyback)
+                .is_some_and(|(a, b)| follow && (a..b).contains(&pc));
             let (rw, ud) = if privilege(pc) == Privilege::Kernel {
-                (sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW, pc48 | mv)
-            } else if mv != 0 {
+                let cb = if copyback { UD_COPYBACK } else { 0 };
+                (sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW, pc48 | mv | cb)
+            } else if mv != 0 || copyback_on() {
+                // Copies written back are taken to hold the image's bytes until a
+                // store says otherwise, so user stores must be seen too.
                 (
                     sys::qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW,
                     pc48 | mv | UD_USER,

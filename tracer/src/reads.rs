@@ -22,6 +22,11 @@
 //! load (kernel or user) reads the copy, or when a string move carries the copy into PM. The glue
 //! decides what a move is; `docs/pruning.md` argues why this keeps the read set
 //! deciding the check.
+//!
+//! Copies written back ([`ReadRecorder::copy_load`], [`ReadRecorder::copy_store`]): the
+//! pmem driver's write-back routine moves a copy through registers into PM; a byte
+//! put back on the very PM byte it was copied from is neither read nor stored by the
+//! check (`docs/pruning.md`, *Copies written back*).
 
 use crate::shadow::Shadows;
 use crash_models::model::FxMap;
@@ -64,6 +69,17 @@ pub struct ReadRecorder {
     /// A load of a copy reads this many bytes (aligned) of PM around each byte it
     /// loads: [`COPY_BLOCK`], or a line ([`ReadRecorder::charge_lines`]).
     grain: u64,
+    /// Loads of the kernel's write-back copy routine waiting for the store that
+    /// writes their value ([`ReadRecorder::copy_load`]), oldest first.
+    copy_loads: std::collections::VecDeque<CopyLoad>,
+}
+
+/// A load of the write-back copy routine: `size` bytes at `parts`, `value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CopyLoad {
+    parts: Parts,
+    size: u64,
+    value: (u64, u64),
 }
 
 impl ReadRecorder {
@@ -90,6 +106,7 @@ impl ReadRecorder {
             shadows: Shadows::new(limit),
             new_lines: None,
             grain: COPY_BLOCK,
+            copy_loads: std::collections::VecDeque::new(),
         }
     }
 
@@ -110,6 +127,7 @@ impl ReadRecorder {
         self.written.clear();
         self.stores_lost = false;
         self.shadows.clear();
+        self.copy_loads.clear();
         self.unresolved = 0;
         self.open = Some(check);
     }
@@ -218,10 +236,143 @@ impl ReadRecorder {
         }
         if self.all_stored(offset, size) {
             self.shadows.overwrite(ram, size);
-        } else if !self.shadows.copy_from_pm(ram, offset, size) {
-            // As if the copy were loaded at once.
-            let (first, last) = (offset / self.grain, (offset + size - 1) / self.grain);
-            (first..=last).for_each(|b| self.charge_block(b));
+            return;
+        }
+        // A copy of bytes the check stored holds the check's values, not the image's:
+        // those RAM bytes hold no copy (so a shadow always means the image's value,
+        // which `copy_back` relies on).
+        let mut runs = Vec::new();
+        if self.any_stored(offset, size) {
+            let mut start = 0;
+            while start < size {
+                let stored = self.all_stored(offset + start, 1);
+                let mut end = start + 1;
+                while end < size && self.all_stored(offset + end, 1) == stored {
+                    end += 1;
+                }
+                runs.push((start, end - start, stored));
+                start = end;
+            }
+        } else {
+            runs.push((0, size, false));
+        }
+        for (k, n, stored) in runs {
+            if stored {
+                self.shadows.overwrite(ram + k, n);
+            } else if !self.shadows.copy_from_pm(ram + k, offset + k, n) {
+                // As if the copy were loaded at once.
+                let (first, last) = ((offset + k) / self.grain, (offset + k + n - 1) / self.grain);
+                (first..=last).for_each(|b| self.charge_block(b));
+            }
+        }
+    }
+
+    /// True when the open check stored some byte of PM `offset..offset + size`.
+    fn any_stored(&self, offset: u64, size: u64) -> bool {
+        if self.line_shift > 6 || size == 0 || self.written.is_empty() {
+            return false;
+        }
+        let last = offset + size - 1;
+        ((offset >> self.line_shift)..=(last >> self.line_shift)).any(|line| {
+            let m = self.mask(line, offset, last);
+            self.written.get(&line).is_some_and(|&s| s & m != 0)
+        })
+    }
+
+    /// A load by the kernel's write-back copy routine (the pmem driver's
+    /// `__memcpy_flushcache`: `movq` loads, then `movnti` stores of the same
+    /// registers, in order), of `size` bytes at `parts` with `value`: held until the
+    /// routine's store of it ([`ReadRecorder::copy_store`]), in order, so that every
+    /// store pairs with the load of its register.
+    pub fn copy_load(&mut self, parts: &Parts, size: u64, value: (u64, u64)) {
+        if self.open.is_none() {
+            return;
+        }
+        if self.copy_loads.len() >= 16 {
+            // The routine holds at most four; something else is going on: plain loads.
+            self.flush_copy_loads();
+        }
+        self.copy_loads.push_back(CopyLoad {
+            parts: *parts,
+            size,
+            value,
+        });
+    }
+
+    /// A store by the write-back copy routine: it writes the value of the oldest held
+    /// load ([`ReadRecorder::copy_load`]) when the two have the same size and value.
+    /// A byte copied back onto the PM byte its RAM copy came from is neither a read
+    /// nor a store of the check: it moves the image's own value back where it was
+    /// (`docs/pruning.md`, *Copies written back*). Anything else is a plain load and
+    /// store.
+    pub fn copy_store(&mut self, parts: &Parts, size: u64, value: (u64, u64)) {
+        let load = self.copy_loads.pop_front();
+        match (load, *parts) {
+            (
+                Some(CopyLoad {
+                    parts: [(Place::Ram(ram), m), (_, 0)],
+                    size: ls,
+                    value: lv,
+                }),
+                [(Place::Pm(pm), n), (_, 0)],
+            ) if ls == size && m == size && n == size && size <= 16 && lv == value => {
+                self.copy_back(ram, pm, size)
+            }
+            (l, _) => {
+                if let Some(l) = l {
+                    self.load_parts(&l.parts);
+                }
+                self.store_parts(parts);
+            }
+        }
+    }
+
+    /// Held loads of the copy routine that no store took: plain loads.
+    pub fn flush_copy_loads(&mut self) {
+        while let Some(l) = self.copy_loads.pop_front() {
+            self.load_parts(&l.parts);
+        }
+    }
+
+    /// True while loads of the copy routine wait for their stores.
+    pub fn has_copy_loads(&self) -> bool {
+        !self.copy_loads.is_empty()
+    }
+
+    /// RAM `ram..ram + size` was stored, unchanged, to PM `pm..`.
+    fn copy_back(&mut self, ram: u64, pm: u64, size: u64) {
+        if self.open.is_none() || pm.saturating_add(size) > self.pm_size {
+            self.ram_load(ram, size);
+            self.store(pm, size);
+            return;
+        }
+        let mut src = [None; 16];
+        self.shadows
+            .load_bytes(ram, size, |a, p| src[(a - ram) as usize] = Some(p));
+        for (i, s) in src.iter().take(size as usize).enumerate() {
+            let at = pm + i as u64;
+            if *s == Some(at) {
+                self.unstore(at);
+            } else {
+                if let Some(p) = s {
+                    self.charge_block(p / self.grain);
+                }
+                self.store(at, 1);
+            }
+        }
+    }
+
+    /// PM byte `at` holds the image's value again: no longer stored by the check.
+    fn unstore(&mut self, at: u64) {
+        if self.line_shift > 6 {
+            return;
+        }
+        let line = at >> self.line_shift;
+        if let Some(m) = self.written.get_mut(&line) {
+            *m &= !(1u64 << (at - (line << self.line_shift)));
+            if *m == 0 {
+                self.written.remove(&line);
+            }
         }
     }
 
@@ -292,6 +443,7 @@ impl ReadRecorder {
     /// The check `check` ends: its read set. A check that was not the open one (or
     /// none was open) gives a file marked incomplete, so the host never uses it.
     pub fn end(&mut self, check: u64) -> ReadSetFile {
+        self.flush_copy_loads();
         let mut unresolved = self.unresolved;
         if self.open != Some(check) {
             unresolved += 1;
@@ -582,6 +734,58 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_written_back_where_it_came_from_is_neither_read_nor_stored() {
+        let ram = |a, n| [(Place::Ram(a), n), (Place::Unknown, 0)];
+        let pm = |o, n| [(Place::Pm(o), n), (Place::Unknown, 0)];
+        let mut r = ReadRecorder::new(1 << 16, 64);
+        r.charge_lines();
+        r.begin(1);
+        r.move_to_ram(0x8000, 4096, 4096);
+        // The routine's 4x8 loop: four loads, then four stores of the same values.
+        for k in 0..4 {
+            r.copy_load(&ram(0x8000 + 8 * k, 8), 8, (k, 0));
+        }
+        for k in 0..4 {
+            r.copy_store(&pm(4096 + 8 * k, 8), 8, (k, 0));
+        }
+        // Written elsewhere (jbd2 replaying a block to its home): a read of the
+        // source and a store.
+        r.copy_load(&ram(0x8000 + 64, 8), 8, (9, 0));
+        r.copy_store(&pm(0, 8), 8, (9, 0));
+        // A store of another value than the load's: no copy.
+        r.copy_load(&ram(0x8000 + 128, 8), 8, (5, 0));
+        r.copy_store(&pm(4096 + 128, 8), 8, (6, 0));
+        // A load left waiting at the end: a load.
+        r.copy_load(&ram(0x8000 + 192, 8), 8, (7, 0));
+        let f = r.end(1);
+        assert_eq!(
+            lines_of(&f),
+            [65, 66, 67].into_iter().collect::<BTreeSet<_>>()
+        );
+        let stored: Vec<_> = f.stored.expect("stores known").ranges();
+        assert_eq!(stored, vec![0..8, 4096 + 128..4096 + 136]);
+    }
+
+    #[test]
+    fn a_copy_written_back_over_the_checks_own_store_undoes_it() {
+        let ram = |a, n| [(Place::Ram(a), n), (Place::Unknown, 0)];
+        let pm = |o, n| [(Place::Pm(o), n), (Place::Unknown, 0)];
+        let mut r = ReadRecorder::new(1 << 16, 64);
+        r.begin(1);
+        r.move_to_ram(0x8000, 0, 64);
+        r.store(0, 8); // after the copy: the copy still holds the image's bytes
+        r.copy_load(&ram(0x8000, 8), 8, (1, 0));
+        r.copy_store(&pm(0, 8), 8, (1, 0));
+        r.record(0, 8); // the image's bytes again: a read
+        let f = r.end(1);
+        assert_eq!(lines_of(&f), [0].into_iter().collect::<BTreeSet<_>>());
+        assert_eq!(
+            f.stored.expect("stores known").ranges(),
+            Vec::<std::ops::Range<u64>>::new()
+        );
+    }
+
+    #[test]
     fn outside_a_check_copies_are_forgotten() {
         let mut r = ReadRecorder::new(1 << 16, 64);
         r.move_to_ram(0x8000, 0, 64);
@@ -603,6 +807,9 @@ mod tests {
         RamLoad(u64, u64),
         RamStore(u64, u64),
         RamMove(u64, u64, u64),
+        /// The write-back copy routine loads RAM (first) and stores it to PM (second)
+        /// with the same value (or, when false, a different one: no copy).
+        CopyBack(u64, u64, u64, bool),
     }
 
     /// PM of the property tests: four blocks.
@@ -621,6 +828,19 @@ mod tests {
             (ram(), len()).prop_map(|(r, n)| Ev::RamLoad(r, n)),
             (ram(), len()).prop_map(|(r, n)| Ev::RamStore(r, n)),
             (ram(), ram(), len()).prop_map(|(d, s, n)| Ev::RamMove(d, s, n)),
+            (ram(), pm(), 1u64..=16, any::<bool>()).prop_map(|(r, o, n, same)| Ev::CopyBack(
+                r,
+                o,
+                n.min(PM - o),
+                same
+            )),
+            // Copies written back where they came from, the case that matters.
+            (0u64..4096, 1u64..=16, any::<bool>()).prop_map(|(o, n, same)| Ev::CopyBack(
+                o + 4096,
+                o,
+                n,
+                same
+            )),
         ]
     }
 
@@ -644,13 +864,28 @@ mod tests {
                 }
                 Ev::PmStore(o, n) => stored.extend(o..(o + n).min(PM)),
                 Ev::MoveToRam(r, o, n) => {
-                    let own = (o..o + n).all(|b| stored.contains(&b));
+                    // A copy of a byte the check stored holds the check's value.
                     for i in 0..n {
-                        if own {
+                        if stored.contains(&(o + i)) {
                             src.remove(&(r + i));
                         } else {
                             src.insert(r + i, o + i);
                         }
+                    }
+                }
+                Ev::CopyBack(r, o, n, same) => {
+                    for i in 0..n {
+                        let s = src.get(&(r + i)).copied();
+                        if same && s == Some(o + i) {
+                            // The image's own byte, back where it was.
+                            stored.remove(&(o + i));
+                            continue;
+                        }
+                        if let Some(p) = s {
+                            let block = p / COPY_BLOCK * COPY_BLOCK;
+                            read.extend(block / 64..(block + COPY_BLOCK) / 64);
+                        }
+                        stored.insert(o + i);
                     }
                 }
                 Ev::RamLoad(r, n) => {
@@ -690,6 +925,11 @@ mod tests {
                 Ev::RamLoad(ram, n) => r.ram_load(ram, n),
                 Ev::RamStore(ram, n) => r.ram_store(ram, n),
                 Ev::RamMove(d, s, n) => r.ram_move(d, s, n),
+                Ev::CopyBack(ram, o, n, same) => {
+                    r.copy_load(&[(Place::Ram(ram), n), (Place::Unknown, 0)], n, (1, 0));
+                    let v = if same { (1, 0) } else { (2, 0) };
+                    r.copy_store(&[(Place::Pm(o), n), (Place::Unknown, 0)], n, v);
+                }
             }
         }
         let f = r.end(7);

@@ -161,7 +161,7 @@ impl Shadows {
     }
 
     /// Every shadowed byte of `ram..ram + len`, as (RAM address, PM offset).
-    fn load_bytes(&self, ram: u64, len: u64, mut f: impl FnMut(u64, u64)) {
+    pub fn load_bytes(&self, ram: u64, len: u64, mut f: impl FnMut(u64, u64)) {
         if len == 0 || self.runs == 0 {
             return;
         }

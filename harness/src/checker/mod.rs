@@ -123,6 +123,11 @@ pub struct CheckerOptions {
     /// How read recording follows copies of PM into RAM; `None`: the file system's
     /// default ([`FollowCopies::default_for`]).
     pub copies: Option<FollowCopies>,
+    /// The kernel's write-back copy routine (`symbols::SymbolTable::copy_routine`,
+    /// the pmem driver's `__memcpy_flushcache`): with copies followed, a copy it
+    /// writes back onto the PM bytes it came from is neither a read nor a store of the
+    /// check (`docs/pruning.md`, *Copies written back*). `None`: not followed.
+    pub copy_routine: Option<std::ops::Range<u64>>,
     /// The workload's user checkers, run after each dump while the file system is
     /// mounted; their programs must be in the factory's bundle (`programs`).
     pub user_checkers: Vec<crash_models::ops::UserChecker>,
@@ -149,6 +154,7 @@ impl Default for CheckerOptions {
             fsck_in_guest: false,
             record_reads: true,
             copies: None,
+            copy_routine: None,
             user_checkers: Vec::new(),
         }
     }
@@ -612,6 +618,12 @@ impl Checker {
         self.live.clone()
     }
 
+    /// Follow copies the kernel writes back through this routine (see
+    /// [`CheckerOptions::copy_routine`]); guests started from now on.
+    pub fn set_copy_routine(&mut self, routine: Option<std::ops::Range<u64>>) {
+        self.opts.copy_routine = routine;
+    }
+
     /// Images of the last [`Checker::recover_stream`] whose fsck outcome was taken
     /// from an equal image's run ([`fsck::FsckMemo`]).
     pub fn fsck_reused(&self) -> u64 {
@@ -635,11 +647,11 @@ impl Checker {
             let f = self.factory.clone();
             let live = self.live.clone();
             let restore = base.restore(&w.file);
-            let record = self.opts.reads(self.factory.fs);
+            let opts = self.opts.clone();
             tasks.push(tokio::spawn(async move {
                 restore.map_err(io_err("write the base image into the scratch copy"))?;
                 if w.vm.is_none() {
-                    start_guest(&mut w, &f, record, &live).await?;
+                    start_guest(&mut w, &f, &opts, &live).await?;
                 }
                 Ok::<Worker, CheckerError>(w)
             }));
@@ -853,18 +865,27 @@ fn classify(e: &VmError, during: &str) -> Result<MountOutcome, String> {
 }
 
 /// The tracer in read-recording mode, writing each check's read set to `reads`.
-fn reads_plugin(factory: &GuestFactory, reads: &Path, copies: FollowCopies) -> PluginSpec {
+fn reads_plugin(
+    factory: &GuestFactory,
+    reads: &Path,
+    copies: FollowCopies,
+    copy_routine: Option<&std::ops::Range<u64>>,
+) -> PluginSpec {
+    let mut args = vec![
+        (
+            "pm_base".into(),
+            format!("{:#x}", crate::vm::PM_GUEST_PHYS_BASE),
+        ),
+        ("pm_size".into(), factory.pm_size.to_string()),
+        ("reads".into(), reads.display().to_string()),
+        ("copies".into(), copies.arg().into()),
+    ];
+    if let (Some(r), false) = (copy_routine, copies == FollowCopies::Off) {
+        args.push(("copyback".into(), format!("{:#x}-{:#x}", r.start, r.end)));
+    }
     PluginSpec {
         path: crate::trace::TRACER_PLUGIN.into(),
-        args: vec![
-            (
-                "pm_base".into(),
-                format!("{:#x}", crate::vm::PM_GUEST_PHYS_BASE),
-            ),
-            ("pm_size".into(), factory.pm_size.to_string()),
-            ("reads".into(), reads.display().to_string()),
-            ("copies".into(), copies.arg().into()),
-        ],
+        args,
     }
 }
 
@@ -873,10 +894,12 @@ fn reads_plugin(factory: &GuestFactory, reads: &Path, copies: FollowCopies) -> P
 async fn start_guest(
     w: &mut Worker,
     factory: &GuestFactory,
-    reads: Option<FollowCopies>,
+    opts: &CheckerOptions,
     live: &Mutex<BTreeMap<usize, u32>>,
 ) -> Result<(), GuestError> {
-    let plugin = reads.map(|copies| reads_plugin(factory, &w.reads, copies));
+    let plugin = opts
+        .reads(factory.fs)
+        .map(|copies| reads_plugin(factory, &w.reads, copies, opts.copy_routine.as_ref()));
     let vm = factory.start(&w.pm, plugin).await?;
     if let Ok(mut l) = live.lock() {
         l.insert(w.id, vm.pid());
@@ -924,7 +947,7 @@ async fn recover_one(
     if fresh {
         // Start includes a refresh of the new image: nothing of it is read yet, so a
         // failure here is the platform's.
-        if let Err(e) = start_guest(w, &s.factory, s.opts.reads(s.factory.fs), &s.live).await {
+        if let Err(e) = start_guest(w, &s.factory, &s.opts, &s.live).await {
             return Ok(Attempt::Retry(format!("starting a guest: {e}")));
         }
     }
