@@ -784,6 +784,7 @@ impl Pipeline {
                 record_reads: self.cfg.prune && self.user_checkers.is_empty(),
                 user_checkers: self.user_checkers.clone(),
                 fsck_in_guest: self.cfg.fsck_in_guest,
+                recording_must_pay: true,
                 ..CheckerOptions::default()
             };
             let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {

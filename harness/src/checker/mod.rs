@@ -123,6 +123,11 @@ pub struct CheckerOptions {
     /// How read recording follows copies of PM into RAM; `None`: the file system's
     /// default ([`FollowCopies::default_for`]).
     pub copies: Option<FollowCopies>,
+    /// Stop recording read sets for the rest of a [`Checker::recover_stream`] when
+    /// they do not pay (fewer images pruned than checked after the first 256 checks;
+    /// see `Shared::count`). The pipeline sets it; off by default, so a caller that
+    /// wants every check's read set (the determinism test) gets it.
+    pub recording_must_pay: bool,
     /// The kernel's write-back copy routine (`symbols::SymbolTable::copy_routine`,
     /// the pmem driver's `__memcpy_flushcache`): with copies followed, a copy it
     /// writes back onto the PM bytes it came from is neither a read nor a store of the
@@ -155,6 +160,7 @@ impl Default for CheckerOptions {
             record_reads: true,
             copies: None,
             copy_routine: None,
+            recording_must_pay: false,
             user_checkers: Vec::new(),
         }
     }
@@ -453,6 +459,8 @@ struct Worker {
     reads: PathBuf,
     /// Checks begun on this worker (for check ids).
     checks: u64,
+    /// The guest runs the tracer in read-recording mode.
+    recording: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -509,6 +517,12 @@ struct Shared {
     known: KnownBlocks,
     /// fsck outcomes by what fsck read, when pruning (`None` with `--no-prune`).
     fsck_memo: Option<Arc<fsck::FsckMemo>>,
+    /// Checks record read sets (see [`Shared::count`]).
+    recording: std::sync::atomic::AtomicBool,
+    /// Images checked, and images that took a checked one's recovery
+    /// (`ImageJob::Equal`), in this stream.
+    checked: std::sync::atomic::AtomicU64,
+    equal: std::sync::atomic::AtomicU64,
     /// The images to check, as the caller makes them; a worker takes the next one
     /// when it is free, so the caller decides late (pruning) and memory stays bounded.
     queue: tokio::sync::Mutex<mpsc::Receiver<(usize, ImageJob)>>,
@@ -523,7 +537,41 @@ struct Shared {
     ended: Interrupt,
 }
 
+/// Checks after which [`Shared::count`] judges whether recording pays.
+const RECORDING_TRIAL: u64 = 256;
+
 impl Shared {
+    /// One more image checked (`true`) or pruned: stop recording read sets when they
+    /// do not pay. A recorded check costs about twice an unrecorded one (the plugin's
+    /// callback on every kernel access; `docs/pruning.md`, *Cheaper checks*), and a
+    /// pruned image next to nothing, so recording pays while images pruned outnumber
+    /// images checked. On XFS single-op they do not (279 pruned against 1,173
+    /// checked; 106 s pruned, 67 s with `--no-prune`). After [`RECORDING_TRIAL`]
+    /// checks (enough to be past the points' all-persisted images, which are checked
+    /// first and whose siblings are pruned only later) with fewer pruned, the rest of
+    /// the stream is checked unrecorded, in
+    /// guests without the plugin; the classes found so far go on pruning. One way, so
+    /// a stream does not restart its guests back and forth.
+    fn count(&self, checked: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !checked {
+            self.equal.fetch_add(1, Relaxed);
+            return;
+        }
+        let c = self.checked.fetch_add(1, Relaxed) + 1;
+        if self.opts.recording_must_pay
+            && c >= RECORDING_TRIAL
+            && self.equal.load(Relaxed) < c
+            && self.recording.swap(false, Relaxed)
+            && std::env::var_os("PMCRASH_PRUNE_DEBUG").is_some()
+        {
+            eprintln!(
+                "prune-debug: read recording off after {c} checks, {} pruned",
+                self.equal.load(Relaxed)
+            );
+        }
+    }
+
     /// fsck on the host of what worker `w`'s scratch file holds.
     fn host_fsck(&self, w: &Worker) -> Result<FsckOutcome, CheckerError> {
         let dir = w._dir.path();
@@ -587,6 +635,7 @@ impl Checker {
                 vm: None,
                 cursor: ConsoleCursor::default(),
                 checks: 0,
+                recording: false,
                 _dir: dir,
             });
         }
@@ -651,7 +700,7 @@ impl Checker {
             tasks.push(tokio::spawn(async move {
                 restore.map_err(io_err("write the base image into the scratch copy"))?;
                 if w.vm.is_none() {
-                    start_guest(&mut w, &f, &opts, &live).await?;
+                    start_guest(&mut w, &f, &opts, true, &live).await?;
                 }
                 Ok::<Worker, CheckerError>(w)
             }));
@@ -737,6 +786,9 @@ impl Checker {
             // Reusing fsck outcomes is pruning too: off with `--no-prune`, whose runs
             // the soundness test compares with.
             fsck_memo: (self.opts.record_reads && !self.opts.fsck_in_guest).then(Arc::default),
+            recording: self.opts.record_reads.into(),
+            checked: 0.into(),
+            equal: 0.into(),
             queue: tokio::sync::Mutex::new(jobs),
             done,
             live: self.live.clone(),
@@ -803,6 +855,7 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
         if let ImageJob::Equal { image, class } = job {
             match recover_equal(&w, &s, index, &image.materialise(), &class) {
                 Ok(r) => {
+                    s.count(false);
                     let _ = s.done.send(r);
                     continue;
                 }
@@ -825,6 +878,7 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
                     }
                     r.restarts = image_restarts;
                     restarts += image_restarts;
+                    s.count(true);
                     // The caller may have stopped listening (an error elsewhere).
                     let _ = s.done.send(r);
                     break;
@@ -895,11 +949,14 @@ async fn start_guest(
     w: &mut Worker,
     factory: &GuestFactory,
     opts: &CheckerOptions,
+    record: bool,
     live: &Mutex<BTreeMap<usize, u32>>,
 ) -> Result<(), GuestError> {
     let plugin = opts
         .reads(factory.fs)
+        .filter(|_| record)
         .map(|copies| reads_plugin(factory, &w.reads, copies, opts.copy_routine.as_ref()));
+    w.recording = plugin.is_some();
     let vm = factory.start(&w.pm, plugin).await?;
     if let Ok(mut l) = live.lock() {
         l.insert(w.id, vm.pid());
@@ -940,14 +997,23 @@ async fn recover_one(
 ) -> Result<Attempt, CheckerError> {
     let t0 = Instant::now();
     let timeout = s.opts.request_timeout;
-    let record = s.opts.record_reads;
+    let record = s.recording.load(std::sync::atomic::Ordering::Relaxed);
+    if w.recording && !record {
+        // Recording stopped paying: a guest without the plugin checks at full speed.
+        if let Some(mut vm) = w.vm.take() {
+            vm.kill().await;
+        }
+        if let Ok(mut l) = s.live.lock() {
+            l.remove(&w.id);
+        }
+    }
     // The scratch file must hold exactly base + delta before the guest looks.
     w.write_image(&s.base, image)?;
     let fresh = w.vm.is_none();
     if fresh {
         // Start includes a refresh of the new image: nothing of it is read yet, so a
         // failure here is the platform's.
-        if let Err(e) = start_guest(w, &s.factory, &s.opts, &s.live).await {
+        if let Err(e) = start_guest(w, &s.factory, &s.opts, record, &s.live).await {
             return Ok(Attempt::Retry(format!("starting a guest: {e}")));
         }
     }
