@@ -66,6 +66,15 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// `e2fsck`'s options: check even a clean file system, change nothing.
+const E2FSCK_ARGS: [&str; 2] = ["-f", "-n"];
+
+/// `xfs_repair`'s options: change nothing, the device is a file; `-P` (no prefetch)
+/// and a small buffer cache (`-o bhash=256`: 2,048 buffers) only change how it reads,
+/// and on these small file systems halve its time (22 ms to 11 ms a run, mostly its
+/// threads' start-up).
+const XFS_REPAIR_ARGS: [&str; 5] = ["-n", "-f", "-P", "-o", "bhash=256"];
+
 /// Check the file system in the PM image at `image` (a whole NVDIMM backing file) on
 /// the host. `scratch_dir` holds temporary copies.
 pub fn fsck(fs: FsKind, image: &Path, scratch_dir: &Path) -> Result<FsckOutcome, FsckError> {
@@ -83,7 +92,7 @@ fn fsck_logging(
         FsKind::Ext4 => {
             let target = format!("{}?offset={FSDAX_DATA_OFFSET}", image.display());
             let mut cmd = Command::new("e2fsck");
-            cmd.args(["-f", "-n"])
+            cmd.args(E2FSCK_ARGS)
                 .arg(&target)
                 .env("E2FSCK_CONFIG", "/dev/null");
             if let Some(log) = reads_log {
@@ -99,7 +108,10 @@ fn fsck_logging(
             run(
                 "e2fsck",
                 &mut cmd,
-                format!("e2fsck -fn '{IMAGE_NAME}?offset={FSDAX_DATA_OFFSET}'"),
+                format!(
+                    "e2fsck {} '{IMAGE_NAME}?offset={FSDAX_DATA_OFFSET}'",
+                    E2FSCK_ARGS.join(" ")
+                ),
                 image,
             )
         }
@@ -117,13 +129,13 @@ fn fsck_logging(
             extract_device(image, dev.as_file()).map_err(FsckError::Extract)?;
             run(
                 "xfs_repair",
-                // -P (no prefetch) and a small buffer cache (-o bhash=256: 2,048
-                // buffers) only change how it reads; on these small file systems they
-                // halve its time (22 ms -> 11 ms a run, mostly its threads' start-up).
                 Command::new("xfs_repair")
-                    .args(["-n", "-f", "-P", "-o", "bhash=256"])
+                    .args(XFS_REPAIR_ARGS)
                     .arg(dev.path()),
-                format!("dd if={IMAGE_NAME} bs=2M skip=1 of=dev.img && xfs_repair -n -f -P -o bhash=256 dev.img"),
+                format!(
+                    "dd if={IMAGE_NAME} bs=2M skip=1 of=dev.img && xfs_repair {} dev.img",
+                    XFS_REPAIR_ARGS.join(" ")
+                ),
                 dev.path(),
             )
         }
@@ -189,8 +201,8 @@ fn run(
 /// check itself: `docs/pruning.md`). So, by the argument that makes a check's read set
 /// decide its outcome, an image equal to an earlier one on every byte that earlier
 /// e2fsck read gets the same outcome: the same reads, in the same order, returning the
-/// same bytes. A log that cannot be read whole (a line not understood, a write, no
-/// block size yet) keeps nothing. `xfs_repair` has no such log, so on XFS every image
+/// same bytes. Only clean runs are kept, and a log that cannot be read whole (a line
+/// not understood, a write, no block size or offset yet) keeps nothing. `xfs_repair` has no such log, so on XFS every image
 /// gets its own run.
 ///
 /// Used only with pruning on (`--no-prune` runs fsck on every image, which is what
