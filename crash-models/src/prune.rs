@@ -104,27 +104,11 @@ impl<C> ClassTable<C> {
         }
     }
 
-    /// The lines of the table's size that a read set touches, as sorted, coalesced
-    /// ranges of line numbers (a read set of smaller lines is widened: comparing
-    /// more bytes is always sound).
-    fn lines_of(&self, reads: &ReadSet) -> Vec<Range<u64>> {
-        let ls = self.line_size;
-        let mut out: Vec<Range<u64>> = Vec::new();
-        for r in reads.ranges() {
-            let (a, b) = (r.start / ls, r.end.div_ceil(ls));
-            match out.last_mut() {
-                Some(last) if last.end >= a => last.end = last.end.max(b),
-                _ => out.push(a..b),
-            }
-        }
-        out
-    }
-
     /// Add the class of a checked image whose check read `reads`. Returns false (and
     /// keeps the class already there) when an equal class is known: two images
     /// checked at once can be equal on what both read.
     pub fn insert(&mut self, reads: &ReadSet, image: &impl ImageLines, class: C) -> bool {
-        let lines = self.lines_of(reads);
+        let lines = lines_of(reads, self.line_size);
         let sig = signature(image, &lines);
         let g = match self.by_lines.get(&lines) {
             Some(&g) => g,
@@ -167,6 +151,78 @@ impl<C> ClassTable<C> {
     /// Distinct read sets among the classes.
     pub fn read_sets(&self) -> usize {
         self.groups.len()
+    }
+}
+
+/// The lines of `line_size` bytes that a read set touches, as sorted, coalesced
+/// ranges of line numbers (a read set of smaller lines is widened: comparing more
+/// bytes is always sound).
+fn lines_of(reads: &ReadSet, line_size: u64) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for r in reads.ranges() {
+        let (a, b) = (r.start / line_size, r.end.div_ceil(line_size));
+        match out.last_mut() {
+            Some(last) if last.end >= a => last.end = last.end.max(b),
+            _ => out.push(a..b),
+        }
+    }
+    out
+}
+
+/// A guess, made before images are checked, at which of them one check's read set
+/// would prune: the images are counted by their signature over the lines an earlier
+/// check read (a crash point's first check, whose read set its siblings' checks
+/// mostly repeat: the same recovery runs on nearly the same bytes).
+///
+/// An image that no other waiting image matches on those lines is forecast to be a
+/// class of one: recording its check's reads (which doubles what a check costs) would
+/// likely prune nothing. Typical are the torn states of a checksummed block: the
+/// checksum reads every line, so each state that drops one line differs from all the
+/// others on what is read.
+///
+/// Only a guess, and only ever used to decide whether a check records its reads:
+/// a wrong forecast costs a check or some recording, never a recovery's soundness
+/// (an unrecorded check is no class; pruning still needs a recorded, equal read set).
+#[derive(Debug, Clone)]
+pub struct Forecast {
+    lines: Vec<Range<u64>>,
+    waiting: HashMap<LineHash, u32>,
+}
+
+impl Forecast {
+    /// A forecast by the lines of `line_size` bytes that `reads` touches, with no
+    /// image counted yet.
+    pub fn new(reads: &ReadSet, line_size: u32) -> Forecast {
+        Forecast {
+            lines: lines_of(reads, u64::from(line_size.max(1))),
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// Count an image that waits to be checked or pruned.
+    pub fn add(&mut self, image: &impl ImageLines) {
+        *self
+            .waiting
+            .entry(signature(image, &self.lines))
+            .or_default() += 1;
+    }
+
+    /// Take a counted image out (it is being checked or pruned now) and return how
+    /// many other counted images still wait with its signature: 0 forecasts a class
+    /// of one. An image never counted takes nothing out.
+    pub fn take(&mut self, image: &impl ImageLines) -> u32 {
+        let sig = signature(image, &self.lines);
+        match self.waiting.get_mut(&sig) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                *n
+            }
+            Some(_) => {
+                self.waiting.remove(&sig);
+                0
+            }
+            None => 0,
+        }
     }
 }
 
@@ -221,5 +277,26 @@ mod tests {
         t.insert(&ReadSet::from_lines(64, [2]), &Listed(&a), 0);
         assert_eq!(t.find(&Listed(&a)), Some(&0));
         assert_eq!(t.find(&Listed(&b)), None);
+    }
+
+    #[test]
+    fn a_forecast_counts_the_images_equal_on_the_lines_read() {
+        // The lead's check read lines 1 and 5. Images dropping line 1 or line 5 are
+        // alone; images differing only on line 7 (unread) share one signature.
+        let reads = ReadSet::from_lines(64, [1, 5]);
+        let drop1 = listed(&[(5, [2; 64], !0), (7, [4; 64], !0)]);
+        let drop5 = listed(&[(1, [1; 64], !0), (7, [4; 64], !0)]);
+        let drop7 = listed(&[(1, [1; 64], !0), (5, [2; 64], !0)]);
+        let keep7 = listed(&[(1, [1; 64], !0), (5, [2; 64], !0), (7, [5; 64], !0)]);
+        let mut f = Forecast::new(&reads, 64);
+        for i in [&drop1, &drop5, &drop7, &keep7] {
+            f.add(&Listed(i));
+        }
+        assert_eq!(f.take(&Listed(&drop1)), 0, "a class of one");
+        assert_eq!(f.take(&Listed(&drop7)), 1, "keep7 shares its class");
+        assert_eq!(f.take(&Listed(&keep7)), 0, "the last of its class");
+        assert_eq!(f.take(&Listed(&drop5)), 0);
+        // Taken out already, or never counted: nothing left to share with.
+        assert_eq!(f.take(&Listed(&drop7)), 0);
     }
 }

@@ -710,6 +710,7 @@ impl Pipeline {
         report.stats.checked_images = sched.checked;
         report.stats.pruned_images = sched.pruned;
         report.stats.prune_read_sets = sched.read_sets();
+        report.stats.unrecorded_checks = sched.unrecorded;
         report.stats.fsck_reused = fsck_reused;
         report.stats.peak_rss_bytes = crate::memory::peak_rss_bytes();
         timings.total_ms = t0.elapsed().as_millis() as u64;
@@ -784,7 +785,6 @@ impl Pipeline {
                 record_reads: self.cfg.prune && self.user_checkers.is_empty(),
                 user_checkers: self.user_checkers.clone(),
                 fsck_in_guest: self.cfg.fsck_in_guest,
-                recording_must_pay: true,
                 ..CheckerOptions::default()
             };
             let mut checker = Checker::new(self.factory.clone(), opts).map_err(|source| {
@@ -2128,15 +2128,27 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_image_equal_on_the_read_set_gets_its_own_fsck_and_shares_the_rest() {
-        // Every check reads only line 0, which no store writes: every image equals the
-        // first one checked there. Its check ran fsck on the host, so the others go out
-        // as `Equal` jobs, whose fsck (here: problems for odd images) is theirs.
-        let (workload, records) = stores(6);
+    /// What [`drive_pruned`] saw: the scheduler's counts and the judge's view.
+    struct Pruned {
+        checked: usize,
+        pruned: usize,
+        unrecorded: usize,
+        images: usize,
+        points: usize,
+        seen: Vec<(usize, Fate, bool, Option<bool>)>,
+    }
+
+    /// Drive `n` store ops at op points (at most `max_states` states a point) with
+    /// pruning on and a checker task answering each job with `answer`.
+    async fn drive_pruned(
+        n: u32,
+        max_states: usize,
+        mut answer: impl FnMut(usize, ImageJob) -> Recovery + Send + 'static,
+    ) -> Pruned {
+        let (workload, records) = stores(n);
         let cfg = RunConfig {
             points: Policy::Op,
-            max_states: 16,
+            max_states,
             ..RunConfig::default()
         };
         let symbols = SymbolTable::default();
@@ -2145,51 +2157,75 @@ mod tests {
         let (jobs, mut job_rx) = mpsc::channel::<(usize, ImageJob)>(1);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let checker = tokio::spawn(async move {
-            let (mut checked, mut equal) = (0, 0);
             while let Some((i, job)) = job_rx.recv().await {
-                let rec = match job {
-                    ImageJob::Equal { class, .. } => {
-                        equal += 1;
-                        assert!(class.stores.is_some(), "only a class with stores");
-                        Recovery {
-                            index: i,
-                            read_set: None,
-                            stores: None,
-                            fsck: Some(fsck_outcome(i % 2 == 1)),
-                            ..(*class).clone()
-                        }
-                    }
-                    _ => {
-                        checked += 1;
-                        Recovery {
-                            read_set: Some(Arc::new(crash_models::readset::ReadSet::from_lines(
-                                64,
-                                [0],
-                            ))),
-                            stores: Some(Arc::new(crate::checker::CheckStores::default())),
-                            fsck: Some(fsck_outcome(false)),
-                            ..recovery(i)
-                        }
-                    }
-                };
-                if done_tx.send(rec).is_err() {
+                if done_tx.send(answer(i, job)).is_err() {
                     break;
                 }
             }
-            (checked, equal)
         });
         let stopped = drive(&mut sched, &mut sim, jobs, &mut done_rx, &Interrupt::new())
             .await
             .expect("the drive loop never stalls");
         assert!(!stopped);
-        let (checked, equal) = checker.await.expect("the checker task");
-        assert_eq!((sched.checked, sched.pruned), (checked, equal));
+        checker.await.expect("the checker task");
+        Pruned {
+            checked: sched.checked,
+            pruned: sched.pruned,
+            unrecorded: sched.unrecorded,
+            images: sched.images(),
+            points: sim.judged.len(),
+            seen: sim.seen,
+        }
+    }
+
+    fn reads(lines: &[u64]) -> Option<Arc<crash_models::readset::ReadSet>> {
+        Some(Arc::new(crash_models::readset::ReadSet::from_lines(
+            64,
+            lines.iter().copied(),
+        )))
+    }
+
+    #[tokio::test]
+    async fn an_image_equal_on_the_read_set_gets_its_own_fsck_and_shares_the_rest() {
+        // Every check reads only line 0, which no store writes: every image equals the
+        // first one checked there. Its check ran fsck on the host, so the others go out
+        // as `Equal` jobs, whose fsck (here: problems for odd images) is theirs.
+        let counts = Arc::new(std::sync::Mutex::new((0, 0)));
+        let c = counts.clone();
+        let run = drive_pruned(6, 16, move |i, job| {
+            let mut c = c.lock().unwrap();
+            match job {
+                ImageJob::Equal { class, .. } => {
+                    c.1 += 1;
+                    assert!(class.stores.is_some(), "only a class with stores");
+                    Recovery {
+                        index: i,
+                        read_set: None,
+                        stores: None,
+                        fsck: Some(fsck_outcome(i % 2 == 1)),
+                        ..(*class).clone()
+                    }
+                }
+                _ => {
+                    c.0 += 1;
+                    Recovery {
+                        read_set: reads(&[0]),
+                        stores: Some(Arc::new(crate::checker::CheckStores::default())),
+                        fsck: Some(fsck_outcome(false)),
+                        ..recovery(i)
+                    }
+                }
+            }
+        })
+        .await;
+        let (checked, equal) = *counts.lock().unwrap();
+        assert_eq!((run.checked, run.pruned), (checked, equal));
         assert!(
             equal > 10 && checked <= 2,
             "{checked} checked, {equal} equal"
         );
-        assert_eq!(checked + equal, sched.images());
-        for (i, fate, shared, problems) in &sim.seen {
+        assert_eq!(checked + equal, run.images);
+        for (i, fate, shared, problems) in &run.seen {
             match fate {
                 Fate::Checked => assert_eq!(*problems, Some(false)),
                 Fate::Pruned(..) => {
@@ -2199,6 +2235,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Drive `n` store ops at op points with a checker whose every recorded check
+    /// reads `lines`: what was checked, and the checks recorded.
+    async fn forecast(n: u32, lines: Vec<u64>) -> (Pruned, usize) {
+        let recorded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = recorded.clone();
+        let run = drive_pruned(n, 64, move |i, job| match job {
+            ImageJob::Equal { class, .. } => Recovery {
+                index: i,
+                ..(*class).clone()
+            },
+            ImageJob::State { record, .. } => {
+                r.fetch_add(usize::from(record), std::sync::atomic::Ordering::Relaxed);
+                Recovery {
+                    read_set: if record { reads(&lines) } else { None },
+                    ..recovery(i)
+                }
+            }
+            ImageJob::Built(_) => unreachable!("the pipeline builds no image"),
+        })
+        .await;
+        let recorded = recorded.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(run.checked - run.unrecorded, recorded);
+        (run, recorded)
+    }
+
+    #[tokio::test]
+    async fn a_check_records_reads_only_when_another_image_may_share_its_class() {
+        // Every check reads every line a store wrote: all images differ on it, none is
+        // pruned, and past each point's lead (whose reads make the forecast) a check
+        // records nothing.
+        let first = (1u64 << 21) / 64;
+        let (run, recorded) = forecast(8, (first..first + 8).collect()).await;
+        assert_eq!(run.pruned, 0);
+        assert!(
+            recorded <= run.points && run.checked > 2 * recorded,
+            "{recorded} of {} checks recorded at {} points",
+            run.checked,
+            run.points
+        );
+        // Every check reads only line 0, which no store writes: every image equals
+        // the first one checked (two may be out before it is back), whose class
+        // prunes the rest; nothing is forecast alone, so every check records.
+        let (run, recorded) = forecast(8, vec![0]).await;
+        assert!(
+            run.checked <= 2 && recorded == run.checked,
+            "{} {recorded}",
+            run.checked
+        );
+        assert!(run.pruned > 10, "{} pruned", run.pruned);
     }
 
     #[tokio::test]

@@ -231,6 +231,9 @@ pub struct WorkloadStats {
     pub pruned_images: usize,
     /// Distinct read sets among the checked images kept for pruning.
     pub prune_read_sets: usize,
+    /// Checked images whose check recorded no read set: forecast to be equal to no
+    /// other image on what it would read (`crash_models::prune::Forecast`).
+    pub unrecorded_checks: usize,
     /// Distinct images whose fsck outcome was an equal image's: equal on every byte
     /// that image's fsck read (ext4, with pruning on).
     pub fsck_reused: u64,
@@ -495,8 +498,9 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "  images: {} checked, {} pruned (equal on what a check read), {} with an equal image's fsck (equal on what fsck read); peak memory {} MiB",
+                "  images: {} checked ({} without recording reads), {} pruned (equal on what a check read), {} with an equal image's fsck (equal on what fsck read); peak memory {} MiB",
                 st.checked_images,
+                st.unrecorded_checks,
                 st.pruned_images,
                 st.fsck_reused,
                 st.peak_rss_bytes >> 20

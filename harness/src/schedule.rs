@@ -16,6 +16,12 @@
 //! and while it is being checked the workers take the next points' all-persisted
 //! images rather than its siblings (which it will likely prune).
 //!
+//! Recording a check's read set doubles what the check costs, so a check records
+//! only when it may prune: once a point's lead is checked, its siblings are counted
+//! by what they hold on the lines the lead's check read (a [`Forecast`]), and an
+//! image no waiting sibling matches there is checked without recording
+//! (`ImageJob::State`'s `record`).
+//!
 //! A point leaves (to be judged, its snapshot and states dropped) once every image of
 //! its states has a recovery, in point order. New points are made only while the
 //! points waiting hold less than the memory budget (at least one always may wait).
@@ -23,7 +29,7 @@
 use crate::checker::{ImageJob, MountOutcome, Recovery};
 use crash_models::delta::{ImageId, PointSnapshot};
 use crash_models::points::CrashPoint;
-use crash_models::prune::{ClassTable, StateLines};
+use crash_models::prune::{ClassTable, Forecast, StateLines};
 use crash_models::states::CrashState;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -49,6 +55,9 @@ pub(crate) struct PointWork<L> {
     lead: Option<usize>,
     /// Bytes held, besides the (shared) durable snapshot.
     memory: u64,
+    /// Its waiting images counted by the lines its lead's check read, once that
+    /// check is back with a read set.
+    forecast: Option<Forecast>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +100,8 @@ pub(crate) struct Scheduler<L> {
     pub checked: usize,
     /// Images that took an equal image's recovery.
     pub pruned: usize,
+    /// Images checked without recording a read set: forecast to prune nothing.
+    pub unrecorded: usize,
 }
 
 /// True when a recovery may stand for every image equal to its image on what its
@@ -119,6 +130,7 @@ impl<L> Scheduler<L> {
             in_flight: 0,
             checked: 0,
             pruned: 0,
+            unrecorded: 0,
         }
     }
 
@@ -236,6 +248,7 @@ impl<L> Scheduler<L> {
             todo,
             lead,
             memory,
+            forecast: None,
         });
     }
 
@@ -243,23 +256,37 @@ impl<L> Scheduler<L> {
         self.images[i].status
     }
 
-    /// The next image to hand out, in the order of the module docs.
-    fn pick(&mut self) -> Option<usize> {
+    /// The next image to hand out, in the order of the module docs, and the index of
+    /// the point it was made at.
+    fn pick(&mut self) -> Option<(usize, usize)> {
         let lead_done =
             |s: &Self, p: &PointWork<L>| p.lead.is_none_or(|l| s.status(l) == Status::Done);
-        if let Some(k) = (0..self.points.len())
+        let k = (0..self.points.len())
             .find(|&k| !self.points[k].todo.is_empty() && lead_done(self, &self.points[k]))
-        {
-            return self.points[k].todo.pop_front();
-        }
-        if let Some(p) = self
-            .points
-            .iter_mut()
-            .find(|p| p.lead.is_some() && p.todo.front() == p.lead.as_ref())
-        {
-            return p.todo.pop_front();
-        }
-        self.points.iter_mut().find_map(|p| p.todo.pop_front())
+            .or_else(|| {
+                self.points
+                    .iter()
+                    .position(|p| p.lead.is_some() && p.todo.front() == p.lead.as_ref())
+            })
+            .or_else(|| self.points.iter().position(|p| !p.todo.is_empty()))?;
+        Some((k, self.points[k].todo.pop_front()?))
+    }
+
+    /// Whether image `i`, taken from point `k`'s waiting images now, should have its
+    /// check's reads recorded: unless the point's forecast says no other waiting
+    /// image shares its class (and with no forecast yet, it records).
+    fn take_forecast(&mut self, k: usize, i: usize) -> bool {
+        let Some(f) = self.points[k].forecast.as_mut() else {
+            return true;
+        };
+        let Some((snap, st)) = self.images[i].source.as_ref() else {
+            return true;
+        };
+        let changes = snap.changes(st);
+        f.take(&StateLines {
+            durable: snap.durable(),
+            changes: &changes,
+        }) > 0
     }
 
     /// The class an image belongs to, if pruning finds one.
@@ -275,13 +302,32 @@ impl<L> Scheduler<L> {
             .copied()
     }
 
+    /// Count the waiting images of the points whose lead image `lead` is, by the
+    /// lines its check read (`reads`).
+    fn make_forecasts(&mut self, lead: usize, reads: &crash_models::readset::ReadSet) {
+        for p in self.points.iter_mut().filter(|p| p.lead == Some(lead)) {
+            let mut f = Forecast::new(reads, p.snap.line_size());
+            for &i in &p.todo {
+                if let Some((snap, st)) = self.images[i].source.as_ref() {
+                    let changes = snap.changes(st);
+                    f.add(&StateLines {
+                        durable: snap.durable(),
+                        changes: &changes,
+                    });
+                }
+            }
+            p.forecast = Some(f);
+        }
+    }
+
     /// The next image a checker guest must recover (images pruned on the way get
     /// their class's recovery), or `None` when nothing waits.
     pub fn next_job(&mut self) -> Option<(usize, ImageJob)> {
-        while let Some(i) = self.pick() {
+        while let Some((k, i)) = self.pick() {
             if self.status(i) != Status::Waiting {
                 continue;
             }
+            let record = !self.prune || self.take_forecast(k, i);
             if let Some(c) = self.class_of(i) {
                 let class = self.images[c].recovery.clone();
                 let img = &mut self.images[i];
@@ -292,7 +338,11 @@ impl<L> Scheduler<L> {
                     let (snap, st) = img.source.clone()?;
                     img.status = Status::Checking;
                     self.in_flight += 1;
-                    let image = Box::new(ImageJob::State(snap, st));
+                    let image = Box::new(ImageJob::State {
+                        point: snap,
+                        state: st,
+                        record: false,
+                    });
                     return Some((i, ImageJob::Equal { image, class }));
                 }
                 img.status = Status::Done;
@@ -305,7 +355,17 @@ impl<L> Scheduler<L> {
             let (snap, st) = img.source.clone()?;
             img.status = Status::Checking;
             self.in_flight += 1;
-            return Some((i, ImageJob::State(snap, st)));
+            if !record {
+                self.unrecorded += 1;
+            }
+            return Some((
+                i,
+                ImageJob::State {
+                    point: snap,
+                    state: st,
+                    record,
+                },
+            ));
         }
         None
     }
@@ -334,12 +394,14 @@ impl<L> Scheduler<L> {
         self.checked += 1;
         let mut rec = rec;
         let mut class = false;
+        let mut lead_reads = None;
         if let (true, Some(reads), Some((snap, st))) = (
             self.prune && usable_for_pruning(&rec),
             rec.read_set.as_ref(),
             self.images[i].source.as_ref(),
         ) {
             let changes = snap.changes(st);
+            lead_reads = Some(reads.clone());
             class = self
                 .table
                 .get_or_insert_with(|| ClassTable::new(snap.line_size()))
@@ -351,6 +413,9 @@ impl<L> Scheduler<L> {
                     },
                     i,
                 );
+        }
+        if let Some(reads) = lead_reads {
+            self.make_forecasts(i, &reads);
         }
         // The table keeps each distinct read set once; a recovery kept for judging
         // needs neither it nor, unless it is a class, its stores (an XFS check's read

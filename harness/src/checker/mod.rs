@@ -123,11 +123,6 @@ pub struct CheckerOptions {
     /// How read recording follows copies of PM into RAM; `None`: the file system's
     /// default ([`FollowCopies::default_for`]).
     pub copies: Option<FollowCopies>,
-    /// Stop recording read sets for the rest of a [`Checker::recover_stream`] when
-    /// they do not pay (fewer images pruned than checked after the first 256 checks;
-    /// see `Shared::count`). The pipeline sets it; off by default, so a caller that
-    /// wants every check's read set (the determinism test) gets it.
-    pub recording_must_pay: bool,
     /// The kernel's write-back copy routine (`symbols::SymbolTable::copy_routine`,
     /// the pmem driver's `__memcpy_flushcache`): with copies followed, a copy it
     /// writes back onto the PM bytes it came from is neither a read nor a store of the
@@ -160,7 +155,6 @@ impl Default for CheckerOptions {
             record_reads: true,
             copies: None,
             copy_routine: None,
-            recording_must_pay: false,
             user_checkers: Vec::new(),
         }
     }
@@ -448,30 +442,74 @@ pub struct Recoveries {
     pub interrupted: bool,
 }
 
-/// A worker: one guest and its scratch image.
+/// A worker: its scratch image and the guest checking it, with a second guest
+/// parked: one records reads (the tracer's plugin loaded) and one does not, started
+/// when first needed; a check runs in the one its job asks for.
 struct Worker {
     id: usize,
     pm: PathBuf,
     file: File,
+    /// The guest of the current check.
     vm: Option<Vm>,
     cursor: ConsoleCursor,
+    /// The guest runs the tracer in read-recording mode.
+    recording: bool,
+    /// The other guest, idle: both map the same scratch file, one checks at a time,
+    /// and a guest's first request of a check is a refresh, so what the other did to
+    /// the file in between is read fresh.
+    parked: Option<Parked>,
     /// Where the guest's tracer writes each check's read set.
     reads: PathBuf,
     /// Checks begun on this worker (for check ids).
     checks: u64,
-    /// The guest runs the tracer in read-recording mode.
-    recording: bool,
     _dir: tempfile::TempDir,
 }
 
+/// A worker's idle guest.
+struct Parked {
+    vm: Vm,
+    cursor: ConsoleCursor,
+    recording: bool,
+}
+
 impl Worker {
-    /// End this worker's guest, if it has one (the next image starts a new one).
+    /// The key of the current guest in [`Checker::live_guests`].
+    fn live_key(&self) -> usize {
+        self.id * 2 + usize::from(self.recording)
+    }
+
+    /// Make the current guest one that records reads, or one that does not: the
+    /// parked guest if it is that kind, else none (the check starts one); a current
+    /// guest of the other kind is parked.
+    fn select(&mut self, record: bool) {
+        if self.vm.is_some() && self.recording == record {
+            return;
+        }
+        let wanted = self.parked.take_if(|p| p.recording == record);
+        if let Some(vm) = self.vm.take() {
+            // Parking replaces a parked guest only of this same kind: none is left
+            // when `wanted` was it, and one of `record`'s kind cannot be parked.
+            self.parked = Some(Parked {
+                vm,
+                cursor: std::mem::take(&mut self.cursor),
+                recording: self.recording,
+            });
+        }
+        if let Some(p) = wanted {
+            self.vm = Some(p.vm);
+            self.cursor = p.cursor;
+            self.recording = p.recording;
+        }
+    }
+
+    /// End this worker's current guest, if it has one (the next image starts a new
+    /// one).
     async fn kill_guest(&mut self, live: &Mutex<BTreeMap<usize, u32>>) {
         if let Some(mut vm) = self.vm.take() {
             vm.kill().await;
         }
         if let Ok(mut l) = live.lock() {
-            l.remove(&self.id);
+            l.remove(&self.live_key());
         }
     }
 
@@ -494,7 +532,16 @@ pub enum ImageJob {
     /// The image's bytes.
     Built(Arc<CrashImage>),
     /// A crash point and one of its states.
-    State(Arc<PointSnapshot>, CrashState),
+    State {
+        /// The crash point.
+        point: Arc<PointSnapshot>,
+        /// The state.
+        state: CrashState,
+        /// Record the check's read set (when the checker records reads at all):
+        /// false when the scheduler forecasts that the image is a class of one
+        /// (`crash_models::prune::Forecast`), whose recording would prune nothing.
+        record: bool,
+    },
     /// An image equal to a checked one on every line its check read, so its recovery
     /// is that check's (`docs/pruning.md`), except fsck, which read other bytes: no
     /// guest runs; the worker writes the image, then `class`'s stores over it (what
@@ -509,11 +556,20 @@ pub enum ImageJob {
 }
 
 impl ImageJob {
+    /// Whether its check should record a read set.
+    fn record(&self) -> bool {
+        match self {
+            ImageJob::Built(_) => true,
+            ImageJob::State { record, .. } => *record,
+            ImageJob::Equal { .. } => false,
+        }
+    }
+
     /// The image's bytes.
     pub fn materialise(&self) -> Arc<CrashImage> {
         match self {
             ImageJob::Built(i) => i.clone(),
-            ImageJob::State(p, st) => Arc::new(p.build(st)),
+            ImageJob::State { point, state, .. } => Arc::new(point.build(state)),
             ImageJob::Equal { image, .. } => image.materialise(),
         }
     }
@@ -527,12 +583,6 @@ struct Shared {
     known: KnownBlocks,
     /// fsck outcomes by what fsck read, when pruning (`None` with `--no-prune`).
     fsck_memo: Option<Arc<fsck::FsckMemo>>,
-    /// Checks record read sets (see [`Shared::count`]).
-    recording: std::sync::atomic::AtomicBool,
-    /// Images checked, and images that took a checked one's recovery
-    /// (`ImageJob::Equal`), in this stream.
-    checked: std::sync::atomic::AtomicU64,
-    equal: std::sync::atomic::AtomicU64,
     /// The images to check, as the caller makes them; a worker takes the next one
     /// when it is free, so the caller decides late (pruning) and memory stays bounded.
     queue: tokio::sync::Mutex<mpsc::Receiver<(usize, ImageJob)>>,
@@ -547,41 +597,7 @@ struct Shared {
     ended: Interrupt,
 }
 
-/// Checks after which [`Shared::count`] judges whether recording pays.
-const RECORDING_TRIAL: u64 = 256;
-
 impl Shared {
-    /// One more image checked (`true`) or pruned: stop recording read sets when they
-    /// do not pay. A recorded check costs about twice an unrecorded one (the plugin's
-    /// callback on every kernel access; `docs/pruning.md`, *Cheaper checks*), and a
-    /// pruned image next to nothing, so recording pays while images pruned outnumber
-    /// images checked. On XFS single-op they do not (279 pruned against 1,173
-    /// checked; 106 s pruned, 67 s with `--no-prune`). After [`RECORDING_TRIAL`]
-    /// checks (enough to be past the points' all-persisted images, which are checked
-    /// first and whose siblings are pruned only later) with fewer pruned, the rest of
-    /// the stream is checked unrecorded, in guests without the plugin; the classes
-    /// found so far go on pruning. One way, so a stream does not restart its guests
-    /// back and forth.
-    fn count(&self, checked: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if !checked {
-            self.equal.fetch_add(1, Relaxed);
-            return;
-        }
-        let c = self.checked.fetch_add(1, Relaxed) + 1;
-        if self.opts.recording_must_pay
-            && c >= RECORDING_TRIAL
-            && self.equal.load(Relaxed) < c
-            && self.recording.swap(false, Relaxed)
-            && std::env::var_os("PMCRASH_PRUNE_DEBUG").is_some()
-        {
-            eprintln!(
-                "prune-debug: read recording off after {c} checks, {} pruned",
-                self.equal.load(Relaxed)
-            );
-        }
-    }
-
     /// fsck on the host of what worker `w`'s scratch file holds.
     fn host_fsck(&self, w: &Worker) -> Result<FsckOutcome, CheckerError> {
         let dir = w._dir.path();
@@ -644,8 +660,9 @@ impl Checker {
                 file,
                 vm: None,
                 cursor: ConsoleCursor::default(),
-                checks: 0,
                 recording: false,
+                parked: None,
+                checks: 0,
                 _dir: dir,
             });
         }
@@ -671,7 +688,8 @@ impl Checker {
         self.factory.fs
     }
 
-    /// QEMU process ids of the running checker guests, by worker (tests kill them to
+    /// QEMU process ids of the running checker guests, by worker and kind (twice the
+    /// worker's number, plus one for the guest that records reads; tests kill them to
     /// prove the checker recovers).
     pub fn live_guests(&self) -> Arc<Mutex<BTreeMap<usize, u32>>> {
         self.live.clone()
@@ -796,9 +814,6 @@ impl Checker {
             // Reusing fsck outcomes is pruning too: off with `--no-prune`, whose runs
             // the soundness test compares with.
             fsck_memo: (self.opts.record_reads && !self.opts.fsck_in_guest).then(Arc::default),
-            recording: self.opts.record_reads.into(),
-            checked: 0.into(),
-            equal: 0.into(),
             queue: tokio::sync::Mutex::new(jobs),
             done,
             live: self.live.clone(),
@@ -836,7 +851,8 @@ impl Checker {
     /// Power every guest off.
     pub async fn shutdown(mut self) {
         for w in &mut self.workers {
-            if let Some(vm) = w.vm.take() {
+            let parked = w.parked.take().map(|p| p.vm);
+            for vm in w.vm.take().into_iter().chain(parked) {
                 let _ = vm.shutdown(Duration::from_secs(10)).await;
             }
         }
@@ -865,7 +881,6 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
         if let ImageJob::Equal { image, class } = job {
             match recover_equal(&w, &s, index, &image.materialise(), &class) {
                 Ok(r) => {
-                    s.count(false);
                     let _ = s.done.send(r);
                     continue;
                 }
@@ -873,12 +888,13 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
             }
         }
         // The bytes live only while this image is checked.
+        let record = job.record() && s.opts.reads(s.factory.fs).is_some();
         let image = job.materialise();
         drop(job);
         let mut attempts = 0u32;
         let mut image_restarts = 0u32;
         loop {
-            match recover_one(&mut w, &s, index, &image).await {
+            match recover_one(&mut w, &s, index, &image, record).await {
                 Ok(Attempt::Done(r)) => {
                     let mut r = *r;
                     if w.vm.is_none() {
@@ -888,7 +904,6 @@ async fn run_worker(mut w: Worker, s: Arc<Shared>) -> (Worker, WorkerResult) {
                     }
                     r.restarts = image_restarts;
                     restarts += image_restarts;
-                    s.count(true);
                     // The caller may have stopped listening (an error elsewhere).
                     let _ = s.done.send(r);
                     break;
@@ -969,7 +984,7 @@ async fn start_guest(
     w.recording = plugin.is_some();
     let vm = factory.start(&w.pm, plugin).await?;
     if let Ok(mut l) = live.lock() {
-        l.insert(w.id, vm.pid());
+        l.insert(w.live_key(), vm.pid());
     }
     w.cursor.skip_to_end(&vm.console());
     w.vm = Some(vm);
@@ -1004,14 +1019,13 @@ async fn recover_one(
     s: &Shared,
     index: usize,
     image: &CrashImage,
+    record: bool,
 ) -> Result<Attempt, CheckerError> {
     let t0 = Instant::now();
     let timeout = s.opts.request_timeout;
-    let record = s.recording.load(std::sync::atomic::Ordering::Relaxed);
-    if w.recording && !record {
-        // Recording stopped paying: a guest without the plugin checks at full speed.
-        w.kill_guest(&s.live).await;
-    }
+    // A check that records reads needs the guest with the plugin; one that does not
+    // runs at full speed in a guest without it.
+    w.select(record);
     // The scratch file must hold exactly base + delta before the guest looks.
     w.write_image(&s.base, image)?;
     let fresh = w.vm.is_none();
