@@ -113,6 +113,7 @@ fn case(args: &[String]) -> Value {
         "states": report.totals.states,
         "distinct": report.totals.distinct_images,
         "checked": report.totals.checked_images,
+        "unrecorded": report.workloads.iter().map(|w| w.stats.unrecorded_checks).sum::<usize>(),
         "pruned": report.totals.pruned_images,
         "not_ok": report.totals.verdicts.iter().filter(|(v, _)| **v != Verdict::Ok).map(|(_, n)| n).sum::<u64>(),
         "total_s": sum(&|w| w.timings.total_ms as f64) / 1000.0,
@@ -142,11 +143,12 @@ fn row(what: &str, v: &Value) -> String {
         return format!("| {what} | failed: {e} |");
     }
     format!(
-        "| {what} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+        "| {what} | {} | {} | {} | {} ({} unrecorded) | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
         v["points"],
         v["states"],
         v["distinct"],
         v["checked"],
+        v["unrecorded"],
         v["pruned"],
         v["total_s"].as_f64().unwrap_or(0.0),
         v["check_s"].as_f64().unwrap_or(0.0),
