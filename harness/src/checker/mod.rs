@@ -487,8 +487,8 @@ impl Worker {
         }
         let wanted = self.parked.take_if(|p| p.recording == record);
         if let Some(vm) = self.vm.take() {
-            // Parking replaces a parked guest only of this same kind: none is left
-            // when `wanted` was it, and one of `record`'s kind cannot be parked.
+            // The parked slot is free here: a parked guest is never of the current
+            // guest's kind, so any was of `record`'s and is `wanted` now.
             self.parked = Some(Parked {
                 vm,
                 cursor: std::mem::take(&mut self.cursor),
