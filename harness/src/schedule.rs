@@ -272,36 +272,6 @@ impl<L> Scheduler<L> {
         Some((k, self.points[k].todo.pop_front()?))
     }
 
-    /// Whether image `i`, taken from point `k`'s waiting images now, should have its
-    /// check's reads recorded: unless the point's forecast says no other waiting
-    /// image shares its class (and with no forecast yet, it records).
-    fn take_forecast(&mut self, k: usize, i: usize) -> bool {
-        let Some(f) = self.points[k].forecast.as_mut() else {
-            return true;
-        };
-        let Some((snap, st)) = self.images[i].source.as_ref() else {
-            return true;
-        };
-        let changes = snap.changes(st);
-        f.take(&StateLines {
-            durable: snap.durable(),
-            changes: &changes,
-        }) > 0
-    }
-
-    /// The class an image belongs to, if pruning finds one.
-    fn class_of(&self, i: usize) -> Option<usize> {
-        let table = self.table.as_ref()?;
-        let (snap, st) = self.images[i].source.as_ref()?;
-        let changes = snap.changes(st);
-        table
-            .find(&StateLines {
-                durable: snap.durable(),
-                changes: &changes,
-            })
-            .copied()
-    }
-
     /// Count the waiting images of the points whose lead image `lead` is, by the
     /// lines its check read (`reads`).
     fn make_forecasts(&mut self, lead: usize, reads: &crash_models::readset::ReadSet) {
@@ -327,15 +297,29 @@ impl<L> Scheduler<L> {
             if self.status(i) != Status::Waiting {
                 continue;
             }
-            let record = !self.prune || self.take_forecast(k, i);
-            if let Some(c) = self.class_of(i) {
+            // A waiting image has its source.
+            let (snap, st) = self.images[i].source.clone()?;
+            let changes = snap.changes(&st);
+            let lines = StateLines {
+                durable: snap.durable(),
+                changes: &changes,
+            };
+            // Taken out of its point's forecast either way; recorded unless the
+            // forecast says no other waiting image shares its class (with no
+            // forecast yet, it records).
+            let record = !self.prune
+                || self.points[k]
+                    .forecast
+                    .as_mut()
+                    .is_none_or(|f| f.take(&lines) > 0);
+            let class_of = self.table.as_ref().and_then(|t| t.find(&lines)).copied();
+            if let Some(c) = class_of {
                 let class = self.images[c].recovery.clone();
                 let img = &mut self.images[i];
                 img.equal_to = Some(c);
                 if let Some(class) = class.as_ref().filter(|r| r.stores.is_some()) {
                     // fsck read outside the check: it runs on this image.
                     let class = class.clone();
-                    let (snap, st) = img.source.clone()?;
                     img.status = Status::Checking;
                     self.in_flight += 1;
                     let image = Box::new(ImageJob::State {
@@ -351,9 +335,7 @@ impl<L> Scheduler<L> {
                 self.pruned += 1;
                 continue;
             }
-            let img = &mut self.images[i];
-            let (snap, st) = img.source.clone()?;
-            img.status = Status::Checking;
+            self.images[i].status = Status::Checking;
             self.in_flight += 1;
             if !record {
                 self.unrecorded += 1;

@@ -1010,10 +1010,10 @@ unsafe extern "C" fn on_load(
 /// once refuted.
 ///
 /// Asking QEMU for the physical address of every kernel access (`get_hwaddr`, a walk
-/// of its TLB) was about a quarter of an XFS checker QEMU's time (`perf`). The direct map (slab, page cache,
-/// per-CPU data, and PM itself through the pmem driver and DAX) is linear by the
-/// kernel's construction (`__va(pa) = PAGE_OFFSET + pa`; `nokaslr` fixes
-/// `PAGE_OFFSET` at one of two values), so its accesses need no walk. Every
+/// of its TLB) was about a quarter of an XFS checker QEMU's time (`perf`). The direct
+/// map (slab, page cache, per-CPU data, and PM itself through the pmem driver and
+/// DAX) is linear by the kernel's construction (`__va(pa) = PAGE_OFFSET + pa`;
+/// `nokaslr` fixes `PAGE_OFFSET` at one of two values), so its accesses need no walk. Every
 /// [`DIRECT_CHECK_EVERY`]th of them is still checked against QEMU; a difference
 /// turns the fast path off and marks the open check's read set incomplete.
 static DIRECT_BASE: AtomicU64 = AtomicU64::new(0);

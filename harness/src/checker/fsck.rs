@@ -202,8 +202,8 @@ fn run(
 /// decide its outcome, an image equal to an earlier one on every byte that earlier
 /// e2fsck read gets the same outcome: the same reads, in the same order, returning the
 /// same bytes. Only clean runs are kept, and a log that cannot be read whole (a line
-/// not understood, a write, no block size or offset yet) keeps nothing. `xfs_repair` has no such log, so on XFS every image
-/// gets its own run.
+/// not understood, a write, no block size or offset yet) keeps nothing. `xfs_repair`
+/// has no such log, so on XFS every image gets its own run.
 ///
 /// Used only with pruning on (`--no-prune` runs fsck on every image, which is what
 /// `tests/tests/prune_soundness.rs` compares against).
